@@ -1,0 +1,333 @@
+//! The Lambda Extensions API (2020-01-01) and the Telemetry API subscription
+//! (2022-07-01): register, subscribe, wait for the next lifecycle event,
+//! report an init error.
+//!
+//! `event/next` has no timeout on purpose: the sandbox may be frozen inside
+//! that call for minutes or hours.
+
+use std::io::Read;
+
+use serde::Deserialize;
+
+/// Lambda's answer to `register`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct RegisterInfo {
+    #[serde(rename = "functionName", default)]
+    pub function_name: String,
+    #[serde(rename = "functionVersion", default)]
+    pub function_version: String,
+    #[serde(rename = "accountId", default)]
+    pub account_id: Option<String>,
+}
+
+/// A lifecycle event from `event/next`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    Invoke {
+        request_id: String,
+        deadline_ms: u64,
+    },
+    Shutdown {
+        reason: String,
+        deadline_ms: u64,
+    },
+}
+
+/// A failed Extensions API call.
+#[derive(Debug)]
+pub enum ApiError {
+    /// Lambda answered with an error status.
+    Status {
+        call: &'static str,
+        status: u16,
+        body: String,
+    },
+    /// The call did not complete (connection, I/O).
+    Transport { call: &'static str, error: String },
+    /// Lambda's answer could not be understood.
+    Malformed { call: &'static str, error: String },
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Status { call, status, body } => {
+                write!(f, "Extensions API {call} answered HTTP {status}: {body}")
+            }
+            ApiError::Transport { call, error } => {
+                write!(f, "Extensions API {call} failed: {error}")
+            }
+            ApiError::Malformed { call, error } => {
+                write!(
+                    f,
+                    "Extensions API {call} answered something unreadable: {error}"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// What the Telemetry API said to our subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Subscription {
+    /// 200: telemetry will be delivered.
+    Active,
+    /// Anything else (202 from local emulators, 404, errors): no telemetry
+    /// will come; the reason is for the log.
+    Unavailable(String),
+}
+
+/// A registered extension's handle on the API.
+pub struct ExtensionsApi {
+    agent: ureq::Agent,
+    base: String,
+    id: String,
+}
+
+impl ExtensionsApi {
+    /// Registers for INVOKE and SHUTDOWN under `name` (the executable's file name).
+    pub fn register(
+        runtime_api: &str,
+        name: &str,
+    ) -> Result<(ExtensionsApi, RegisterInfo), ApiError> {
+        const CALL: &str = "register";
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .into();
+        let base = format!("http://{runtime_api}");
+        let mut resp = agent
+            .post(format!("{base}/2020-01-01/extension/register"))
+            .header("Lambda-Extension-Name", name)
+            .header("Lambda-Extension-Accept-Feature", "accountId")
+            .header("Content-Type", "application/json")
+            .send(&br#"{"events":["INVOKE","SHUTDOWN"]}"#[..])
+            .map_err(|e| transport(CALL, e))?;
+        let status = resp.status().as_u16();
+        let body = read_body(resp.body_mut(), CALL)?;
+        if status != 200 {
+            return Err(ApiError::Status {
+                call: CALL,
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        let id = resp
+            .headers()
+            .get("Lambda-Extension-Identifier")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or(ApiError::Malformed {
+                call: CALL,
+                error: "no Lambda-Extension-Identifier header".into(),
+            })?;
+        // The body is informative only; an odd one must not stop the extension.
+        let info = serde_json::from_slice(&body).unwrap_or_default();
+        Ok((ExtensionsApi { agent, base, id }, info))
+    }
+
+    /// Subscribes to the Telemetry API with a prepared body.
+    pub fn subscribe(&self, body: &str) -> Subscription {
+        let resp = self
+            .agent
+            .put(format!("{}/2022-07-01/telemetry", self.base))
+            .header("Lambda-Extension-Identifier", &self.id)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes());
+        match resp {
+            Ok(mut r) => {
+                let status = r.status().as_u16();
+                let text = read_body(r.body_mut(), "subscribe")
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default();
+                match status {
+                    200 => Subscription::Active,
+                    202 => Subscription::Unavailable(
+                        "the Telemetry API accepted the subscription with 202 but will not deliver (a local emulator without Telemetry API support)".into(),
+                    ),
+                    s => Subscription::Unavailable(format!("the Telemetry API answered HTTP {s}: {}", text.trim())),
+                }
+            }
+            Err(e) => {
+                Subscription::Unavailable(format!("the Telemetry API could not be reached: {e}"))
+            }
+        }
+    }
+
+    /// Waits, without timeout, for the next lifecycle event.
+    pub fn next(&self) -> Result<LifecycleEvent, ApiError> {
+        const CALL: &str = "event/next";
+        let mut resp = self
+            .agent
+            .get(format!("{}/2020-01-01/extension/event/next", self.base))
+            .header("Lambda-Extension-Identifier", &self.id)
+            .call()
+            .map_err(|e| transport(CALL, e))?;
+        let status = resp.status().as_u16();
+        let body = read_body(resp.body_mut(), CALL)?;
+        if status != 200 {
+            return Err(ApiError::Status {
+                call: CALL,
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        parse_event(&body).map_err(|error| ApiError::Malformed { call: CALL, error })
+    }
+
+    /// Reports an initialisation error (`Extension.ConfigInvalid`, ...).
+    /// Lambda then fails the function's init; the caller should exit.
+    pub fn init_error(&self, error_type: &str, message: &str) -> Result<(), ApiError> {
+        const CALL: &str = "init/error";
+        let body = serde_json::json!({
+            "errorMessage": message,
+            "errorType": error_type,
+            "stackTrace": [],
+        })
+        .to_string();
+        let mut resp = self
+            .agent
+            .post(format!("{}/2020-01-01/extension/init/error", self.base))
+            .header("Lambda-Extension-Identifier", &self.id)
+            .header("Lambda-Extension-Function-Error-Type", error_type)
+            .header("Content-Type", "application/json")
+            .send(body.as_bytes())
+            .map_err(|e| transport(CALL, e))?;
+        let status = resp.status().as_u16();
+        let _ = read_body(resp.body_mut(), CALL);
+        if status >= 300 {
+            return Err(ApiError::Status {
+                call: CALL,
+                status,
+                body: String::new(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn transport(call: &'static str, e: ureq::Error) -> ApiError {
+    ApiError::Transport {
+        call,
+        error: e.to_string(),
+    }
+}
+
+fn read_body(body: &mut ureq::Body, call: &'static str) -> Result<Vec<u8>, ApiError> {
+    let mut out = Vec::new();
+    body.as_reader()
+        .take(1 << 20)
+        .read_to_end(&mut out)
+        .map_err(|e| ApiError::Transport {
+            call,
+            error: e.to_string(),
+        })?;
+    Ok(out)
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "eventType")]
+    event_type: String,
+    #[serde(rename = "requestId", default)]
+    request_id: String,
+    #[serde(rename = "deadlineMs", default)]
+    deadline_ms: u64,
+    #[serde(rename = "shutdownReason", default)]
+    shutdown_reason: String,
+}
+
+/// Parses the body of `event/next`.
+pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, String> {
+    let e: RawEvent = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    match e.event_type.as_str() {
+        "INVOKE" => Ok(LifecycleEvent::Invoke {
+            request_id: e.request_id,
+            deadline_ms: e.deadline_ms,
+        }),
+        "SHUTDOWN" => Ok(LifecycleEvent::Shutdown {
+            reason: e.shutdown_reason,
+            deadline_ms: e.deadline_ms,
+        }),
+        other => Err(format!("unknown eventType {other:?}")),
+    }
+}
+
+/// The Telemetry API subscription body.
+pub fn subscription_body(types: &[&str], b: crate::config::Buffering, port: u16) -> String {
+    serde_json::json!({
+        "schemaVersion": "2022-12-13",
+        "types": types,
+        "buffering": {
+            "maxItems": b.max_items,
+            "maxBytes": b.max_bytes,
+            "timeoutMs": b.timeout_ms,
+        },
+        "destination": {
+            "protocol": "HTTP",
+            "URI": format!("http://sandbox.localdomain:{port}"),
+        },
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_and_shutdown_events() {
+        let e = parse_event(
+            br#"{"eventType":"INVOKE","deadlineMs":1700000003000,"requestId":"r1",
+                "invokedFunctionArn":"arn:aws:lambda:us-east-1:1:function:f",
+                "tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            e,
+            LifecycleEvent::Invoke {
+                request_id: "r1".into(),
+                deadline_ms: 1_700_000_003_000
+            }
+        );
+        let e =
+            parse_event(br#"{"eventType":"SHUTDOWN","shutdownReason":"spindown","deadlineMs":5}"#)
+                .unwrap();
+        assert_eq!(
+            e,
+            LifecycleEvent::Shutdown {
+                reason: "spindown".into(),
+                deadline_ms: 5
+            }
+        );
+        assert!(parse_event(br#"{"eventType":"RESTORE"}"#).is_err());
+        assert!(parse_event(b"nope").is_err());
+    }
+
+    #[test]
+    fn subscription_request() {
+        let b = crate::config::Buffering {
+            max_items: 1000,
+            max_bytes: 262_144,
+            timeout_ms: 25,
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&subscription_body(&["platform", "function"], b, 1234)).unwrap();
+        assert_eq!(v["schemaVersion"], "2022-12-13");
+        assert_eq!(v["types"], serde_json::json!(["platform", "function"]));
+        assert_eq!(v["buffering"]["maxBytes"], 262_144);
+        assert_eq!(v["buffering"]["timeoutMs"], 25);
+        assert_eq!(v["destination"]["URI"], "http://sandbox.localdomain:1234");
+    }
+
+    #[test]
+    fn register_info_tolerates_missing_fields() {
+        let i: RegisterInfo =
+            serde_json::from_str(r#"{"functionName":"f","handler":"h","accountId":"1"}"#).unwrap();
+        assert_eq!(i.function_name, "f");
+        assert_eq!(i.account_id.as_deref(), Some("1"));
+    }
+}

@@ -1,0 +1,375 @@
+//! Kinesis `PutRecords` on the wire: the request body, the response, and how
+//! each error is treated (retry, re-sign, give up). Pure functions; the HTTP
+//! call itself lives in `sender`.
+
+use serde::Deserialize;
+
+use crate::base64;
+use crate::batch::Record;
+use crate::config::StreamTarget;
+
+/// `X-Amz-Target` of the one API call the extension makes.
+pub const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
+pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+
+/// Builds the JSON body of a `PutRecords` request.
+pub fn put_records_body(target: &StreamTarget, records: &[Record]) -> Vec<u8> {
+    let payload: usize = records
+        .iter()
+        .map(|r| base64::encoded_len(r.data.len()) + r.key.len() + 32)
+        .sum();
+    let mut out = Vec::with_capacity(payload + 64);
+    match target {
+        StreamTarget::Name(n) => {
+            out.extend_from_slice(b"{\"StreamName\":");
+            push_json(&mut out, n);
+        }
+        StreamTarget::Arn(a) => {
+            out.extend_from_slice(b"{\"StreamARN\":");
+            push_json(&mut out, a);
+        }
+    }
+    out.extend_from_slice(b",\"Records\":[");
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"Data\":\"");
+        base64::encode_into(&mut out, &r.data);
+        out.extend_from_slice(b"\",\"PartitionKey\":");
+        push_json(&mut out, &r.key);
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"]}");
+    out
+}
+
+fn push_json(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
+}
+
+/// How to treat an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Throttling: back off, then retry.
+    Throttled,
+    /// 5xx, I/O, timeouts, unparseable answers: back off, then retry.
+    Transient,
+    /// The signature was refused for its time: re-sign and retry.
+    Resign,
+    /// Credentials expired: refresh them, then retry.
+    RefreshCredentials,
+    /// Retrying cannot help: the records are lost and counted.
+    Never,
+}
+
+impl Retry {
+    pub fn is_retryable(self) -> bool {
+        self != Retry::Never
+    }
+}
+
+/// Classifies an error code from a whole-request failure.
+pub fn classify(status: u16, code: &str) -> Retry {
+    match code {
+        "ProvisionedThroughputExceededException"
+        | "KMSThrottlingException"
+        | "LimitExceededException"
+        | "ThrottlingException"
+        | "Throttling"
+        | "ThrottledException"
+        | "RequestThrottledException"
+        | "TooManyRequestsException"
+        | "SlowDown"
+        | "RequestLimitExceeded"
+        | "BandwidthLimitExceeded"
+        | "EC2ThrottledException"
+        | "TransactionInProgressException"
+        | "PriorRequestNotComplete" => Retry::Throttled,
+        "RequestExpired"
+        | "RequestTimeTooSkewed"
+        | "InvalidSignatureException"
+        | "SignatureDoesNotMatch"
+        | "RequestInTheFuture" => Retry::Resign,
+        "ExpiredToken"
+        | "ExpiredTokenException"
+        | "InvalidClientTokenId"
+        | "UnrecognizedClientException" => {
+            // Temporary credentials past expiry; without a way to refresh them
+            // the caller turns repeated failures into a counted loss.
+            Retry::RefreshCredentials
+        }
+        "InternalFailure"
+        | "InternalError"
+        | "InternalServerError"
+        | "ServiceUnavailable"
+        | "RequestTimeout"
+        | "RequestTimeoutException"
+        | "MalformedResponse"
+        | "TransportError" => Retry::Transient,
+        _ if status == 429 => Retry::Throttled,
+        _ if status >= 500 => Retry::Transient,
+        _ if status == 408 => Retry::Transient,
+        _ => Retry::Never,
+    }
+}
+
+/// Per-record error codes worth resending (the rest are final).
+pub fn record_error_retryable(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException"
+    )
+}
+
+/// An error answer to a whole request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: u16,
+    pub code: String,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn retry(&self) -> Retry {
+        classify(self.status, &self.code)
+    }
+
+    /// What a user should do about it, for the log line.
+    pub fn advice(&self) -> &'static str {
+        match self.code.as_str() {
+            "AccessDeniedException" | "AccessDenied" => {
+                "give the function's execution role kinesis:PutRecords on this stream (and kms:GenerateDataKey on its key if it uses a customer managed key)"
+            }
+            "ResourceNotFoundException" => {
+                "check KINESIS_TELEMETRY_STREAM and AWS_REGION: the stream does not exist there"
+            }
+            "ValidationException" | "InvalidArgumentException" | "SerializationException" => {
+                "a request was refused as invalid; if records are larger than the stream allows, lower KINESIS_TELEMETRY_MAX_RECORD_BYTES"
+            }
+            c if c.starts_with("KMS") => {
+                "the stream's KMS key refused the write: check the key's state and the role's kms:GenerateDataKey permission"
+            }
+            "UnrecognizedClientException" | "InvalidClientTokenId" | "ExpiredTokenException"
+            | "ExpiredToken" => "the credentials were refused: check the execution role's credentials",
+            "IncompleteSignature" | "InvalidSignatureException" | "SignatureDoesNotMatch" => {
+                "the signature was refused: check AWS_SECRET_ACCESS_KEY and the clock"
+            }
+            _ => "see the error message; retrying would not help",
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.code)?;
+        if !self.message.is_empty() {
+            write!(f, ": {}", self.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// The parsed answer to a `PutRecords` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// 200: per record, `None` for success or `Some(code)` for a failure,
+    /// in request order.
+    Records(Vec<Option<String>>),
+    Error(ApiError),
+}
+
+#[derive(Deserialize)]
+struct PutRecordsOutput {
+    #[serde(rename = "Records")]
+    records: Vec<ResultEntry>,
+}
+
+#[derive(Deserialize)]
+struct ResultEntry {
+    #[serde(rename = "ErrorCode", default)]
+    error_code: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(rename = "__type", default)]
+    ty: Option<String>,
+    #[serde(rename = "message", alias = "Message", default)]
+    message: Option<String>,
+}
+
+/// Parses a response. `expected` is the number of records sent: a success
+/// that does not account for each of them is treated as a transient error.
+pub fn parse_response(
+    status: u16,
+    error_type_header: Option<&str>,
+    body: &[u8],
+    expected: usize,
+) -> Response {
+    if status == 200 {
+        return match serde_json::from_slice::<PutRecordsOutput>(body) {
+            Ok(out) if out.records.len() == expected => Response::Records(
+                out.records
+                    .into_iter()
+                    // Some emulators answer `"ErrorCode": null` or "" for successes.
+                    .map(|e| e.error_code.filter(|c| !c.is_empty()))
+                    .collect(),
+            ),
+            Ok(out) => Response::Error(ApiError {
+                status,
+                code: "MalformedResponse".into(),
+                message: format!("{} results for {expected} records", out.records.len()),
+            }),
+            Err(e) => Response::Error(ApiError {
+                status,
+                code: "MalformedResponse".into(),
+                message: format!("unreadable PutRecords response: {e}"),
+            }),
+        };
+    }
+    let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|b| b.ty.clone())
+        .or_else(|| error_type_header.map(str::to_string))
+        .or_else(|| xml_tag(body, "Code"))
+        .map(|c| clean_code(&c).to_string())
+        .unwrap_or_else(|| format!("HTTP{status}"));
+    let message = parsed
+        .and_then(|b| b.message)
+        .or_else(|| xml_tag(body, "Message"))
+        .unwrap_or_default();
+    Response::Error(ApiError {
+        status,
+        code,
+        message,
+    })
+}
+
+/// Strips the `namespace#` prefix and `:url` suffix AWS error types may carry.
+pub fn clean_code(code: &str) -> &str {
+    let code = code.rsplit('#').next().unwrap_or(code);
+    code.split(':').next().unwrap_or(code).trim()
+}
+
+/// The text of `<tag>…</tag>` in an XML error body (some endpoints, and
+/// moto's signature errors, answer XML).
+fn xml_tag(body: &[u8], tag: &str) -> Option<String> {
+    let text = std::str::from_utf8(body).ok()?;
+    let open = format!("<{tag}>");
+    let start = text.find(&open)? + open.len();
+    let end = text[start..].find("</")? + start;
+    Some(text[start..end].trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_by_name_and_arn() {
+        let recs = vec![
+            Record::new(b"{\"a\":\"\xc3\xa9\"}".to_vec(), "k1"),
+            Record::new(b"plain".to_vec(), "k\"2"),
+        ];
+        let body = put_records_body(&StreamTarget::Name("s".into()), &recs);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["StreamName"], "s");
+        assert_eq!(v["Records"][0]["Data"], "eyJhIjoiw6kifQ==");
+        assert_eq!(v["Records"][0]["PartitionKey"], "k1");
+        assert_eq!(v["Records"][1]["Data"], "cGxhaW4=");
+        assert_eq!(v["Records"][1]["PartitionKey"], "k\"2");
+        let arn = "arn:aws:kinesis:us-east-1:1:stream/s";
+        let body = put_records_body(&StreamTarget::Arn(arn.into()), &recs[..1]);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["StreamARN"], arn);
+        assert!(v.get("StreamName").is_none());
+    }
+
+    #[test]
+    fn partial_failure_in_order_with_null_codes() {
+        let body = br#"{"FailedRecordCount":2,"Records":[
+            {"SequenceNumber":"1","ShardId":"shardId-000000000000","ErrorCode":null},
+            {"ErrorCode":"ProvisionedThroughputExceededException","ErrorMessage":"slow down"},
+            {"SequenceNumber":"2","ShardId":"shardId-000000000000"},
+            {"ErrorCode":"InternalFailure","ErrorMessage":"oops"}]}"#;
+        assert_eq!(
+            parse_response(200, None, body, 4),
+            Response::Records(vec![
+                None,
+                Some("ProvisionedThroughputExceededException".into()),
+                None,
+                Some("InternalFailure".into())
+            ])
+        );
+        assert!(record_error_retryable("InternalFailure"));
+        assert!(!record_error_retryable("KMSAccessDeniedException"));
+    }
+
+    #[test]
+    fn count_mismatch_is_an_error() {
+        let r = parse_response(200, None, br#"{"Records":[]}"#, 2);
+        let Response::Error(e) = r else { panic!() };
+        assert_eq!(e.retry(), Retry::Transient);
+        let r = parse_response(200, None, b"garbage", 2);
+        assert!(matches!(r, Response::Error(e) if e.code == "MalformedResponse"));
+    }
+
+    #[test]
+    fn whole_request_errors() {
+        let r = parse_response(
+            400,
+            None,
+            br#"{"__type":"com.amazonaws.kinesis#ProvisionedThroughputExceededException","message":"Rate exceeded"}"#,
+            1,
+        );
+        let Response::Error(e) = r else { panic!() };
+        assert_eq!(e.code, "ProvisionedThroughputExceededException");
+        assert_eq!(e.message, "Rate exceeded");
+        assert_eq!(e.retry(), Retry::Throttled);
+
+        let r = parse_response(
+            400,
+            Some("ResourceNotFoundException:http://internal.amazon.com/"),
+            b"",
+            1,
+        );
+        let Response::Error(e) = r else { panic!() };
+        assert_eq!(e.code, "ResourceNotFoundException");
+        assert_eq!(e.retry(), Retry::Never);
+        assert!(e.advice().contains("KINESIS_TELEMETRY_STREAM"));
+
+        let xml = b"<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>bad sig</Message></Error></ErrorResponse>";
+        let Response::Error(e) = parse_response(403, None, xml, 1) else {
+            panic!()
+        };
+        assert_eq!(e.code, "SignatureDoesNotMatch");
+        assert_eq!(e.message, "bad sig");
+        assert_eq!(e.retry(), Retry::Resign);
+
+        let Response::Error(e) = parse_response(503, None, b"<html>", 1) else {
+            panic!()
+        };
+        assert_eq!(e.code, "HTTP503");
+        assert_eq!(e.retry(), Retry::Transient);
+    }
+
+    #[test]
+    fn classification() {
+        assert_eq!(classify(400, "KMSThrottlingException"), Retry::Throttled);
+        assert_eq!(classify(400, "LimitExceededException"), Retry::Throttled);
+        assert_eq!(classify(400, "AccessDeniedException"), Retry::Never);
+        assert_eq!(classify(400, "ValidationException"), Retry::Never);
+        assert_eq!(classify(400, "KMSDisabledException"), Retry::Never);
+        assert_eq!(
+            classify(400, "ExpiredTokenException"),
+            Retry::RefreshCredentials
+        );
+        assert_eq!(classify(400, "RequestExpired"), Retry::Resign);
+        assert_eq!(classify(500, "Whatever"), Retry::Transient);
+        assert_eq!(classify(429, "Whatever"), Retry::Throttled);
+        assert_eq!(classify(0, "TransportError"), Retry::Transient);
+        assert_eq!(clean_code("a.b#Code:http://x"), "Code");
+    }
+}

@@ -1,0 +1,98 @@
+//! The Telemetry API destination: an HTTP listener (tiny_http) that reads
+//! each POSTed batch, splits it into events and hands them to the dispatcher
+//! over a bounded channel.
+//!
+//! It answers 200 to every POST it has taken responsibility for, even one it
+//! could not parse (a 4xx would only make Lambda redeliver the same bytes). It
+//! answers after the events are queued, so when the dispatcher falls behind
+//! the full channel slows the answers down and Lambda buffers, then drops and
+//! reports `platform.logsDropped`, instead of this process growing.
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crossbeam_channel::Sender;
+use tiny_http::{Method, Response, Server};
+
+use crate::stats::Stats;
+use crate::telemetry::{self, Event};
+
+/// Binds the listener on all interfaces (Lambda connects through
+/// `sandbox.localdomain`), port 0 meaning any free port; returns the port.
+pub fn bind(port: u16) -> Result<(Server, u16), String> {
+    let server = Server::http(("0.0.0.0", port))
+        .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+    let port = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.port())
+        .ok_or("the listener has no IP address")?;
+    Ok((server, port))
+}
+
+/// Serves until the process exits.
+pub fn run(server: Server, tx: Sender<Vec<Event>>, max_body: usize, stats: Arc<Stats>) {
+    loop {
+        let mut request = match server.recv() {
+            Ok(r) => r,
+            Err(e) => {
+                log::warn!("telemetry listener: accepting a connection failed: {e}");
+                continue;
+            }
+        };
+        if *request.method() != Method::Post {
+            let _ = request.respond(Response::empty(405));
+            continue;
+        }
+        let events = read_events(&mut request, max_body, &stats);
+        let answer_now = events.is_empty();
+        if !answer_now && tx.send(events).is_err() {
+            // The dispatcher is gone: the process is exiting.
+            let _ = request.respond(Response::empty(503));
+            return;
+        }
+        let _ = request.respond(Response::empty(200));
+    }
+}
+
+/// Reads one body and turns it into events (see module comment).
+fn read_events(request: &mut tiny_http::Request, max_body: usize, stats: &Stats) -> Vec<Event> {
+    Stats::add(&stats.bodies, 1);
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
+    let reader = request.as_reader();
+    if let Err(e) = reader.take(max_body as u64 + 1).read_to_end(&mut body) {
+        log::warn!(
+            "telemetry listener: reading a body failed after {} bytes: {e}",
+            body.len()
+        );
+    }
+    if body.len() > max_body {
+        let rest = std::io::copy(reader, &mut std::io::sink()).unwrap_or(0);
+        let total = body.len() as u64 + rest;
+        Stats::add(&stats.oversized_bodies, 1);
+        Stats::add(&stats.oversized_bytes, total);
+        log::error!(
+            "telemetry listener: dropped a {total}-byte body over the {max_body}-byte limit; raise KINESIS_TELEMETRY_MAX_BODY_BYTES or lower KINESIS_TELEMETRY_BUFFER_MAX_BYTES"
+        );
+        return Vec::new();
+    }
+    let events = match telemetry::split(&body) {
+        Ok(events) => events,
+        Err(e) => {
+            Stats::add(&stats.unparsed_bodies, 1);
+            log::warn!(
+                "telemetry listener: {e}; forwarding the {} bytes as one {} record",
+                body.len(),
+                telemetry::UNPARSED_TYPE
+            );
+            vec![telemetry::unparsed(&body, &e.0, SystemTime::now())]
+        }
+    };
+    Stats::add(&stats.events, events.len() as u64);
+    Stats::add(
+        &stats.event_bytes,
+        events.iter().map(|e| e.json.len() as u64).sum(),
+    );
+    events
+}

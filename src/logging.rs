@@ -1,0 +1,49 @@
+//! Log set-up: `env_logger` writing to stderr, which Lambda captures into the
+//! function's log stream (and the Telemetry API's `extension` stream).
+//!
+//! Level: `RUST_LOG` when set (env_logger's syntax), else
+//! `AWS_LAMBDA_LOG_LEVEL` (Lambda's advanced logging controls), else info.
+
+use std::io::Write;
+
+use log::LevelFilter;
+
+pub fn init(name: &str) {
+    let mut builder = env_logger::Builder::new();
+    builder.filter_level(lambda_level(
+        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
+    ));
+    if let Ok(spec) = std::env::var("RUST_LOG") {
+        builder.parse_filters(&spec);
+    }
+    let prefix = format!("[{name}]");
+    builder
+        .format(move |buf, record| writeln!(buf, "{prefix} {} {}", record.level(), record.args()));
+    builder.target(env_logger::Target::Stderr);
+    let _ = builder.try_init();
+}
+
+/// Maps Lambda's log levels to ours.
+fn lambda_level(v: Option<&str>) -> LevelFilter {
+    match v.map(|s| s.trim().to_ascii_uppercase()).as_deref() {
+        Some("TRACE") => LevelFilter::Trace,
+        Some("DEBUG") => LevelFilter::Debug,
+        Some("WARN") => LevelFilter::Warn,
+        Some("ERROR" | "FATAL") => LevelFilter::Error,
+        _ => LevelFilter::Info,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_levels() {
+        assert_eq!(lambda_level(Some("debug")), LevelFilter::Debug);
+        assert_eq!(lambda_level(Some("FATAL")), LevelFilter::Error);
+        assert_eq!(lambda_level(Some("WARN")), LevelFilter::Warn);
+        assert_eq!(lambda_level(None), LevelFilter::Info);
+        assert_eq!(lambda_level(Some("nonsense")), LevelFilter::Info);
+    }
+}

@@ -1,0 +1,274 @@
+//! kinesis-telemetry-extension: an AWS Lambda external extension that
+//! forwards everything the Telemetry API produces to a Kinesis data stream.
+//!
+//! The main thread owns the Lambda lifecycle (register, subscribe, the
+//! `event/next` loop); `listener` receives telemetry; `dispatcher` batches
+//! and sends it. See README "How it works".
+
+mod base64;
+mod batch;
+mod config;
+mod dispatcher;
+mod extensions_api;
+mod kinesis;
+mod listener;
+mod logging;
+mod partition;
+mod rng;
+mod sender;
+mod sigv4;
+mod stats;
+mod telemetry;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Sender};
+
+use config::Config;
+use dispatcher::{Control, Dispatcher};
+use extensions_api::{ExtensionsApi, LifecycleEvent, Subscription};
+use stats::Stats;
+
+/// Name used when argv[0] is unusable.
+const DEFAULT_NAME: &str = "kinesis-telemetry-extension";
+/// Time kept free before an invoke deadline.
+const INVOKE_MARGIN: Duration = Duration::from_millis(100);
+/// Time kept free before the shutdown deadline (Lambda SIGKILLs at it).
+const SHUTDOWN_MARGIN: Duration = Duration::from_millis(200);
+/// Telemetry POSTs the listener may queue ahead of the dispatcher.
+const CHANNEL_BATCHES: usize = 4;
+
+fn main() {
+    // Lambda's runtime init waits for every extension to register: do it
+    // before anything else.
+    let name = extension_name();
+    let Some(runtime_api) = std::env::var("AWS_LAMBDA_RUNTIME_API")
+        .ok()
+        .filter(|v| !v.is_empty())
+    else {
+        eprintln!(
+            "[{name}] AWS_LAMBDA_RUNTIME_API is not set: this program is a Lambda extension; put it in a layer's extensions/ folder"
+        );
+        std::process::exit(2);
+    };
+    let (api, info) = match ExtensionsApi::register(&runtime_api, &name) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("[{name}] ERROR registering with Lambda: {e}");
+            std::process::exit(1);
+        }
+    };
+    logging::init(&name);
+    log::debug!(
+        "registered as {name} for function {} version {}",
+        info.function_name,
+        info.function_version
+    );
+
+    let env = |k: &str| std::env::var(k).ok();
+    let cfg = match config::from_env(&env) {
+        Ok(cfg) => cfg,
+        Err(errors) => config_failed(&api, &errors.to_string(), config::strict_mode(&env)),
+    };
+    run(api, cfg);
+}
+
+/// The executable's file name: Lambda requires it as the registration name.
+fn extension_name() -> String {
+    std::env::args_os()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| DEFAULT_NAME.to_string())
+}
+
+/// Invalid configuration: by default stay registered but idle, so the
+/// function keeps working; in strict mode fail the function's init.
+fn config_failed(api: &ExtensionsApi, problem: &str, strict: bool) -> ! {
+    if strict {
+        log::error!("invalid configuration: {problem}. KINESIS_TELEMETRY_STRICT is set: failing the function's init with Extension.ConfigInvalid");
+        if let Err(e) = api.init_error("Extension.ConfigInvalid", problem) {
+            log::error!("{e}");
+        }
+        std::process::exit(1);
+    }
+    log::error!(
+        "invalid configuration: {problem}. No telemetry will be sent until this is fixed; the function runs normally (set KINESIS_TELEMETRY_STRICT=true to fail init instead)"
+    );
+    loop {
+        match api.next() {
+            Ok(LifecycleEvent::Invoke { .. }) => {}
+            Ok(LifecycleEvent::Shutdown { .. }) => std::process::exit(0),
+            Err(e) => exit_on_api_error(e),
+        }
+    }
+}
+
+fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
+    log::error!("{e}; exiting");
+    std::process::exit(1);
+}
+
+fn run(api: ExtensionsApi, cfg: Config) {
+    let stats = Arc::new(Stats::default());
+    let (server, port) = match listener::bind(cfg.listener_port) {
+        Ok(s) => s,
+        Err(e) => config_failed(
+            &api,
+            &format!(
+                "{e} (KINESIS_TELEMETRY_LISTENER_PORT={})",
+                cfg.listener_port
+            ),
+            config::strict_mode(&|k| std::env::var(k).ok()),
+        ),
+    };
+    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
+    let (control_tx, control_rx) = bounded(1);
+    {
+        let stats = stats.clone();
+        let max_body = cfg.max_body_bytes;
+        spawn("listener", move || {
+            listener::run(server, events_tx, max_body, stats)
+        });
+    }
+    let dispatcher = Dispatcher::new(&cfg, events_rx, control_rx, stats.clone());
+    log::info!(
+        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, partition key {:?} {})",
+        cfg.types.names().join(","),
+        match &cfg.stream {
+            config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
+        },
+        cfg.endpoint,
+        cfg.flush,
+        cfg.partition_key,
+        dispatcher.environment_key(),
+    );
+    let dispatcher = spawn("dispatcher", move || dispatcher.run());
+
+    // The platform stream is always subscribed: its runtimeDone events drive
+    // the flush policy. Platform events are forwarded only if configured.
+    let mut types = cfg.types;
+    types.platform = true;
+    let body = extensions_api::subscription_body(&types.names(), cfg.buffering, port);
+    let telemetry = match api.subscribe(&body) {
+        Subscription::Active => true,
+        Subscription::Unavailable(why) => {
+            log::warn!("{why}; no telemetry will arrive, the extension only follows the lifecycle");
+            false
+        }
+    };
+
+    let lifecycle = Lifecycle {
+        control: control_tx,
+        telemetry,
+        cfg: &cfg,
+    };
+    lifecycle.pause(None, Instant::now());
+    loop {
+        match api.next() {
+            Ok(LifecycleEvent::Invoke {
+                request_id,
+                deadline_ms,
+            }) => {
+                let deadline = instant_of(deadline_ms);
+                lifecycle.send(Control::Resume {
+                    request_id: request_id.clone(),
+                    deadline,
+                });
+                lifecycle.pause(Some(request_id), deadline);
+            }
+            Ok(LifecycleEvent::Shutdown {
+                reason,
+                deadline_ms,
+            }) => {
+                let deadline = instant_of(deadline_ms)
+                    .checked_sub(SHUTDOWN_MARGIN)
+                    .unwrap_or_else(Instant::now);
+                log::debug!("SHUTDOWN ({reason})");
+                lifecycle.shutdown(deadline);
+                drop(dispatcher);
+                log::info!("shutdown: {}", stats.summary());
+                std::process::exit(0);
+            }
+            Err(e) => exit_on_api_error(e),
+        }
+    }
+}
+
+/// The main thread's side of the conversation with the dispatcher.
+struct Lifecycle<'a> {
+    control: Sender<Control>,
+    telemetry: bool,
+    cfg: &'a Config,
+}
+
+impl Lifecycle<'_> {
+    fn send(&self, c: Control) {
+        if self.control.send(c).is_err() {
+            log::error!("the dispatcher thread is gone; exiting");
+            std::process::exit(1);
+        }
+    }
+
+    /// Stops sending before `event/next`; after an INVOKE, first waits for
+    /// the request's runtimeDone and flushes as the policy says.
+    fn pause(&self, request_id: Option<String>, invoke_deadline: Instant) {
+        let deadline = invoke_deadline
+            .checked_sub(INVOKE_MARGIN)
+            .unwrap_or_else(Instant::now);
+        let runtime_done = request_id.filter(|_| self.telemetry);
+        let wait_until = match self.cfg.runtime_done_timeout {
+            Some(t) => deadline.min(Instant::now() + t),
+            None => deadline,
+        };
+        let (reply, done) = bounded(1);
+        self.send(Control::Pause {
+            runtime_done,
+            wait_until,
+            flush_deadline: deadline,
+            reply,
+        });
+        let _ = done.recv();
+    }
+
+    fn shutdown(&self, deadline: Instant) {
+        let wait_until = if self.telemetry {
+            deadline.min(Instant::now() + self.cfg.shutdown_wait)
+        } else {
+            Instant::now()
+        };
+        let (reply, done) = bounded(1);
+        self.send(Control::Shutdown {
+            wait_until,
+            deadline,
+            reply,
+        });
+        // Never outlive the deadline, whatever the dispatcher is doing.
+        let left = deadline.saturating_duration_since(Instant::now()) + SHUTDOWN_MARGIN / 2;
+        if done.recv_timeout(left).is_err() {
+            log::error!("the dispatcher did not finish before the shutdown deadline");
+        }
+    }
+}
+
+/// Converts a Lambda deadline (epoch milliseconds) to an `Instant`.
+fn instant_of(deadline_ms: u64) -> Instant {
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
+}
+
+fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::thread::JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .stack_size(256 * 1024)
+        .spawn(f)
+        .expect("cannot start a thread")
+}

@@ -1,0 +1,64 @@
+//! Partition keys: which shard each record goes to (Kinesis hashes the key
+//! with MD5 to pick one). See `config::PartitionKeyMode`.
+
+use crate::config::PartitionKeyMode;
+use crate::rng::Rng;
+
+pub struct Keys {
+    mode: PartitionKeyMode,
+    environment: Box<str>,
+    rng: Rng,
+}
+
+impl Keys {
+    pub fn new(mode: PartitionKeyMode, mut rng: Rng) -> Keys {
+        let environment = rng.hex(16).into_boxed_str();
+        Keys {
+            mode,
+            environment,
+            rng,
+        }
+    }
+
+    /// This execution environment's key.
+    pub fn environment(&self) -> &str {
+        &self.environment
+    }
+
+    /// The key for an event: `event_request` is the request id the event
+    /// names itself (platform events), `current` the invocation in progress.
+    pub fn key(&mut self, event_request: Option<&str>, current: Option<&str>) -> Box<str> {
+        match self.mode {
+            PartitionKeyMode::Environment => self.environment.clone(),
+            PartitionKeyMode::Request => match event_request.or(current) {
+                // Kinesis allows 1-256 characters.
+                Some(id) if !id.is_empty() && id.len() <= 256 => Box::from(id),
+                _ => self.environment.clone(),
+            },
+            PartitionKeyMode::Random => self.rng.hex(16).into_boxed_str(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes() {
+        let mut k = Keys::new(PartitionKeyMode::Environment, Rng::seeded(1));
+        let env = k.environment().to_string();
+        assert_eq!(env.len(), 32);
+        assert_eq!(&*k.key(Some("r"), Some("c")), env);
+
+        let mut k = Keys::new(PartitionKeyMode::Request, Rng::seeded(1));
+        assert_eq!(&*k.key(Some("r"), Some("c")), "r");
+        assert_eq!(&*k.key(None, Some("c")), "c");
+        assert_eq!(&*k.key(None, None), k.environment());
+        let long = "x".repeat(300);
+        assert_eq!(&*k.key(Some(&long), None), k.environment());
+
+        let mut k = Keys::new(PartitionKeyMode::Random, Rng::seeded(1));
+        assert_ne!(k.key(None, None), k.key(None, None));
+    }
+}

@@ -1,0 +1,246 @@
+//! Telemetry API bodies: splitting a POSTed JSON array into events, byte for
+//! byte, and recognising the few platform events the lifecycle depends on.
+//!
+//! An event's JSON is kept exactly as Lambda sent it; only the fields needed
+//! for flushing (`type`, `record.requestId`) are looked at. Unknown types and
+//! fields are carried along untouched. A body that is not a JSON array becomes
+//! one marker event holding the body, so nothing is lost and Lambda is not
+//! asked to redeliver it.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Event type of the marker that carries a body we could not split.
+pub const UNPARSED_TYPE: &str = "kinesis-telemetry-extension.unparsed";
+
+/// One telemetry event, its JSON verbatim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub json: Box<str>,
+    pub kind: Kind,
+    /// `record.requestId` of platform events that carry one.
+    pub request_id: Option<Box<str>>,
+}
+
+/// What the lifecycle needs to know about an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    RuntimeDone,
+    Report,
+    OtherPlatform,
+    Function,
+    Extension,
+    /// Unknown or missing type; forwarded like the rest.
+    Other,
+}
+
+impl Kind {
+    fn of(ty: &str) -> Kind {
+        match ty {
+            "platform.runtimeDone" => Kind::RuntimeDone,
+            "platform.report" => Kind::Report,
+            "function" => Kind::Function,
+            "extension" => Kind::Extension,
+            t if t.starts_with("platform.") => Kind::OtherPlatform,
+            _ => Kind::Other,
+        }
+    }
+
+    pub fn is_platform(self) -> bool {
+        matches!(self, Kind::RuntimeDone | Kind::Report | Kind::OtherPlatform)
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow, default)]
+    ty: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    record: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct PlatformRecord<'a> {
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Event {
+    /// Classifies one event from its raw JSON.
+    pub fn from_raw(raw: &RawValue) -> Event {
+        let json = raw.get();
+        let (kind, request_id) = match serde_json::from_str::<Head>(json) {
+            Ok(head) => {
+                let kind = head.ty.as_deref().map_or(Kind::Other, Kind::of);
+                let request_id = if kind.is_platform() {
+                    head.record
+                        .and_then(|r| serde_json::from_str::<PlatformRecord>(r.get()).ok())
+                        .and_then(|r| r.request_id)
+                        .map(|id| Box::from(id.as_ref()))
+                } else {
+                    None
+                };
+                (kind, request_id)
+            }
+            // Not an object: still an event Lambda sent; forward it.
+            Err(_) => (Kind::Other, None),
+        };
+        Event {
+            json: Box::from(json),
+            kind,
+            request_id,
+        }
+    }
+}
+
+/// Why a body could not be split into events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitError(pub String);
+
+impl std::fmt::Display for SplitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "telemetry body is not a JSON array of events: {}",
+            self.0
+        )
+    }
+}
+
+/// Splits a Telemetry API body (a JSON array) into its events.
+pub fn split(body: &[u8]) -> Result<Vec<Event>, SplitError> {
+    let raws: Vec<&RawValue> =
+        serde_json::from_slice(body).map_err(|e| SplitError(e.to_string()))?;
+    Ok(raws.into_iter().map(Event::from_raw).collect())
+}
+
+/// The marker event for a body that `split` rejected: the body is kept as a
+/// JSON string when it is UTF-8, else as base64, with the reason.
+pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event {
+    let mut json = String::with_capacity(body.len() + 160);
+    json.push_str("{\"time\":\"");
+    json.push_str(&rfc3339(now));
+    json.push_str("\",\"type\":\"");
+    json.push_str(UNPARSED_TYPE);
+    json.push_str("\",\"record\":{\"reason\":");
+    push_json_string(&mut json, reason);
+    json.push_str(",\"bytes\":");
+    json.push_str(&body.len().to_string());
+    match std::str::from_utf8(body) {
+        Ok(text) => {
+            json.push_str(",\"body\":");
+            push_json_string(&mut json, text);
+        }
+        Err(_) => {
+            json.push_str(",\"bodyBase64\":\"");
+            json.push_str(&crate::base64::encode(body));
+            json.push('"');
+        }
+    }
+    json.push_str("}}");
+    Event {
+        json: json.into_boxed_str(),
+        kind: Kind::Other,
+        request_id: None,
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+pub fn push_json_string(out: &mut String, s: &str) {
+    // serde_json's escaping is exact and already linked in.
+    out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
+}
+
+/// `2026-11-25T21:54:08.123Z` without a date-time crate.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn splits_verbatim_with_unknown_types_and_text_records() {
+        let body = r#"[ {"time":"t","type":"function","record":"plain text \"q\" \u00e9 caf\u00e9"},
+            {"type":"platform.runtimeDone","record":{"requestId":"r-1","status":"success","extra":[1,2]}},
+            {"type":"platform.somethingNew","record":{"requestId":"r-2"},"new":true},
+            {"type":"extension","record":{"level":"INFO","message":"é 🎉"}},
+            {"type":"platform.report","record":{"requestId":"r-1"}}, 42, "x" ]"#;
+        let events = split(body.as_bytes()).unwrap();
+        assert_eq!(events.len(), 7);
+        assert_eq!(
+            &*events[0].json,
+            r#"{"time":"t","type":"function","record":"plain text \"q\" \u00e9 caf\u00e9"}"#
+        );
+        assert_eq!(events[0].kind, Kind::Function);
+        assert_eq!(events[1].kind, Kind::RuntimeDone);
+        assert_eq!(events[1].request_id.as_deref(), Some("r-1"));
+        assert_eq!(events[2].kind, Kind::OtherPlatform);
+        assert_eq!(events[2].request_id.as_deref(), Some("r-2"));
+        assert!(events[2].json.contains(r#""new":true"#));
+        assert_eq!(events[3].kind, Kind::Extension);
+        assert!(events[3].json.contains("é 🎉"));
+        assert_eq!(events[4].kind, Kind::Report);
+        assert_eq!(&*events[5].json, "42");
+        assert_eq!(events[5].kind, Kind::Other);
+        assert_eq!(events[6].kind, Kind::Other);
+    }
+
+    #[test]
+    fn platform_record_that_is_not_an_object_is_kept() {
+        let events = split(br#"[{"type":"platform.start","record":"odd"}]"#).unwrap();
+        assert_eq!(events[0].kind, Kind::OtherPlatform);
+        assert_eq!(events[0].request_id, None);
+    }
+
+    #[test]
+    fn rejects_non_arrays() {
+        assert!(split(b"{}").is_err());
+        assert!(split(b"[1,").is_err());
+        assert!(split(b"").is_err());
+        assert!(split(&[0xff, 0xfe]).is_err());
+        assert_eq!(split(b"[]").unwrap().len(), 0);
+    }
+
+    #[test]
+    fn unparsed_marker_keeps_the_body() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_764_107_648_123);
+        let e = unparsed(b"{\"half\":", "EOF", t);
+        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(v["type"], UNPARSED_TYPE);
+        assert_eq!(v["record"]["body"], "{\"half\":");
+        assert_eq!(v["record"]["bytes"], 8);
+        assert_eq!(v["time"], "2025-11-25T21:54:08.123Z");
+        let e = unparsed(&[0xff, 0x00, 0x41], "bad utf-8", t);
+        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        assert_eq!(v["record"]["bodyBase64"], "/wBB");
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+}
