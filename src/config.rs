@@ -373,7 +373,13 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let flush_timeout = r.millis("FLUSH_TIMEOUT_MS", 2_000, 10, 900_000);
     let max_records_per_request = r.int("MAX_RECORDS_PER_REQUEST", 500, 1, 500) as usize;
     let max_bytes_per_request = r.int("MAX_BYTES_PER_REQUEST", 5 * MIB, 1024, 10 * MIB) as usize;
-    let max_record_bytes = r.int("MAX_RECORD_BYTES", MIB, 1024, 10 * MIB) as usize;
+    // Unset, the record limit follows a lowered request limit; set, it must fit in it.
+    let max_record_bytes = r.int(
+        "MAX_RECORD_BYTES",
+        MIB.min(max_bytes_per_request as u64),
+        1024,
+        10 * MIB,
+    ) as usize;
     if max_record_bytes > max_bytes_per_request {
         r.fail(
             "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
@@ -597,6 +603,16 @@ mod tests {
         let c = from_env(&env(&[("KINESIS_TELEMETRY_TYPES", " Function , platform")])).unwrap();
         assert_eq!(c.types.names(), vec!["platform", "function"]);
         assert_eq!(errors(&[("KINESIS_TELEMETRY_TYPES", ",")]).len(), 1);
+    }
+
+    #[test]
+    fn record_limit_follows_request_limit() {
+        let c = from_env(&env(&[(
+            "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST",
+            "100000",
+        )]))
+        .unwrap();
+        assert_eq!(c.max_record_bytes, 100_000);
     }
 
     #[test]

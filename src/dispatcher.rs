@@ -98,6 +98,11 @@ pub struct Dispatcher {
     failed_rounds: u32,
     /// Error codes already logged at error level (logged once each).
     reported: Vec<String>,
+    /// The last retryable failure, for the logs when retries run out.
+    last_error: Option<String>,
+    /// A re-signed retry is pending: a second signature or credential
+    /// refusal in a row is final (a wrong secret, not a skewed clock).
+    resigned: bool,
 }
 
 /// Time that only advances while the sandbox is thawed (between `Resume`
@@ -166,6 +171,8 @@ impl Dispatcher {
             retry_after: None,
             failed_rounds: 0,
             reported: Vec::new(),
+            last_error: None,
+            resigned: false,
         }
     }
 
@@ -313,9 +320,10 @@ impl Dispatcher {
                 if !left.is_empty() {
                     Stats::add(&self.stats.dropped_shutdown, left.len() as u64);
                     log::error!(
-                        "shutdown deadline: {} records ({} bytes) could not be delivered in time and are lost",
+                        "shutdown deadline: {} records ({} bytes) could not be delivered in time and are lost (last error: {})",
                         left.len(),
-                        left.iter().map(Record::size).sum::<usize>()
+                        left.iter().map(Record::size).sum::<usize>(),
+                        self.last_error.as_deref().unwrap_or("none")
                     );
                 }
                 let _ = reply.send(());
@@ -448,9 +456,10 @@ impl Dispatcher {
                 self.failed_rounds += 1;
                 if self.failed_rounds >= self.max_attempts {
                     log::warn!(
-                        "{} records still unsent after {} attempts; they stay buffered for the next flush",
+                        "{} records still unsent after {} attempts (last error: {}); they stay buffered for the next flush",
                         self.queue.len(),
-                        self.failed_rounds
+                        self.failed_rounds,
+                        self.last_error.as_deref().unwrap_or("none")
                     );
                     self.failed_rounds = 0;
                     return;
@@ -514,6 +523,7 @@ impl Dispatcher {
                 }
                 let retry = retry_code.map(|c| {
                     log::debug!("{} records failed with {c}; retrying them", again.len());
+                    self.last_error = Some(format!("{} records failed with {c}", again.len()));
                     Retry::Throttled
                 });
                 self.queue.push_front_all(again);
@@ -521,8 +531,17 @@ impl Dispatcher {
             }
             Response::Error(e) => {
                 Stats::add(&self.stats.request_errors, 1);
-                let retry = e.retry();
+                let mut retry = e.retry();
+                if matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
+                    // Re-signing helps once (clock skew); the env credentials
+                    // cannot be refreshed, so a repeat is final.
+                    if self.resigned {
+                        retry = Retry::Never;
+                    }
+                    self.resigned = !self.resigned;
+                }
                 if retry.is_retryable() {
+                    self.last_error = Some(e.to_string());
                     log::debug!(
                         "PutRecords failed ({e}); will retry {} records",
                         batch.len()
@@ -541,6 +560,7 @@ impl Dispatcher {
             self.oldest = None;
         }
         if retry.is_none() {
+            self.resigned = false;
             self.failed_rounds = 0;
             self.retry_after = None;
         }

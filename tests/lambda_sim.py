@@ -1,0 +1,1328 @@
+#!/usr/bin/env python3
+"""Local simulator of the AWS Lambda side of an external extension.
+
+It runs the real extension executable as a child process and plays Lambda:
+
+* the Extensions API (``/2020-01-01/extension/...``: register, event/next,
+  init/error, exit/error),
+* the Telemetry API (``PUT /2022-07-01/telemetry``) and the delivery of
+  telemetry batches (JSON arrays POSTed to the subscriber) with Lambda's
+  buffering rules (maxItems / maxBytes / timeoutMs), retries with backoff,
+  a bounded buffer with ``platform.logsDropped``,
+* the lifecycle: init (register -> runtime init -> first next), invokes
+  (INVOKE, platform.start, function logs, platform.runtimeDone, wait for the
+  extension's next, platform.report queued for later delivery), the freeze
+  between invokes (SIGSTOP of the extension's process group, SIGCONT on
+  thaw; no telemetry delivery while frozen), and shutdown (SHUTDOWN event,
+  deadline, SIGKILL after it).
+
+Protocol misbehaviour of the extension is answered the way Lambda answers it
+(4xx with ``{"errorType","errorMessage"}``) *and* recorded in
+``sim.violations`` so tests can assert that list is empty.
+
+Standard library only (Python 3.11). Every instance is independent (no fixed
+ports, no module-level mutable state), so many can run in parallel.
+
+Library use::
+
+    with LambdaSim("layer/extensions/my-ext", env={...}) as sim:
+        sim.start()
+        for _ in range(5):
+            sim.invoke(log_lines=100, runtime_ms=5, idle_ms=50)
+        res = sim.shutdown()
+        assert not sim.violations
+
+CLI::
+
+    python3 tests/lambda_sim.py --extension PATH --invokes N --lines M [--env K=V ...]
+
+Notes on sources: AWS Lambda Developer Guide pages runtimes-extensions-api,
+telemetry-api, telemetry-api-reference, telemetry-schema-reference (see also
+shared/docs/protocol-notes.md). Where the docs are silent the simulator picks
+the stricter reading and says so in comments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as _dt
+import http.client
+import http.server
+import json
+import math
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+import uuid
+import weakref
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+__all__ = [
+    "LambdaSim",
+    "InvokeResult",
+    "ShutdownResult",
+    "SimError",
+    "SimTimeout",
+    "ExtensionExited",
+    "ExtensionInitError",
+]
+
+SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13", "2025-01-29")
+TELEMETRY_TYPES = ("platform", "function", "extension")
+EXTENSION_EVENTS = ("INVOKE", "SHUTDOWN")
+BUFFERING_DEFAULTS = {"maxItems": 10000, "maxBytes": 262144, "timeoutMs": 1000}
+BUFFERING_RANGES = {
+    "maxItems": (1000, 10000),
+    "maxBytes": (262144, 1048576),
+    "timeoutMs": (25, 30000),
+}
+
+P_REGISTER = "/2020-01-01/extension/register"
+P_NEXT = "/2020-01-01/extension/event/next"
+P_INIT_ERROR = "/2020-01-01/extension/init/error"
+P_EXIT_ERROR = "/2020-01-01/extension/exit/error"
+P_TELEMETRY = "/2022-07-01/telemetry"
+P_LOGS = "/2020-08-15/logs"  # deprecated Logs API: not simulated
+
+H_NAME = "Lambda-Extension-Name"
+H_ID = "Lambda-Extension-Identifier"
+H_FEATURE = "Lambda-Extension-Accept-Feature"
+H_ERRTYPE = "Lambda-Extension-Function-Error-Type"
+H_EVENT_ID = "Lambda-Extension-Event-Identifier"
+
+
+class SimError(RuntimeError):
+    """The simulation could not proceed (the message carries the extension's output tail)."""
+
+
+class SimTimeout(SimError):
+    """A bounded wait for the extension ran out."""
+
+
+class ExtensionExited(SimError):
+    """The extension process exited while the simulator was waiting for it."""
+
+
+class ExtensionInitError(SimError):
+    """The extension reported /init/error (see ``sim.init_errors``) and did not finish init."""
+
+
+@dataclass
+class InvokeResult:
+    request_id: str
+    post_runtime_ms: Optional[float]  # None when the extension missed the deadline
+    timed_out: bool
+    runtime_ms: float = 0.0  # measured platform.start -> platform.runtimeDone
+    duration_ms: float = 0.0  # INVOKE answered -> extension's next (or deadline)
+
+
+@dataclass
+class ShutdownResult:
+    exit_code: Optional[int]
+    killed: bool
+    shutdown_ms: Optional[float]  # SHUTDOWN answered -> process exit
+
+
+def _iso_now() -> str:
+    d = _dt.datetime.now(_dt.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def _iso_at(epoch_s: float) -> str:
+    d = _dt.datetime.fromtimestamp(epoch_s, _dt.timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S.") + f"{d.microsecond // 1000:03d}Z"
+
+
+def _kill_group(pgid: int, state: dict) -> None:
+    """Finalizer: make sure a stopped/orphaned extension does not outlive us."""
+    if state.get("reaped"):
+        return
+    for sig in (signal.SIGCONT, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+
+
+# Function log line templates (text format). Each carries the unique id; several
+# carry bytes that break naive re-serialisation: non-ASCII, emoji, escaped
+# quotes, backslashes, tabs, ANSI escapes (serialised as \u001b), U+2028, and
+# embedded JSON.
+def _tpl_plain(i: int, lid: str) -> str:
+    return f"line {lid} #{i} plain ascii payload for the log pipeline"
+
+
+def _tpl_unicode(i: int, lid: str) -> str:
+    return f'line {lid} #{i} unicode café naïve Zürich 🚀🎉 "quoted" and \\backslash\\ ok'
+
+
+def _tpl_control(i: int, lid: str) -> str:
+    return f"line {lid} #{i}\ttab\tseparated \x1b[32mansi green\x1b[0m </script> \u2028 line-sep <&>"
+
+
+def _tpl_json(i: int, lid: str) -> str:
+    return f'line {lid} #{i} {{"embedded":"json with \\"escaped\\" quotes","n":{i},"ok":true}}'
+
+
+def _tpl_long(i: int, lid: str) -> str:
+    return f"line {lid} #{i} long " + ("0123456789abcdef" * 64) + " é end"
+
+
+_TEXT_TEMPLATES = (_tpl_plain, _tpl_unicode, _tpl_control, _tpl_json, _tpl_plain, _tpl_unicode, _tpl_long)
+
+
+class LambdaSim:
+    """Simulates Lambda around one external extension process. See module docstring."""
+
+    def __init__(
+        self,
+        extension_path: str,
+        env: Optional[dict] = None,
+        *,
+        function_name: str = "demo-fn",
+        function_version: str = "$LATEST",
+        account_id: str = "123456789012",
+        memory_mb: int = 128,
+        timeout_ms: int = 3000,
+        telemetry_mode: str = "ok",
+        freeze: bool = True,
+        log_format: str = "text",
+        capture_extension_logs: bool = True,
+        shutdown_deadline_ms: int = 2000,
+        init_timeout_ms: int = 10000,
+        # --- extra options -------------------------------------------------
+        handler: str = "index.handler",
+        runtime_version: str = "python:3.11.v40",
+        init_log_lines: int = 1,
+        buffer_cap_bytes: Optional[int] = None,  # pending-buffer cap; default 10 x maxBytes
+        retry_backoff_ms: tuple = (50, 1000),  # first and max delay between retries of a batch
+        telemetry_post_timeout_s: float = 5.0,
+        telemetry_keepalive: bool = True,
+        next_wait_timeout_s: float = 10.0,  # bound for "extension is waiting in next" before an invoke
+        freeze_wait_s: float = 5.0,  # bound for an in-flight telemetry POST to finish before SIGSTOP
+        inherit_env: bool = False,  # start from os.environ instead of a minimal Lambda-like env
+        echo_output: bool = False,  # tee the extension's stdout/stderr to our stderr (demo/debug)
+        cwd: Optional[str] = None,
+    ) -> None:
+        if telemetry_mode not in ("ok", "202", "404"):
+            raise ValueError("telemetry_mode must be 'ok', '202' or '404'")
+        if log_format not in ("text", "json"):
+            raise ValueError("log_format must be 'text' or 'json'")
+        self.extension_path = os.path.abspath(extension_path)
+        self.extension_name = os.path.basename(extension_path)
+        self.user_env = dict(env or {})
+        self.function_name = function_name
+        self.function_version = function_version
+        self.account_id = account_id
+        self.memory_mb = memory_mb
+        self.timeout_ms = timeout_ms
+        self.telemetry_mode = telemetry_mode
+        self.freeze = freeze
+        self.log_format = log_format
+        self.capture_extension_logs = capture_extension_logs
+        self.shutdown_deadline_ms = shutdown_deadline_ms
+        self.init_timeout_ms = init_timeout_ms
+        self.handler = handler
+        self.runtime_version = runtime_version
+        self.init_log_lines = init_log_lines
+        self.buffer_cap_bytes = buffer_cap_bytes
+        self.retry_backoff_ms = retry_backoff_ms
+        self.telemetry_post_timeout_s = telemetry_post_timeout_s
+        self.telemetry_keepalive = telemetry_keepalive
+        self.next_wait_timeout_s = next_wait_timeout_s
+        self.freeze_wait_s = freeze_wait_s
+        self.inherit_env = inherit_env
+        self.echo_output = echo_output
+        self.cwd = cwd
+        region = self.user_env.get("AWS_REGION") or "us-east-1"
+        self.region = region
+
+        # ---- public observations --------------------------------------------
+        self.emitted: list[bytes] = []  # events queued for the subscriber (exact bytes)
+        self.produced: list[bytes] = []  # every event produced, subscribed or not
+        self.delivered: list[bytes] = []  # events in batches the subscriber answered 2xx
+        self.dropped: list[bytes] = []  # events dropped by the buffer cap
+        self.posted_bodies: list[bytes] = []  # exact bodies of successful POSTs
+        self.delivery_log: list[tuple[float, list[bytes]]] = []  # (perf_counter, batch)
+        self.post_errors: list[str] = []
+        self.function_line_ids: list[str] = []
+        self.request_ids: list[str] = []
+        self.violations: list[str] = []
+        self.init_errors: list[dict] = []
+        self.exit_errors: list[dict] = []
+        self.subscription: Optional[dict] = None
+        self.subscribe_attempts: list[tuple[int, Any]] = []  # (status answered, body)
+        self.register_headers: Optional[dict] = None
+        self.register_body: Optional[dict] = None
+        self.registered_events: list[str] = []
+        self.register_ms: Optional[float] = None
+        self.init_ms: Optional[float] = None
+        self.post_runtime_ms: list[float] = []
+        self.invoke_results: list[InvokeResult] = []
+        self.invoke_timeouts = 0
+        self.telemetry_posts = 0  # successful (2xx) POSTs
+        self.telemetry_post_failures = 0  # failed attempts (connection error or non-2xx)
+        self.api_calls: list[tuple[float, str, str, int]] = []  # (perf_counter, method, path, status)
+        self.next_call_times: list[float] = []  # perf_counter of every event/next arrival
+        self.peak_rss_kb: list[int] = []  # extension VmHWM after each invoke
+        self.freeze_count = 0
+        self.exit_code: Optional[int] = None
+        self.shutdown_result: Optional[ShutdownResult] = None
+        self.port: Optional[int] = None
+        self.pid: Optional[int] = None
+
+        # ---- internal state (all guarded by _cv) ----------------------------
+        self._cv = threading.Condition(threading.RLock())
+        self._started = False
+        self._closed = False
+        self._stop = False
+        self._phase = "new"  # new | init | ready | invoke | shutdown | done
+        self._ext_id: Optional[str] = None
+        self._init_done = False
+        self._t_exec: Optional[float] = None
+        self._init_epoch: Optional[float] = None
+        self._init_duration_ms: Optional[float] = None
+        self._cold = True
+        self._next_waiting = False
+        self._next_calls = 0
+        self._next_arrival = 0.0
+        self._next_event: Optional[tuple[bytes, str]] = None
+        self._shutdown_sent = False
+        self._proc: Optional[subprocess.Popen] = None
+        self._exited = False
+        self._exit_time: Optional[float] = None
+        self._expected_exit = False
+        self._frozen = False
+        self._hold = False  # no telemetry delivery (frozen or about to freeze)
+        self._delivering = False
+        self._presub: Optional[list[tuple[str, bytes]]] = []  # events before subscription
+        self._sub_types: tuple = ()
+        self._deliver_enabled = False
+        self._buffering = dict(BUFFERING_DEFAULTS)
+        self._dest: Optional[tuple[str, int, str]] = None
+        self._buf: collections.deque = collections.deque()  # (perf_counter, bytes)
+        self._buf_bytes = 0
+        self._pending_batch: Optional[list[bytes]] = None
+        self._drop_records = 0
+        self._drop_bytes = 0
+        self._conn: Optional[http.client.HTTPConnection] = None
+        self._out_chunks: list[str] = []
+        self._server: Optional[http.server.ThreadingHTTPServer] = None
+        self._threads: list[threading.Thread] = []
+        self._finalizer = None
+        self._proc_state: dict = {}
+
+    # ------------------------------------------------------------------ utils
+    def __enter__(self) -> "LambdaSim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def stderr_text(self) -> str:
+        """Everything the extension wrote to stderr and stdout so far (interleaved by arrival)."""
+        with self._cv:
+            return "".join(self._out_chunks)
+
+    def _tail(self, n: int = 3000) -> str:
+        t = self.stderr_text()
+        if len(t) > n:
+            t = "..." + t[-n:]
+        return f"\n--- extension output (tail) ---\n{t}\n--- end ---" if t else "\n(extension wrote nothing)"
+
+    def _violation(self, msg: str) -> None:
+        with self._cv:
+            self.violations.append(msg)
+
+    @property
+    def undelivered(self) -> list[bytes]:
+        """Events queued for the subscriber but neither delivered nor dropped (yet)."""
+        with self._cv:
+            out = list(self._pending_batch or [])
+            out.extend(b for _, b in self._buf)
+            return out
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def _signal_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        try:
+            os.killpg(self._proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def _read_vmhwm_kb(self) -> Optional[int]:
+        if self._proc is None or self._exited:
+            return None
+        try:
+            with open(f"/proc/{self._proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            return None
+        return None
+
+    def _wait(self, pred: Callable[[], bool], timeout_s: float, what: str, *,
+              raise_on_timeout: bool = True, raise_on_exit: bool = True) -> bool:
+        """Wait on the condition until pred() (True), timeout (raise or False), or exit."""
+        deadline = time.perf_counter() + timeout_s
+        with self._cv:
+            while True:
+                if self._stop:
+                    raise SimError(f"simulator closed while waiting for {what}")
+                if raise_on_exit and self._exited:
+                    raise ExtensionExited(
+                        f"extension exited (code {self.exit_code}) while waiting for {what}" + self._tail())
+                if pred():
+                    return True
+                if not raise_on_exit and self._exited:
+                    return False
+                rem = deadline - time.perf_counter()
+                if rem <= 0:
+                    if raise_on_timeout:
+                        raise SimTimeout(f"timed out after {timeout_s:.1f}s waiting for {what}" + self._tail())
+                    return False
+                self._cv.wait(min(rem, 0.5))
+
+    # ------------------------------------------------------------- telemetry
+    def _make_event(self, typ: str, record: Any, *, ascii_escape: bool = False, when: Optional[str] = None) -> bytes:
+        env = {"time": when or _iso_now(), "type": typ, "record": record}
+        return json.dumps(env, separators=(",", ":"), ensure_ascii=ascii_escape).encode("utf-8")
+
+    def _emit(self, typ: str, record: Any, **kw) -> bytes:
+        b = self._make_event(typ, record, **kw)
+        cat = "platform" if typ.startswith("platform.") else typ
+        with self._cv:
+            self.produced.append(b)
+            if self._presub is not None:
+                self._presub.append((cat, b))
+            elif self._deliver_enabled and cat in self._sub_types:
+                self._enqueue(b)
+        return b
+
+    def _enqueue(self, b: bytes) -> None:
+        # caller holds _cv
+        self.emitted.append(b)
+        self._buf.append((time.perf_counter(), b))
+        self._buf_bytes += len(b)
+        cap = self.buffer_cap_bytes or 10 * self._buffering["maxBytes"]
+        while self._buf_bytes > cap and len(self._buf) > 1:
+            _, old = self._buf.popleft()
+            self._buf_bytes -= len(old)
+            self.dropped.append(old)
+            self._drop_records += 1
+            self._drop_bytes += len(old)
+        self._cv.notify_all()
+
+    def _end_presub(self) -> None:
+        # caller holds _cv: subscription decided (accepted or init over)
+        pre, self._presub = self._presub, None
+        if pre and self._deliver_enabled:
+            for cat, b in pre:
+                if cat in self._sub_types:
+                    self._enqueue(b)
+
+    def _batch_ready(self, now: float) -> bool:
+        if self._drop_records and "platform" in self._sub_types:
+            return True
+        if not self._buf:
+            return False
+        bf = self._buffering
+        return (len(self._buf) >= bf["maxItems"] or self._buf_bytes >= bf["maxBytes"]
+                or (now - self._buf[0][0]) * 1000.0 >= bf["timeoutMs"])
+
+    def _take_batch(self) -> list[bytes]:
+        items: list[bytes] = []
+        size = 0
+        if self._drop_records:
+            if "platform" in self._sub_types:
+                ev = self._make_event("platform.logsDropped", {
+                    "reason": "Consumer seems to have fallen behind as it has not acknowledged receipt of logs.",
+                    "droppedRecords": self._drop_records,
+                    "droppedBytes": self._drop_bytes,
+                })
+                self.produced.append(ev)
+                self.emitted.append(ev)
+                items.append(ev)
+                size += len(ev)
+            self._drop_records = 0
+            self._drop_bytes = 0
+        bf = self._buffering
+        while self._buf and len(items) < bf["maxItems"]:
+            b = self._buf[0][1]
+            if items and size + len(b) > bf["maxBytes"]:
+                break
+            self._buf.popleft()
+            self._buf_bytes -= len(b)
+            items.append(b)
+            size += len(b)
+        return items
+
+    def _post(self, body: bytes) -> tuple[int, bytes]:
+        assert self._dest is not None
+        host, port, path = self._dest
+        headers = {"Content-Type": "application/json"}
+        for attempt in (0, 1):
+            conn = self._conn
+            reused = conn is not None
+            if conn is None:
+                conn = http.client.HTTPConnection(host, port, timeout=self.telemetry_post_timeout_s)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                if resp.will_close or not self.telemetry_keepalive:
+                    conn.close()
+                    self._conn = None
+                else:
+                    self._conn = conn
+                return resp.status, data
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                conn.close()
+                self._conn = None
+                if reused and attempt == 0:
+                    continue  # stale keep-alive connection: one fresh try, like HTTP clients do
+                raise
+            except Exception:
+                conn.close()
+                self._conn = None
+                raise
+        raise AssertionError("unreachable")
+
+    def _delivery_loop(self) -> None:
+        backoff_first, backoff_max = self.retry_backoff_ms
+        backoff = backoff_first
+        retry_at = 0.0
+        while True:
+            with self._cv:
+                while True:
+                    if self._stop:
+                        return
+                    now = time.perf_counter()
+                    wait: Optional[float] = 0.5
+                    if self._dest is not None and not self._hold and not self._exited:
+                        if self._pending_batch is not None:
+                            if now >= retry_at:
+                                break
+                            wait = retry_at - now
+                        elif self._batch_ready(now):
+                            self._pending_batch = self._take_batch()
+                            if self._pending_batch:
+                                break
+                            self._pending_batch = None
+                        elif self._buf:
+                            wait = self._buffering["timeoutMs"] / 1000.0 - (now - self._buf[0][0])
+                    self._cv.wait(max(0.001, min(wait, 0.5)))
+                batch = self._pending_batch
+                self._delivering = True
+            body = b"[" + b",".join(batch) + b"]"
+            status = None
+            err = None
+            try:
+                status, _ = self._post(body)
+                if not 200 <= status < 300:
+                    err = f"HTTP {status}"
+            except Exception as e:  # connection refused/reset, timeout...
+                err = f"{type(e).__name__}: {e}"
+            with self._cv:
+                self._delivering = False
+                if err is None:
+                    self.telemetry_posts += 1
+                    self.posted_bodies.append(body)
+                    self.delivered.extend(batch)
+                    self.delivery_log.append((time.perf_counter(), batch))
+                    self._pending_batch = None
+                    backoff = backoff_first
+                else:
+                    self.telemetry_post_failures += 1
+                    self.post_errors.append(err)
+                    if status is not None:
+                        self.violations.append(
+                            f"telemetry listener answered {err} (Lambda redelivers on 4xx/5xx; answer 200)")
+                    retry_at = time.perf_counter() + backoff / 1000.0
+                    backoff = min(backoff * 2, backoff_max)
+                self._cv.notify_all()
+
+    # ------------------------------------------------------------ HTTP server
+    def _make_handler(self):
+        sim = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            server_version = "LambdaSim/1.0"
+            sys_version = ""
+
+            def log_message(self, fmt, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                sim._dispatch(self, "GET")
+
+            def do_POST(self):
+                sim._dispatch(self, "POST")
+
+            def do_PUT(self):
+                sim._dispatch(self, "PUT")
+
+            def do_DELETE(self):
+                sim._dispatch(self, "DELETE")
+
+            def do_PATCH(self):
+                sim._dispatch(self, "PATCH")
+
+        return Handler
+
+    @staticmethod
+    def _read_body(h) -> bytes:
+        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while True:
+                line = h.rfile.readline(65537)
+                if not line:
+                    break
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while True:
+                        tr = h.rfile.readline(65537)
+                        if tr in (b"\r\n", b"\n", b""):
+                            break
+                    break
+                parts.append(h.rfile.read(size))
+                h.rfile.readline()
+            return b"".join(parts)
+        n = int(h.headers.get("Content-Length") or 0)
+        return h.rfile.read(n) if n > 0 else b""
+
+    def _reply(self, h, method: str, path: str, status: int, body: Any = b"",
+               headers: Optional[dict] = None, ctype: str = "application/json") -> None:
+        if isinstance(body, (dict, list)):
+            body = json.dumps(body).encode()
+        elif isinstance(body, str):
+            body = body.encode()
+        with self._cv:
+            self.api_calls.append((time.perf_counter(), method, path, status))
+        try:
+            h.send_response(status)
+            h.send_header("Content-Type", ctype)
+            h.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                h.send_header(k, v)
+            h.end_headers()
+            h.wfile.write(body)
+            h.wfile.flush()
+        except OSError:
+            h.close_connection = True
+
+    def _error(self, h, method, path, status, etype, msg, *, violation=True) -> None:
+        if violation:
+            self._violation(f"{method} {path}: {status} {etype}: {msg}")
+        self._reply(h, method, path, status, {"errorType": etype, "errorMessage": msg})
+
+    def _dispatch(self, h, method: str) -> None:
+        path = urllib.parse.urlsplit(h.path).path
+        norm = path.rstrip("/") or "/"
+        try:
+            body = self._read_body(h)
+        except (OSError, ValueError):
+            h.close_connection = True
+            return
+        routes = {
+            P_REGISTER: ("POST", self._h_register),
+            P_NEXT: ("GET", self._h_next),
+            P_INIT_ERROR: ("POST", self._h_init_error),
+            P_EXIT_ERROR: ("POST", self._h_exit_error),
+            P_TELEMETRY: ("PUT", self._h_telemetry),
+        }
+        if norm == P_LOGS:
+            return self._error(h, method, path, 400, "Logs.Unsupported",
+                               "the Logs API (2020-08-15) is superseded by the Telemetry API and not simulated")
+        if norm not in routes:
+            return self._error(h, method, path, 404, "InvalidRequest", f"unknown path {path}")
+        want, fn = routes[norm]
+        if method != want:
+            return self._error(h, method, path, 405, "InvalidRequest", f"{norm} expects {want}, got {method}")
+        fn(h, method, path, body)
+
+    def _check_id(self, h, method, path) -> bool:
+        got = h.headers.get(H_ID)
+        with self._cv:
+            ext_id = self._ext_id
+        if got is None:
+            self._error(h, method, path, 403, "Extension.MissingExtensionIdentifier",
+                        f"missing {H_ID} header")
+            return False
+        if ext_id is None or got != ext_id:
+            self._error(h, method, path, 403, "Extension.InvalidExtensionIdentifier",
+                        f"unknown {H_ID} {got!r}")
+            return False
+        return True
+
+    def _h_register(self, h, method, path, body) -> None:
+        name = h.headers.get(H_NAME)
+        with self._cv:
+            if self._ext_id is not None:
+                return self._error(h, method, path, 403, "Extension.AlreadyRegistered",
+                                   "extension already registered")
+            if self._init_done:
+                return self._error(h, method, path, 403, "Extension.InvalidState",
+                                   "registration is only possible during init")
+        if name != self.extension_name:
+            return self._error(h, method, path, 403, "Extension.InvalidExtensionName",
+                               f"{H_NAME} {name!r} must be the executable's file name {self.extension_name!r}")
+        try:
+            req = json.loads(body or b"null")
+            events = req["events"]
+            if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+                raise ValueError("events must be a list of strings")
+        except (ValueError, KeyError, TypeError) as e:
+            return self._error(h, method, path, 400, "InvalidRequest", f"bad register body: {e}")
+        bad = [e for e in events if e not in EXTENSION_EVENTS]
+        if bad:
+            return self._error(h, method, path, 400, "Extension.InvalidEventType",
+                               f"unknown event types {bad}; allowed {list(EXTENSION_EVENTS)}")
+        ext_id = str(uuid.uuid4())
+        resp = {"functionName": self.function_name, "functionVersion": self.function_version,
+                "handler": self.handler}
+        features = [f.strip() for f in (h.headers.get(H_FEATURE) or "").split(",")]
+        if "accountId" in features:
+            resp["accountId"] = self.account_id
+        with self._cv:
+            if self._ext_id is not None:  # lost a race with a concurrent register
+                return self._error(h, method, path, 403, "Extension.AlreadyRegistered",
+                                   "extension already registered")
+            self._ext_id = ext_id
+            self.register_headers = dict(h.headers.items())
+            self.register_body = req
+            self.registered_events = list(events)
+            self.register_ms = (time.perf_counter() - self._t_exec) * 1000.0
+            self._cv.notify_all()
+        self._reply(h, method, path, 200, resp, headers={H_ID: ext_id})
+
+    def _h_next(self, h, method, path, body) -> None:
+        if not self._check_id(h, method, path):
+            return
+        with self._cv:
+            if self._next_waiting:
+                return self._error(h, method, path, 403, "Extension.InvalidState",
+                                   "concurrent event/next calls from one extension")
+            if self._shutdown_sent:
+                self.violations.append("event/next called after SHUTDOWN was delivered (the extension should exit)")
+            now = time.perf_counter()
+            self._next_waiting = True
+            self._next_calls += 1
+            self._next_arrival = now
+            self.next_call_times.append(now)
+            first = self.init_ms is None
+            if first:
+                self.init_ms = (now - self._t_exec) * 1000.0
+                self._init_done = True
+                self._emit("platform.extension", {"name": self.extension_name, "state": "Ready",
+                                                  "events": list(self.registered_events)})
+                if self._presub is not None:  # init over without a subscription: nothing is kept
+                    self._end_presub()
+            self._cv.notify_all()
+            while self._next_event is None and not self._stop:
+                self._cv.wait(1.0)
+            if self._stop:
+                self._next_waiting = False
+                h.close_connection = True
+                return
+            ev, ev_id = self._next_event
+            self._next_event = None
+            self._next_waiting = False
+            self._cv.notify_all()
+        self._reply(h, method, path, 200, ev, headers={H_EVENT_ID: ev_id})
+
+    def _record_error(self, h, body, store: list, what: str) -> None:
+        try:
+            parsed = json.loads(body) if body else None
+        except ValueError:
+            parsed = None
+        entry = {"error_type": h.headers.get(H_ERRTYPE), "body": body.decode("utf-8", "replace"),
+                 "json": parsed, "time": time.perf_counter()}
+        with self._cv:
+            store.append(entry)
+            if not entry["error_type"]:
+                self.violations.append(f"{what} without {H_ERRTYPE} header")
+            self._cv.notify_all()
+
+    def _h_init_error(self, h, method, path, body) -> None:
+        if not self._check_id(h, method, path):
+            return
+        self._record_error(h, body, self.init_errors, "init/error")
+        self._reply(h, method, path, 202, {"status": "OK"})
+
+    def _h_exit_error(self, h, method, path, body) -> None:
+        if not self._check_id(h, method, path):
+            return
+        self._record_error(h, body, self.exit_errors, "exit/error")
+        self._reply(h, method, path, 202, {"status": "OK"})
+
+    def _validate_subscription(self, req: Any) -> tuple[Optional[str], Any]:
+        if not isinstance(req, dict):
+            return "body must be a JSON object", None
+        sv = req.get("schemaVersion")
+        if sv not in SCHEMA_VERSIONS:
+            return f"schemaVersion {sv!r} must be one of {list(SCHEMA_VERSIONS)}", None
+        types = req.get("types")
+        if not isinstance(types, list) or not types or any(t not in TELEMETRY_TYPES for t in types):
+            return f"types {types!r} must be a non-empty subset of {list(TELEMETRY_TYPES)}", None
+        buf = req.get("buffering", {})
+        if buf is None:
+            buf = {}
+        if not isinstance(buf, dict):
+            return "buffering must be an object", None
+        eff = dict(BUFFERING_DEFAULTS)
+        for k, v in buf.items():
+            if k not in BUFFERING_RANGES:
+                return f"unknown buffering field {k!r}", None
+            lo, hi = BUFFERING_RANGES[k]
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                return f"buffering.{k}={v!r} must be an integer in [{lo}, {hi}]", None
+            eff[k] = v
+        dest = req.get("destination")
+        if not isinstance(dest, dict):
+            return "destination must be an object", None
+        if dest.get("protocol") != "HTTP":
+            # Lambda also accepts "TCP"; this simulator only speaks HTTP.
+            return f"destination.protocol {dest.get('protocol')!r} must be \"HTTP\"", None
+        uri = dest.get("URI")
+        try:
+            u = urllib.parse.urlsplit(uri)
+            port = u.port
+        except (TypeError, ValueError, AttributeError):
+            return f"destination.URI {uri!r} is not a valid URI", None
+        if u.scheme != "http" or u.hostname != "sandbox.localdomain":
+            return f"destination.URI {uri!r} must be http://sandbox.localdomain:PORT[/path]", None
+        if not port:
+            return f"destination.URI {uri!r} needs an explicit port", None
+        target = u.path or "/"
+        if u.query:
+            target += "?" + u.query
+        return None, (sorted(set(types), key=TELEMETRY_TYPES.index), eff, ("127.0.0.1", port, target))
+
+    def _h_telemetry(self, h, method, path, body) -> None:
+        if not self._check_id(h, method, path):
+            return
+        with self._cv:
+            closed = self._init_done
+        if closed:
+            return self._error(h, method, path, 403, "Telemetry.SubscriptionClosed",
+                               "telemetry subscriptions are only accepted during init")
+        try:
+            req = json.loads(body or b"null")
+        except ValueError as e:
+            with self._cv:
+                self.subscribe_attempts.append((400, body))
+            return self._error(h, method, path, 400, "ValidationError", f"body is not JSON: {e}")
+        if self.telemetry_mode == "404":
+            with self._cv:
+                self.subscribe_attempts.append((404, req))
+            return self._error(h, method, path, 404, "Telemetry.NotSupported",
+                               "Telemetry API is not supported here", violation=False)
+        err, parsed = self._validate_subscription(req)
+        if err:
+            with self._cv:
+                self.subscribe_attempts.append((400, req))
+            return self._error(h, method, path, 400, "ValidationError", err)
+        if self.telemetry_mode == "202":
+            with self._cv:
+                self.subscribe_attempts.append((202, req))
+                self.subscription = req
+            # like local emulators: accepted, never delivered
+            return self._reply(h, method, path, 202, "Telemetry API is not supported; nothing will be delivered",
+                               ctype="text/plain")
+        types, eff, dest = parsed
+        with self._cv:
+            self.subscribe_attempts.append((200, req))
+            self.subscription = req
+            self._sub_types = tuple(types)
+            self._buffering = eff
+            self._dest = dest
+            self._deliver_enabled = True
+            if self._presub is not None:
+                self._end_presub()
+            self._emit("platform.telemetrySubscription",
+                       {"name": self.extension_name, "state": "Subscribed", "types": list(types)})
+            self._cv.notify_all()
+        self._reply(h, method, path, 200, "OK", ctype="text/plain")
+
+    # ------------------------------------------------------- process plumbing
+    def _build_env(self) -> dict:
+        if self.inherit_env:
+            env = dict(os.environ)
+        else:
+            env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+                   "LANG": "en_US.UTF-8", "TZ": ":UTC"}
+        env.update({
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
+            "AWS_LAMBDA_FUNCTION_VERSION": self.function_version,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
+            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
+            # Lambda always provides (temporary) credentials; tests override or unset them.
+            "AWS_ACCESS_KEY_ID": "ASIASIMULATEDKEY0000",
+            "AWS_SECRET_ACCESS_KEY": "simulated/secret/key/0000000000000000000",
+            "AWS_SESSION_TOKEN": "simulated-session-token",
+        })
+        for k, v in self.user_env.items():
+            if v is None:
+                env.pop(k, None)
+            else:
+                env[k] = str(v)
+        env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{self.port}"
+        return env
+
+    def _reader(self, pipe, stream: str) -> None:
+        try:
+            for raw in iter(pipe.readline, b""):
+                text = raw.decode("utf-8", "replace")
+                with self._cv:
+                    self._out_chunks.append(text)
+                if self.echo_output:
+                    try:
+                        sys.stderr.write(f"[{self.extension_name} {stream}] {text}")
+                        if not text.endswith("\n"):
+                            sys.stderr.write("\n")
+                    except Exception:
+                        pass
+                if self.capture_extension_logs:
+                    self._emit("extension", text.rstrip("\r\n"))
+        except (OSError, ValueError):
+            pass
+
+    def _watcher(self) -> None:
+        rc = self._proc.wait()
+        with self._cv:
+            self._proc_state["reaped"] = True
+            self._exited = True
+            self.exit_code = rc
+            self._exit_time = time.perf_counter()
+            if not self._expected_exit and not self._stop:
+                if not (self.init_errors or self.exit_errors):
+                    self.violations.append(
+                        f"extension exited unexpectedly (code {rc}) in phase {self._phase}")
+            self._cv.notify_all()
+
+    def _spawn_thread(self, target, *args, name: str) -> None:
+        t = threading.Thread(target=target, args=args, name=f"lambdasim-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def _freeze_now(self) -> None:
+        """Freeze the sandbox: wait for an in-flight delivery, then SIGSTOP the process group."""
+        with self._cv:
+            self._hold = True
+            self._cv.wait_for(lambda: not self._delivering, timeout=self.freeze_wait_s)
+            if self._delivering:
+                self.violations.append("telemetry POST still in flight when the sandbox froze")
+            if not self._exited and not self._frozen:
+                self._signal_group(signal.SIGSTOP)
+                self._frozen = True
+                self.freeze_count += 1
+        # SIGSTOP is asynchronous: make sure the process really is stopped before we
+        # report the sandbox as frozen (no signal exists for this, so poll /proc briefly).
+        self._wait_stopped(timeout_s=2.0)
+
+    def _proc_status(self) -> Optional[str]:
+        try:
+            with open(f"/proc/{self._proc.pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError, AttributeError):
+            return None
+
+    def _wait_stopped(self, timeout_s: float) -> bool:
+        end = time.perf_counter() + timeout_s
+        while time.perf_counter() < end:
+            st = self._proc_status()
+            if st is None or st in ("T", "t", "Z", "X") or self._exited:
+                return True
+            time.sleep(0.0005)
+        return False
+
+    def _thaw(self) -> None:
+        with self._cv:
+            if self._frozen:
+                self._signal_group(signal.SIGCONT)
+                self._frozen = False
+            self._hold = False
+            self._cv.notify_all()
+
+    def _give_next_event(self, payload: dict) -> int:
+        """Answer the pending event/next; returns the next-call count to wait for afterwards."""
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        with self._cv:
+            target = self._next_calls + 1
+            self._next_event = (body, str(uuid.uuid4()))
+            self._cv.notify_all()
+        return target
+
+    # ---------------------------------------------------------------- phases
+    def start(self) -> None:
+        """Init phase: spawn the extension, wait for register and its first event/next."""
+        if self._started:
+            raise SimError("start() called twice")
+        self._started = True
+        self._phase = "init"
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._make_handler())
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._spawn_thread(self._server.serve_forever, 0.1, name="api")
+        self._spawn_thread(self._delivery_loop, name="telemetry")
+        env = self._build_env()
+
+        self._init_epoch = time.time()
+        self._emit("platform.initStart", {
+            "initializationType": "on-demand",
+            "phase": "init",
+            "runtimeVersion": self.runtime_version,
+            "runtimeVersionArn": f"arn:aws:lambda:{self.region}::runtime:{secrets.token_hex(32)}",
+            "functionName": self.function_name,
+            "functionVersion": self.function_version,
+        })
+        self._t_exec = time.perf_counter()
+        try:
+            self._proc = subprocess.Popen(
+                [self.extension_path], env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as e:
+            raise SimError(f"cannot execute extension {self.extension_path}: {e}") from e
+        self.pid = self._proc.pid
+        self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid, self._proc_state)
+        self._spawn_thread(self._reader, self._proc.stdout, "stdout", name="stdout")
+        self._spawn_thread(self._reader, self._proc.stderr, "stderr", name="stderr")
+        self._spawn_thread(self._watcher, name="watch")
+
+        deadline = self._t_exec + self.init_timeout_ms / 1000.0
+        try:
+            self._wait(lambda: self._ext_id is not None, max(0.0, deadline - time.perf_counter()),
+                       "the extension to register")
+            # Runtime init starts once every extension has registered.
+            for i in range(self.init_log_lines):
+                lid = str(uuid.uuid4())
+                self.function_line_ids.append(lid)
+                text = f"line {lid} init #{i} cold start: loading handler café ☕"
+                if self.log_format == "json":
+                    rec: Any = {"timestamp": _iso_now(), "level": "INFO", "message": text}
+                else:
+                    rec = text
+                self._emit("function", rec)
+            self._emit("platform.initRuntimeDone", {"initializationType": "on-demand", "phase": "init",
+                                                    "status": "success"})
+            self._wait(lambda: self.init_ms is not None, max(0.0, deadline - time.perf_counter()),
+                       "the extension's first event/next (end of init)")
+        except SimError as e:
+            with self._cv:
+                errs = list(self.init_errors)
+            if errs:
+                raise ExtensionInitError(f"extension reported init error {errs[-1]['error_type']!r}: "
+                                         f"{errs[-1]['body']}" + self._tail()) from e
+            raise
+        self._init_duration_ms = self.init_ms
+        self._emit("platform.initReport", {"initializationType": "on-demand", "phase": "init",
+                                           "status": "success",
+                                           "metrics": {"durationMs": round(self.init_ms, 3)}})
+        self._phase = "ready"
+        if self.freeze:
+            self._freeze_now()
+
+    def invoke(self, log_lines: int = 10, *, runtime_ms: float = 0, idle_ms: float = 0,
+               line_factory: Optional[Callable[[int, str], Any]] = None,
+               spread_lines: bool = False) -> InvokeResult:
+        """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id."""
+        if self._phase != "ready":
+            raise SimError(f"invoke() in phase {self._phase!r}")
+        self._phase = "invoke"
+        self._thaw()
+        wants_invoke = "INVOKE" in self.registered_events
+        if wants_invoke:
+            self._wait(lambda: self._next_waiting, self.next_wait_timeout_s,
+                       "the extension to wait in event/next before INVOKE")
+        rid = str(uuid.uuid4())
+        self.request_ids.append(rid)
+        trace_value = (f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
+                       f"Parent={secrets.token_hex(8)};Sampled=1")
+        tracing = {"spanId": secrets.token_hex(8), "type": "X-Amzn-Trace-Id", "value": trace_value}
+        arn = f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+        if self.function_version != "$LATEST":
+            arn += f":{self.function_version}"
+        t0 = time.perf_counter()
+        epoch0 = time.time()
+        deadline_pc = t0 + self.timeout_ms / 1000.0
+        target = None
+        if wants_invoke:
+            target = self._give_next_event({
+                "eventType": "INVOKE",
+                "deadlineMs": int(epoch0 * 1000) + self.timeout_ms,
+                "requestId": rid,
+                "invokedFunctionArn": arn,
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_value},
+            })
+        self._emit("platform.start", {"requestId": rid, "version": self.function_version, "tracing": tracing})
+
+        records = []
+        for i in range(log_lines):
+            lid = str(uuid.uuid4())
+            self.function_line_ids.append(lid)
+            if line_factory is not None:
+                rec = line_factory(i, lid)
+            else:
+                text = _TEXT_TEMPLATES[i % len(_TEXT_TEMPLATES)](i, lid)
+                if self.log_format == "json":
+                    rec = {"timestamp": _iso_now(), "level": "INFO", "message": text, "requestId": rid}
+                else:
+                    rec = text
+            records.append(rec)
+        per_line = (runtime_ms / 1000.0 / max(1, log_lines)) if spread_lines else 0.0
+        for i, rec in enumerate(records):
+            # every 4th line is serialised ASCII-only (\u00e9, surrogate pairs): byte-exact
+            # forwarding must keep either spelling as it came.
+            self._emit("function", rec, ascii_escape=(i % 4 == 3))
+            if per_line:
+                time.sleep(per_line)
+        rest = runtime_ms / 1000.0 - (time.perf_counter() - t0)
+        if rest > 0:
+            time.sleep(rest)
+        t_rd = time.perf_counter()
+        runtime_dur = (t_rd - t0) * 1000.0
+        produced = 17
+        self._emit("platform.runtimeDone", {
+            "requestId": rid,
+            "status": "success",
+            "tracing": tracing,
+            "spans": [
+                {"name": "responseLatency", "start": _iso_at(epoch0), "durationMs": round(runtime_dur * 0.9, 3)},
+                {"name": "responseDuration", "start": _iso_at(epoch0 + runtime_dur * 0.9 / 1000.0),
+                 "durationMs": round(runtime_dur * 0.1, 3)},
+            ],
+            "metrics": {"durationMs": round(runtime_dur, 3), "producedBytes": produced},
+        })
+
+        timed_out = False
+        post = None
+        t_end = t_rd
+        if wants_invoke:
+            ok = self._wait(lambda: self._next_calls >= target and self._next_waiting,
+                            max(0.0, deadline_pc - time.perf_counter()),
+                            f"the extension's event/next after INVOKE {rid}", raise_on_timeout=False)
+            if ok:
+                with self._cv:
+                    t_end = self._next_arrival
+                post = max(0.0, (t_end - t_rd) * 1000.0)
+                self.post_runtime_ms.append(post)
+            else:
+                timed_out = True
+                t_end = time.perf_counter()
+                self.invoke_timeouts += 1
+                self._violation(f"invoke {rid}: extension did not call event/next before deadlineMs "
+                                f"({self.timeout_ms} ms)")
+        duration = (max(t_end, t_rd) - t0) * 1000.0
+        rss = self._read_vmhwm_kb()
+        if rss is not None:
+            self.peak_rss_kb.append(rss)
+        metrics = {
+            "durationMs": round(duration, 3),
+            "billedDurationMs": int(math.ceil(duration)),
+            "memorySizeMB": self.memory_mb,
+            "maxMemoryUsedMB": int(math.ceil((rss or 0) / 1024.0)) + 40,  # + nominal runtime footprint
+        }
+        if self._cold and self._init_duration_ms is not None:
+            metrics["initDurationMs"] = round(self._init_duration_ms, 3)
+        self._cold = False
+        report = {"requestId": rid, "status": "timeout" if timed_out else "success", "metrics": metrics,
+                  "tracing": tracing}
+        if timed_out:
+            report["errorType"] = "Sandbox.Timedout"
+        with self._cv:
+            if self.freeze and not timed_out:
+                self._hold = True  # the report waits for the thaw, like Lambda
+            self._emit("platform.report", report)
+        res = InvokeResult(request_id=rid, post_runtime_ms=post, timed_out=timed_out,
+                           runtime_ms=runtime_dur, duration_ms=duration)
+        self.invoke_results.append(res)
+        if timed_out:
+            # Lambda would reset the sandbox; the caller should shutdown(reason="timeout").
+            self._phase = "ready"
+            self._thaw()
+        else:
+            if self.freeze:
+                self._freeze_now()
+            self._phase = "ready"
+        if idle_ms:
+            time.sleep(idle_ms / 1000.0)
+        return res
+
+    def shutdown(self, reason: str = "spindown") -> ShutdownResult:
+        """Shutdown phase: SHUTDOWN event, deadline, SIGKILL after it."""
+        if self._phase in ("new", "done"):
+            raise SimError(f"shutdown() in phase {self._phase!r}")
+        self._phase = "shutdown"
+        with self._cv:
+            self._expected_exit = True
+        self._thaw()
+        t_start = time.perf_counter()
+        deadline = t_start + self.shutdown_deadline_ms / 1000.0
+        epoch_deadline_ms = int(time.time() * 1000) + self.shutdown_deadline_ms
+        t_answer = None
+        if "SHUTDOWN" in self.registered_events and not self._exited:
+            got = self._wait(lambda: self._next_waiting, max(0.0, deadline - time.perf_counter()),
+                             "the extension to wait in event/next before SHUTDOWN",
+                             raise_on_timeout=False, raise_on_exit=False)
+            if got:
+                self._give_next_event({"eventType": "SHUTDOWN", "shutdownReason": reason,
+                                       "deadlineMs": epoch_deadline_ms})
+                with self._cv:
+                    self._shutdown_sent = True
+                t_answer = time.perf_counter()
+                self._wait(lambda: self._exited, max(0.0, deadline - time.perf_counter()),
+                           "the extension to exit after SHUTDOWN", raise_on_timeout=False,
+                           raise_on_exit=False)
+        killed = False
+        if not self._exited:
+            if "SHUTDOWN" in self.registered_events:
+                self._violation(f"extension did not exit within the shutdown deadline "
+                                f"({self.shutdown_deadline_ms} ms): SIGKILL")
+            killed = True
+            self._signal_group(signal.SIGCONT)
+            self._signal_group(signal.SIGKILL)
+            self._wait(lambda: self._exited, 10.0, "the extension to die after SIGKILL",
+                       raise_on_exit=False)
+        with self._cv:
+            rc = self.exit_code
+            exit_time = self._exit_time
+            if not killed and rc not in (0, None) and not self.exit_errors:
+                self.violations.append(f"extension exited with code {rc} after SHUTDOWN")
+        shutdown_ms = (exit_time - t_answer) * 1000.0 if (t_answer is not None and exit_time) else None
+        self._phase = "done"
+        self.shutdown_result = ShutdownResult(exit_code=rc, killed=killed, shutdown_ms=shutdown_ms)
+        return self.shutdown_result
+
+    def close(self) -> None:
+        """Kill the extension (SIGCONT first), stop the servers and threads. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._proc is not None and not self._exited:
+            with self._cv:
+                self._expected_exit = True
+            self._signal_group(signal.SIGCONT)
+            self._frozen = False
+            self._signal_group(signal.SIGKILL)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                pass
+        for t in self._threads:
+            t.join(timeout=2.0)
+        if self._proc is not None:
+            for p in (self._proc.stdout, self._proc.stderr):
+                try:
+                    p.close()
+                except Exception:
+                    pass
+        if self._finalizer is not None and self._proc_state.get("reaped"):
+            self._finalizer.detach()
+
+    # --------------------------------------------------------------- summary
+    def summary(self) -> dict:
+        def r(x):
+            return None if x is None else round(x, 3)
+        sd = self.shutdown_result
+        with self._cv:
+            return {
+                "extension": self.extension_path,
+                "register_ms": r(self.register_ms),
+                "init_ms": r(self.init_ms),
+                "post_runtime_ms": [r(x) for x in self.post_runtime_ms],
+                "invokes": len(self.request_ids),
+                "invoke_timeouts": self.invoke_timeouts,
+                "exit_code": sd.exit_code if sd else self.exit_code,
+                "killed": sd.killed if sd else None,
+                "shutdown_ms": r(sd.shutdown_ms) if sd else None,
+                "subscription": self.subscription,
+                "events_produced": len(self.produced),
+                "events_emitted": len(self.emitted),
+                "events_delivered": len(self.delivered),
+                "events_dropped": len(self.dropped),
+                "events_undelivered": len(self.undelivered),
+                "function_lines": len(self.function_line_ids),
+                "telemetry_posts": self.telemetry_posts,
+                "telemetry_post_failures": self.telemetry_post_failures,
+                "peak_rss_kb": max(self.peak_rss_kb) if self.peak_rss_kb else None,
+                "init_errors": self.init_errors,
+                "exit_errors": self.exit_errors,
+                "violations": list(self.violations),
+            }
+
+
+def _main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description="Run an external Lambda extension under a local Lambda simulator.")
+    ap.add_argument("--extension", required=True, help="path of the extension executable")
+    ap.add_argument("--invokes", type=int, default=3)
+    ap.add_argument("--lines", type=int, default=10, help="function log lines per invoke")
+    ap.add_argument("--env", action="append", default=[], metavar="K=V")
+    ap.add_argument("--runtime-ms", type=float, default=0)
+    ap.add_argument("--idle-ms", type=float, default=0)
+    ap.add_argument("--timeout-ms", type=int, default=3000)
+    ap.add_argument("--shutdown-deadline-ms", type=int, default=2000)
+    ap.add_argument("--init-timeout-ms", type=int, default=10000)
+    ap.add_argument("--telemetry-mode", choices=("ok", "202", "404"), default="ok")
+    ap.add_argument("--log-format", choices=("text", "json"), default="text")
+    ap.add_argument("--no-freeze", action="store_true")
+    ap.add_argument("--inherit-env", action="store_true")
+    ap.add_argument("--echo", action="store_true", help="echo the extension's output to stderr")
+    a = ap.parse_args(argv)
+    env = {}
+    for kv in a.env:
+        k, sep, v = kv.partition("=")
+        if not sep:
+            ap.error(f"--env expects K=V, got {kv!r}")
+        env[k] = v
+    rc = 0
+    with LambdaSim(a.extension, env, timeout_ms=a.timeout_ms, telemetry_mode=a.telemetry_mode,
+                   freeze=not a.no_freeze, log_format=a.log_format,
+                   shutdown_deadline_ms=a.shutdown_deadline_ms, init_timeout_ms=a.init_timeout_ms,
+                   inherit_env=a.inherit_env, echo_output=a.echo) as sim:
+        error = None
+        try:
+            sim.start()
+            for _ in range(a.invokes):
+                sim.invoke(a.lines, runtime_ms=a.runtime_ms, idle_ms=a.idle_ms)
+            sim.shutdown()
+        except SimError as e:
+            error = str(e)
+            rc = 2
+        out = sim.summary()
+        out["error"] = error
+        if out["violations"] and rc == 0:
+            rc = 1
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
