@@ -560,6 +560,9 @@ class LambdaSim:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out as separate writes; without TCP_NODELAY,
+            # Nagle + delayed ACK add ~40 ms to every answer, which Lambda does not.
+            disable_nagle_algorithm = True
             server_version = "LambdaSim/1.0"
             sys_version = ""
 

@@ -1,0 +1,76 @@
+"""Shared fixtures for the end-to-end tests: the built extension binary, real
+Kinesis emulators (one per test, on port 0), and a helper that runs the binary
+under the Lambda simulator and reads the stream back."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+import emulators
+from lambda_sim import LambdaSim
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ext_bin() -> str:
+    path = os.environ.get("EXTENSION_BIN") or str(ROOT / "layer/extensions/kinesis-telemetry-extension")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"extension binary {path} not found: run ./build.sh first (or ./build.sh test)")
+    return path
+
+
+@pytest.fixture
+def kinesalite(tmp_path):
+    emu = emulators.start_kinesalite(tmp_path)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def kinesis_local(tmp_path):
+    emu = emulators.start_kinesis_local(tmp_path)
+    yield emu
+    emu.stop()
+
+
+@pytest.fixture
+def moto(tmp_path):
+    emu = emulators.start_moto(tmp_path)
+    yield emu
+    emu.stop()
+
+
+def new_stream(emu, shards=1) -> tuple[str, str]:
+    name = "telemetry-" + uuid.uuid4().hex[:8]
+    arn = emu.create_stream(name, shards)
+    return name, arn
+
+
+def ext_env(emu, stream: str, **extra) -> dict:
+    env = {
+        "KINESIS_TELEMETRY_STREAM": stream,
+        "AWS_REGION": emu.region,
+        "AWS_ENDPOINT_URL_KINESIS": emu.endpoint,
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+        "RUST_LOG": "info",
+    }
+    env.update({k: v for k, v in extra.items()})
+    return env
+
+
+def run_invokes(sim: LambdaSim, invokes: int, lines: int, **kw) -> None:
+    sim.start()
+    for _ in range(invokes):
+        r = sim.invoke(log_lines=lines, **kw)
+        assert not r.timed_out, sim.stderr_text()
+
+
+def assert_clean_exit(sim: LambdaSim, result) -> None:
+    assert result.exit_code == 0 and not result.killed, (result, sim.stderr_text()[-3000:])
+    assert sim.violations == [], sim.violations
