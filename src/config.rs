@@ -90,6 +90,21 @@ impl fmt::Debug for StaticCredentials {
     }
 }
 
+/// Where signing credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsSource {
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
+    Static(StaticCredentials),
+    /// The container credentials endpoint (SnapStart, ECS-style):
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (or `_RELATIVE_URI`) with
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or `_TOKEN_FILE`).
+    Container {
+        url: String,
+        token: Option<String>,
+        token_file: Option<String>,
+    },
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -97,7 +112,7 @@ pub struct Config {
     pub region: String,
     /// Base URL of the Kinesis API, without a trailing slash.
     pub endpoint: String,
-    pub credentials: StaticCredentials,
+    pub credentials: CredentialsSource,
     pub types: Types,
     pub buffering: Buffering,
     /// 0 lets the OS pick a free port.
@@ -114,6 +129,12 @@ pub struct Config {
     pub partition_key: PartitionKeyMode,
     pub shutdown_wait: Duration,
     pub max_attempts: u32,
+    /// Retry tokens (AWS SDK standard mode): retries spend them, successes
+    /// earn them back; when empty, failures wait for the next flush.
+    pub retry_budget: u32,
+    /// How often counters are also written to the stream while busy
+    /// (`None`: only at shutdown).
+    pub metrics_interval: Option<Duration>,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
     pub connect_timeout: Duration,
@@ -298,30 +319,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         None => format!("https://kinesis.{region}.amazonaws.com"),
     };
 
-    let credentials = match (r.raw("AWS_ACCESS_KEY_ID"), r.raw("AWS_SECRET_ACCESS_KEY")) {
-        (Some(access_key_id), Some(secret_access_key)) => StaticCredentials {
-            access_key_id,
-            secret_access_key,
-            session_token: r.raw("AWS_SESSION_TOKEN"),
-        },
-        (a, _) => {
-            let var = if a.is_none() {
-                "AWS_ACCESS_KEY_ID"
-            } else {
-                "AWS_SECRET_ACCESS_KEY"
-            };
-            r.fail(
-                var,
-                None,
-                "AWS credentials (Lambda sets them from the function's execution role)",
-            );
-            StaticCredentials {
-                access_key_id: String::new(),
-                secret_access_key: String::new(),
-                session_token: None,
-            }
-        }
-    };
+    let credentials = credentials_source(&mut r);
 
     let types = match r.raw("KINESIS_TELEMETRY_TYPES") {
         None => Types {
@@ -398,6 +396,11 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     );
     let shutdown_wait = r.millis("SHUTDOWN_WAIT_MS", 500, 0, 1_500);
     let max_attempts = r.int("MAX_ATTEMPTS", 5, 1, 100) as u32;
+    let retry_budget = r.int("RETRY_BUDGET", 500, 0, 100_000) as u32;
+    let metrics_interval = match r.int("METRICS_INTERVAL_MS", 60_000, 0, 86_400_000) {
+        0 => None,
+        ms => Some(Duration::from_millis(ms)),
+    };
     let backoff_base = r.millis("BACKOFF_BASE_MS", 25, 1, 60_000);
     let backoff_cap = r.millis("BACKOFF_CAP_MS", 1_000, 1, 300_000);
     let connect_timeout = r.millis("CONNECT_TIMEOUT_MS", 1_000, 10, 60_000);
@@ -431,6 +434,8 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         partition_key,
         shutdown_wait,
         max_attempts,
+        retry_budget,
+        metrics_interval,
         backoff_base,
         backoff_cap,
         connect_timeout,
@@ -441,6 +446,61 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// Credentials as the AWS SDKs look for them: environment keys first, then
+/// the container credentials endpoint.
+fn credentials_source(r: &mut Reader) -> CredentialsSource {
+    let empty = || {
+        CredentialsSource::Static(StaticCredentials {
+            access_key_id: String::new(),
+            secret_access_key: String::new(),
+            session_token: None,
+        })
+    };
+    match (r.raw("AWS_ACCESS_KEY_ID"), r.raw("AWS_SECRET_ACCESS_KEY")) {
+        (Some(access_key_id), Some(secret_access_key)) => {
+            return CredentialsSource::Static(StaticCredentials {
+                access_key_id,
+                secret_access_key,
+                session_token: r.raw("AWS_SESSION_TOKEN"),
+            })
+        }
+        (Some(_), None) => {
+            r.fail(
+                "AWS_SECRET_ACCESS_KEY",
+                None,
+                "the secret key that goes with AWS_ACCESS_KEY_ID",
+            );
+            return empty();
+        }
+        _ => {}
+    }
+    let url = if let Some(full) = r.raw("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+        if !full.starts_with("http://") && !full.starts_with("https://") {
+            r.fail(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                Some(full),
+                "an http:// or https:// URL",
+            );
+            return empty();
+        }
+        full
+    } else if let Some(rel) = r.raw("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        format!("http://169.254.170.2{rel}")
+    } else {
+        r.fail(
+            "AWS_ACCESS_KEY_ID",
+            None,
+            "AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Lambda sets them from the execution role) or AWS_CONTAINER_CREDENTIALS_FULL_URI (SnapStart)",
+        );
+        return empty();
+    };
+    CredentialsSource::Container {
+        url,
+        token: r.raw("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        token_file: r.raw("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+    }
+}
 
 /// Default memory cap for buffered telemetry: an eighth of the function's
 /// memory (which the extension shares), at least 4 MiB and at most 64 MiB.
@@ -526,7 +586,15 @@ mod tests {
         assert_eq!(c.listener_port, 0);
         assert_eq!(c.runtime_done_timeout, None);
         assert_eq!(c.buffer_limit_bytes, 16 * 1024 * 1024);
-        assert_eq!(c.credentials.session_token, None);
+        assert!(matches!(
+            c.credentials,
+            CredentialsSource::Static(StaticCredentials {
+                session_token: None,
+                ..
+            })
+        ));
+        assert_eq!(c.retry_budget, 500);
+        assert_eq!(c.metrics_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -650,7 +718,46 @@ mod tests {
         assert_eq!(e.0[0].var, "AWS_SECRET_ACCESS_KEY");
         let c = from_env(&env(&[("AWS_SESSION_TOKEN", "tok")])).unwrap();
         assert!(!format!("{:?}", c.credentials).contains("secret"));
-        assert_eq!(c.credentials.session_token.as_deref(), Some("tok"));
+        let CredentialsSource::Static(s) = c.credentials else {
+            panic!()
+        };
+        assert_eq!(s.session_token.as_deref(), Some("tok"));
+    }
+
+    #[test]
+    fn container_credentials_when_no_keys() {
+        let m = env(&[
+            (
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                "http://127.0.0.1:9/creds",
+            ),
+            ("AWS_CONTAINER_AUTHORIZATION_TOKEN", "tok"),
+        ]);
+        let get = |k: &str| {
+            if k.starts_with("AWS_ACCESS") || k.starts_with("AWS_SECRET") {
+                None
+            } else {
+                m(k)
+            }
+        };
+        let c = from_env(&get).unwrap();
+        assert_eq!(
+            c.credentials,
+            CredentialsSource::Container {
+                url: "http://127.0.0.1:9/creds".into(),
+                token: Some("tok".into()),
+                token_file: None
+            }
+        );
+        let none = |k: &str| {
+            if k.starts_with("AWS_ACCESS") || k.starts_with("AWS_SECRET") {
+                None
+            } else {
+                env(&[])(k)
+            }
+        };
+        let e = from_env(&none).unwrap_err();
+        assert!(e.to_string().contains("AWS_CONTAINER_CREDENTIALS_FULL_URI"));
     }
 
     #[test]

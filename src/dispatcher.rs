@@ -17,10 +17,11 @@ use crate::batch::{fit_event, Limits, Queue, Record};
 use crate::config::{Config, FlushMode, Types};
 use crate::kinesis::{record_error_retryable, Response, Retry};
 use crate::partition::Keys;
+use crate::retry::{backoff, Budget};
 use crate::rng::Rng;
-use crate::sender::KinesisClient;
+use crate::sender::{KinesisClient, TRANSPORT_ERROR};
 use crate::stats::Stats;
-use crate::telemetry::{Event, Kind};
+use crate::telemetry::{self, Event, Kind};
 
 /// Orders from the main thread.
 pub enum Control {
@@ -79,6 +80,12 @@ pub struct Dispatcher {
     max_attempts: u32,
     backoff_base: Duration,
     backoff_cap: Duration,
+    budget: Budget,
+    metrics_interval: Option<Duration>,
+    /// Thawed time of the last metrics record, and records sent by then.
+    last_metrics: (Duration, u64),
+    /// Fields that identify this environment in metrics records.
+    context: Vec<(&'static str, String)>,
 
     queue: Queue,
     keys: Keys,
@@ -103,6 +110,11 @@ pub struct Dispatcher {
     /// A re-signed retry is pending: a second signature or credential
     /// refusal in a row is final (a wrong secret, not a skewed clock).
     resigned: bool,
+    /// Shutting down: retries are bounded by the deadline, not the budget.
+    final_flush: bool,
+    /// Thawed since the last request: the first transport error may be a
+    /// connection that died during the freeze.
+    fresh_connection_retry: bool,
 }
 
 /// Time that only advances while the sandbox is thawed (between `Resume`
@@ -128,14 +140,18 @@ impl ThawClock {
 }
 
 impl Dispatcher {
+    /// `context`: `(name, value)` pairs identifying the environment in
+    /// metrics records (function name, version, account).
     pub fn new(
         cfg: &Config,
         events: Receiver<Vec<Event>>,
         control: Receiver<Control>,
         stats: Arc<Stats>,
+        mut context: Vec<(&'static str, String)>,
     ) -> Dispatcher {
         let mut rng = Rng::from_os();
         let keys = Keys::new(cfg.partition_key, Rng::seeded(rng.next_u64()));
+        context.push(("environmentKey", keys.environment().to_string()));
         Dispatcher {
             events,
             control,
@@ -154,6 +170,10 @@ impl Dispatcher {
             max_attempts: cfg.max_attempts,
             backoff_base: cfg.backoff_base,
             backoff_cap: cfg.backoff_cap,
+            budget: Budget::new(cfg.retry_budget),
+            metrics_interval: cfg.metrics_interval,
+            last_metrics: (Duration::ZERO, 0),
+            context,
             queue: Queue::default(),
             keys,
             rng,
@@ -173,6 +193,8 @@ impl Dispatcher {
             reported: Vec::new(),
             last_error: None,
             resigned: false,
+            final_flush: false,
+            fresh_connection_retry: false,
         }
     }
 
@@ -183,6 +205,7 @@ impl Dispatcher {
 
     /// Runs until SHUTDOWN has been handled or the main thread is gone.
     pub fn run(mut self) {
+        self.client.warm_up();
         let no_events = never();
         loop {
             if !self.paused && matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. }) {
@@ -224,6 +247,7 @@ impl Dispatcher {
                 // Connections from before a freeze may be dead; a failure on
                 // one is retried at once rather than waiting out a backoff.
                 self.retry_after = None;
+                self.fresh_connection_retry = true;
             }
             Control::Pause {
                 runtime_done,
@@ -276,10 +300,17 @@ impl Dispatcher {
                 request_id, until, ..
             } => {
                 let done = self.last_runtime_done.as_deref() == Some(request_id.as_str());
-                if !done && now < *until {
+                // With the buffer full we read no events, so runtimeDone
+                // cannot arrive: flush what we have instead of waiting.
+                let blocked = self.queue.bytes() >= self.buffer_limit;
+                if !done && !blocked && now < *until {
                     return false;
                 }
-                if !done {
+                if blocked && !done {
+                    log::debug!(
+                        "buffer full while waiting for runtimeDone of {request_id}; flushing now"
+                    );
+                } else if !done {
                     log::warn!(
                         "no platform.runtimeDone for request {request_id} in time; flushing what is buffered"
                     );
@@ -314,6 +345,10 @@ impl Dispatcher {
                 else {
                     unreachable!()
                 };
+                self.final_flush = true;
+                self.flush_all(deadline);
+                // The metrics record goes last, so it counts the final flush.
+                self.enqueue_metrics(true);
                 self.flush_all(deadline);
                 self.drain_events();
                 let left = self.queue.drain();
@@ -346,6 +381,9 @@ impl Dispatcher {
             if let Some(after) = self.retry_after {
                 t = t.min(after.saturating_duration_since(now));
             }
+            if let Some(every) = self.metrics_interval {
+                t = t.min((self.last_metrics.0 + every).saturating_sub(self.thawed.now()));
+            }
             if let (FlushMode::Batch, Some(oldest)) = (self.flush, self.oldest) {
                 let due = oldest + self.batch_max_age;
                 t = t.min(due.saturating_sub(self.thawed.now()));
@@ -359,6 +397,15 @@ impl Dispatcher {
             match e.kind {
                 Kind::RuntimeDone => self.last_runtime_done = e.request_id.clone(),
                 Kind::Report => self.last_report = e.request_id.clone(),
+                Kind::LogsDropped => {
+                    if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
+                        Stats::add(&self.stats.lambda_dropped_records, records);
+                        Stats::add(&self.stats.lambda_dropped_bytes, bytes);
+                        log::warn!(
+                            "Lambda dropped {records} telemetry records ({bytes} bytes) before delivering them (the sink or this extension fell behind)"
+                        );
+                    }
+                }
                 _ => {}
             }
             let wanted = match e.kind {
@@ -407,9 +454,27 @@ impl Dispatcher {
         }
     }
 
+    /// Adds a metrics record to the queue (see `Stats::metrics_event`).
+    fn enqueue_metrics(&mut self, final_: bool) {
+        let now = telemetry::rfc3339(std::time::SystemTime::now());
+        let context: Vec<(&str, &str)> =
+            self.context.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let json = self.stats.metrics_event(&now, final_, &context);
+        let key = self.keys.key(None, self.current_request.as_deref());
+        self.queue.push(Record::new(json.into_bytes(), key));
+        self.last_metrics = (self.thawed.now(), Stats::get(&self.stats.records_sent));
+    }
+
     /// Background sending while thawed: full batches, batches past their
-    /// age (batch mode), and anything over the memory cap.
+    /// age (batch mode), anything over the memory cap, and periodic metrics
+    /// while records are flowing.
     fn send_due(&mut self) {
+        if let Some(every) = self.metrics_interval {
+            let (at, sent) = self.last_metrics;
+            if self.thawed.now() >= at + every && Stats::get(&self.stats.records_sent) > sent {
+                self.enqueue_metrics(false);
+            }
+        }
         if self.retry_after.is_some_and(|t| Instant::now() < t) {
             return;
         }
@@ -434,11 +499,40 @@ impl Dispatcher {
             }
             if let Some(retry) = self.send_one(deadline) {
                 self.failed_rounds += 1;
-                let wait = self.backoff(retry);
+                let wait = if self.may_retry(retry) {
+                    self.backoff(retry)
+                } else {
+                    self.failed_rounds = 0;
+                    self.backoff_cap
+                };
                 self.retry_after = Some(Instant::now() + wait);
                 return;
             }
         }
+    }
+
+    /// Whether to retry after a failed round: within `max_attempts`, and
+    /// (except for the final flush) paid for by the retry budget.
+    fn may_retry(&mut self, retry: Retry) -> bool {
+        if self.failed_rounds >= self.max_attempts {
+            log::warn!(
+                "{} records still unsent after {} attempts (last error: {}); they stay buffered for the next flush",
+                self.queue.len(),
+                self.failed_rounds,
+                self.last_error.as_deref().unwrap_or("none")
+            );
+            return false;
+        }
+        if self.final_flush || self.budget.spend(retry == Retry::Transient) {
+            return true;
+        }
+        Stats::add(&self.stats.retries_denied, 1);
+        log::warn!(
+            "retry budget spent (the endpoint keeps failing: {}); {} records wait for the next flush",
+            self.last_error.as_deref().unwrap_or("none"),
+            self.queue.len()
+        );
+        false
     }
 
     /// Sends everything queued (and whatever arrives meanwhile), retrying
@@ -454,13 +548,8 @@ impl Dispatcher {
             }
             if let Some(retry) = self.send_one(deadline) {
                 self.failed_rounds += 1;
-                if self.failed_rounds >= self.max_attempts {
-                    log::warn!(
-                        "{} records still unsent after {} attempts (last error: {}); they stay buffered for the next flush",
-                        self.queue.len(),
-                        self.failed_rounds,
-                        self.last_error.as_deref().unwrap_or("none")
-                    );
+                // The final flush keeps trying until its deadline.
+                if !self.final_flush && !self.may_retry(retry) {
                     self.failed_rounds = 0;
                     return;
                 }
@@ -471,17 +560,20 @@ impl Dispatcher {
         }
     }
 
-    /// Exponential backoff with full jitter: uniform in [0, min(cap, base·2^n)].
     fn backoff(&mut self, retry: Retry) -> Duration {
-        if retry == Retry::Resign {
+        // A transport error right after a thaw is usually a pooled
+        // connection that died in the freeze: retry at once, once.
+        if retry == Retry::Transient && self.failed_rounds == 1 && self.fresh_connection_retry {
+            self.fresh_connection_retry = false;
             return Duration::ZERO;
         }
-        let exp = self.failed_rounds.saturating_sub(1).min(20);
-        let ceiling = self
-            .backoff_base
-            .saturating_mul(1 << exp)
-            .min(self.backoff_cap);
-        Duration::from_micros(self.rng.below_or_eq(ceiling.as_micros() as u64))
+        backoff(
+            &mut self.rng,
+            retry,
+            self.failed_rounds,
+            self.backoff_base,
+            self.backoff_cap,
+        )
     }
 
     /// Sends one batch from the front of the queue. Records that failed in a
@@ -500,9 +592,11 @@ impl Dispatcher {
             }
         }
         Stats::add(&self.stats.requests, 1);
-        let result = self.client.put_records(&batch, deadline);
-        let retry = match result {
+        let outcome = self.client.put_records(&batch, deadline);
+        let retry = match outcome.response {
             Response::Records(codes) => {
+                self.budget.success();
+                self.resigned = false;
                 let mut again = Vec::new();
                 let mut retry_code = None;
                 for (r, code) in batch.into_iter().zip(codes) {
@@ -531,21 +625,19 @@ impl Dispatcher {
             }
             Response::Error(e) => {
                 Stats::add(&self.stats.request_errors, 1);
-                let mut retry = e.retry();
-                if matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
-                    // Re-signing helps once (clock skew); the env credentials
-                    // cannot be refreshed, so a repeat is final.
-                    if self.resigned {
-                        retry = Retry::Never;
-                    }
-                    self.resigned = !self.resigned;
-                }
+                let retry = self.retry_for(&e);
                 if retry.is_retryable() {
                     self.last_error = Some(e.to_string());
                     log::debug!(
                         "PutRecords failed ({e}); will retry {} records",
                         batch.len()
                     );
+                    if outcome.ambiguous {
+                        Stats::add(&self.stats.duplicate_risk, batch.len() as u64);
+                    }
+                    if e.code == TRANSPORT_ERROR {
+                        self.client.reset_connections();
+                    }
                     self.queue.push_front_all(batch);
                     Some(retry)
                 } else {
@@ -556,14 +648,34 @@ impl Dispatcher {
                 }
             }
         };
+        self.fresh_connection_retry = false;
         if self.queue.is_empty() {
             self.oldest = None;
         }
         if retry.is_none() {
-            self.resigned = false;
             self.failed_rounds = 0;
             self.retry_after = None;
         }
+        retry
+    }
+
+    /// How to treat a whole-request error. Signature refusals are re-signed
+    /// once (clock skew) and final the second time in a row (a wrong secret);
+    /// expired credentials are refreshed when they come from an endpoint.
+    fn retry_for(&mut self, e: &crate::kinesis::ApiError) -> Retry {
+        let retry = e.retry();
+        if !matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
+            return retry;
+        }
+        if retry == Retry::RefreshCredentials && self.client.refresh_credentials() {
+            log::info!("Kinesis answered {}: fetching new credentials", e.code);
+            return retry;
+        }
+        if self.resigned {
+            self.resigned = false;
+            return Retry::Never;
+        }
+        self.resigned = true;
         retry
     }
 

@@ -106,7 +106,8 @@ pub fn classify(status: u16, code: &str) -> Retry {
         | "RequestTimeout"
         | "RequestTimeoutException"
         | "MalformedResponse"
-        | "TransportError" => Retry::Transient,
+        | "TransportError"
+        | "CredentialsError" => Retry::Transient,
         _ if status == 429 => Retry::Throttled,
         _ if status >= 500 => Retry::Transient,
         _ if status == 408 => Retry::Transient,

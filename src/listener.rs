@@ -7,16 +7,25 @@
 //! answers after the events are queued, so when the dispatcher falls behind
 //! the full channel slows the answers down and Lambda buffers, then drops and
 //! reports `platform.logsDropped`, instead of this process growing.
+//!
+//! Each body is read on a short-lived thread of its own (at most
+//! `MAX_READERS` at once): tiny_http offers no read timeout, so a client that
+//! never finishes its body (slow-loris) would otherwise stall every delivery
+//! behind it. Lambda itself sends one batch at a time.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use crossbeam_channel::Sender;
-use tiny_http::{Method, Response, Server};
+use tiny_http::{Method, Request, Response, Server};
 
 use crate::stats::Stats;
 use crate::telemetry::{self, Event};
+
+/// Bodies read at once; past this, requests are answered 503 (Lambda retries).
+const MAX_READERS: usize = 8;
 
 /// Binds the listener on all interfaces (Lambda connects through
 /// `sandbox.localdomain`), port 0 meaning any free port; returns the port.
@@ -33,31 +42,65 @@ pub fn bind(port: u16) -> Result<(Server, u16), String> {
 
 /// Serves until the process exits.
 pub fn run(server: Server, tx: Sender<Vec<Event>>, max_body: usize, stats: Arc<Stats>) {
+    let readers = Arc::new(AtomicUsize::new(0));
     loop {
-        let mut request = match server.recv() {
+        let request = match server.recv() {
             Ok(r) => r,
             Err(e) => {
                 log::warn!("telemetry listener: accepting a connection failed: {e}");
                 continue;
             }
         };
-        if *request.method() != Method::Post {
-            let _ = request.respond(Response::empty(405));
+        if let Some(status) = refusal(&request) {
+            Stats::add(&stats.refused_requests, 1);
+            let _ = request.respond(Response::empty(status));
             continue;
         }
-        let events = read_events(&mut request, max_body, &stats);
-        let answer_now = events.is_empty();
-        if !answer_now && tx.send(events).is_err() {
-            // The dispatcher is gone: the process is exiting.
+        if readers.fetch_add(1, Ordering::AcqRel) >= MAX_READERS {
+            readers.fetch_sub(1, Ordering::AcqRel);
+            Stats::add(&stats.refused_requests, 1);
+            log::warn!("telemetry listener: {MAX_READERS} bodies still being read; answering 503");
             let _ = request.respond(Response::empty(503));
-            return;
+            continue;
         }
-        let _ = request.respond(Response::empty(200));
+        let (tx, stats, readers) = (tx.clone(), stats.clone(), readers.clone());
+        let spawned = std::thread::Builder::new()
+            .name("body".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                serve(request, &tx, max_body, &stats);
+                readers.fetch_sub(1, Ordering::AcqRel);
+            });
+        if let Err(e) = spawned {
+            log::error!("telemetry listener: cannot start a reader thread: {e}");
+        }
     }
 }
 
+/// The status for requests that are not Telemetry API deliveries.
+fn refusal(request: &Request) -> Option<u16> {
+    if *request.method() != Method::Post {
+        return Some(405);
+    }
+    // We subscribe with a URI without a path, so Lambda POSTs to "/".
+    match request.url().split('?').next() {
+        Some("/" | "") => None,
+        _ => Some(404),
+    }
+}
+
+fn serve(mut request: Request, tx: &Sender<Vec<Event>>, max_body: usize, stats: &Stats) {
+    let events = read_events(&mut request, max_body, stats);
+    if !events.is_empty() && tx.send(events).is_err() {
+        // The dispatcher is gone: the process is exiting.
+        let _ = request.respond(Response::empty(503));
+        return;
+    }
+    let _ = request.respond(Response::empty(200));
+}
+
 /// Reads one body and turns it into events (see module comment).
-fn read_events(request: &mut tiny_http::Request, max_body: usize, stats: &Stats) -> Vec<Event> {
+fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> Vec<Event> {
     Stats::add(&stats.bodies, 1);
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
     let reader = request.as_reader();

@@ -8,12 +8,14 @@
 mod base64;
 mod batch;
 mod config;
+mod credentials;
 mod dispatcher;
 mod extensions_api;
 mod kinesis;
 mod listener;
 mod logging;
 mod partition;
+mod retry;
 mod rng;
 mod sender;
 mod sigv4;
@@ -71,7 +73,13 @@ fn main() {
         Ok(cfg) => cfg,
         Err(errors) => config_failed(&api, &errors.to_string(), config::strict_mode(&env)),
     };
-    run(api, cfg);
+    let context = vec![
+        ("functionName", info.function_name),
+        ("functionVersion", info.function_version),
+        ("accountId", info.account_id.unwrap_or_default()),
+        ("region", std::env::var("AWS_REGION").unwrap_or_default()),
+    ];
+    run(api, cfg, context);
 }
 
 /// The executable's file name: Lambda requires it as the registration name.
@@ -114,7 +122,7 @@ fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
     std::process::exit(1);
 }
 
-fn run(api: ExtensionsApi, cfg: Config) {
+fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
     let stats = Arc::new(Stats::default());
     let (server, port) = match listener::bind(cfg.listener_port) {
         Ok(s) => s,
@@ -136,7 +144,7 @@ fn run(api: ExtensionsApi, cfg: Config) {
             listener::run(server, events_tx, max_body, stats)
         });
     }
-    let dispatcher = Dispatcher::new(&cfg, events_rx, control_rx, stats.clone());
+    let dispatcher = Dispatcher::new(&cfg, events_rx, control_rx, stats.clone(), context);
     log::info!(
         "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, partition key {:?} {})",
         cfg.types.names().join(","),
@@ -189,10 +197,9 @@ fn run(api: ExtensionsApi, cfg: Config) {
                 let deadline = instant_of(deadline_ms)
                     .checked_sub(SHUTDOWN_MARGIN)
                     .unwrap_or_else(Instant::now);
-                log::debug!("SHUTDOWN ({reason})");
                 lifecycle.shutdown(deadline);
                 drop(dispatcher);
-                log::info!("shutdown: {}", stats.summary());
+                log::info!("shutdown ({reason}): {}", stats.summary());
                 std::process::exit(0);
             }
             Err(e) => exit_on_api_error(e),

@@ -1,65 +1,97 @@
 //! The HTTP side of `PutRecords`: one signed POST per call, with connect and
 //! overall timeouts bounded by the caller's deadline. Transport failures
 //! come back as errors of code `TransportError` so the caller treats every
-//! failure the same way, through `kinesis::Retry`.
+//! failure the same way, through `kinesis::Retry`; each answer also says
+//! whether the request may have reached Kinesis despite failing (a reset or
+//! timeout after sending), which is when a resend risks a duplicate.
 
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::batch::Record;
-use crate::config::{Config, StaticCredentials, StreamTarget};
+use crate::config::{Config, StreamTarget};
+use crate::credentials::Provider;
 use crate::kinesis::{self, ApiError, Response};
 use crate::sigv4;
 
 /// Error code used for failures below HTTP (connect, reset, timeout).
 pub const TRANSPORT_ERROR: &str = "TransportError";
 
+/// Idle pooled connections older than this are not reused. The monotonic
+/// clock keeps running while Lambda freezes the sandbox, so this also drops
+/// connections that sat through a long freeze (and are likely dead).
+const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
+
+/// The answer to one call.
+pub struct Outcome {
+    pub response: Response,
+    /// The request may have reached Kinesis although it failed (reset or
+    /// timeout after sending): resending risks a duplicate.
+    pub ambiguous: bool,
+}
+
 pub struct KinesisClient {
     agent: ureq::Agent,
     url: String,
     region: String,
-    credentials: StaticCredentials,
+    credentials: Provider,
     target: StreamTarget,
     request_timeout: Duration,
+    connect_timeout: Duration,
 }
 
 impl KinesisClient {
     pub fn new(cfg: &Config) -> KinesisClient {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .timeout_connect(Some(cfg.connect_timeout))
-            // Kinesis answers are small; the default 128 KiB buffers are not needed.
-            .input_buffer_size(16 * 1024)
-            .user_agent(concat!(
-                "kinesis-telemetry-extension/",
-                env!("CARGO_PKG_VERSION")
-            ))
-            .build()
-            .into();
         KinesisClient {
-            agent,
+            agent: new_agent(cfg.connect_timeout),
             url: format!("{}/", cfg.endpoint),
             region: cfg.region.clone(),
-            credentials: cfg.credentials.clone(),
+            credentials: Provider::new(cfg.credentials.clone()),
             target: cfg.stream.clone(),
             request_timeout: cfg.request_timeout,
+            connect_timeout: cfg.connect_timeout,
         }
     }
 
+    /// Fetches credentials ahead of the first send (container credentials
+    /// take a round trip); failures are retried at send time.
+    pub fn warm_up(&mut self) {
+        if let Err(e) = self.credentials.get() {
+            log::warn!("{e}; will retry when sending");
+        }
+    }
+
+    /// Drops pooled connections, so the next attempt starts on a fresh one.
+    pub fn reset_connections(&mut self) {
+        self.agent = new_agent(self.connect_timeout);
+    }
+
+    /// Forgets credentials Kinesis called expired; true if new ones can be fetched.
+    pub fn refresh_credentials(&mut self) -> bool {
+        self.credentials.invalidate()
+    }
+
     /// Sends one `PutRecords` request; never lasts past `deadline`.
-    pub fn put_records(&self, records: &[Record], deadline: Instant) -> Response {
+    pub fn put_records(&mut self, records: &[Record], deadline: Instant) -> Outcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(1) {
-            return transport_error("no time left before the deadline".into());
+            return failure(
+                TRANSPORT_ERROR,
+                "no time left before the deadline".into(),
+                false,
+            );
         }
+        let credentials = match self.credentials.get() {
+            Ok(c) => c,
+            Err(e) => return failure("CredentialsError", e.to_string(), false),
+        };
         let body = kinesis::put_records_body(&self.target, records);
         let base = [
             ("content-type", kinesis::CONTENT_TYPE),
             ("x-amz-target", kinesis::PUT_RECORDS_TARGET),
         ];
         let signed = match sigv4::sign_post(
-            &self.credentials,
+            credentials,
             &self.region,
             &self.url,
             &base,
@@ -67,13 +99,7 @@ impl KinesisClient {
             SystemTime::now(),
         ) {
             Ok(h) => h,
-            Err(e) => {
-                return Response::Error(ApiError {
-                    status: 0,
-                    code: "SigningError".into(),
-                    message: e.to_string(),
-                })
-            }
+            Err(e) => return failure("SigningError", e.to_string(), false),
         };
         let mut req = self
             .agent
@@ -89,7 +115,10 @@ impl KinesisClient {
         }
         let mut resp = match req.send(&body[..]) {
             Ok(r) => r,
-            Err(e) => return transport_error(e.to_string()),
+            Err(e) => {
+                let ambiguous = !never_sent(&e);
+                return failure(TRANSPORT_ERROR, e.to_string(), ambiguous);
+            }
         };
         let status = resp.status().as_u16();
         let error_type = resp
@@ -104,16 +133,58 @@ impl KinesisClient {
             .take(4 << 20)
             .read_to_end(&mut answer)
         {
-            return transport_error(format!("reading the response failed: {e}"));
+            return failure(
+                TRANSPORT_ERROR,
+                format!("reading the response failed: {e}"),
+                true,
+            );
         }
-        kinesis::parse_response(status, error_type.as_deref(), &answer, records.len())
+        Outcome {
+            response: kinesis::parse_response(
+                status,
+                error_type.as_deref(),
+                &answer,
+                records.len(),
+            ),
+            ambiguous: false,
+        }
     }
 }
 
-fn transport_error(message: String) -> Response {
-    Response::Error(ApiError {
-        status: 0,
-        code: TRANSPORT_ERROR.into(),
-        message,
-    })
+fn new_agent(connect_timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .timeout_connect(Some(connect_timeout))
+        .max_idle_age(MAX_IDLE_AGE)
+        .max_idle_connections(4)
+        // Kinesis answers are small; the default 128 KiB buffers are not needed.
+        .input_buffer_size(16 * 1024)
+        .user_agent(concat!(
+            "kinesis-telemetry-extension/",
+            env!("CARGO_PKG_VERSION")
+        ))
+        .build()
+        .into()
+}
+
+/// Failures that happen before any byte of the request left.
+fn never_sent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+fn failure(code: &str, message: String, ambiguous: bool) -> Outcome {
+    Outcome {
+        response: Response::Error(ApiError {
+            status: 0,
+            code: code.into(),
+            message,
+        }),
+        ambiguous,
+    }
 }

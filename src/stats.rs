@@ -1,34 +1,63 @@
 //! Counters shared by the listener and the dispatcher: what came in, what
 //! went out, what was retried, and what was lost and why. Summarised in one
-//! log line at shutdown.
+//! log line at shutdown and written to the stream as a
+//! `kinesis-telemetry-extension.metrics` event (see README "Self-metrics").
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-#[derive(Debug, Default)]
-pub struct Stats {
+/// Event type of the extension's own metrics records.
+pub const METRICS_TYPE: &str = "kinesis-telemetry-extension.metrics";
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $field:ident => $json:literal ),* $(,)?) => {
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $( $(#[$doc])* pub $field: AtomicU64, )*
+        }
+
+        impl Stats {
+            /// `(camelCase name, value)` of every counter, in a fixed order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![ $( ($json, self.$field.load(Relaxed)), )* ]
+            }
+        }
+    };
+}
+
+counters! {
     /// Telemetry API POSTs received.
-    pub bodies: AtomicU64,
+    bodies => "bodies",
     /// Events split out of them (including markers for unparsed bodies).
-    pub events: AtomicU64,
-    pub event_bytes: AtomicU64,
+    events => "eventsReceived",
+    event_bytes => "eventBytes",
     /// Bodies that were not a JSON array (kept as marker records).
-    pub unparsed_bodies: AtomicU64,
+    unparsed_bodies => "unparsedBodies",
     /// Bodies over the size limit (counted, contents dropped).
-    pub oversized_bodies: AtomicU64,
-    pub oversized_bytes: AtomicU64,
+    oversized_bodies => "oversizedBodies",
+    oversized_bytes => "oversizedBytes",
+    /// Requests refused at the listener (wrong method or path, too many at once).
+    refused_requests => "refusedRequests",
     /// Events larger than one record, split into fragments.
-    pub fragmented_events: AtomicU64,
+    fragmented_events => "fragmentedEvents",
     /// Events not forwarded because their type is not configured.
-    pub filtered_events: AtomicU64,
-    pub records_sent: AtomicU64,
-    pub bytes_sent: AtomicU64,
-    pub requests: AtomicU64,
-    pub request_errors: AtomicU64,
-    pub records_retried: AtomicU64,
+    filtered_events => "filteredEvents",
+    records_sent => "recordsSent",
+    bytes_sent => "bytesSent",
+    requests => "requests",
+    request_errors => "requestErrors",
+    records_retried => "recordsRetried",
+    /// Records resent after a failure that may have reached Kinesis anyway
+    /// (reset or timeout after sending): possible duplicates.
+    duplicate_risk => "duplicateRisk",
+    /// Retries not made because the retry budget was spent.
+    retries_denied => "retriesDenied",
     /// Records lost to an error that retrying cannot fix.
-    pub dropped_rejected: AtomicU64,
+    dropped_rejected => "droppedRejected",
     /// Records still unsent when the shutdown deadline came.
-    pub dropped_shutdown: AtomicU64,
+    dropped_shutdown => "droppedShutdown",
+    /// What Lambda reported dropping before it reached us (`platform.logsDropped`).
+    lambda_dropped_records => "lambdaDroppedRecords",
+    lambda_dropped_bytes => "lambdaDroppedBytes",
 }
 
 impl Stats {
@@ -42,24 +71,56 @@ impl Stats {
 
     /// One line with every counter, for the shutdown log.
     pub fn summary(&self) -> String {
-        let g = Self::get;
+        let parts: Vec<String> = self
+            .snapshot()
+            .into_iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        parts.join(" ")
+    }
+
+    /// The metrics event: `{"time","type","record":{...counters}}`.
+    pub fn metrics_event(&self, time: &str, final_: bool, context: &[(&str, &str)]) -> String {
+        let mut record = serde_json::Map::new();
+        record.insert("final".into(), final_.into());
+        for (k, v) in context {
+            record.insert((*k).into(), (*v).into());
+        }
+        for (k, v) in self.snapshot() {
+            record.insert(k.into(), v.into());
+        }
+        // Envelope fields first, in the order Lambda's events use.
         format!(
-            "events received {} ({} bytes in {} bodies), records sent {} ({} bytes, {} requests, {} request errors), retried {}, fragmented {}, unparsed bodies {}, oversized bodies {} ({} bytes), filtered {}, lost: rejected {}, at shutdown {}",
-            g(&self.events),
-            g(&self.event_bytes),
-            g(&self.bodies),
-            g(&self.records_sent),
-            g(&self.bytes_sent),
-            g(&self.requests),
-            g(&self.request_errors),
-            g(&self.records_retried),
-            g(&self.fragmented_events),
-            g(&self.unparsed_bodies),
-            g(&self.oversized_bodies),
-            g(&self.oversized_bytes),
-            g(&self.filtered_events),
-            g(&self.dropped_rejected),
-            g(&self.dropped_shutdown),
+            "{{\"time\":{},\"type\":\"{METRICS_TYPE}\",\"record\":{}}}",
+            serde_json::Value::from(time),
+            serde_json::Value::Object(record)
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_event_has_every_counter() {
+        let s = Stats::default();
+        Stats::add(&s.records_sent, 3);
+        Stats::add(&s.dropped_shutdown, 2);
+        let e: serde_json::Value =
+            serde_json::from_str(&s.metrics_event("t", true, &[("functionName", "f")])).unwrap();
+        assert_eq!(e["type"], METRICS_TYPE);
+        assert!(s
+            .metrics_event("t", true, &[])
+            .starts_with(r#"{"time":"t","type":"kinesis-telemetry-extension.metrics","record":{"#));
+        assert_eq!(e["record"]["recordsSent"], 3);
+        assert_eq!(e["record"]["droppedShutdown"], 2);
+        assert_eq!(e["record"]["final"], true);
+        assert_eq!(e["record"]["functionName"], "f");
+        assert_eq!(
+            e["record"].as_object().unwrap().len(),
+            s.snapshot().len() + 2
+        );
+        assert!(s.summary().contains("recordsSent=3"));
     }
 }

@@ -27,6 +27,8 @@ pub struct Event {
 pub enum Kind {
     RuntimeDone,
     Report,
+    /// Lambda dropped telemetry before delivering it to us.
+    LogsDropped,
     OtherPlatform,
     Function,
     Extension,
@@ -39,6 +41,7 @@ impl Kind {
         match ty {
             "platform.runtimeDone" => Kind::RuntimeDone,
             "platform.report" => Kind::Report,
+            "platform.logsDropped" => Kind::LogsDropped,
             "function" => Kind::Function,
             "extension" => Kind::Extension,
             t if t.starts_with("platform.") => Kind::OtherPlatform,
@@ -47,7 +50,10 @@ impl Kind {
     }
 
     pub fn is_platform(self) -> bool {
-        matches!(self, Kind::RuntimeDone | Kind::Report | Kind::OtherPlatform)
+        matches!(
+            self,
+            Kind::RuntimeDone | Kind::Report | Kind::LogsDropped | Kind::OtherPlatform
+        )
     }
 }
 
@@ -91,6 +97,26 @@ impl Event {
             request_id,
         }
     }
+}
+
+#[derive(Deserialize)]
+struct DroppedHead {
+    record: DroppedRecord,
+}
+
+#[derive(Deserialize)]
+struct DroppedRecord {
+    #[serde(rename = "droppedRecords", default)]
+    records: u64,
+    #[serde(rename = "droppedBytes", default)]
+    bytes: u64,
+}
+
+/// `(droppedRecords, droppedBytes)` of a `platform.logsDropped` event.
+pub fn logs_dropped(json: &str) -> Option<(u64, u64)> {
+    serde_json::from_str::<DroppedHead>(json)
+        .ok()
+        .map(|h| (h.record.records, h.record.bytes))
 }
 
 /// Why a body could not be split into events.
@@ -212,6 +238,15 @@ mod tests {
         let events = split(br#"[{"type":"platform.start","record":"odd"}]"#).unwrap();
         assert_eq!(events[0].kind, Kind::OtherPlatform);
         assert_eq!(events[0].request_id, None);
+    }
+
+    #[test]
+    fn logs_dropped_counts() {
+        let json = r#"{"time":"t","type":"platform.logsDropped","record":{"reason":"Some logs were dropped","droppedRecords":12,"droppedBytes":3400}}"#;
+        let events = split(format!("[{json}]").as_bytes()).unwrap();
+        assert_eq!(events[0].kind, Kind::LogsDropped);
+        assert_eq!(logs_dropped(json), Some((12, 3400)));
+        assert_eq!(logs_dropped("{}"), None);
     }
 
     #[test]

@@ -23,9 +23,25 @@ def records_of(emu, stream, expect, timeout=15):
     return recs
 
 
+OWN_TYPES = b'"type":"kinesis-telemetry-extension.'
+
+
+def own_records(recs, kind: str) -> list[dict]:
+    """The extension's own records of one kind (metrics, fragment, unparsed), parsed."""
+    out = [json.loads(r["data"]) for r in recs if OWN_TYPES in r["data"][:120]]
+    return [v for v in out if v["type"] == f"kinesis-telemetry-extension.{kind}"]
+
+
 def assert_delivered_exactly_once(sim: LambdaSim, recs: list[dict]) -> None:
     """Everything the extension received is on the stream once; nothing else is
-    there but what the simulator emitted (and our own marker records)."""
+    there but what the simulator emitted and one final metrics record with no
+    losses counted."""
+    metrics = own_records(recs, "metrics")
+    assert len(metrics) == 1 and metrics[0]["record"]["final"], metrics
+    m = metrics[0]["record"]
+    assert m["droppedRejected"] == 0 and m["droppedShutdown"] == 0, m
+    assert m["recordsSent"] >= len(sim.delivered) - 5, (m, len(sim.delivered))
+    recs = [r for r in recs if OWN_TYPES not in r["data"][:120]]
     on_stream = collections.Counter(r["data"] for r in recs)
     delivered = collections.Counter(sim.delivered)
     missing = delivered - on_stream
@@ -53,6 +69,7 @@ def test_every_event_arrives_exactly_once_over_25_frozen_invokes(ext_bin, kinesa
         assert_delivered_exactly_once(sim, recs)
         # Every function line (unique id each) and every invoke's platform events,
         # including the last report that only arrives during SHUTDOWN.
+        recs = [r for r in recs if OWN_TYPES not in r["data"][:120]]
         text = function_ids_on_stream(recs)
         assert len(sim.function_line_ids) == 25 * 20 + 1  # + the init line
         assert all(i in text for i in sim.function_line_ids)
@@ -207,6 +224,8 @@ def test_oversized_event_is_split_into_fragments_that_rebuild_it(ext_bin, kinesa
     whole = set()
     for r in recs:
         v = json.loads(r["data"])
+        if v.get("type") == "kinesis-telemetry-extension.metrics":
+            continue
         if v.get("type") == "kinesis-telemetry-extension.fragment":
             frags[v["fragment"]["id"]].append(v)
         else:
@@ -241,12 +260,12 @@ def test_unparseable_body_is_forwarded_as_a_marker(ext_bin, kinesalite):
         res = sim.shutdown()
         assert_clean_exit(sim, res)
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + 3)
-    markers = [json.loads(r["data"]) for r in recs]
-    markers = [m for m in markers if m.get("type") == "kinesis-telemetry-extension.unparsed"]
+    markers = own_records(recs, "unparsed")
     assert len(markers) == 3
     assert markers[0]["record"]["body"] == '{"not":"an array"}'
     assert markers[1]["record"]["body"] == "[1,"
     assert markers[2]["record"]["bodyBase64"] == "//4="
+    assert own_records(recs, "metrics")[0]["record"]["unparsedBodies"] == 3
     assert_delivered_exactly_once(sim, [r for r in recs if b"unparsed" not in r["data"][:80]])
 
 
@@ -259,8 +278,9 @@ def test_batch_mode_delivers_everything_in_fewer_requests(ext_bin, kinesalite):
             run_invokes(sim, 20, 5)
             res = sim.shutdown()
             assert_clean_exit(sim, res)
-        # nothing was due during the invokes: everything went at SHUTDOWN
-        assert len(proxy.puts) == 1, proxy.puts
+        # nothing was due during the invokes: everything went at SHUTDOWN,
+        # followed by the final metrics record
+        assert [p.records for p in proxy.puts] == [len(sim.delivered), 1], proxy.puts
     recs = records_of(kinesalite, name, expect=len(sim.delivered))
     assert_delivered_exactly_once(sim, recs)
 
@@ -275,6 +295,7 @@ def test_partition_key_modes_spread_records(ext_bin, kinesalite, mode):
         assert_clean_exit(sim, res)
     recs = records_of(kinesalite, name, expect=len(sim.delivered))
     assert_delivered_exactly_once(sim, recs)
+    recs = [r for r in recs if OWN_TYPES not in r["data"][:120]]
     keys = {r["partition_key"] for r in recs}
     if mode == "request":
         starts = [json.loads(r["data"]) for r in recs]

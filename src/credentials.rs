@@ -1,0 +1,246 @@
+//! AWS credentials for signing: the execution role's keys from the
+//! environment (how Lambda normally passes them), or the container
+//! credentials endpoint (how SnapStart functions and ECS-style environments
+//! get them), fetched lazily on the dispatcher thread, cached, and refreshed
+//! before they expire or when Kinesis says they have.
+
+use std::io::Read;
+use std::time::{Duration, SystemTime};
+
+use serde::Deserialize;
+
+use crate::config::{CredentialsSource, StaticCredentials};
+
+/// Refresh this long before `Expiration`, like the AWS SDKs.
+const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+/// Why credentials could not be had.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialsError(pub String);
+
+impl std::fmt::Display for CredentialsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cannot get AWS credentials: {}", self.0)
+    }
+}
+
+pub struct Provider {
+    source: CredentialsSource,
+    cached: Option<(StaticCredentials, Option<SystemTime>)>,
+    agent: Option<ureq::Agent>,
+}
+
+impl Provider {
+    pub fn new(source: CredentialsSource) -> Provider {
+        Provider {
+            source,
+            cached: None,
+            agent: None,
+        }
+    }
+
+    /// Current credentials, fetching or refreshing them when needed.
+    pub fn get(&mut self) -> Result<&StaticCredentials, CredentialsError> {
+        let fresh = match &self.cached {
+            Some((_, None)) => true,
+            Some((_, Some(exp))) => SystemTime::now() + REFRESH_BEFORE < *exp,
+            None => false,
+        };
+        if !fresh {
+            let got = self.fetch();
+            match got {
+                Ok(c) => self.cached = Some(c),
+                // Keep using credentials that have not expired yet.
+                Err(e) => match &self.cached {
+                    Some((_, Some(exp))) if SystemTime::now() < *exp => {
+                        log::warn!("{e}; using the cached credentials until they expire");
+                    }
+                    _ => return Err(e),
+                },
+            }
+        }
+        Ok(&self.cached.as_ref().expect("cached above").0)
+    }
+
+    /// Forgets cached credentials (after Kinesis called them expired); true
+    /// when a refresh can produce new ones.
+    pub fn invalidate(&mut self) -> bool {
+        match self.source {
+            CredentialsSource::Static(_) => false,
+            CredentialsSource::Container { .. } => {
+                self.cached = None;
+                true
+            }
+        }
+    }
+
+    fn fetch(&mut self) -> Result<(StaticCredentials, Option<SystemTime>), CredentialsError> {
+        let (url, token, token_file) = match &self.source {
+            CredentialsSource::Static(c) => return Ok((c.clone(), None)),
+            CredentialsSource::Container {
+                url,
+                token,
+                token_file,
+            } => (url.clone(), token.clone(), token_file.clone()),
+        };
+        let token = match (token, token_file) {
+            (Some(t), _) => Some(t),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        CredentialsError(format!(
+                            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={path}: {e}"
+                        ))
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let agent = self.agent.get_or_insert_with(|| {
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(Duration::from_secs(2)))
+                .build()
+                .into()
+        });
+        let mut req = agent.get(&url);
+        if let Some(t) = &token {
+            req = req.header("Authorization", t);
+        }
+        let mut resp = req
+            .call()
+            .map_err(|e| CredentialsError(format!("GET {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        let mut body = Vec::new();
+        resp.body_mut()
+            .as_reader()
+            .take(64 * 1024)
+            .read_to_end(&mut body)
+            .map_err(|e| CredentialsError(format!("GET {url}: {e}")))?;
+        if status != 200 {
+            return Err(CredentialsError(format!(
+                "GET {url} answered HTTP {status}: {} (check AWS_CONTAINER_AUTHORIZATION_TOKEN)",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        parse_container_credentials(&body).map_err(|e| CredentialsError(format!("GET {url}: {e}")))
+    }
+}
+
+#[derive(Deserialize)]
+struct ContainerCredentials {
+    #[serde(rename = "AccessKeyId")]
+    access_key_id: String,
+    #[serde(rename = "SecretAccessKey")]
+    secret_access_key: String,
+    #[serde(rename = "Token", default)]
+    token: Option<String>,
+    #[serde(rename = "Expiration", default)]
+    expiration: Option<String>,
+}
+
+/// Parses the endpoint's JSON answer.
+pub fn parse_container_credentials(
+    body: &[u8],
+) -> Result<(StaticCredentials, Option<SystemTime>), String> {
+    let c: ContainerCredentials =
+        serde_json::from_slice(body).map_err(|e| format!("unreadable credentials: {e}"))?;
+    let expiration = match c.expiration.as_deref() {
+        Some(s) => Some(parse_iso8601(s).ok_or_else(|| format!("unreadable Expiration {s:?}"))?),
+        None => None,
+    };
+    Ok((
+        StaticCredentials {
+            access_key_id: c.access_key_id,
+            secret_access_key: c.secret_access_key,
+            session_token: c.token.filter(|t| !t.is_empty()),
+        },
+        expiration,
+    ))
+}
+
+/// `2026-11-25T21:54:08Z`, with optional fraction and `+hh:mm` offset.
+pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(r) = rest.strip_prefix('.') {
+        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
+        rest = &r[digits..];
+    }
+    let offset = match rest {
+        "Z" | "z" | "" => 0,
+        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
+            let sign = if r.starts_with('-') { -1 } else { 1 };
+            sign * (r.get(1..3)?.parse::<i64>().ok()? * 3600
+                + r.get(4..6)?.parse::<i64>().ok()? * 60)
+        }
+        _ => return None,
+    };
+    // Days from civil (Howard Hinnant).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
+    u64::try_from(secs)
+        .ok()
+        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn iso8601() {
+        let t = |s| parse_iso8601(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
+        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(t("2025-11-25T21:54:08Z"), Some(1_764_107_648));
+        assert_eq!(t("2025-11-25T21:54:08.123456Z"), Some(1_764_107_648));
+        assert_eq!(t("2025-11-25T22:54:08+01:00"), Some(1_764_107_648));
+        assert_eq!(t("2000-02-29T00:00:00Z"), Some(951_782_400));
+        assert_eq!(t("2025-13-01T00:00:00Z"), None);
+        assert_eq!(t("yesterday"), None);
+    }
+
+    #[test]
+    fn container_answer() {
+        let (c, exp) = parse_container_credentials(
+            br#"{"AccessKeyId":"AK","SecretAccessKey":"SK","Token":"TOK","Expiration":"2025-11-25T21:54:08Z"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.access_key_id, "AK");
+        assert_eq!(c.session_token.as_deref(), Some("TOK"));
+        assert_eq!(
+            exp.unwrap().duration_since(UNIX_EPOCH).unwrap().as_secs(),
+            1_764_107_648
+        );
+        assert!(parse_container_credentials(b"{}").is_err());
+    }
+
+    #[test]
+    fn static_credentials_never_refresh() {
+        let c = StaticCredentials {
+            access_key_id: "a".into(),
+            secret_access_key: "b".into(),
+            session_token: None,
+        };
+        let mut p = Provider::new(CredentialsSource::Static(c.clone()));
+        assert_eq!(p.get().unwrap(), &c);
+        assert!(!p.invalidate());
+    }
+}
