@@ -909,6 +909,11 @@ class LambdaSim:
 
     def _watcher(self) -> None:
         rc = self._proc.wait()
+        # Let the pipe readers reach EOF first, so whoever sees the exit also
+        # sees the extension's last words (bounded: a grandchild may hold a pipe).
+        for t in self._threads:
+            if t.name in ("lambdasim-stdout", "lambdasim-stderr"):
+                t.join(timeout=1.0)
         with self._cv:
             self._proc_state["reaped"] = True
             self._exited = True
