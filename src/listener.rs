@@ -26,6 +26,9 @@ use crate::telemetry::{self, Event};
 
 /// Bodies read at once; past this, requests are answered 503 (Lambda retries).
 const MAX_READERS: usize = 8;
+/// Stack of a body-reader thread: enough for serde_json's 128-level nesting
+/// limit (tested in telemetry.rs).
+pub const READER_STACK: usize = 128 * 1024;
 
 /// Binds the listener on all interfaces (Lambda connects through
 /// `sandbox.localdomain`), port 0 meaning any free port; returns the port.
@@ -66,7 +69,7 @@ pub fn run(server: Server, tx: Sender<Vec<Event>>, max_body: usize, stats: Arc<S
         let (tx, stats, readers) = (tx.clone(), stats.clone(), readers.clone());
         let spawned = std::thread::Builder::new()
             .name("body".into())
-            .stack_size(64 * 1024)
+            .stack_size(READER_STACK)
             .spawn(move || {
                 serve(request, &tx, max_body, &stats);
                 readers.fetch_sub(1, Ordering::AcqRel);

@@ -15,6 +15,8 @@ mod kinesis;
 mod listener;
 mod logging;
 mod partition;
+#[cfg(test)]
+mod properties;
 mod retry;
 mod rng;
 mod sender;

@@ -250,6 +250,23 @@ mod tests {
     }
 
     #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // The listener reads bodies on threads with small stacks (see listener.rs).
+        let t = std::thread::Builder::new()
+            .stack_size(crate::listener::READER_STACK)
+            .spawn(|| {
+                let deep = "[".repeat(100_000);
+                assert!(split(deep.as_bytes()).is_err());
+                let ok = format!("[{}1{}]", "[".repeat(120), "]".repeat(120));
+                assert_eq!(split(ok.as_bytes()).unwrap().len(), 1);
+                let obj = format!("[{}{}]", "{\"a\":".repeat(120), "}".repeat(120));
+                assert!(split(obj.as_bytes()).is_err()); // "{"a":}" is not JSON
+            })
+            .unwrap();
+        t.join().unwrap();
+    }
+
+    #[test]
     fn rejects_non_arrays() {
         assert!(split(b"{}").is_err());
         assert!(split(b"[1,").is_err());

@@ -1,0 +1,148 @@
+//! Property tests: the telemetry body splitter, oversized-event fragments,
+//! batching and the configuration parser, run on generated input. Failing
+//! cases are kept in `proptest-regressions/` and replayed first on every run.
+//! `PROPTEST_CASES` bounds the run (256 cases per property by default).
+
+use proptest::prelude::*;
+
+use crate::batch::{fit_event, Limits, Queue, Record};
+use crate::config;
+use crate::telemetry;
+
+/// Arbitrary JSON text, nested a few levels, with odd strings.
+fn json_value() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("null".to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| serde_json::to_string(&f).unwrap()),
+        any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap()),
+        "[ -~]{0,20}".prop_map(|s| format!("\"\\u00e9{}\"", s.replace(['"', '\\'], ""))),
+    ];
+    leaf.prop_recursive(4, 64, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(|v| format!("[{}]", v.join(" , "))),
+            prop::collection::vec(("[a-zA-Z]{1,8}", inner), 0..6).prop_map(|kv| {
+                let fields: Vec<String> = kv
+                    .into_iter()
+                    .map(|(k, v)| format!("\"{k}\":{v}"))
+                    .collect();
+                format!("{{{}}}", fields.join(","))
+            }),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn split_never_panics_and_returns_substrings(body in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(events) = telemetry::split(&body) {
+            let text = std::str::from_utf8(&body).unwrap();
+            for e in events {
+                prop_assert!(text.contains(&*e.json));
+                prop_assert!(serde_json::from_str::<serde_json::Value>(&e.json).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn split_returns_each_element_verbatim(elems in prop::collection::vec(json_value(), 0..8), ws in "[ \n\t]{0,3}") {
+        let body = format!("[{ws}{}{ws}]", elems.join(&format!("{ws},{ws}")));
+        let events = telemetry::split(body.as_bytes()).unwrap();
+        let got: Vec<&str> = events.iter().map(|e| &*e.json).collect();
+        let want: Vec<&str> = elems.iter().map(String::as_str).collect();
+        prop_assert_eq!(got, want);
+    }
+
+    #[test]
+    fn unparsed_marker_is_valid_json(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let e = telemetry::unparsed(&body, "reason", std::time::SystemTime::now());
+        let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
+        prop_assert_eq!(v["record"]["bytes"].as_u64(), Some(body.len() as u64));
+    }
+
+    #[test]
+    fn fragments_fit_and_rebuild(json in any::<String>(), key_len in 1usize..257, max in 1024usize..4096) {
+        let parts = fit_event(&json, key_len, max, || "id".into());
+        if parts.len() == 1 && &*parts[0] == json.as_bytes() {
+            prop_assert!(json.len() + key_len <= max);
+        } else {
+            let mut rebuilt = String::new();
+            for p in &parts {
+                prop_assert!(p.len() + key_len <= max, "fragment of {} bytes", p.len());
+                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                rebuilt.push_str(v["data"].as_str().unwrap());
+            }
+            prop_assert_eq!(rebuilt, json);
+        }
+    }
+
+    #[test]
+    fn batches_respect_limits_and_order(sizes in prop::collection::vec(1usize..3000, 0..300),
+                                        max_records in 1usize..50, max_bytes in 3000usize..20000) {
+        let limits = Limits { max_records, max_bytes };
+        let mut q = Queue::default();
+        for (i, n) in sizes.iter().enumerate() {
+            let mut data = (i as u32).to_be_bytes().to_vec();
+            data.resize(*n + 4, b'x');
+            q.push(Record::new(data, "k"));
+        }
+        let mut next = 0u32;
+        while !q.is_empty() {
+            let before = q.bytes();
+            let b = q.take_batch(limits);
+            prop_assert!(!b.is_empty() && b.len() <= max_records);
+            let bytes: usize = b.iter().map(Record::size).sum();
+            prop_assert!(bytes <= max_bytes);
+            prop_assert_eq!(q.bytes(), before - bytes);
+            for r in b {
+                prop_assert_eq!(u32::from_be_bytes(r.data[..4].try_into().unwrap()), next);
+                next += 1;
+            }
+        }
+        prop_assert_eq!(next as usize, sizes.len());
+    }
+
+    #[test]
+    fn config_parser_names_the_bad_variable(var in prop::sample::select(VARS), value in any::<String>()) {
+        let get = |k: &str| -> Option<String> {
+            match k {
+                _ if k == var => Some(value.clone()),
+                "KINESIS_TELEMETRY_STREAM" => Some("s".into()),
+                "AWS_REGION" => Some("us-east-1".into()),
+                "AWS_ACCESS_KEY_ID" => Some("a".into()),
+                "AWS_SECRET_ACCESS_KEY" => Some("b".into()),
+                _ => None,
+            }
+        };
+        if let Err(errors) = config::from_env(&get) {
+            for e in &errors.0 {
+                prop_assert!(e.to_string().contains(&e.var));
+            }
+            prop_assert!(errors.0.iter().any(|e| e.var == var
+                || (var == "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST" && e.var == "KINESIS_TELEMETRY_MAX_RECORD_BYTES")));
+        }
+    }
+}
+
+const VARS: &[&str] = &[
+    "KINESIS_TELEMETRY_STREAM",
+    "KINESIS_TELEMETRY_TYPES",
+    "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS",
+    "KINESIS_TELEMETRY_BUFFER_MAX_BYTES",
+    "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS",
+    "KINESIS_TELEMETRY_LISTENER_PORT",
+    "KINESIS_TELEMETRY_FLUSH",
+    "KINESIS_TELEMETRY_BATCH_MAX_AGE_MS",
+    "KINESIS_TELEMETRY_MAX_RECORDS_PER_REQUEST",
+    "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST",
+    "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
+    "KINESIS_TELEMETRY_PARTITION_KEY",
+    "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
+    "KINESIS_TELEMETRY_RETRY_BUDGET",
+    "AWS_REGION",
+    "AWS_ENDPOINT_URL_KINESIS",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+];
