@@ -68,6 +68,16 @@ impl Queue {
         self.records.push_back(r);
     }
 
+    pub fn front(&self) -> Option<&Record> {
+        self.records.front()
+    }
+
+    pub fn pop_front(&mut self) -> Option<Record> {
+        let r = self.records.pop_front()?;
+        self.bytes -= r.size();
+        Some(r)
+    }
+
     /// Puts records back at the front, keeping their order (for retries).
     pub fn push_front_all(&mut self, rs: Vec<Record>) {
         for r in rs.into_iter().rev() {

@@ -27,7 +27,25 @@ pub enum FlushMode {
     End,
     /// Send only full batches or batches older than `batch_max_age`.
     Batch,
+    /// Send when the oldest record is older than `flush_interval`, at invoke
+    /// start or while thawed; never wait for runtimeDone.
+    Periodic,
+    /// `End` while invokes are rare or their rate unknown, `Periodic` when
+    /// they come often (gap below `max_delay`).
+    Adaptive,
 }
+
+/// Explicit hash keys (`KINESIS_TELEMETRY_HASH_KEY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKeyMode {
+    /// Kinesis hashes the partition key.
+    None,
+    /// A random 128-bit hash key per record: an even spread over shards.
+    Random,
+}
+
+/// Log levels of JSON-format logs, lowest first.
+pub const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
 
 /// How each record's partition key is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +137,15 @@ pub struct Config {
     pub listener_port: u16,
     pub flush: FlushMode,
     pub batch_max_age: Duration,
+    pub flush_interval: Duration,
+    pub max_delay: Duration,
+    pub format: crate::pack::Format,
+    pub hash_key: HashKeyMode,
+    /// Platform event names (without `platform.`) to forward; `None`: all.
+    pub platform_events: Option<Vec<String>>,
+    /// Index in `LEVELS` below which JSON log events are not forwarded.
+    pub min_level: Option<usize>,
+    pub enrich: bool,
     /// Longest wait for `platform.runtimeDone` after INVOKE; `None`: until the
     /// invoke deadline.
     pub runtime_done_timeout: Option<Duration>,
@@ -360,10 +387,69 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
 
     let flush = r.choice(
         "FLUSH",
-        FlushMode::End,
-        &[("end", FlushMode::End), ("batch", FlushMode::Batch)],
+        FlushMode::Adaptive,
+        &[
+            ("adaptive", FlushMode::Adaptive),
+            ("end", FlushMode::End),
+            ("periodic", FlushMode::Periodic),
+            ("batch", FlushMode::Batch),
+        ],
     );
     let batch_max_age = r.millis("BATCH_MAX_AGE_MS", 5_000, 1, 900_000);
+    let flush_interval = r.millis("FLUSH_INTERVAL_MS", 1_000, 1, 900_000);
+    let max_delay = r.millis("MAX_DELAY_MS", 10_000, 1, 3_600_000);
+    let format = r.choice(
+        "FORMAT",
+        crate::pack::Format::Json,
+        &[
+            ("json", crate::pack::Format::Json),
+            ("kpl", crate::pack::Format::Kpl),
+            ("ndjson-gzip", crate::pack::Format::NdjsonGzip),
+        ],
+    );
+    let hash_key = r.choice(
+        "HASH_KEY",
+        HashKeyMode::None,
+        &[("none", HashKeyMode::None), ("random", HashKeyMode::Random)],
+    );
+    let platform_events = match r.raw("KINESIS_TELEMETRY_PLATFORM_EVENTS") {
+        None => None,
+        Some(v) if v == "*" => None,
+        Some(v) => {
+            let names: Vec<String> = v
+                .split(',')
+                .map(|n| n.trim().trim_start_matches("platform.").to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
+            let valid = !names.is_empty()
+                && names
+                    .iter()
+                    .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric()));
+            if !valid {
+                r.fail(
+                    "KINESIS_TELEMETRY_PLATFORM_EVENTS",
+                    Some(v),
+                    "* or a comma-separated list of platform event names such as start,runtimeDone,report",
+                );
+            }
+            Some(names)
+        }
+    };
+    let min_level = match r.raw("KINESIS_TELEMETRY_MIN_LEVEL") {
+        None => None,
+        Some(v) => match LEVELS.iter().position(|l| l.eq_ignore_ascii_case(&v)) {
+            Some(i) => Some(i),
+            None => {
+                r.fail(
+                    "KINESIS_TELEMETRY_MIN_LEVEL",
+                    Some(v),
+                    "one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL",
+                );
+                None
+            }
+        },
+    };
+    let enrich = r.choice("ENRICH", false, &[("false", false), ("true", true)]);
     let runtime_done_timeout = match r.int("RUNTIME_DONE_TIMEOUT_MS", 0, 0, 900_000) {
         0 => None,
         ms => Some(Duration::from_millis(ms)),
@@ -426,6 +512,13 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         listener_port,
         flush,
         batch_max_age,
+        flush_interval,
+        max_delay,
+        format,
+        hash_key,
+        platform_events,
+        min_level,
+        enrich,
         runtime_done_timeout,
         flush_timeout,
         max_records_per_request,
@@ -578,7 +671,12 @@ mod tests {
                 timeout_ms: 25
             }
         );
-        assert_eq!(c.flush, FlushMode::End);
+        assert_eq!(c.flush, FlushMode::Adaptive);
+        assert_eq!(c.format, crate::pack::Format::Json);
+        assert_eq!(c.hash_key, HashKeyMode::None);
+        assert_eq!(c.platform_events, None);
+        assert_eq!(c.min_level, None);
+        assert!(!c.enrich);
         assert_eq!(c.partition_key, PartitionKeyMode::Environment);
         assert_eq!(c.max_records_per_request, 500);
         assert_eq!(c.max_bytes_per_request, 5 * 1024 * 1024);
@@ -660,10 +758,39 @@ mod tests {
         assert!(text
             .iter()
             .any(|t| t.contains("KINESIS_TELEMETRY_FLUSH=\"sometimes\"")
-                && t.contains("one of end, batch")));
+                && t.contains("one of adaptive, end, periodic, batch")));
         assert!(text
             .iter()
             .any(|t| t.contains("platform,function,extension")));
+    }
+
+    #[test]
+    fn formats_filters_and_enrichment() {
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_FORMAT", "ndjson-gzip"),
+            ("KINESIS_TELEMETRY_HASH_KEY", "random"),
+            (
+                "KINESIS_TELEMETRY_PLATFORM_EVENTS",
+                "platform.start, report",
+            ),
+            ("KINESIS_TELEMETRY_MIN_LEVEL", "warn"),
+            ("KINESIS_TELEMETRY_ENRICH", "TRUE"),
+        ]))
+        .unwrap();
+        assert_eq!(c.format, crate::pack::Format::NdjsonGzip);
+        assert_eq!(c.hash_key, HashKeyMode::Random);
+        assert_eq!(
+            c.platform_events,
+            Some(vec!["start".to_string(), "report".to_string()])
+        );
+        assert_eq!(c.min_level, Some(3));
+        assert!(c.enrich);
+        let e = errors(&[
+            ("KINESIS_TELEMETRY_MIN_LEVEL", "loud"),
+            ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "start,re port"),
+            ("KINESIS_TELEMETRY_FORMAT", "xml"),
+        ]);
+        assert_eq!(e.len(), 3);
     }
 
     #[test]

@@ -13,13 +13,15 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender};
 
-use crate::batch::{fit_event, Limits, Queue, Record};
-use crate::config::{Config, FlushMode, Types};
+use crate::batch::{Limits, Queue, Record};
+use crate::config::{Config, FlushMode, HashKeyMode};
+use crate::flush::{self, EndOfInvoke, History};
 use crate::kinesis::{record_error_retryable, Response, Retry};
-use crate::partition::Keys;
+use crate::pack::{self, Format};
 use crate::retry::{backoff, Budget};
 use crate::rng::Rng;
 use crate::sender::{KinesisClient, TRANSPORT_ERROR};
+use crate::shape::{Shaped, Shaper};
 use crate::stats::Stats;
 use crate::telemetry::{self, Event, Kind};
 
@@ -56,6 +58,7 @@ enum Waiting {
         request_id: String,
         until: Instant,
         flush_deadline: Instant,
+        then: EndOfInvoke,
         reply: Sender<()>,
     },
     Shutdown {
@@ -71,7 +74,10 @@ pub struct Dispatcher {
     client: KinesisClient,
     stats: Arc<Stats>,
     flush: FlushMode,
-    types: Types,
+    flush_interval: Duration,
+    max_delay: Duration,
+    format: Format,
+    hash_key: HashKeyMode,
     limits: Limits,
     max_record_bytes: usize,
     buffer_limit: usize,
@@ -88,8 +94,10 @@ pub struct Dispatcher {
     context: Vec<(&'static str, String)>,
 
     queue: Queue,
-    keys: Keys,
+    shaper: Shaper,
     rng: Rng,
+    history: History,
+    last_invoke: Option<Instant>,
     waiting: Waiting,
     paused: bool,
     current_request: Option<String>,
@@ -98,8 +106,10 @@ pub struct Dispatcher {
     last_report: Option<Box<str>>,
     /// Thawed time: freezes do not age a batch.
     thawed: ThawClock,
-    /// Thawed time at which the oldest queued record arrived.
+    /// Thawed time at which the oldest queued record arrived (batch age).
     oldest: Option<Duration>,
+    /// Wall time at which it arrived (periodic flushing, data delay).
+    oldest_wall: Option<Instant>,
     /// No background send before this (after a failed one).
     retry_after: Option<Instant>,
     failed_rounds: u32,
@@ -150,15 +160,18 @@ impl Dispatcher {
         mut context: Vec<(&'static str, String)>,
     ) -> Dispatcher {
         let mut rng = Rng::from_os();
-        let keys = Keys::new(cfg.partition_key, Rng::seeded(rng.next_u64()));
-        context.push(("environmentKey", keys.environment().to_string()));
+        let shaper = Shaper::new(cfg, Rng::seeded(rng.next_u64()), &context);
+        context.push(("environmentKey", shaper.keys.environment().to_string()));
         Dispatcher {
             events,
             control,
             client: KinesisClient::new(cfg),
             stats,
             flush: cfg.flush,
-            types: cfg.types,
+            flush_interval: cfg.flush_interval,
+            max_delay: cfg.max_delay,
+            format: cfg.format,
+            hash_key: cfg.hash_key,
             limits: Limits {
                 max_records: cfg.max_records_per_request,
                 max_bytes: cfg.max_bytes_per_request,
@@ -175,8 +188,10 @@ impl Dispatcher {
             last_metrics: (Duration::ZERO, 0),
             context,
             queue: Queue::default(),
-            keys,
+            shaper,
             rng,
+            history: History::default(),
+            last_invoke: None,
             waiting: Waiting::None,
             paused: false,
             current_request: None,
@@ -188,6 +203,7 @@ impl Dispatcher {
                 since: Some(Instant::now()),
             },
             oldest: None,
+            oldest_wall: None,
             retry_after: None,
             failed_rounds: 0,
             reported: Vec::new(),
@@ -200,7 +216,7 @@ impl Dispatcher {
 
     /// The partition key of this execution environment (for the start log).
     pub fn environment_key(&self) -> &str {
-        self.keys.environment()
+        self.shaper.keys.environment()
     }
 
     /// Runs until SHUTDOWN has been handled or the main thread is gone.
@@ -242,6 +258,9 @@ impl Dispatcher {
             } => {
                 self.paused = false;
                 self.thawed.start();
+                let now = Instant::now();
+                self.history.invoke(self.last_invoke.map(|t| now - t));
+                self.last_invoke = Some(now);
                 self.current_request = Some(request_id);
                 self.invoke_deadline = Some(deadline);
                 // Connections from before a freeze may be dead; a failure on
@@ -255,14 +274,22 @@ impl Dispatcher {
                 flush_deadline,
                 reply,
             } => {
+                let then = flush::end_of_invoke(
+                    self.flush,
+                    &self.history,
+                    self.flush_interval,
+                    self.max_delay,
+                    self.oldest_age(),
+                );
                 self.waiting = match runtime_done {
-                    Some(request_id) => Waiting::RuntimeDone {
+                    Some(request_id) if then != EndOfInvoke::PauseNow => Waiting::RuntimeDone {
                         request_id,
                         until: wait_until,
                         flush_deadline,
+                        then,
                         reply,
                     },
-                    None => {
+                    _ => {
                         self.pause(reply);
                         Waiting::None
                     }
@@ -317,6 +344,7 @@ impl Dispatcher {
                 }
                 let Waiting::RuntimeDone {
                     flush_deadline,
+                    then,
                     reply,
                     ..
                 } = std::mem::replace(&mut self.waiting, Waiting::None)
@@ -324,9 +352,9 @@ impl Dispatcher {
                     unreachable!()
                 };
                 let deadline = flush_deadline.min(Instant::now() + self.flush_timeout);
-                match self.flush {
-                    FlushMode::End => self.flush_all(deadline),
-                    FlushMode::Batch => self.send_due_until(deadline),
+                match then {
+                    EndOfInvoke::FlushAll => self.flush_all(deadline),
+                    _ => self.send_due_until(deadline),
                 }
                 self.pause(reply);
                 false
@@ -388,6 +416,9 @@ impl Dispatcher {
                 let due = oldest + self.batch_max_age;
                 t = t.min(due.saturating_sub(self.thawed.now()));
             }
+            if let Some(oldest) = self.oldest_wall.filter(|_| self.periodic_now()) {
+                t = t.min((oldest + self.flush_interval).saturating_duration_since(now));
+            }
         }
         t
     }
@@ -395,7 +426,12 @@ impl Dispatcher {
     fn ingest(&mut self, events: Vec<Event>) {
         for e in events {
             match e.kind {
-                Kind::RuntimeDone => self.last_runtime_done = e.request_id.clone(),
+                Kind::RuntimeDone => {
+                    self.last_runtime_done = e.request_id.clone();
+                    if let Some(ms) = telemetry::runtime_duration_ms(&e.json) {
+                        self.history.duration(ms);
+                    }
+                }
                 Kind::Report => self.last_report = e.request_id.clone(),
                 Kind::LogsDropped => {
                     if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
@@ -408,39 +444,41 @@ impl Dispatcher {
                 }
                 _ => {}
             }
-            let wanted = match e.kind {
-                k if k.is_platform() => self.types.platform,
-                Kind::Function => self.types.function,
-                Kind::Extension => self.types.extension,
-                _ => true,
-            };
-            if !wanted {
-                Stats::add(&self.stats.filtered_events, 1);
-                continue;
-            }
-            let key = self
-                .keys
-                .key(e.request_id.as_deref(), self.current_request.as_deref());
-            if e.json.len() + key.len() <= self.max_record_bytes {
-                self.queue.push(Record::new(e.json.into_boxed_bytes(), key));
-            } else {
-                Stats::add(&self.stats.fragmented_events, 1);
-                let rng = &mut self.rng;
-                let parts = fit_event(&e.json, key.len(), self.max_record_bytes, || rng.hex(8));
-                log::warn!(
-                    "an event of {} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
-                    e.json.len(),
-                    self.max_record_bytes,
-                    parts.len()
-                );
-                for p in parts {
-                    self.queue.push(Record::new(p, key.clone()));
+            let size = e.json.len();
+            match self.shaper.shape(e, self.current_request.as_deref()) {
+                Shaped::Filtered => Stats::add(&self.stats.filtered_events, 1),
+                Shaped::Records {
+                    records,
+                    fragmented,
+                } => {
+                    if fragmented {
+                        Stats::add(&self.stats.fragmented_events, 1);
+                        log::warn!(
+                            "an event of {size} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
+                            self.max_record_bytes,
+                            records.len()
+                        );
+                    }
+                    for r in records {
+                        self.queue.push(r);
+                    }
+                    if self.oldest.is_none() {
+                        self.oldest = Some(self.thawed.now());
+                        self.oldest_wall = Some(Instant::now());
+                    }
                 }
             }
-            if self.oldest.is_none() {
-                self.oldest = Some(self.thawed.now());
-            }
         }
+    }
+
+    /// Age of the oldest buffered record, in wall time.
+    fn oldest_age(&self) -> Duration {
+        self.oldest_wall.map_or(Duration::ZERO, |t| t.elapsed())
+    }
+
+    /// Whether buffered data is sent by age now (periodic behaviour).
+    fn periodic_now(&self) -> bool {
+        flush::periodic(self.flush, &self.history, self.max_delay, self.oldest_age())
     }
 
     /// Moves whatever the listener has queued into our queue, without
@@ -460,7 +498,7 @@ impl Dispatcher {
         let context: Vec<(&str, &str)> =
             self.context.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let json = self.stats.metrics_event(&now, final_, &context);
-        let key = self.keys.key(None, self.current_request.as_deref());
+        let key = self.shaper.keys.key(None, self.current_request.as_deref());
         self.queue.push(Record::new(json.into_bytes(), key));
         self.last_metrics = (self.thawed.now(), Stats::get(&self.stats.records_sent));
     }
@@ -487,10 +525,12 @@ impl Dispatcher {
 
     fn send_due_until(&mut self, deadline: Instant) {
         while !self.queue.is_empty() && Instant::now() < deadline {
-            let aged = self.flush == FlushMode::Batch
-                && self
+            let aged = match self.flush {
+                FlushMode::Batch => self
                     .oldest
-                    .is_some_and(|o| self.thawed.now() >= o + self.batch_max_age);
+                    .is_some_and(|o| self.thawed.now() >= o + self.batch_max_age),
+                _ => self.periodic_now() && self.oldest_age() >= self.flush_interval,
+            };
             let due = aged
                 || self.queue.has_full_batch(self.limits)
                 || self.queue.bytes() >= self.buffer_limit;
@@ -576,41 +616,54 @@ impl Dispatcher {
         )
     }
 
-    /// Sends one batch from the front of the queue. Records that failed in a
-    /// retryable way go back to the front in order; the rest are sent or
-    /// counted as lost. Returns how to retry when something is left to retry.
+    /// Sends one request's worth from the front of the queue. Records that
+    /// failed in a retryable way go back to the front in order; the rest are
+    /// sent or counted as lost. Returns how to retry when something is left
+    /// to retry.
     fn send_one(&mut self, deadline: Instant) -> Option<Retry> {
         self.drain_events();
-        let mut batch = self.queue.take_batch(self.limits);
-        if batch.is_empty() {
+        let mut wires = pack::take(
+            &mut self.queue,
+            self.limits,
+            self.format,
+            self.max_record_bytes,
+        );
+        if wires.is_empty() {
             return None;
         }
-        for r in &mut batch {
-            r.attempts += 1;
-            if r.attempts > 1 {
-                Stats::add(&self.stats.records_retried, 1);
+        for w in &mut wires {
+            if self.hash_key == HashKeyMode::Random {
+                let h = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
+                w.hash_key = Some(h.to_string().into_boxed_str());
+            }
+            for r in &mut w.members {
+                r.attempts += 1;
+                if r.attempts > 1 {
+                    Stats::add(&self.stats.records_retried, 1);
+                }
             }
         }
         Stats::add(&self.stats.requests, 1);
-        let outcome = self.client.put_records(&batch, deadline);
+        let outcome = self.client.put_records(&wires, deadline);
         let retry = match outcome.response {
             Response::Records(codes) => {
                 self.budget.success();
                 self.resigned = false;
                 let mut again = Vec::new();
                 let mut retry_code = None;
-                for (r, code) in batch.into_iter().zip(codes) {
+                for (w, code) in wires.into_iter().zip(codes) {
                     match code {
                         None => {
-                            Stats::add(&self.stats.records_sent, 1);
-                            Stats::add(&self.stats.bytes_sent, r.size() as u64);
+                            Stats::add(&self.stats.kinesis_records, 1);
+                            Stats::add(&self.stats.bytes_sent, w.size() as u64);
+                            Stats::add(&self.stats.records_sent, w.members.len() as u64);
                         }
                         Some(c) if record_error_retryable(&c) => {
                             retry_code.get_or_insert(c);
-                            again.push(r);
+                            again.extend(w.members);
                         }
                         Some(c) => {
-                            Stats::add(&self.stats.dropped_rejected, 1);
+                            Stats::add(&self.stats.dropped_rejected, w.members.len() as u64);
                             self.report_once(&c, "a record was rejected", "");
                         }
                     }
@@ -625,24 +678,25 @@ impl Dispatcher {
             }
             Response::Error(e) => {
                 Stats::add(&self.stats.request_errors, 1);
+                let members: Vec<Record> = wires.into_iter().flat_map(|w| w.members).collect();
                 let retry = self.retry_for(&e);
                 if retry.is_retryable() {
                     self.last_error = Some(e.to_string());
                     log::debug!(
                         "PutRecords failed ({e}); will retry {} records",
-                        batch.len()
+                        members.len()
                     );
                     if outcome.ambiguous {
-                        Stats::add(&self.stats.duplicate_risk, batch.len() as u64);
+                        Stats::add(&self.stats.duplicate_risk, members.len() as u64);
                     }
                     if e.code == TRANSPORT_ERROR {
                         self.client.reset_connections();
                     }
-                    self.queue.push_front_all(batch);
+                    self.queue.push_front_all(members);
                     Some(retry)
                 } else {
-                    Stats::add(&self.stats.dropped_rejected, batch.len() as u64);
-                    let what = format!("PutRecords failed, {} records lost", batch.len());
+                    Stats::add(&self.stats.dropped_rejected, members.len() as u64);
+                    let what = format!("PutRecords failed, {} records lost", members.len());
                     self.report_once(&e.code, &what, &format!("{e}; to fix: {}", e.advice()));
                     None
                 }
@@ -651,6 +705,7 @@ impl Dispatcher {
         self.fresh_connection_retry = false;
         if self.queue.is_empty() {
             self.oldest = None;
+            self.oldest_wall = None;
         }
         if retry.is_none() {
             self.failed_rounds = 0;

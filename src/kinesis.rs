@@ -5,18 +5,18 @@
 use serde::Deserialize;
 
 use crate::base64;
-use crate::batch::Record;
 use crate::config::StreamTarget;
+use crate::pack::Wire;
 
 /// `X-Amz-Target` of the one API call the extension makes.
 pub const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// Builds the JSON body of a `PutRecords` request.
-pub fn put_records_body(target: &StreamTarget, records: &[Record]) -> Vec<u8> {
+pub fn put_records_body(target: &StreamTarget, records: &[Wire]) -> Vec<u8> {
     let payload: usize = records
         .iter()
-        .map(|r| base64::encoded_len(r.data.len()) + r.key.len() + 32)
+        .map(|r| base64::encoded_len(r.data().len()) + r.key.len() + 80)
         .sum();
     let mut out = Vec::with_capacity(payload + 64);
     match target {
@@ -35,9 +35,13 @@ pub fn put_records_body(target: &StreamTarget, records: &[Record]) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"Data\":\"");
-        base64::encode_into(&mut out, &r.data);
+        base64::encode_into(&mut out, r.data());
         out.extend_from_slice(b"\",\"PartitionKey\":");
         push_json(&mut out, &r.key);
+        if let Some(h) = &r.hash_key {
+            out.extend_from_slice(b",\"ExplicitHashKey\":");
+            push_json(&mut out, h);
+        }
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
@@ -267,13 +271,26 @@ fn xml_tag(body: &[u8], tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::batch::Record;
+
+    #[test]
+    fn explicit_hash_key_is_sent() {
+        let mut recs = Wire::singles(vec![Record::new(b"x".to_vec(), "k")]);
+        recs[0].hash_key = Some("340282366920938463463374607431768211455".into());
+        let body = put_records_body(&StreamTarget::Name("s".into()), &recs);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["Records"][0]["ExplicitHashKey"],
+            "340282366920938463463374607431768211455"
+        );
+    }
 
     #[test]
     fn body_by_name_and_arn() {
-        let recs = vec![
+        let recs = Wire::singles(vec![
             Record::new(b"{\"a\":\"\xc3\xa9\"}".to_vec(), "k1"),
             Record::new(b"plain".to_vec(), "k\"2"),
-        ];
+        ]);
         let body = put_records_body(&StreamTarget::Name("s".into()), &recs);
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["StreamName"], "s");

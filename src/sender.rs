@@ -8,10 +8,10 @@
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::batch::Record;
 use crate::config::{Config, StreamTarget};
 use crate::credentials::Provider;
 use crate::kinesis::{self, ApiError, Response};
+use crate::pack::Wire;
 use crate::sigv4;
 
 /// Error code used for failures below HTTP (connect, reset, timeout).
@@ -72,7 +72,7 @@ impl KinesisClient {
     }
 
     /// Sends one `PutRecords` request; never lasts past `deadline`.
-    pub fn put_records(&mut self, records: &[Record], deadline: Instant) -> Outcome {
+    pub fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(1) {
             return failure(

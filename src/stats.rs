@@ -41,7 +41,10 @@ counters! {
     fragmented_events => "fragmentedEvents",
     /// Events not forwarded because their type is not configured.
     filtered_events => "filteredEvents",
+    /// Telemetry records (events, fragments, markers) acknowledged by Kinesis.
     records_sent => "recordsSent",
+    /// Kinesis records they travelled in (fewer with kpl / ndjson-gzip).
+    kinesis_records => "kinesisRecords",
     bytes_sent => "bytesSent",
     requests => "requests",
     request_errors => "requestErrors",

@@ -25,6 +25,7 @@ pub struct Event {
 /// What the lifecycle needs to know about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    Start,
     RuntimeDone,
     Report,
     /// Lambda dropped telemetry before delivering it to us.
@@ -39,6 +40,7 @@ pub enum Kind {
 impl Kind {
     fn of(ty: &str) -> Kind {
         match ty {
+            "platform.start" => Kind::Start,
             "platform.runtimeDone" => Kind::RuntimeDone,
             "platform.report" => Kind::Report,
             "platform.logsDropped" => Kind::LogsDropped,
@@ -52,7 +54,11 @@ impl Kind {
     pub fn is_platform(self) -> bool {
         matches!(
             self,
-            Kind::RuntimeDone | Kind::Report | Kind::LogsDropped | Kind::OtherPlatform
+            Kind::Start
+                | Kind::RuntimeDone
+                | Kind::Report
+                | Kind::LogsDropped
+                | Kind::OtherPlatform
         )
     }
 }
@@ -97,6 +103,39 @@ impl Event {
             request_id,
         }
     }
+}
+
+/// The `type` field of an event.
+pub fn event_type(json: &str) -> Option<String> {
+    serde_json::from_str::<Head>(json)
+        .ok()?
+        .ty
+        .map(|t| t.into_owned())
+}
+
+#[derive(Deserialize)]
+struct DurationHead {
+    record: DurationRecord,
+}
+
+#[derive(Deserialize)]
+struct DurationRecord {
+    metrics: Option<DurationMetrics>,
+}
+
+#[derive(Deserialize)]
+struct DurationMetrics {
+    #[serde(rename = "durationMs")]
+    duration_ms: Option<f64>,
+}
+
+/// `record.metrics.durationMs` of a `platform.runtimeDone` event.
+pub fn runtime_duration_ms(json: &str) -> Option<f64> {
+    serde_json::from_str::<DurationHead>(json)
+        .ok()?
+        .record
+        .metrics?
+        .duration_ms
 }
 
 #[derive(Deserialize)]
@@ -224,6 +263,10 @@ mod tests {
         assert_eq!(events[1].request_id.as_deref(), Some("r-1"));
         assert_eq!(events[2].kind, Kind::OtherPlatform);
         assert_eq!(events[2].request_id.as_deref(), Some("r-2"));
+        assert_eq!(
+            event_type(&events[2].json).as_deref(),
+            Some("platform.somethingNew")
+        );
         assert!(events[2].json.contains(r#""new":true"#));
         assert_eq!(events[3].kind, Kind::Extension);
         assert!(events[3].json.contains("é 🎉"));
@@ -236,8 +279,11 @@ mod tests {
     #[test]
     fn platform_record_that_is_not_an_object_is_kept() {
         let events = split(br#"[{"type":"platform.start","record":"odd"}]"#).unwrap();
-        assert_eq!(events[0].kind, Kind::OtherPlatform);
+        assert_eq!(events[0].kind, Kind::Start);
         assert_eq!(events[0].request_id, None);
+        let done = r#"{"type":"platform.runtimeDone","record":{"requestId":"r","metrics":{"durationMs":12.5,"producedBytes":0}}}"#;
+        assert_eq!(runtime_duration_ms(done), Some(12.5));
+        assert_eq!(runtime_duration_ms("{}"), None);
     }
 
     #[test]

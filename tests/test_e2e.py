@@ -148,7 +148,7 @@ def test_invalid_config_stays_idle_and_names_the_variable(ext_bin, kinesalite):
         res = sim.shutdown()
         assert_clean_exit(sim, res)
         err = sim.stderr_text()
-        assert 'KINESIS_TELEMETRY_FLUSH="sometimes"' in err and "one of end, batch" in err
+        assert 'KINESIS_TELEMETRY_FLUSH="sometimes"' in err and "one of adaptive, end, periodic, batch" in err
         assert 'KINESIS_TELEMETRY_BUFFER_MAX_ITEMS="5"' in err and "1000 to 10000" in err
         assert sim.subscription is None
     assert kinesalite.read_all(name) == []

@@ -1,0 +1,271 @@
+//! From telemetry events to queued records: which events are forwarded
+//! (types, platform event names, minimum log level), the optional enrichment
+//! envelope, the partition key, and fragments for events too large for one
+//! record. Pure bookkeeping; the dispatcher owns when records are sent.
+
+use serde::Deserialize;
+
+use crate::batch::{fit_event, Record};
+use crate::config::{Config, Types, LEVELS};
+use crate::partition::Keys;
+use crate::rng::Rng;
+use crate::telemetry::{push_json_string, Event, Kind};
+
+/// What became of one event.
+pub enum Shaped {
+    /// Not forwarded (filtered out by configuration).
+    Filtered,
+    /// One record, or several fragments of an oversized event.
+    Records {
+        records: Vec<Record>,
+        fragmented: bool,
+    },
+}
+
+pub struct Shaper {
+    types: Types,
+    platform_events: Option<Vec<String>>,
+    min_level: Option<usize>,
+    /// `"functionName":…,"functionVersion":…,…,"environmentId":…` ready to
+    /// splice into every envelope, when enrichment is on.
+    envelope_head: Option<String>,
+    max_record_bytes: usize,
+    pub keys: Keys,
+    rng: Rng,
+    /// The invocation between its platform.start and platform.runtimeDone.
+    invocation: Option<Box<str>>,
+}
+
+impl Shaper {
+    /// `context`: the enrichment fields (function name, version, region,
+    /// account) in envelope order.
+    pub fn new(cfg: &Config, mut rng: Rng, context: &[(&str, String)]) -> Shaper {
+        let keys = Keys::new(cfg.partition_key, Rng::seeded(rng.next_u64()));
+        let envelope_head = cfg.enrich.then(|| {
+            let mut head = String::new();
+            for (k, v) in context
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .chain([("environmentId", keys.environment())])
+            {
+                push_json_string(&mut head, k);
+                head.push(':');
+                push_json_string(&mut head, v);
+                head.push(',');
+            }
+            head
+        });
+        Shaper {
+            types: cfg.types,
+            platform_events: cfg.platform_events.clone(),
+            min_level: cfg.min_level,
+            envelope_head,
+            max_record_bytes: cfg.max_record_bytes,
+            keys,
+            rng,
+            invocation: None,
+        }
+    }
+
+    /// Shapes one event; `current` is the invocation the lifecycle is in.
+    pub fn shape(&mut self, e: Event, current: Option<&str>) -> Shaped {
+        match e.kind {
+            Kind::Start => self.invocation = e.request_id.clone(),
+            Kind::RuntimeDone => self.invocation = None,
+            _ => {}
+        }
+        if !self.wanted(&e) {
+            return Shaped::Filtered;
+        }
+        // Platform events name their request; logs belong to the invocation
+        // in progress, if any.
+        let inside = match e.kind {
+            Kind::Function | Kind::Extension => self.invocation.as_deref(),
+            _ => None,
+        };
+        let request = e.request_id.as_deref().or(inside).map(str::to_string);
+        let key = self.keys.key(request.as_deref(), current);
+        let data: Box<str> = match &self.envelope_head {
+            None => e.json,
+            Some(head) => {
+                let mut s = String::with_capacity(head.len() + e.json.len() + 80);
+                s.push('{');
+                s.push_str(head);
+                s.push_str("\"requestId\":");
+                match &request {
+                    Some(r) => push_json_string(&mut s, r),
+                    None => s.push_str("null"),
+                }
+                s.push_str(",\"event\":");
+                s.push_str(&e.json);
+                s.push('}');
+                s.into_boxed_str()
+            }
+        };
+        if data.len() + key.len() <= self.max_record_bytes {
+            return Shaped::Records {
+                records: vec![Record::new(data.into_boxed_bytes(), key)],
+                fragmented: false,
+            };
+        }
+        let rng = &mut self.rng;
+        let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));
+        Shaped::Records {
+            records: parts
+                .into_iter()
+                .map(|p| Record::new(p, key.clone()))
+                .collect(),
+            fragmented: true,
+        }
+    }
+
+    fn wanted(&self, e: &Event) -> bool {
+        match e.kind {
+            k if k.is_platform() => {
+                self.types.platform
+                    && match &self.platform_events {
+                        None => true,
+                        Some(names) => crate::telemetry::event_type(&e.json).is_some_and(|t| {
+                            let name = t.trim_start_matches("platform.");
+                            names.iter().any(|w| w == name)
+                        }),
+                    }
+            }
+            Kind::Function => self.types.function && self.level_ok(&e.json),
+            Kind::Extension => self.types.extension && self.level_ok(&e.json),
+            _ => true,
+        }
+    }
+
+    /// JSON-format log lines below the minimum level are dropped; text lines
+    /// (no level) always pass.
+    fn level_ok(&self, json: &str) -> bool {
+        let Some(min) = self.min_level else {
+            return true;
+        };
+        #[derive(Deserialize)]
+        struct Log<'a> {
+            #[serde(borrow)]
+            record: Option<LogRecord<'a>>,
+        }
+        #[derive(Deserialize)]
+        struct LogRecord<'a> {
+            #[serde(borrow)]
+            level: Option<std::borrow::Cow<'a, str>>,
+        }
+        let level = serde_json::from_str::<Log>(json)
+            .ok()
+            .and_then(|l| l.record)
+            .and_then(|r| r.level);
+        match level {
+            Some(l) => LEVELS
+                .iter()
+                .position(|n| n.eq_ignore_ascii_case(&l))
+                .is_none_or(|rank| rank >= min),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::split;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Config {
+        let mut m: std::collections::HashMap<&str, &str> = [
+            ("KINESIS_TELEMETRY_STREAM", "s"),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "a"),
+            ("AWS_SECRET_ACCESS_KEY", "b"),
+        ]
+        .into_iter()
+        .collect();
+        m.extend(pairs.iter().copied());
+        crate::config::from_env(&|k| m.get(k).map(|v| v.to_string())).unwrap()
+    }
+
+    fn events() -> Vec<Event> {
+        split(
+            br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
+            {"time":"t","type":"function","record":{"level":"DEBUG","message":"d"}},
+            {"time":"t","type":"function","record":{"level":"ERROR","message":"e"}},
+            {"time":"t","type":"function","record":"text line"},
+            {"time":"t","type":"platform.runtimeDone","record":{"requestId":"r1"}},
+            {"time":"t","type":"extension","record":"after"}]"#,
+        )
+        .unwrap()
+    }
+
+    fn forwarded(s: &mut Shaper) -> Vec<String> {
+        events()
+            .into_iter()
+            .filter_map(|e| match s.shape(e, None) {
+                Shaped::Records { records, .. } => {
+                    Some(String::from_utf8(records[0].data.to_vec()).unwrap())
+                }
+                Shaped::Filtered => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn filters_by_platform_name_and_level() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "runtimeDone"),
+            ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
+        ]);
+        let mut s = Shaper::new(&c, Rng::seeded(1), &[]);
+        let out = forwarded(&mut s);
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert!(out[0].contains("ERROR"));
+        assert!(out[1].contains("text line"));
+        assert!(out[2].contains("platform.runtimeDone"));
+    }
+
+    #[test]
+    fn enrichment_wraps_the_event_verbatim_with_request_ids() {
+        let c = cfg(&[("KINESIS_TELEMETRY_ENRICH", "true")]);
+        let ctx = [
+            ("functionName", "fn".to_string()),
+            ("accountId", "1".to_string()),
+        ];
+        let mut s = Shaper::new(&c, Rng::seeded(1), &ctx);
+        let env_key = s.keys.environment().to_string();
+        let out = forwarded(&mut s);
+        let originals = events();
+        for (o, e) in out.iter().zip(&originals) {
+            assert!(o.contains(&*e.json), "{o}");
+            let v: serde_json::Value = serde_json::from_str(o).unwrap();
+            assert_eq!(v["functionName"], "fn");
+            assert_eq!(v["accountId"], "1");
+            assert_eq!(v["environmentId"], env_key.as_str());
+        }
+        let req = |i: usize| {
+            serde_json::from_str::<serde_json::Value>(&out[i]).unwrap()["requestId"].clone()
+        };
+        assert_eq!(req(0), "r1"); // platform.start names itself
+        assert_eq!(req(1), "r1"); // log line inside the invocation
+        assert_eq!(req(4), "r1"); // runtimeDone names itself
+        assert_eq!(req(5), serde_json::Value::Null); // after runtimeDone
+    }
+
+    #[test]
+    fn oversized_events_are_fragmented() {
+        let c = cfg(&[("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "1024")]);
+        let mut s = Shaper::new(&c, Rng::seeded(1), &[]);
+        let big = format!(r#"[{{"type":"function","record":"{}"}}]"#, "x".repeat(5000));
+        let e = split(big.as_bytes()).unwrap().remove(0);
+        match s.shape(e, None) {
+            Shaped::Records {
+                records,
+                fragmented,
+            } => {
+                assert!(fragmented);
+                assert!(records.len() >= 5);
+                assert!(records.iter().all(|r| r.size() <= 1024));
+            }
+            Shaped::Filtered => panic!(),
+        }
+    }
+}
