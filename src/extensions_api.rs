@@ -106,15 +106,7 @@ impl ExtensionsApi {
             .header("Content-Type", "application/json")
             .send(&br#"{"events":["INVOKE","SHUTDOWN"]}"#[..])
             .map_err(|e| transport(CALL, e))?;
-        let status = resp.status().as_u16();
-        let body = read_body(resp.body_mut(), CALL)?;
-        if status != 200 {
-            return Err(ApiError::Status {
-                call: CALL,
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
+        let body = expect_ok(&mut resp, CALL)?;
         let id = resp
             .headers()
             .get("Lambda-Extension-Identifier")
@@ -166,15 +158,7 @@ impl ExtensionsApi {
             .header("Lambda-Extension-Identifier", &self.id)
             .call()
             .map_err(|e| transport(CALL, e))?;
-        let status = resp.status().as_u16();
-        let body = read_body(resp.body_mut(), CALL)?;
-        if status != 200 {
-            return Err(ApiError::Status {
-                call: CALL,
-                status,
-                body: String::from_utf8_lossy(&body).into_owned(),
-            });
-        }
+        let body = expect_ok(&mut resp, CALL)?;
         parse_event(&body).map_err(|error| ApiError::Malformed { call: CALL, error })
     }
 
@@ -214,6 +198,23 @@ fn transport(call: &'static str, e: ureq::Error) -> ApiError {
         call,
         error: e.to_string(),
     }
+}
+
+/// The body of a 200 answer; any other status is an error carrying the body.
+fn expect_ok(
+    resp: &mut ureq::http::Response<ureq::Body>,
+    call: &'static str,
+) -> Result<Vec<u8>, ApiError> {
+    let status = resp.status().as_u16();
+    let body = read_body(resp.body_mut(), call)?;
+    if status != 200 {
+        return Err(ApiError::Status {
+            call,
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    Ok(body)
 }
 
 fn read_body(body: &mut ureq::Body, call: &'static str) -> Result<Vec<u8>, ApiError> {
