@@ -166,6 +166,8 @@ pub struct Config {
     pub backoff_cap: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    /// Pooled connections idle longer than this (freezes included) are not reused.
+    pub connection_max_idle: Duration,
     /// Upper bound on telemetry held in memory before the listener pushes back.
     pub buffer_limit_bytes: usize,
     /// Largest Telemetry API body the listener reads.
@@ -491,6 +493,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let backoff_cap = r.millis("BACKOFF_CAP_MS", 1_000, 1, 300_000);
     let connect_timeout = r.millis("CONNECT_TIMEOUT_MS", 1_000, 10, 60_000);
     let request_timeout = r.millis("REQUEST_TIMEOUT_MS", 2_000, 10, 300_000);
+    let connection_max_idle = r.millis("CONNECTION_MAX_IDLE_MS", 20_000, 0, 3_600_000);
     let buffer_limit_bytes = r.int(
         "BUFFER_LIMIT_BYTES",
         default_buffer_limit(get),
@@ -533,6 +536,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         backoff_cap,
         connect_timeout,
         request_timeout,
+        connection_max_idle,
         buffer_limit_bytes,
         max_body_bytes,
     })

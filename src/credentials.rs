@@ -28,7 +28,14 @@ pub struct Provider {
     source: CredentialsSource,
     cached: Option<(StaticCredentials, Option<SystemTime>)>,
     agent: Option<ureq::Agent>,
+    /// The last failed fetch: no new attempt before its wait has passed, so
+    /// a broken endpoint is not asked on every send.
+    failed: Option<(std::time::Instant, Duration, CredentialsError)>,
 }
+
+/// Waits between fetch attempts after failures: doubling, capped.
+const FETCH_RETRY_FIRST: Duration = Duration::from_secs(1);
+const FETCH_RETRY_CAP: Duration = Duration::from_secs(60);
 
 impl Provider {
     pub fn new(source: CredentialsSource) -> Provider {
@@ -36,6 +43,7 @@ impl Provider {
             source,
             cached: None,
             agent: None,
+            failed: None,
         }
     }
 
@@ -47,7 +55,22 @@ impl Provider {
             None => false,
         };
         if !fresh {
-            let got = self.fetch();
+            let waiting = matches!(&self.failed, Some((at, wait, _)) if at.elapsed() < *wait);
+            let got = match &self.failed {
+                Some((_, _, e)) if waiting => Err(e.clone()),
+                _ => self.fetch(),
+            };
+            match &got {
+                Ok(_) => self.failed = None,
+                Err(e) if !waiting => {
+                    let wait = self
+                        .failed
+                        .as_ref()
+                        .map_or(FETCH_RETRY_FIRST, |(_, w, _)| (*w * 2).min(FETCH_RETRY_CAP));
+                    self.failed = Some((std::time::Instant::now(), wait, e.clone()));
+                }
+                Err(_) => {}
+            }
             match got {
                 Ok(c) => self.cached = Some(c),
                 // Keep using credentials that have not expired yet.

@@ -25,6 +25,9 @@ use crate::shape::{Shaped, Shaper};
 use crate::stats::Stats;
 use crate::telemetry::{self, Event, Kind};
 
+/// Report key for "nothing could be sent" (no credentials).
+const CANNOT_SEND: &str = "CredentialsError";
+
 /// Orders from the main thread.
 pub enum Control {
     /// An invocation started: the sandbox is thawed, sending may resume.
@@ -122,9 +125,15 @@ pub struct Dispatcher {
     resigned: bool,
     /// Shutting down: retries are bounded by the deadline, not the budget.
     final_flush: bool,
-    /// Thawed since the last request: the first transport error may be a
-    /// connection that died during the freeze.
-    fresh_connection_retry: bool,
+    /// The first request since a thaw has not succeeded yet: its transport
+    /// error may be a connection that died during the freeze.
+    after_thaw: bool,
+    /// Whether the last round had records accepted.
+    progress: bool,
+    /// The last round could not send at all (no credentials).
+    blocked: bool,
+    /// Rounds in a row that left records to resend (the backoff exponent).
+    troubled_rounds: u32,
 }
 
 /// Time that only advances while the sandbox is thawed (between `Resume`
@@ -210,7 +219,10 @@ impl Dispatcher {
             last_error: None,
             resigned: false,
             final_flush: false,
-            fresh_connection_retry: false,
+            after_thaw: false,
+            progress: false,
+            blocked: false,
+            troubled_rounds: 0,
         }
     }
 
@@ -221,7 +233,13 @@ impl Dispatcher {
 
     /// Runs until SHUTDOWN has been handled or the main thread is gone.
     pub fn run(mut self) {
-        self.client.warm_up();
+        if let Err(e) = self.client.warm_up() {
+            self.report_once(
+                CANNOT_SEND,
+                "cannot send yet",
+                &format!("{e}; retrying later"),
+            );
+        }
         let no_events = never();
         loop {
             if !self.paused && matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. }) {
@@ -266,7 +284,7 @@ impl Dispatcher {
                 // Connections from before a freeze may be dead; a failure on
                 // one is retried at once rather than waiting out a backoff.
                 self.retry_after = None;
-                self.fresh_connection_retry = true;
+                self.after_thaw = true;
             }
             Control::Pause {
                 runtime_done,
@@ -437,8 +455,13 @@ impl Dispatcher {
                     if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
                         Stats::add(&self.stats.lambda_dropped_records, records);
                         Stats::add(&self.stats.lambda_dropped_bytes, bytes);
-                        log::warn!(
-                            "Lambda dropped {records} telemetry records ({bytes} bytes) before delivering them (the sink or this extension fell behind)"
+                        // Once at WARN: each log line is itself telemetry.
+                        let detail = format!("{records} records ({bytes} bytes) before delivering them: the sink or this extension fell behind; totals are in the metrics record");
+                        self.report_at(
+                            log::Level::Warn,
+                            "platform.logsDropped",
+                            "Lambda dropped telemetry",
+                            &detail,
                         );
                     }
                 }
@@ -538,7 +561,6 @@ impl Dispatcher {
                 return;
             }
             if let Some(retry) = self.send_one(deadline) {
-                self.failed_rounds += 1;
                 let wait = if self.may_retry(retry) {
                     self.backoff(retry)
                 } else {
@@ -551,9 +573,17 @@ impl Dispatcher {
         }
     }
 
-    /// Whether to retry after a failed round: within `max_attempts`, and
-    /// (except for the final flush) paid for by the retry budget.
+    /// Whether to retry after a round that left records to resend: within
+    /// `max_attempts` rounds without progress, and (except for the final
+    /// flush) paid for by the retry budget. A round in which Kinesis took
+    /// some records (shard throttling) is progress: it costs neither.
     fn may_retry(&mut self, retry: Retry) -> bool {
+        if self.blocked {
+            return false;
+        }
+        if self.progress {
+            return true;
+        }
         if self.failed_rounds >= self.max_attempts {
             log::warn!(
                 "{} records still unsent after {} attempts (last error: {}); they stay buffered for the next flush",
@@ -580,16 +610,18 @@ impl Dispatcher {
     /// `max_attempts` rounds in a row failed (then the rest waits for the next
     /// flush).
     fn flush_all(&mut self, deadline: Instant) {
+        // Each flush starts its backoff afresh: an outage costs every invoke
+        // the same bounded time, not ever-longer sleeps.
         self.failed_rounds = 0;
+        self.troubled_rounds = 0;
         loop {
             self.drain_events();
             if self.queue.is_empty() || Instant::now() >= deadline {
                 return;
             }
             if let Some(retry) = self.send_one(deadline) {
-                self.failed_rounds += 1;
                 // The final flush keeps trying until its deadline.
-                if !self.final_flush && !self.may_retry(retry) {
+                if (!self.final_flush || self.blocked) && !self.may_retry(retry) {
                     self.failed_rounds = 0;
                     return;
                 }
@@ -601,16 +633,16 @@ impl Dispatcher {
     }
 
     fn backoff(&mut self, retry: Retry) -> Duration {
-        // A transport error right after a thaw is usually a pooled
-        // connection that died in the freeze: retry at once, once.
-        if retry == Retry::Transient && self.failed_rounds == 1 && self.fresh_connection_retry {
-            self.fresh_connection_retry = false;
+        // A transport error on the first request after a thaw is usually a
+        // pooled connection that died in the freeze: retry at once, on a
+        // fresh connection.
+        if retry == Retry::Transient && self.after_thaw && self.troubled_rounds == 1 {
             return Duration::ZERO;
         }
         backoff(
             &mut self.rng,
             retry,
-            self.failed_rounds,
+            self.troubled_rounds,
             self.backoff_base,
             self.backoff_cap,
         )
@@ -643,12 +675,17 @@ impl Dispatcher {
                 }
             }
         }
-        Stats::add(&self.stats.requests, 1);
         let outcome = self.client.put_records(&wires, deadline);
+        if outcome.sent {
+            Stats::add(&self.stats.requests, 1);
+        }
+        self.progress = false;
+        self.blocked = false;
         let retry = match outcome.response {
             Response::Records(codes) => {
                 self.budget.success();
                 self.resigned = false;
+                self.progress = codes.iter().any(Option::is_none);
                 let mut again = Vec::new();
                 let mut retry_code = None;
                 for (w, code) in wires.into_iter().zip(codes) {
@@ -677,10 +714,18 @@ impl Dispatcher {
                 retry
             }
             Response::Error(e) => {
-                Stats::add(&self.stats.request_errors, 1);
+                if outcome.sent {
+                    Stats::add(&self.stats.request_errors, 1);
+                }
                 let members: Vec<Record> = wires.into_iter().flat_map(|w| w.members).collect();
                 let retry = self.retry_for(&e);
                 if retry.is_retryable() {
+                    if !outcome.sent {
+                        // Nothing went out (no credentials): retrying now
+                        // cannot help; the next flush tries again.
+                        self.blocked = true;
+                        self.report_once(CANNOT_SEND, "cannot send yet", &e.message);
+                    }
                     self.last_error = Some(e.to_string());
                     log::debug!(
                         "PutRecords failed ({e}); will retry {} records",
@@ -702,7 +747,18 @@ impl Dispatcher {
                 }
             }
         };
-        self.fresh_connection_retry = false;
+        self.after_thaw = self.after_thaw && retry.is_some() && self.troubled_rounds == 0;
+        match retry {
+            Some(_) => {
+                self.troubled_rounds += 1;
+                if self.progress {
+                    self.failed_rounds = 0;
+                } else {
+                    self.failed_rounds += 1;
+                }
+            }
+            None => self.troubled_rounds = 0,
+        }
         if self.queue.is_empty() {
             self.oldest = None;
             self.oldest_wall = None;
@@ -737,11 +793,19 @@ impl Dispatcher {
     /// Logs a non-retryable failure at error level the first time its code
     /// is seen, at debug level after that (no log storm).
     fn report_once(&mut self, code: &str, what: &str, detail: &str) {
+        self.report_at(log::Level::Error, code, what, detail);
+    }
+
+    /// `report_once` at a chosen level.
+    fn report_at(&mut self, level: log::Level, code: &str, what: &str, detail: &str) {
         if self.reported.iter().any(|c| c == code) {
             log::debug!("{what}: {code} {detail}");
         } else {
             self.reported.push(code.to_string());
-            log::error!("{what}: {code} {detail} (further {code} errors are counted, not logged)");
+            log::log!(
+                level,
+                "{what}: {code} {detail} (further {code} occurrences are counted, not logged)"
+            );
         }
     }
 }

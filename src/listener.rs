@@ -24,8 +24,10 @@ use tiny_http::{Method, Request, Response, Server};
 use crate::stats::Stats;
 use crate::telemetry::{self, Event};
 
-/// Bodies read at once; past this, requests are answered 503 (Lambda retries).
-const MAX_READERS: usize = 8;
+/// Bodies read at once; past this, requests are answered 503 (Lambda
+/// retries). Lambda sends one at a time, so only clients that stall (which
+/// tiny_http cannot time out) fill these; each holds at most what it sent.
+const MAX_READERS: usize = 32;
 /// Stack of a body-reader thread: enough for serde_json's 128-level nesting
 /// limit (tested in telemetry.rs).
 pub const READER_STACK: usize = 128 * 1024;

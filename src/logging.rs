@@ -1,8 +1,10 @@
 //! Log set-up: `env_logger` writing to stderr, which Lambda captures into the
 //! function's log stream (and the Telemetry API's `extension` stream).
 //!
-//! Level: `RUST_LOG` when set (env_logger's syntax), else
-//! `AWS_LAMBDA_LOG_LEVEL` (Lambda's advanced logging controls), else info.
+//! Level: `RUST_LOG` when set (env_logger's syntax, e.g. `debug` for
+//! everything or `kinesis_telemetry_extension=debug` for ours), else
+//! `AWS_LAMBDA_LOG_LEVEL` (Lambda's advanced logging controls) for the
+//! extension's own messages, else info.
 
 use std::io::Write;
 
@@ -10,9 +12,11 @@ use log::LevelFilter;
 
 pub fn init(name: &str) {
     let mut builder = env_logger::Builder::new();
-    builder.filter_level(lambda_level(
-        std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref(),
-    ));
+    // Lambda's level applies to this extension's own messages; the HTTP
+    // libraries stay at WARN at most (their DEBUG output is per request).
+    let level = lambda_level(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref());
+    builder.filter_level(level.min(LevelFilter::Warn));
+    builder.filter_module(env!("CARGO_CRATE_NAME"), level);
     if let Ok(spec) = std::env::var("RUST_LOG") {
         builder.parse_filters(&spec);
     }

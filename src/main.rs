@@ -190,9 +190,10 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
                 deadline_ms,
             }) => {
                 let deadline = instant_of(deadline_ms);
+                // Background sends must end before the invoke does.
                 lifecycle.send(Control::Resume {
                     request_id: request_id.clone(),
-                    deadline,
+                    deadline: deadline.checked_sub(INVOKE_MARGIN).unwrap_or(deadline),
                 });
                 lifecycle.pause(Some(request_id), deadline);
             }

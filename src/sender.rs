@@ -17,17 +17,14 @@ use crate::sigv4;
 /// Error code used for failures below HTTP (connect, reset, timeout).
 pub const TRANSPORT_ERROR: &str = "TransportError";
 
-/// Idle pooled connections older than this are not reused. The monotonic
-/// clock keeps running while Lambda freezes the sandbox, so this also drops
-/// connections that sat through a long freeze (and are likely dead).
-const MAX_IDLE_AGE: Duration = Duration::from_secs(20);
-
 /// The answer to one call.
 pub struct Outcome {
     pub response: Response,
     /// The request may have reached Kinesis although it failed (reset or
     /// timeout after sending): resending risks a duplicate.
     pub ambiguous: bool,
+    /// A request went out (false: it failed before, e.g. no credentials).
+    pub sent: bool,
 }
 
 pub struct KinesisClient {
@@ -38,32 +35,39 @@ pub struct KinesisClient {
     target: StreamTarget,
     request_timeout: Duration,
     connect_timeout: Duration,
+    /// Idle pooled connections older than this are not reused. The monotonic
+    /// clock keeps running while Lambda freezes the sandbox, so this also
+    /// drops connections that sat through a long freeze (likely dead: NAT
+    /// and load balancers forget idle flows, silently).
+    max_idle: Duration,
 }
 
 impl KinesisClient {
     pub fn new(cfg: &Config) -> KinesisClient {
         KinesisClient {
-            agent: new_agent(cfg.connect_timeout),
+            agent: new_agent(cfg.connect_timeout, cfg.connection_max_idle),
             url: format!("{}/", cfg.endpoint),
             region: cfg.region.clone(),
             credentials: Provider::new(cfg.credentials.clone()),
             target: cfg.stream.clone(),
             request_timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
+            max_idle: cfg.connection_max_idle,
         }
     }
 
     /// Fetches credentials ahead of the first send (container credentials
     /// take a round trip); failures are retried at send time.
-    pub fn warm_up(&mut self) {
-        if let Err(e) = self.credentials.get() {
-            log::warn!("{e}; will retry when sending");
-        }
+    pub fn warm_up(&mut self) -> Result<(), String> {
+        self.credentials
+            .get()
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// Drops pooled connections, so the next attempt starts on a fresh one.
     pub fn reset_connections(&mut self) {
-        self.agent = new_agent(self.connect_timeout);
+        self.agent = new_agent(self.connect_timeout, self.max_idle);
     }
 
     /// Forgets credentials Kinesis called expired; true if new ones can be fetched.
@@ -75,15 +79,11 @@ impl KinesisClient {
     pub fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(1) {
-            return failure(
-                TRANSPORT_ERROR,
-                "no time left before the deadline".into(),
-                false,
-            );
+            return unsent(TRANSPORT_ERROR, "no time left before the deadline".into());
         }
         let credentials = match self.credentials.get() {
             Ok(c) => c,
-            Err(e) => return failure("CredentialsError", e.to_string(), false),
+            Err(e) => return unsent("CredentialsError", e.to_string()),
         };
         let body = kinesis::put_records_body(&self.target, records);
         let base = [
@@ -99,7 +99,7 @@ impl KinesisClient {
             SystemTime::now(),
         ) {
             Ok(h) => h,
-            Err(e) => return failure("SigningError", e.to_string(), false),
+            Err(e) => return unsent("SigningError", e.to_string()),
         };
         let mut req = self
             .agent
@@ -147,16 +147,17 @@ impl KinesisClient {
                 records.len(),
             ),
             ambiguous: false,
+            sent: true,
         }
     }
 }
 
-fn new_agent(connect_timeout: Duration) -> ureq::Agent {
+fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(connect_timeout))
-        .max_idle_age(MAX_IDLE_AGE)
+        .max_idle_age(max_idle)
         .max_idle_connections(4)
         // Kinesis answers are small; the default 128 KiB buffers are not needed.
         .input_buffer_size(16 * 1024)
@@ -186,5 +187,14 @@ fn failure(code: &str, message: String, ambiguous: bool) -> Outcome {
             message,
         }),
         ambiguous,
+        sent: true,
+    }
+}
+
+/// A failure before anything was sent.
+fn unsent(code: &str, message: String) -> Outcome {
+    Outcome {
+        sent: false,
+        ..failure(code, message, false)
     }
 }

@@ -2,11 +2,13 @@
 # Installs what the integration tests need, into <repo>/.deps (git-ignored):
 #
 #   .deps/venv   Python venv from tests/requirements.txt (pytest, boto3, moto server)
+#   .deps/lint-venv  Python venv from tests/requirements-lint.txt (cfn-lint, checkov,
+#                aws-sam-translator: the deployment template's checks)
 #   .deps/node   npm packages from tests/package.json + package-lock.json
 #                (kinesalite, kinesis-local), installed with `npm ci`
 #
 # Idempotent and fast when nothing changed: each part has a stamp file holding the
-# hash of its inputs (requirements / package.json+lock, interpreter / node version);
+# hash of its inputs (requirements files / package.json+lock, interpreter / node version);
 # a part whose stamp matches is skipped. A changed input rebuilds that part from
 # scratch. Only the ordinary package clients (pip, npm) talk to their registries.
 #
@@ -84,6 +86,49 @@ boto3.session.Session().client("kinesis", region_name="us-east-1",
 ' || die "venv installed but its packages do not import"
     touch "$py_stamp"
     log "venv ready"
+fi
+
+# ---------------------------------------------------------------- template linters
+# cfn-lint, checkov and the SAM translator for tests/test_template.py, in a venv of
+# their own (checkov pins an old boto3 that must not meet moto's).
+LINT_VENV="$DEPS/lint-venv"
+lint_key="$(hash_of "python=$py_version" "$TESTS/requirements-lint.txt")"
+lint_stamp="$LINT_VENV/.installed-$lint_key"
+
+if [[ "$FORCE" != 1 && -f "$lint_stamp" && -x "$LINT_VENV/bin/python" ]] \
+    && "$LINT_VENV/bin/python" -c 'import sys' 2>/dev/null; then
+    log "lint venv up to date ($LINT_VENV, requirements ${lint_key:0:12})"
+else
+    log "creating lint venv $LINT_VENV"
+    rm -rf "$LINT_VENV"
+    "$PYTHON" -m venv --without-pip "$LINT_VENV"
+    if "$PYTHON" -m pip --python "$LINT_VENV/bin/python" --version >/dev/null 2>&1; then
+        lint_pip=("$PYTHON" -m pip --python "$LINT_VENV/bin/python")
+    else
+        "$LINT_VENV/bin/python" -m ensurepip --default-pip >/dev/null
+        lint_pip=("$LINT_VENV/bin/python" -m pip)
+    fi
+    log "pip install -r tests/requirements-lint.txt"
+    "${lint_pip[@]}" install --quiet --progress-bar off --no-compile -r "$TESTS/requirements-lint.txt"
+    # One run of each tool with bytecode writing on: proves they work and leaves .pyc
+    # files for what the tests use (checkov alone imports for ~10 s without them).
+    log "warming the linters (one run on layer/template.yaml)"
+    template="$ROOT/layer/template.yaml"
+    env -u PYTHONDONTWRITEBYTECODE "$LINT_VENV/bin/python" - "$template" <<'PY' \
+        || die "lint venv installed but cfn-lint / samtranslator do not work"
+import os, sys
+from cfnlint.api import lint_all
+import samtranslator.translator.transform  # noqa: F401
+if os.path.exists(sys.argv[1]):
+    lint_all(open(sys.argv[1]).read())
+PY
+    if [[ -f "$template" ]]; then
+        env -u PYTHONDONTWRITEBYTECODE "$LINT_VENV/bin/checkov" --quiet --soft-fail --skip-download \
+            --framework cloudformation -f "$template" >/dev/null \
+            || die "lint venv installed but checkov does not run"
+    fi
+    touch "$lint_stamp"
+    log "lint venv ready"
 fi
 
 # ---------------------------------------------------------------- npm packages
