@@ -1,0 +1,131 @@
+"""Delivery bookkeeping shared by the fault, scale and hostile-input tests.
+
+`test_e2e.assert_delivered_exactly_once` demands exactly once. Under network
+faults the honest guarantee is at least once: a request whose answer was lost
+after Kinesis took it (a reset or a timeout after the emulator got it) must be
+resent, and then its records are on the stream twice. `check_delivery` allows
+exactly those duplicates: each extra copy of a record must be matched by a
+copy the fault proxy counted as *ambiguous* (accepted by the emulator, answer
+never delivered); any other duplicate, and any missing record, fails.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+from dataclasses import dataclass
+
+OWN_TYPES = b'"type":"kinesis-telemetry-extension.'
+METRICS = "kinesis-telemetry-extension.metrics"
+SHUTDOWN_LIMIT_MS = 2000
+# kinesalite stores a PutRecords before answering it, and the extension has exited
+# when the tests read the stream: whatever is missing by then will not come. A short
+# wait keeps failing runs short.
+READ_TIMEOUT = 5
+
+
+def own_records(recs, kind: str | None = None) -> list[dict]:
+    """The extension's own records (metrics, fragment, unparsed), parsed."""
+    out = [json.loads(r["data"]) for r in recs if OWN_TYPES in r["data"][:120]]
+    if kind is None:
+        return out
+    return [v for v in out if v["type"] == f"kinesis-telemetry-extension.{kind}"]
+
+
+def final_metrics(recs) -> dict | None:
+    """The `record` of the final metrics record on the stream (None if absent)."""
+    finals = [m["record"] for m in own_records(recs, "metrics") if m["record"].get("final")]
+    return finals[-1] if finals else None
+
+
+def lambda_records(recs) -> list[dict]:
+    return [r for r in recs if OWN_TYPES not in r["data"][:120]]
+
+
+def shutdown_counters(stderr: str) -> dict[str, int]:
+    """Counters of the extension's shutdown summary log line.
+
+    Understands `shutdown (...): eventsReceived=N ... droppedRejected=N droppedShutdown=N`
+    and the older `shutdown: events received N ..., lost: rejected N, at shutdown N`
+    (mapped to the camelCase names)."""
+    lines = [l for l in stderr.splitlines() if re.search(r"\bshutdown\b[^:]*:", l)
+             and ("=" in l or "lost:" in l)]
+    if not lines:
+        return {}
+    line = lines[-1]
+    out = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
+    old = {"eventsReceived": r"events received (\d+)", "recordsSent": r"records sent (\d+)",
+           "droppedRejected": r"rejected (\d+)", "droppedShutdown": r"at shutdown (\d+)",
+           "requests": r"(\d+) requests", "requestErrors": r"(\d+) request errors"}
+    for k, pat in old.items():
+        m = re.search(pat, line)
+        if k not in out and m:
+            out[k] = int(m.group(1))
+    return out
+
+
+def assert_run_ok(sim, res) -> None:
+    """Exit 0 before the shutdown deadline, no protocol violations."""
+    tail = sim.stderr_text()[-4000:]
+    assert not res.killed, f"SIGKILLed at the shutdown deadline: {res}\n{tail}"
+    assert res.exit_code == 0, f"exit code {res.exit_code}\n{tail}"
+    assert res.shutdown_ms is not None and res.shutdown_ms < SHUTDOWN_LIMIT_MS, (res, tail)
+    assert sim.violations == [], f"{sim.violations}\n{tail}"
+    assert not any(r.timed_out for r in sim.invoke_results), \
+        f"{[r for r in sim.invoke_results if r.timed_out]}\n{tail}"
+
+
+@dataclass
+class Delivery:
+    delivered: int  # events the extension received from the simulator
+    on_stream: int  # Lambda events on the stream (copies counted)
+    missing: int  # delivered events not on the stream (after allowed losses)
+    duplicates: int  # extra copies on the stream
+    explained_duplicates: int  # extra copies matched by ambiguous outcomes at the proxy
+    own_records: int  # the extension's own records (metrics...)
+
+
+def check_delivery(sim, recs, proxy=None, *, lost=None, max_dup_share: float | None = None,
+                   allow_strangers: bool = False) -> Delivery:
+    """At-least-once check (see module docstring).
+
+    `lost`: a Counter of event bytes that may legitimately be missing (records the
+    test knows were lost, e.g. rejected with a non-retryable error). Duplicates must
+    be explained by `proxy.ambiguous` (so a test that injects no ambiguous outcome
+    demands exactly once) and, with `max_dup_share`, stay under that share of the
+    events."""
+    own = own_records(recs)
+    recs = lambda_records(recs)
+    on_stream = collections.Counter(r["data"] for r in recs)
+    delivered = collections.Counter(sim.delivered)
+    missing = delivered - on_stream
+    if lost:
+        missing = missing - lost
+    assert not missing, (f"{sum(missing.values())} of {sum(delivered.values())} delivered events missing "
+                         f"from the stream, e.g. {next(iter(missing))[:200]!r}\n"
+                         + sim.stderr_text()[-3000:])
+    extra = on_stream - delivered  # copies beyond what the extension received
+    emitted = set(sim.emitted)
+    strangers = [d for d in extra if d not in emitted]
+    if not allow_strangers:
+        assert not strangers, f"records nobody emitted: {strangers[:2]!r}"
+    dupes = collections.Counter({d: n for d, n in extra.items() if d in emitted})
+    ambiguous = proxy.ambiguous if proxy is not None else collections.Counter()
+    unexplained = dupes - ambiguous
+    # The proxy cannot see every ambiguous outcome (a client that timed out
+    # while the answer sat in a socket buffer); the extension counts its own
+    # resends after such failures as duplicateRisk, which must cover the rest.
+    finals = [m["record"] for m in own
+              if m.get("type") == "kinesis-telemetry-extension.metrics" and m["record"].get("final")]
+    risk = finals[-1].get("duplicateRisk", 0) if finals else 0
+    assert not unexplained or sum(unexplained.values()) <= risk, (
+        f"{sum(unexplained.values())} duplicate records not explained by an ambiguous outcome "
+        f"(the emulator got the request but the extension never had the answer) nor by the "
+        f"extension's duplicateRisk={risk}, e.g. {next(iter(unexplained))[:200]!r}")
+    n_dup = sum(dupes.values())
+    if max_dup_share is not None:
+        assert n_dup <= max(2, max_dup_share * sum(delivered.values())), \
+            f"{n_dup} duplicates for {sum(delivered.values())} events: not rare"
+    return Delivery(delivered=sum(delivered.values()), on_stream=sum(on_stream.values()),
+                    missing=0, duplicates=n_dup, explained_duplicates=n_dup, own_records=len(own))
