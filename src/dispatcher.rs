@@ -23,7 +23,7 @@ use crate::rng::Rng;
 use crate::sender::{KinesisClient, TRANSPORT_ERROR};
 use crate::shape::{Shaped, Shaper};
 use crate::stats::Stats;
-use crate::telemetry::{self, Event, Kind};
+use crate::telemetry::{self, Delivery, Kind};
 
 /// Report key for "nothing could be sent" (no credentials).
 const CANNOT_SEND: &str = "CredentialsError";
@@ -72,7 +72,7 @@ enum Waiting {
 }
 
 pub struct Dispatcher {
-    events: Receiver<Vec<Event>>,
+    events: Receiver<Delivery>,
     control: Receiver<Control>,
     client: KinesisClient,
     stats: Arc<Stats>,
@@ -163,7 +163,7 @@ impl Dispatcher {
     /// metrics records (function name, version, account).
     pub fn new(
         cfg: &Config,
-        events: Receiver<Vec<Event>>,
+        events: Receiver<Delivery>,
         control: Receiver<Control>,
         stats: Arc<Stats>,
         mut context: Vec<(&'static str, String)>,
@@ -441,8 +441,8 @@ impl Dispatcher {
         t
     }
 
-    fn ingest(&mut self, events: Vec<Event>) {
-        for e in events {
+    fn ingest(&mut self, delivery: Delivery) {
+        for e in delivery.events {
             match e.kind {
                 Kind::RuntimeDone => {
                     self.last_runtime_done = e.request_id.clone();
@@ -487,7 +487,7 @@ impl Dispatcher {
                     }
                     if self.oldest.is_none() {
                         self.oldest = Some(self.thawed.now());
-                        self.oldest_wall = Some(Instant::now());
+                        self.oldest_wall = Some(delivery.received);
                     }
                 }
             }

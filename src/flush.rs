@@ -87,9 +87,10 @@ pub fn end_of_invoke(
 ) -> EndOfInvoke {
     match mode {
         FlushMode::End => EndOfInvoke::FlushAll,
-        FlushMode::Batch => EndOfInvoke::SendDue,
         FlushMode::Adaptive if !h.frequent(max_delay, oldest_age) => EndOfInvoke::FlushAll,
-        FlushMode::Periodic | FlushMode::Adaptive => {
+        // Batch sends only what is due, which the background sends while
+        // thawed: nothing to wait for at the end of an invoke.
+        FlushMode::Batch | FlushMode::Periodic | FlushMode::Adaptive => {
             if h.long_invocations(interval) {
                 EndOfInvoke::SendDue
             } else {
@@ -160,6 +161,11 @@ mod tests {
         assert_eq!(
             end_of_invoke(FlushMode::Batch, &h, MS(1), MS(1), MS(0)),
             EndOfInvoke::SendDue
+        );
+        let short = steady(100, 10);
+        assert_eq!(
+            end_of_invoke(FlushMode::Batch, &short, MS(1000), MS(1), MS(0)),
+            EndOfInvoke::PauseNow
         );
     }
 

@@ -22,7 +22,7 @@ use crossbeam_channel::Sender;
 use tiny_http::{Method, Request, Response, Server};
 
 use crate::stats::Stats;
-use crate::telemetry::{self, Event};
+use crate::telemetry::{self, Delivery, Event};
 
 /// Bodies read at once; past this, requests are answered 503 (Lambda
 /// retries). Lambda sends one at a time, so only clients that stall (which
@@ -46,7 +46,7 @@ pub fn bind(port: u16) -> Result<(Server, u16), String> {
 }
 
 /// Serves until the process exits.
-pub fn run(server: Server, tx: Sender<Vec<Event>>, max_body: usize, stats: Arc<Stats>) {
+pub fn run(server: Server, tx: Sender<Delivery>, max_body: usize, stats: Arc<Stats>) {
     let readers = Arc::new(AtomicUsize::new(0));
     loop {
         let request = match server.recv() {
@@ -94,12 +94,17 @@ fn refusal(request: &Request) -> Option<u16> {
     }
 }
 
-fn serve(mut request: Request, tx: &Sender<Vec<Event>>, max_body: usize, stats: &Stats) {
+fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &Stats) {
+    let received = std::time::Instant::now();
     let events = read_events(&mut request, max_body, stats);
-    if !events.is_empty() && tx.send(events).is_err() {
-        // The dispatcher is gone: the process is exiting.
-        let _ = request.respond(Response::empty(503));
-        return;
+    if !events.is_empty() {
+        let n = events.len() as u64;
+        if tx.send(Delivery { received, events }).is_err() {
+            // The dispatcher has finished (shutdown): these came after the
+            // final flush. Still 200 (any other answer makes Lambda redeliver
+            // to a process about to exit), and counted.
+            Stats::add(&stats.dropped_shutdown, n);
+        }
     }
     let _ = request.respond(Response::empty(200));
 }

@@ -158,6 +158,14 @@ pub fn logs_dropped(json: &str) -> Option<(u64, u64)> {
         .map(|h| (h.record.records, h.record.bytes))
 }
 
+/// The events of one Telemetry API body, stamped when the body arrived (so
+/// a batch's age counts from its arrival, not from when it was dequeued).
+#[derive(Debug)]
+pub struct Delivery {
+    pub received: std::time::Instant,
+    pub events: Vec<Event>,
+}
+
 /// Why a body could not be split into events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitError(pub String);
