@@ -183,7 +183,12 @@ impl Dispatcher {
             hash_key: cfg.hash_key,
             limits: Limits {
                 max_records: cfg.max_records_per_request,
-                max_bytes: cfg.max_bytes_per_request,
+                // A request in flight is held twice (records + base64 body) on
+                // top of the buffer: keep it to a quarter of the buffer cap, so
+                // memory stays near the cap (never below one record).
+                max_bytes: cfg
+                    .max_bytes_per_request
+                    .min((cfg.buffer_limit_bytes / 4).max(cfg.max_record_bytes)),
             },
             max_record_bytes: cfg.max_record_bytes,
             buffer_limit: cfg.buffer_limit_bytes,

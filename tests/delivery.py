@@ -127,5 +127,12 @@ def check_delivery(sim, recs, proxy=None, *, lost=None, max_dup_share: float | N
     if max_dup_share is not None:
         assert n_dup <= max(2, max_dup_share * sum(delivered.values())), \
             f"{n_dup} duplicates for {sum(delivered.values())} events: not rare"
-    return Delivery(delivered=sum(delivered.values()), on_stream=sum(on_stream.values()),
-                    missing=0, duplicates=n_dup, explained_duplicates=n_dup, own_records=len(own))
+    result = Delivery(delivered=sum(delivered.values()), on_stream=sum(on_stream.values()),
+                      missing=0, duplicates=n_dup, explained_duplicates=n_dup, own_records=len(own))
+    LAST_CHECK.append(result)
+    return result
+
+
+# Every check_delivery result of the running test, for the scenario report
+# (conftest.py writes it out when E2E_REPORT names a file).
+LAST_CHECK: list = []
