@@ -5,6 +5,7 @@
 #                       one layer zip per architecture
 #   ./build.sh demo     build, then run the extension end to end locally
 #                       (Lambda simulator + kinesalite) and print a summary
+#   ./build.sh bench    the benchmark suite (bench/run.sh; not part of CI)
 #   ./build.sh test     everything CI checks: fmt, clippy, unit tests, the
 #                       layers, then the end-to-end tests on real emulators
 #                       (the arm64 binary under qemu-user) and the
@@ -182,6 +183,10 @@ case "${1:-layer}" in
     log "demo: Lambda simulator + kinesalite"
     "$PY" tests/demo.py --extension "$LAYER_DIR/extensions/$NAME" "${@:2}"
     ;;
+  bench)
+    # The benchmark suite (not part of CI): figures in bench/results.md.
+    exec bash bench/run.sh "${@:2}"
+    ;;
   test)
     ensure_system_packages test
     # The test tools (pip, npm: mostly network and disk) install while cargo compiles.
@@ -208,7 +213,7 @@ case "${1:-layer}" in
       "$PY" -m pytest tests -n "${PYTEST_WORKERS:-4}" -q -p no:cacheprovider "${@:2}"
     ;;
   *)
-    echo "usage: $0 [layer|demo|test]" >&2
+    echo "usage: $0 [layer|demo|test|bench]" >&2
     exit 2
     ;;
 esac
