@@ -167,10 +167,11 @@ impl Dispatcher {
         control: Receiver<Control>,
         stats: Arc<Stats>,
         mut context: Vec<(&'static str, String)>,
+        environment: &str,
     ) -> Dispatcher {
         let mut rng = Rng::from_os();
-        let shaper = Shaper::new(cfg, Rng::seeded(rng.next_u64()), &context);
-        context.push(("environmentKey", shaper.keys.environment().to_string()));
+        let shaper = Shaper::new(cfg, environment, Rng::seeded(rng.next_u64()), &context);
+        context.push(("environmentKey", environment.to_string()));
         Dispatcher {
             events,
             control,
@@ -207,14 +208,16 @@ impl Dispatcher {
             history: History::default(),
             last_invoke: None,
             waiting: Waiting::None,
-            paused: false,
+            // Paused until the first INVOKE: the main thread calls next
+            // right after init without a handshake.
+            paused: true,
             current_request: None,
             invoke_deadline: None,
             last_runtime_done: None,
             last_report: None,
             thawed: ThawClock {
                 banked: Duration::ZERO,
-                since: Some(Instant::now()),
+                since: None,
             },
             oldest: None,
             oldest_wall: None,
@@ -229,11 +232,6 @@ impl Dispatcher {
             blocked: false,
             troubled_rounds: 0,
         }
-    }
-
-    /// The partition key of this execution environment (for the start log).
-    pub fn environment_key(&self) -> &str {
-        self.shaper.keys.environment()
     }
 
     /// Runs until SHUTDOWN has been handled or the main thread is gone.

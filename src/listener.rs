@@ -8,12 +8,14 @@
 //! the full channel slows the answers down and Lambda buffers, then drops and
 //! reports `platform.logsDropped`, instead of this process growing.
 //!
-//! Each body is read on a short-lived thread of its own (at most
-//! `MAX_READERS` at once): tiny_http offers no read timeout, so a client that
-//! never finishes its body (slow-loris) would otherwise stall every delivery
-//! behind it. Lambda itself sends one batch at a time.
+//! Bodies are read off the accepting thread (at most `MAX_READERS` at once):
+//! tiny_http offers no read timeout, so a client that never finishes its body
+//! (slow-loris) would otherwise stall every delivery behind it. One reader
+//! thread serves Lambda, which sends one batch at a time; a body arriving
+//! while it is busy gets a short-lived thread of its own.
 
 use std::io::Read;
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -32,22 +34,41 @@ const MAX_READERS: usize = 32;
 /// limit (tested in telemetry.rs).
 pub const READER_STACK: usize = 128 * 1024;
 
-/// Binds the listener on all interfaces (Lambda connects through
+/// Binds the listening socket on all interfaces (Lambda connects through
 /// `sandbox.localdomain`), port 0 meaning any free port; returns the port.
-pub fn bind(port: u16) -> Result<(Server, u16), String> {
-    let server = Server::http(("0.0.0.0", port))
+/// Connections wait in the kernel's backlog until `run` serves them.
+pub fn bind(port: u16) -> Result<(TcpListener, u16), String> {
+    let socket = TcpListener::bind(("0.0.0.0", port))
         .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-    let port = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.port())
-        .ok_or("the listener has no IP address")?;
-    Ok((server, port))
+    let port = socket
+        .local_addr()
+        .map_err(|e| format!("the listener has no address: {e}"))?
+        .port();
+    Ok((socket, port))
 }
 
 /// Serves until the process exits.
-pub fn run(server: Server, tx: Sender<Delivery>, max_body: usize, stats: Arc<Stats>) {
-    let readers = Arc::new(AtomicUsize::new(0));
+pub fn run(socket: TcpListener, tx: Sender<Delivery>, max_body: usize, stats: Arc<Stats>) {
+    let server = match Server::from_listener(socket, None) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("telemetry listener: cannot serve: {e}; no telemetry will be received");
+            return;
+        }
+    };
+    // One reader thread waits for bodies; a body that arrives while it is
+    // busy (only a stalled client makes that happen: Lambda sends one at a
+    // time) gets a thread of its own.
+    let (to_reader, bodies) = crossbeam_channel::bounded::<Request>(0);
+    let readers = Arc::new(AtomicUsize::new(1));
+    {
+        let (tx, stats) = (tx.clone(), stats.clone());
+        spawn_reader(move || {
+            for request in bodies {
+                serve(request, &tx, max_body, &stats);
+            }
+        });
+    }
     loop {
         let request = match server.recv() {
             Ok(r) => r,
@@ -61,6 +82,10 @@ pub fn run(server: Server, tx: Sender<Delivery>, max_body: usize, stats: Arc<Sta
             let _ = request.respond(Response::empty(status));
             continue;
         }
+        let request = match to_reader.try_send(request) {
+            Ok(()) => continue,
+            Err(e) => e.into_inner(),
+        };
         if readers.fetch_add(1, Ordering::AcqRel) >= MAX_READERS {
             readers.fetch_sub(1, Ordering::AcqRel);
             Stats::add(&stats.refused_requests, 1);
@@ -69,16 +94,20 @@ pub fn run(server: Server, tx: Sender<Delivery>, max_body: usize, stats: Arc<Sta
             continue;
         }
         let (tx, stats, readers) = (tx.clone(), stats.clone(), readers.clone());
-        let spawned = std::thread::Builder::new()
-            .name("body".into())
-            .stack_size(READER_STACK)
-            .spawn(move || {
-                serve(request, &tx, max_body, &stats);
-                readers.fetch_sub(1, Ordering::AcqRel);
-            });
-        if let Err(e) = spawned {
-            log::error!("telemetry listener: cannot start a reader thread: {e}");
-        }
+        spawn_reader(move || {
+            serve(request, &tx, max_body, &stats);
+            readers.fetch_sub(1, Ordering::AcqRel);
+        });
+    }
+}
+
+fn spawn_reader(f: impl FnOnce() + Send + 'static) {
+    let spawned = std::thread::Builder::new()
+        .name("body".into())
+        .stack_size(READER_STACK)
+        .spawn(f);
+    if let Err(e) = spawned {
+        log::error!("telemetry listener: cannot start a reader thread: {e}");
     }
 }
 

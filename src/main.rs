@@ -130,7 +130,7 @@ fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
 
 fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
     let stats = Arc::new(Stats::default());
-    let (server, port) = match listener::bind(cfg.listener_port) {
+    let (socket, port) = match listener::bind(cfg.listener_port) {
         Ok(s) => s,
         Err(e) => config_failed(
             &api,
@@ -143,26 +143,35 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
     };
     let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
     let (control_tx, control_rx) = bounded(1);
+    // Both threads set themselves up (tiny_http's own threads, the HTTP
+    // agent, the random seed) on the other core while this one subscribes:
+    // nothing but the socket is made before the first event/next.
     {
         let stats = stats.clone();
         let max_body = cfg.max_body_bytes;
         spawn("listener", move || {
-            listener::run(server, events_tx, max_body, stats)
+            listener::run(socket, events_tx, max_body, stats)
         });
     }
-    let dispatcher = Dispatcher::new(&cfg, events_rx, control_rx, stats.clone(), context);
+    // One random key per execution environment (partition key, metrics).
+    let environment = rng::Rng::from_os().hex(16);
     log::info!(
-        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, partition key {:?} {})",
+        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment})",
         cfg.types.names().join(","),
         match &cfg.stream {
             config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
         },
         cfg.endpoint,
         cfg.flush,
+        cfg.format,
         cfg.partition_key,
-        dispatcher.environment_key(),
     );
-    let dispatcher = spawn("dispatcher", move || dispatcher.run());
+    let dispatcher = {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        spawn("dispatcher", move || {
+            Dispatcher::new(&cfg, events_rx, control_rx, stats, context, &environment).run()
+        })
+    };
 
     // The platform stream is always subscribed: its runtimeDone events drive
     // the flush policy. Platform events are forwarded only if configured.
@@ -182,7 +191,7 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
         telemetry,
         cfg: &cfg,
     };
-    lifecycle.pause(None, Instant::now());
+    // The dispatcher starts paused: nothing to wait for before the first next.
     loop {
         match api.next() {
             Ok(LifecycleEvent::Invoke {

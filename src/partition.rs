@@ -11,11 +11,11 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(mode: PartitionKeyMode, mut rng: Rng) -> Keys {
-        let environment = rng.hex(16).into_boxed_str();
+    /// `environment`: this execution environment's random key.
+    pub fn new(mode: PartitionKeyMode, environment: &str, rng: Rng) -> Keys {
         Keys {
             mode,
-            environment,
+            environment: Box::from(environment),
             rng,
         }
     }
@@ -46,19 +46,23 @@ mod tests {
 
     #[test]
     fn modes() {
-        let mut k = Keys::new(PartitionKeyMode::Environment, Rng::seeded(1));
+        let mut k = Keys::new(
+            PartitionKeyMode::Environment,
+            &Rng::seeded(2).hex(16),
+            Rng::seeded(1),
+        );
         let env = k.environment().to_string();
         assert_eq!(env.len(), 32);
         assert_eq!(&*k.key(Some("r"), Some("c")), env);
 
-        let mut k = Keys::new(PartitionKeyMode::Request, Rng::seeded(1));
+        let mut k = Keys::new(PartitionKeyMode::Request, "env", Rng::seeded(1));
         assert_eq!(&*k.key(Some("r"), Some("c")), "r");
         assert_eq!(&*k.key(None, Some("c")), "c");
         assert_eq!(&*k.key(None, None), k.environment());
         let long = "x".repeat(300);
         assert_eq!(&*k.key(Some(&long), None), k.environment());
 
-        let mut k = Keys::new(PartitionKeyMode::Random, Rng::seeded(1));
+        let mut k = Keys::new(PartitionKeyMode::Random, "env", Rng::seeded(1));
         assert_ne!(k.key(None, None), k.key(None, None));
     }
 }

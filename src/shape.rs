@@ -39,8 +39,13 @@ pub struct Shaper {
 impl Shaper {
     /// `context`: the enrichment fields (function name, version, region,
     /// account) in envelope order.
-    pub fn new(cfg: &Config, mut rng: Rng, context: &[(&str, String)]) -> Shaper {
-        let keys = Keys::new(cfg.partition_key, Rng::seeded(rng.next_u64()));
+    pub fn new(
+        cfg: &Config,
+        environment: &str,
+        mut rng: Rng,
+        context: &[(&str, String)],
+    ) -> Shaper {
+        let keys = Keys::new(cfg.partition_key, environment, Rng::seeded(rng.next_u64()));
         let envelope_head = cfg.enrich.then(|| {
             let mut head = String::new();
             for (k, v) in context
@@ -215,7 +220,7 @@ mod tests {
             ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "runtimeDone"),
             ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
         ]);
-        let mut s = Shaper::new(&c, Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &[]);
         let out = forwarded(&mut s);
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
@@ -230,7 +235,7 @@ mod tests {
             ("functionName", "fn".to_string()),
             ("accountId", "1".to_string()),
         ];
-        let mut s = Shaper::new(&c, Rng::seeded(1), &ctx);
+        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &ctx);
         let env_key = s.keys.environment().to_string();
         let out = forwarded(&mut s);
         let originals = events();
@@ -253,7 +258,7 @@ mod tests {
     #[test]
     fn oversized_events_are_fragmented() {
         let c = cfg(&[("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "1024")]);
-        let mut s = Shaper::new(&c, Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &[]);
         let big = format!(r#"[{{"type":"function","record":"{}"}}]"#, "x".repeat(5000));
         let e = split(big.as_bytes()).unwrap().remove(0);
         match s.shape(e, None) {

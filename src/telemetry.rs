@@ -81,6 +81,15 @@ impl Event {
     /// Classifies one event from its raw JSON.
     pub fn from_raw(raw: &RawValue) -> Event {
         let json = raw.get();
+        // Log lines are most events and need no request id: when Lambda's
+        // usual layout shows their type, skip the second parse.
+        if let Some(kind) = quick_type(json).map(Kind::of).filter(|k| !k.is_platform()) {
+            return Event {
+                json: Box::from(json),
+                kind,
+                request_id: None,
+            };
+        }
         let (kind, request_id) = match serde_json::from_str::<Head>(json) {
             Ok(head) => {
                 let kind = head.ty.as_deref().map_or(Kind::Other, Kind::of);
@@ -103,6 +112,16 @@ impl Event {
             request_id,
         }
     }
+}
+
+/// The type of an event laid out as Lambda writes them,
+/// `{"time":"…","type":"…",…`, without parsing; `None` for anything else.
+fn quick_type(json: &str) -> Option<&str> {
+    let rest = json.strip_prefix("{\"time\":\"")?;
+    let rest = &rest[rest.find('"')?..];
+    let rest = rest.strip_prefix("\",\"type\":\"")?;
+    let ty = &rest[..rest.find('"')?];
+    (!ty.contains('\\')).then_some(ty)
 }
 
 /// The `type` field of an event.
@@ -282,6 +301,21 @@ mod tests {
         assert_eq!(&*events[5].json, "42");
         assert_eq!(events[5].kind, Kind::Other);
         assert_eq!(events[6].kind, Kind::Other);
+    }
+
+    #[test]
+    fn quick_type_only_for_the_usual_layout() {
+        assert_eq!(
+            quick_type(r#"{"time":"t","type":"function","record":"x"}"#),
+            Some("function")
+        );
+        assert_eq!(quick_type(r#"{"type":"function","time":"t"}"#), None);
+        assert_eq!(quick_type(r#"{"time":"t", "type":"function"}"#), None);
+        assert_eq!(quick_type(r#"{"time":"t","type":"fun\"c"}"#), None);
+        // Platform events still get their request id from the full parse.
+        let e =
+            split(br#"[{"time":"t","type":"platform.start","record":{"requestId":"r"}}]"#).unwrap();
+        assert_eq!(e[0].request_id.as_deref(), Some("r"));
     }
 
     #[test]

@@ -85,9 +85,16 @@ ROUNDS = 4
 PER_SHARD_PER_ROUND = 1600  # > the 1,000 records/s a shard takes: every round throttles
 
 
-def environment_key(sim: LambdaSim) -> str | None:
-    m = re.search(r"partition key \w+ ([0-9A-Za-z_-]+)\)", sim.stderr_text())
-    return m.group(1) if m else None
+def environment_key(sim: LambdaSim, timeout: float = 5.0) -> str | None:
+    """The key from the extension's start-up log line. It is written before the
+    first event/next, but the simulator reads the pipe on its own thread, so
+    the line may reach stderr_text() a moment after start() returns."""
+    deadline = time.monotonic() + timeout
+    while True:
+        m = re.search(r"partition key \w+ ([0-9A-Za-z_-]+)\)", sim.stderr_text())
+        if m or time.monotonic() > deadline:
+            return m.group(1) if m else None
+        time.sleep(0.01)
 
 
 def test_eight_environments_share_a_throttled_two_shard_stream(ext_bin, kinesalite):
