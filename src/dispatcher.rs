@@ -2,11 +2,13 @@
 //! (the flush policy), sends through `sender`, resends what failed, and
 //! counts what is lost.
 //!
-//! It takes events from the listener and orders from the main thread. The
-//! main thread only calls `event/next` after the dispatcher has confirmed a
-//! `Pause`, and from then until the next `Resume` the dispatcher starts no
-//! request: a request in flight when Lambda freezes the sandbox would be
-//! broken on thaw.
+//! It takes events from the listener and orders from the main thread. It
+//! starts paused; after each `Resume` (an INVOKE), the main thread only calls
+//! `event/next` once the dispatcher has confirmed a `Pause`, and from then
+//! until the next `Resume` the dispatcher starts no request: a request in
+//! flight when Lambda freezes the sandbox would be broken on thaw. What to do
+//! at each step is decided in `flush`; how events become records, in `shape`
+//! and `pack`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -204,7 +204,7 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
                     request_id: request_id.clone(),
                     deadline: deadline.checked_sub(INVOKE_MARGIN).unwrap_or(deadline),
                 });
-                lifecycle.pause(Some(request_id), deadline);
+                lifecycle.pause(request_id, deadline);
             }
             Ok(LifecycleEvent::Shutdown {
                 reason,
@@ -238,13 +238,13 @@ impl Lifecycle<'_> {
         }
     }
 
-    /// Stops sending before `event/next`; after an INVOKE, first waits for
-    /// the request's runtimeDone and flushes as the policy says.
-    fn pause(&self, request_id: Option<String>, invoke_deadline: Instant) {
+    /// Stops sending before `event/next`, first letting the dispatcher wait
+    /// for the request's runtimeDone and flush if the policy says so.
+    fn pause(&self, request_id: String, invoke_deadline: Instant) {
         let deadline = invoke_deadline
             .checked_sub(INVOKE_MARGIN)
             .unwrap_or_else(Instant::now);
-        let runtime_done = request_id.filter(|_| self.telemetry);
+        let runtime_done = Some(request_id).filter(|_| self.telemetry);
         let wait_until = match self.cfg.runtime_done_timeout {
             Some(t) => deadline.min(Instant::now() + t),
             None => deadline,
