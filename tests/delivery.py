@@ -1,6 +1,6 @@
 """Delivery bookkeeping shared by the fault, scale and hostile-input tests.
 
-`test_e2e.assert_delivered_exactly_once` demands exactly once. Under network
+`assert_delivered_exactly_once` demands exactly once. Under network
 faults the honest guarantee is at least once: a request whose answer was lost
 after Kinesis took it (a reset or a timeout after the emulator got it) must be
 resent, and then its records are on the stream twice. `check_delivery` allows
@@ -136,3 +136,24 @@ def check_delivery(sim, recs, proxy=None, *, lost=None, max_dup_share: float | N
 # Every check_delivery result of the running test, for the scenario report
 # (conftest.py writes it out when E2E_REPORT names a file).
 LAST_CHECK: list = []
+
+
+def assert_delivered_exactly_once(sim, recs: list[dict]) -> None:
+    """Everything the extension received is on the stream once; nothing else is
+    there but what the simulator emitted and one final metrics record with no
+    losses counted."""
+    metrics = own_records(recs, "metrics")
+    assert len(metrics) == 1 and metrics[0]["record"]["final"], metrics
+    m = metrics[0]["record"]
+    assert m["droppedRejected"] == 0 and m["droppedShutdown"] == 0, m
+    assert m["recordsSent"] >= len(sim.delivered) - 5, (m, len(sim.delivered))
+    recs = [r for r in recs if OWN_TYPES not in r["data"][:120]]
+    on_stream = collections.Counter(r["data"] for r in recs)
+    delivered = collections.Counter(sim.delivered)
+    missing = delivered - on_stream
+    assert not missing, f"{sum(missing.values())} delivered events missing, e.g. {next(iter(missing))[:200]!r}"
+    dupes = {d: n for d, n in on_stream.items() if n > 1}
+    assert not dupes, f"{len(dupes)} duplicated records, e.g. {next(iter(dupes))[:200]!r}"
+    emitted = set(sim.emitted)
+    strangers = [d for d in on_stream if d not in emitted]
+    assert not strangers, f"records nobody emitted: {strangers[:2]!r}"

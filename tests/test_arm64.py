@@ -26,6 +26,7 @@ import shutil
 import pytest
 
 from conftest import ROOT, assert_clean_exit, ext_env, new_stream
+from delivery import assert_delivered_exactly_once, lambda_records
 from lambda_sim import LambdaSim
 
 NAME = "kinesis-telemetry-extension"
@@ -69,41 +70,6 @@ def arm64_ext(tmp_path) -> str:
     return str(wrapper)
 
 
-OWN_TYPE_PREFIX = "kinesis-telemetry-extension."  # the extension's own records (metrics, ...)
-
-
-def split_own(recs: list[dict]) -> tuple[list[dict], list[dict]]:
-    """(telemetry records, the extension's own records parsed)."""
-    telemetry, own = [], []
-    for r in recs:
-        v = json.loads(r["data"])
-        if isinstance(v, dict) and str(v.get("type", "")).startswith(OWN_TYPE_PREFIX):
-            own.append(v)
-        else:
-            telemetry.append(r)
-    return telemetry, own
-
-
-def assert_delivered_exactly_once(sim: LambdaSim, recs: list[dict]) -> None:
-    """Everything the extension received is on the stream once; nothing else is
-    there but what the simulator emitted and the extension's final metrics
-    record, which counts no losses."""
-    telemetry, own = split_own(recs)
-    finals = [v for v in own if v["type"] == OWN_TYPE_PREFIX + "metrics" and v["record"].get("final")]
-    assert len(finals) == 1, own
-    m = finals[0]["record"]
-    assert m.get("droppedRejected") == 0 and m.get("droppedShutdown") == 0, m
-    on_stream = collections.Counter(r["data"] for r in telemetry)
-    delivered = collections.Counter(sim.delivered)
-    missing_ = delivered - on_stream
-    assert not missing_, f"{sum(missing_.values())} delivered events missing, e.g. {next(iter(missing_))[:200]!r}"
-    dupes = {d: n for d, n in on_stream.items() if n > 1}
-    assert not dupes, f"{len(dupes)} duplicated records, e.g. {next(iter(dupes))[:200]!r}"
-    emitted = set(sim.emitted)
-    strangers = [d for d in on_stream if d not in emitted]
-    assert not strangers, f"records nobody emitted: {strangers[:2]!r}"
-
-
 def test_arm64_binary_delivers_every_event_exactly_once_under_qemu(arm64_ext, kinesalite):
     invokes, lines = 20, 10
     name, _ = new_stream(kinesalite)
@@ -124,7 +90,7 @@ def test_arm64_binary_delivers_every_event_exactly_once_under_qemu(arm64_ext, ki
         recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=15)  # + metrics
         assert len(sim.delivered) > invokes * lines
         assert_delivered_exactly_once(sim, recs)
-        telemetry, _ = split_own(recs)
+        telemetry = lambda_records(recs)
         text = b"\n".join(r["data"] for r in telemetry).decode("utf-8", "replace")
         assert len(sim.function_line_ids) == invokes * lines + 1  # + the init line
         assert all(i in text for i in sim.function_line_ids)

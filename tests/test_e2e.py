@@ -14,6 +14,7 @@ import pytest
 
 import emulators
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
+from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records
 from fault_proxy import Faults, FaultProxy
 from lambda_sim import LambdaSim
 
@@ -21,36 +22,6 @@ from lambda_sim import LambdaSim
 def records_of(emu, stream, expect, timeout=15):
     recs = emu.read_all(stream, expect=expect, timeout=timeout)
     return recs
-
-
-OWN_TYPES = b'"type":"kinesis-telemetry-extension.'
-
-
-def own_records(recs, kind: str) -> list[dict]:
-    """The extension's own records of one kind (metrics, fragment, unparsed), parsed."""
-    out = [json.loads(r["data"]) for r in recs if OWN_TYPES in r["data"][:120]]
-    return [v for v in out if v["type"] == f"kinesis-telemetry-extension.{kind}"]
-
-
-def assert_delivered_exactly_once(sim: LambdaSim, recs: list[dict]) -> None:
-    """Everything the extension received is on the stream once; nothing else is
-    there but what the simulator emitted and one final metrics record with no
-    losses counted."""
-    metrics = own_records(recs, "metrics")
-    assert len(metrics) == 1 and metrics[0]["record"]["final"], metrics
-    m = metrics[0]["record"]
-    assert m["droppedRejected"] == 0 and m["droppedShutdown"] == 0, m
-    assert m["recordsSent"] >= len(sim.delivered) - 5, (m, len(sim.delivered))
-    recs = [r for r in recs if OWN_TYPES not in r["data"][:120]]
-    on_stream = collections.Counter(r["data"] for r in recs)
-    delivered = collections.Counter(sim.delivered)
-    missing = delivered - on_stream
-    assert not missing, f"{sum(missing.values())} delivered events missing, e.g. {next(iter(missing))[:200]!r}"
-    dupes = {d: n for d, n in on_stream.items() if n > 1}
-    assert not dupes, f"{len(dupes)} duplicated records, e.g. {next(iter(dupes))[:200]!r}"
-    emitted = set(sim.emitted)
-    strangers = [d for d in on_stream if d not in emitted]
-    assert not strangers, f"records nobody emitted: {strangers[:2]!r}"
 
 
 def function_ids_on_stream(recs) -> set[str]:
