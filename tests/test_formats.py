@@ -280,7 +280,13 @@ def test_own_debug_logs_do_not_loop_while_thawed(ext_bin, kinesalite):
                       KINESIS_TELEMETRY_FLUSH="periodic", KINESIS_TELEMETRY_FLUSH_INTERVAL_MS="100")
         with LambdaSim(ext_bin, env, freeze=False) as sim:
             run_invokes(sim, 3, 5, runtime_ms=20)
-            time.sleep(1.0)  # settle: the last invoke's data and the report go out
+            # Settle: wait (bounded) until everything the extension has received
+            # so far, the last report included, is on its way through the proxy.
+            deadline = time.monotonic() + 10
+            while (time.monotonic() < deadline
+                   and not all(proxy.accepted[e] for e in list(sim.delivered)
+                               if b'"type":"platform.report"' in e[:60] or b'"type":"function"' in e[:60])):
+                time.sleep(0.02)
             n0, t0 = len(proxy.put_windows), time.perf_counter()
             time.sleep(1.5)
             quiet = [w for w in proxy.put_windows[n0:] if w[0] >= t0]
