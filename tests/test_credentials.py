@@ -10,6 +10,8 @@ signs with, and when it refreshes them."""
 
 from __future__ import annotations
 
+import contextlib
+
 from conftest import ext_env, new_stream
 from cred_server import CredServer
 from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics, shutdown_counters
@@ -25,6 +27,15 @@ def container_env(emu, stream, creds: CredServer, proxy: FaultProxy, token=None,
                    KINESIS_TELEMETRY_FLUSH="end", **extra)
 
 
+@contextlib.contextmanager
+def container_setup(kinesalite, name, lifetime_s, **env_kw):
+    """A credentials endpoint, a proxy that refuses tokens it did not issue,
+    and the extension's environment pointing at both: (creds, proxy, env)."""
+    with CredServer(lifetime_s=lifetime_s) as creds, \
+            FaultProxy(kinesalite.endpoint, Faults(token_check=creds.is_valid)) as proxy:
+        yield creds, proxy, container_env(kinesalite, name, creds, proxy, **env_kw)
+
+
 def assert_signed_with_issued_credentials(proxy: FaultProxy, creds: CredServer) -> None:
     """Every request carried a session token the server issued, with its access key."""
     for p in proxy.puts:
@@ -35,9 +46,7 @@ def assert_signed_with_issued_credentials(proxy: FaultProxy, creds: CredServer) 
 
 def test_container_credentials_are_fetched_and_used(ext_bin, kinesalite):
     name, _ = new_stream(kinesalite)
-    with CredServer(lifetime_s=3600) as creds, \
-            FaultProxy(kinesalite.endpoint, Faults(token_check=creds.is_valid)) as proxy:
-        env = container_env(kinesalite, name, creds, proxy)
+    with container_setup(kinesalite, name, 3600) as (creds, proxy, env):
         with LambdaSim(ext_bin, env) as sim:
             sim.start()
             for _ in range(8):
@@ -59,9 +68,7 @@ def test_short_lived_credentials_are_refreshed_before_expiration(ext_bin, kinesa
     extension never signs with an expired token (it refreshes before Expiration,
     also right after a thaw), and does not fetch more than once per request."""
     name, _ = new_stream(kinesalite)
-    with CredServer(lifetime_s=3.5) as creds, \
-            FaultProxy(kinesalite.endpoint, Faults(token_check=creds.is_valid)) as proxy:
-        env = container_env(kinesalite, name, creds, proxy)
+    with container_setup(kinesalite, name, 3.5) as (creds, proxy, env):
         with LambdaSim(ext_bin, env) as sim:
             sim.start()
             for _ in range(12):
@@ -83,9 +90,7 @@ def test_expired_token_exception_makes_it_fetch_new_credentials(ext_bin, kinesal
     (credentials revoked early; then twice regardless of the token): the extension
     fetches new credentials and resends; nothing lost, nothing duplicated."""
     name, _ = new_stream(kinesalite)
-    with CredServer(lifetime_s=3600) as creds, \
-            FaultProxy(kinesalite.endpoint, Faults(token_check=creds.is_valid)) as proxy:
-        env = container_env(kinesalite, name, creds, proxy)
+    with container_setup(kinesalite, name, 3600) as (creds, proxy, env):
 
         with LambdaSim(ext_bin, env) as sim:
             sim.start()
@@ -116,9 +121,7 @@ def test_wrong_authorization_token_is_logged_clearly(ext_bin, kinesalite):
     extension says so clearly (naming the variable), once, does not hammer the
     endpoint, keeps the function's lifecycle, and counts what it could not send."""
     name, _ = new_stream(kinesalite)
-    with CredServer(lifetime_s=3600) as creds, \
-            FaultProxy(kinesalite.endpoint, Faults(token_check=creds.is_valid)) as proxy:
-        env = container_env(kinesalite, name, creds, proxy, token="not-the-token")
+    with container_setup(kinesalite, name, 3600, token="not-the-token") as (creds, proxy, env):
         with LambdaSim(ext_bin, env) as sim:
             sim.start()
             for _ in range(6):
