@@ -5,9 +5,9 @@
 //! `event/next` has no timeout on purpose: the sandbox may be frozen inside
 //! that call for minutes or hours.
 
-use std::io::Read;
-
 use serde::Deserialize;
+
+use crate::local_http::{Connection, Response};
 
 /// Lambda's answer to `register`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -81,10 +81,14 @@ pub enum Subscription {
 
 /// A registered extension's handle on the API.
 pub struct ExtensionsApi {
-    agent: ureq::Agent,
-    base: String,
+    conn: Connection,
     id: String,
 }
+
+const REGISTER: &str = "/2020-01-01/extension/register";
+const NEXT: &str = "/2020-01-01/extension/event/next";
+const INIT_ERROR: &str = "/2020-01-01/extension/init/error";
+const TELEMETRY: &str = "/2022-07-01/telemetry";
 
 impl ExtensionsApi {
     /// Registers for INVOKE and SHUTDOWN under `name` (the executable's file name).
@@ -93,78 +97,90 @@ impl ExtensionsApi {
         name: &str,
     ) -> Result<(ExtensionsApi, RegisterInfo), ApiError> {
         const CALL: &str = "register";
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .max_redirects(0)
-            .build()
-            .into();
-        let base = format!("http://{runtime_api}");
-        let mut resp = agent
-            .post(format!("{base}/2020-01-01/extension/register"))
-            .header("Lambda-Extension-Name", name)
-            .header("Lambda-Extension-Accept-Feature", "accountId")
-            .header("Content-Type", "application/json")
-            .send(&br#"{"events":["INVOKE","SHUTDOWN"]}"#[..])
+        let mut conn = Connection::new(runtime_api);
+        let resp = conn
+            .call(
+                "POST",
+                REGISTER,
+                &[
+                    ("Lambda-Extension-Name", name),
+                    ("Lambda-Extension-Accept-Feature", "accountId"),
+                    ("Content-Type", "application/json"),
+                ],
+                br#"{"events":["INVOKE","SHUTDOWN"]}"#,
+            )
             .map_err(|e| transport(CALL, e))?;
-        let body = expect_ok(&mut resp, CALL)?;
+        let resp = expect_ok(resp, CALL)?;
         let id = resp
-            .headers()
-            .get("Lambda-Extension-Identifier")
-            .and_then(|v| v.to_str().ok())
+            .header("Lambda-Extension-Identifier")
             .map(str::to_string)
             .ok_or(ApiError::Malformed {
                 call: CALL,
                 error: "no Lambda-Extension-Identifier header".into(),
             })?;
         // The body is informative only; an odd one must not stop the extension.
-        let info = serde_json::from_slice(&body).unwrap_or_default();
-        Ok((ExtensionsApi { agent, base, id }, info))
+        let info = serde_json::from_slice(&resp.body).unwrap_or_default();
+        Ok((ExtensionsApi { conn, id }, info))
     }
 
     /// Subscribes to the Telemetry API with a prepared body.
-    pub fn subscribe(&self, body: &str) -> Subscription {
-        let resp = self
-            .agent
-            .put(format!("{}/2022-07-01/telemetry", self.base))
-            .header("Lambda-Extension-Identifier", &self.id)
-            .header("Content-Type", "application/json")
-            .send(body.as_bytes());
+    pub fn subscribe(&mut self, body: &str) -> Subscription {
+        let resp = self.conn.call(
+            "PUT",
+            TELEMETRY,
+            &[
+                ("Lambda-Extension-Identifier", &self.id),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        );
         match resp {
-            Ok(mut r) => {
-                let status = r.status().as_u16();
-                let text = read_body(r.body_mut(), "subscribe")
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                match status {
-                    200 => Subscription::Active,
-                    202 => Subscription::Unavailable(
-                        "the Telemetry API accepted the subscription with 202 but will not deliver (a local emulator without Telemetry API support)".into(),
-                    ),
-                    s => Subscription::Unavailable(format!("the Telemetry API answered HTTP {s}: {}", text.trim())),
-                }
-            }
+            Ok(r) => match r.status {
+                200 => Subscription::Active,
+                202 => Subscription::Unavailable(
+                    "the Telemetry API accepted the subscription with 202 but will not deliver (a local emulator without Telemetry API support)".into(),
+                ),
+                s => Subscription::Unavailable(format!(
+                    "the Telemetry API answered HTTP {s}: {}",
+                    String::from_utf8_lossy(&r.body).trim()
+                )),
+            },
             Err(e) => {
                 Subscription::Unavailable(format!("the Telemetry API could not be reached: {e}"))
             }
         }
     }
 
-    /// Waits, without timeout, for the next lifecycle event.
-    pub fn next(&self) -> Result<LifecycleEvent, ApiError> {
+    /// Sends `event/next` without waiting for the answer: Lambda counts the
+    /// extension as ready from here. `next_event` reads the answer.
+    pub fn request_next(&mut self) -> Result<(), ApiError> {
+        self.conn
+            .send(
+                "GET",
+                NEXT,
+                &[("Lambda-Extension-Identifier", &self.id)],
+                b"",
+            )
+            .map_err(|e| transport("event/next", e))
+    }
+
+    /// Waits, without timeout, for the answer to `request_next`.
+    pub fn next_event(&mut self) -> Result<LifecycleEvent, ApiError> {
         const CALL: &str = "event/next";
-        let mut resp = self
-            .agent
-            .get(format!("{}/2020-01-01/extension/event/next", self.base))
-            .header("Lambda-Extension-Identifier", &self.id)
-            .call()
-            .map_err(|e| transport(CALL, e))?;
-        let body = expect_ok(&mut resp, CALL)?;
-        parse_event(&body).map_err(|error| ApiError::Malformed { call: CALL, error })
+        let resp = self.conn.receive().map_err(|e| transport(CALL, e))?;
+        let resp = expect_ok(resp, CALL)?;
+        parse_event(&resp.body).map_err(|error| ApiError::Malformed { call: CALL, error })
+    }
+
+    /// `request_next` then `next_event`.
+    pub fn next(&mut self) -> Result<LifecycleEvent, ApiError> {
+        self.request_next()?;
+        self.next_event()
     }
 
     /// Reports an initialisation error (`Extension.ConfigInvalid`, ...).
     /// Lambda then fails the function's init; the caller should exit.
-    pub fn init_error(&self, error_type: &str, message: &str) -> Result<(), ApiError> {
+    pub fn init_error(&mut self, error_type: &str, message: &str) -> Result<(), ApiError> {
         const CALL: &str = "init/error";
         let body = serde_json::json!({
             "errorMessage": message,
@@ -172,61 +188,47 @@ impl ExtensionsApi {
             "stackTrace": [],
         })
         .to_string();
-        let mut resp = self
-            .agent
-            .post(format!("{}/2020-01-01/extension/init/error", self.base))
-            .header("Lambda-Extension-Identifier", &self.id)
-            .header("Lambda-Extension-Function-Error-Type", error_type)
-            .header("Content-Type", "application/json")
-            .send(body.as_bytes())
+        let resp = self
+            .conn
+            .call(
+                "POST",
+                INIT_ERROR,
+                &[
+                    ("Lambda-Extension-Identifier", &self.id),
+                    ("Lambda-Extension-Function-Error-Type", error_type),
+                    ("Content-Type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
             .map_err(|e| transport(CALL, e))?;
-        let status = resp.status().as_u16();
-        let _ = read_body(resp.body_mut(), CALL);
-        if status >= 300 {
+        if resp.status >= 300 {
             return Err(ApiError::Status {
                 call: CALL,
-                status,
-                body: String::new(),
+                status: resp.status,
+                body: String::from_utf8_lossy(&resp.body).into_owned(),
             });
         }
         Ok(())
     }
 }
 
-fn transport(call: &'static str, e: ureq::Error) -> ApiError {
+fn transport(call: &'static str, e: std::io::Error) -> ApiError {
     ApiError::Transport {
         call,
         error: e.to_string(),
     }
 }
 
-/// The body of a 200 answer; any other status is an error carrying the body.
-fn expect_ok(
-    resp: &mut ureq::http::Response<ureq::Body>,
-    call: &'static str,
-) -> Result<Vec<u8>, ApiError> {
-    let status = resp.status().as_u16();
-    let body = read_body(resp.body_mut(), call)?;
-    if status != 200 {
+/// A 200 answer; any other status is an error carrying the body.
+fn expect_ok(resp: Response, call: &'static str) -> Result<Response, ApiError> {
+    if resp.status != 200 {
         return Err(ApiError::Status {
             call,
-            status,
-            body: String::from_utf8_lossy(&body).into_owned(),
+            status: resp.status,
+            body: String::from_utf8_lossy(&resp.body).into_owned(),
         });
     }
-    Ok(body)
-}
-
-fn read_body(body: &mut ureq::Body, call: &'static str) -> Result<Vec<u8>, ApiError> {
-    let mut out = Vec::new();
-    body.as_reader()
-        .take(1 << 20)
-        .read_to_end(&mut out)
-        .map_err(|e| ApiError::Transport {
-            call,
-            error: e.to_string(),
-        })?;
-    Ok(out)
+    Ok(resp)
 }
 
 #[derive(Deserialize)]

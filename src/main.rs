@@ -14,6 +14,7 @@ mod extensions_api;
 mod flush;
 mod kinesis;
 mod listener;
+mod local_http;
 mod logging;
 mod md5;
 mod pack;
@@ -60,7 +61,7 @@ fn main() {
         );
         std::process::exit(2);
     };
-    let (api, info) = match ExtensionsApi::register(&runtime_api, &name) {
+    let (mut api, info) = match ExtensionsApi::register(&runtime_api, &name) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("[{name}] ERROR registering with Lambda: {e}");
@@ -77,7 +78,7 @@ fn main() {
     let env = |k: &str| std::env::var(k).ok();
     let cfg = match config::from_env(&env) {
         Ok(cfg) => cfg,
-        Err(errors) => config_failed(&api, &errors.to_string(), config::strict_mode(&env)),
+        Err(errors) => config_failed(&mut api, &errors.to_string(), config::strict_mode(&env)),
     };
     let context = vec![
         ("functionName", info.function_name),
@@ -103,7 +104,7 @@ fn extension_name() -> String {
 
 /// Invalid configuration: by default stay registered but idle, so the
 /// function keeps working; in strict mode fail the function's init.
-fn config_failed(api: &ExtensionsApi, problem: &str, strict: bool) -> ! {
+fn config_failed(api: &mut ExtensionsApi, problem: &str, strict: bool) -> ! {
     if strict {
         log::error!("invalid configuration: {problem}. KINESIS_TELEMETRY_STRICT is set: failing the function's init with Extension.ConfigInvalid");
         if let Err(e) = api.init_error("Extension.ConfigInvalid", problem) {
@@ -128,12 +129,11 @@ fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
     std::process::exit(1);
 }
 
-fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
-    let stats = Arc::new(Stats::default());
+fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
     let (socket, port) = match listener::bind(cfg.listener_port) {
         Ok(s) => s,
         Err(e) => config_failed(
-            &api,
+            &mut api,
             &format!(
                 "{e} (KINESIS_TELEMETRY_LISTENER_PORT={})",
                 cfg.listener_port
@@ -141,38 +141,6 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
             config::strict_mode(&|k| std::env::var(k).ok()),
         ),
     };
-    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
-    let (control_tx, control_rx) = bounded(1);
-    // Both threads set themselves up (tiny_http's own threads, the HTTP
-    // agent, the random seed) on the other core while this one subscribes:
-    // nothing but the socket is made before the first event/next.
-    {
-        let stats = stats.clone();
-        let max_body = cfg.max_body_bytes;
-        spawn("listener", move || {
-            listener::run(socket, events_tx, max_body, stats)
-        });
-    }
-    // One random key per execution environment (partition key, metrics).
-    let environment = rng::Rng::from_os().hex(16);
-    log::info!(
-        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment})",
-        cfg.types.names().join(","),
-        match &cfg.stream {
-            config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
-        },
-        cfg.endpoint,
-        cfg.flush,
-        cfg.format,
-        cfg.partition_key,
-    );
-    let dispatcher = {
-        let (cfg, stats) = (cfg.clone(), stats.clone());
-        spawn("dispatcher", move || {
-            Dispatcher::new(&cfg, events_rx, control_rx, stats, context, &environment).run()
-        })
-    };
-
     // The platform stream is always subscribed: its runtimeDone events drive
     // the flush policy. Platform events are forwarded only if configured.
     let mut types = cfg.types;
@@ -185,15 +153,52 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
             false
         }
     };
+    // One random key per execution environment (partition key, metrics).
+    let environment = rng::Rng::from_os().hex(16);
+    // Logged before `next` so that it appears in the function's init log.
+    log::info!(
+        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment})",
+        cfg.types.names().join(","),
+        match &cfg.stream {
+            config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
+        },
+        cfg.endpoint,
+        cfg.flush,
+        cfg.format,
+        cfg.partition_key,
+    );
+    // Ready: the first event/next goes out before any thread is started, so
+    // the function's init is not kept waiting for them. Telemetry POSTed
+    // meanwhile waits in the bound socket's backlog; the dispatcher starts
+    // paused, so nothing is sent while Lambda considers us idle.
+    if let Err(e) = api.request_next() {
+        exit_on_api_error(e);
+    }
+
+    let stats = Arc::new(Stats::default());
+    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
+    let (control_tx, control_rx) = bounded(1);
+    {
+        let stats = stats.clone();
+        let max_body = cfg.max_body_bytes;
+        spawn("listener", move || {
+            listener::run(socket, events_tx, max_body, stats)
+        });
+    }
+    let dispatcher = {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        spawn("dispatcher", move || {
+            Dispatcher::new(&cfg, events_rx, control_rx, stats, context, &environment).run()
+        })
+    };
 
     let lifecycle = Lifecycle {
         control: control_tx,
         telemetry,
         cfg: &cfg,
     };
-    // The dispatcher starts paused: nothing to wait for before the first next.
     loop {
-        match api.next() {
+        match api.next_event() {
             Ok(LifecycleEvent::Invoke {
                 request_id,
                 deadline_ms,
@@ -219,6 +224,9 @@ fn run(api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
                 std::process::exit(0);
             }
             Err(e) => exit_on_api_error(e),
+        }
+        if let Err(e) = api.request_next() {
+            exit_on_api_error(e);
         }
     }
 }
