@@ -13,20 +13,30 @@ pub const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
 pub const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 
 /// Builds the JSON body of a `PutRecords` request.
+#[cfg(test)]
 pub fn put_records_body(target: &StreamTarget, records: &[Wire]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_put_records_body(&mut out, target, records);
+    out
+}
+
+/// Builds the JSON body of a `PutRecords` request in `out` (cleared first),
+/// so the sender can reuse one buffer for every request.
+pub fn write_put_records_body(out: &mut Vec<u8>, target: &StreamTarget, records: &[Wire]) {
     let payload: usize = records
         .iter()
         .map(|r| base64::encoded_len(r.data().len()) + r.key.len() + 80)
         .sum();
-    let mut out = Vec::with_capacity(payload + 64);
+    out.clear();
+    out.reserve(payload + 64);
     match target {
         StreamTarget::Name(n) => {
             out.extend_from_slice(b"{\"StreamName\":");
-            push_json(&mut out, n);
+            push_json(out, n);
         }
         StreamTarget::Arn(a) => {
             out.extend_from_slice(b"{\"StreamARN\":");
-            push_json(&mut out, a);
+            push_json(out, a);
         }
     }
     out.extend_from_slice(b",\"Records\":[");
@@ -35,17 +45,16 @@ pub fn put_records_body(target: &StreamTarget, records: &[Wire]) -> Vec<u8> {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"Data\":\"");
-        base64::encode_into(&mut out, r.data());
+        base64::encode_into(out, r.data());
         out.extend_from_slice(b"\",\"PartitionKey\":");
-        push_json(&mut out, &r.key);
+        push_json(out, &r.key);
         if let Some(h) = &r.hash_key {
             out.extend_from_slice(b",\"ExplicitHashKey\":");
-            push_json(&mut out, h);
+            push_json(out, h);
         }
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
-    out
 }
 
 fn push_json(out: &mut Vec<u8>, s: &str) {

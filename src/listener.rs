@@ -64,8 +64,9 @@ pub fn run(socket: TcpListener, tx: Sender<Delivery>, max_body: usize, stats: Ar
     {
         let (tx, stats) = (tx.clone(), stats.clone());
         spawn_reader(move || {
+            let mut buf = Vec::new();
             for request in bodies {
-                serve(request, &tx, max_body, &stats);
+                serve(request, &mut buf, &tx, max_body, &stats);
             }
         });
     }
@@ -95,7 +96,7 @@ pub fn run(socket: TcpListener, tx: Sender<Delivery>, max_body: usize, stats: Ar
         }
         let (tx, stats, readers) = (tx.clone(), stats.clone(), readers.clone());
         spawn_reader(move || {
-            serve(request, &tx, max_body, &stats);
+            serve(request, &mut Vec::new(), &tx, max_body, &stats);
             readers.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -123,9 +124,22 @@ fn refusal(request: &Request) -> Option<u16> {
     }
 }
 
-fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &Stats) {
+/// Body buffers up to this size are kept for the next body: a fresh one per
+/// POST costs an mmap, page faults and an munmap when it is large.
+const KEEP_BUFFER_BYTES: usize = 1 << 20;
+
+fn serve(
+    mut request: Request,
+    buf: &mut Vec<u8>,
+    tx: &Sender<Delivery>,
+    max_body: usize,
+    stats: &Stats,
+) {
     let received = std::time::Instant::now();
-    let events = read_events(&mut request, max_body, stats);
+    let events = read_events(&mut request, buf, max_body, stats);
+    if buf.capacity() > KEEP_BUFFER_BYTES {
+        *buf = Vec::new();
+    }
     if !events.is_empty() {
         let n = events.len() as u64;
         if tx.send(Delivery { received, events }).is_err() {
@@ -139,11 +153,17 @@ fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &S
 }
 
 /// Reads one body and turns it into events (see module comment).
-fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> Vec<Event> {
+fn read_events(
+    request: &mut Request,
+    body: &mut Vec<u8>,
+    max_body: usize,
+    stats: &Stats,
+) -> Vec<Event> {
     Stats::add(&stats.bodies, 1);
-    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
+    body.clear();
+    body.reserve(request.body_length().unwrap_or(0).min(max_body));
     let reader = request.as_reader();
-    if let Err(e) = reader.take(max_body as u64 + 1).read_to_end(&mut body) {
+    if let Err(e) = reader.take(max_body as u64 + 1).read_to_end(body) {
         log::warn!(
             "telemetry listener: reading a body failed after {} bytes: {e}",
             body.len()
@@ -159,7 +179,7 @@ fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> Vec<Eve
         );
         return Vec::new();
     }
-    let events = match telemetry::split(&body) {
+    let events = match telemetry::split(body) {
         Ok(events) => events,
         Err(e) => {
             Stats::add(&stats.unparsed_bodies, 1);
@@ -168,7 +188,7 @@ fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> Vec<Eve
                 body.len(),
                 telemetry::UNPARSED_TYPE
             );
-            vec![telemetry::unparsed(&body, &e.0, SystemTime::now())]
+            vec![telemetry::unparsed(body, &e.0, SystemTime::now())]
         }
     };
     Stats::add(&stats.events, events.len() as u64);

@@ -8,7 +8,7 @@
 use std::io::Read;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::config::{Config, StreamTarget};
+use crate::config::{Config, StaticCredentials, StreamTarget};
 use crate::credentials::Provider;
 use crate::kinesis::{self, ApiError, Response};
 use crate::pack::Wire;
@@ -40,7 +40,15 @@ pub struct KinesisClient {
     /// drops connections that sat through a long freeze (likely dead: NAT
     /// and load balancers forget idle flows, silently).
     max_idle: Duration,
+    /// The request body, reused: a fresh multi-100-KiB buffer per request
+    /// is an mmap, a page fault per page and an munmap with a TLB shootdown
+    /// (musl's malloc maps large blocks directly).
+    body: Vec<u8>,
 }
+
+/// Body buffers larger than this are released after the request instead of
+/// kept for the next one (idle memory matters more than a rare large send).
+const KEEP_BODY_BYTES: usize = 1 << 20;
 
 impl KinesisClient {
     pub fn new(cfg: &Config) -> KinesisClient {
@@ -53,6 +61,7 @@ impl KinesisClient {
             request_timeout: cfg.request_timeout,
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.connection_max_idle,
+            body: Vec::new(),
         }
     }
 
@@ -82,10 +91,25 @@ impl KinesisClient {
             return unsent(TRANSPORT_ERROR, "no time left before the deadline".into());
         }
         let credentials = match self.credentials.get() {
-            Ok(c) => c,
+            Ok(c) => c.clone(),
             Err(e) => return unsent("CredentialsError", e.to_string()),
         };
-        let body = kinesis::put_records_body(&self.target, records);
+        let mut body = std::mem::take(&mut self.body);
+        kinesis::write_put_records_body(&mut body, &self.target, records);
+        let outcome = self.send(&credentials, &body, left, records.len());
+        if body.capacity() <= KEEP_BODY_BYTES {
+            self.body = body;
+        }
+        outcome
+    }
+
+    fn send(
+        &self,
+        credentials: &StaticCredentials,
+        body: &[u8],
+        left: Duration,
+        records: usize,
+    ) -> Outcome {
         let base = [
             ("content-type", kinesis::CONTENT_TYPE),
             ("x-amz-target", kinesis::PUT_RECORDS_TARGET),
@@ -95,7 +119,7 @@ impl KinesisClient {
             &self.region,
             &self.url,
             &base,
-            &body,
+            body,
             SystemTime::now(),
         ) {
             Ok(h) => h,
@@ -113,7 +137,7 @@ impl KinesisClient {
         for (k, v) in &signed {
             req = req.header(*k, v.as_str());
         }
-        let mut resp = match req.send(&body[..]) {
+        let mut resp = match req.send(body) {
             Ok(r) => r,
             Err(e) => {
                 let ambiguous = !never_sent(&e);
@@ -140,12 +164,7 @@ impl KinesisClient {
             );
         }
         Outcome {
-            response: kinesis::parse_response(
-                status,
-                error_type.as_deref(),
-                &answer,
-                records.len(),
-            ),
+            response: kinesis::parse_response(status, error_type.as_deref(), &answer, records),
             ambiguous: false,
             sent: true,
         }
