@@ -5,6 +5,7 @@
 //! A record's size is what Kinesis counts: data plus partition key.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::telemetry::push_json_string;
 
@@ -15,13 +16,14 @@ pub const FRAGMENT_TYPE: &str = "kinesis-telemetry-extension.fragment";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     pub data: Box<[u8]>,
-    pub key: Box<str>,
+    /// Shared: every record of an environment or request has the same key.
+    pub key: Arc<str>,
     /// Sends tried so far.
     pub attempts: u32,
 }
 
 impl Record {
-    pub fn new(data: impl Into<Box<[u8]>>, key: impl Into<Box<str>>) -> Record {
+    pub fn new(data: impl Into<Box<[u8]>>, key: impl Into<Arc<str>>) -> Record {
         Record {
             data: data.into(),
             key: key.into(),

@@ -32,19 +32,19 @@ const CANNOT_SEND: &str = "CredentialsError";
 
 /// Orders from the main thread.
 pub enum Control {
-    /// An invocation started: the sandbox is thawed, sending may resume.
-    Resume {
+    /// An invocation started: the sandbox is thawed, sending resumes (what
+    /// is due goes out at once). Then, as the main thread wants to call
+    /// `event/next` again: if `wait_runtime_done`, wait (until `wait_until`)
+    /// for the request's `platform.runtimeDone` and apply the flush policy;
+    /// stop sending and reply. Background sends end by `deadline`.
+    ///
+    /// One message, not two: each handover between the threads is a wake-up
+    /// paid on every invoke.
+    Invoke {
         request_id: String,
         deadline: Instant,
-    },
-    /// The main thread wants to call `event/next`. If `runtime_done` names a
-    /// request, first wait (until `wait_until`) for its `platform.runtimeDone`
-    /// and apply the flush policy, finishing by `flush_deadline`. Then stop
-    /// sending and reply.
-    Pause {
-        runtime_done: Option<String>,
+        wait_runtime_done: bool,
         wait_until: Instant,
-        flush_deadline: Instant,
         reply: Sender<()>,
     },
     /// SHUTDOWN: wait until `wait_until` for the last `platform.report`, send
@@ -275,48 +275,19 @@ impl Dispatcher {
 
     fn handle(&mut self, c: Control) {
         match c {
-            Control::Resume {
+            Control::Invoke {
                 request_id,
                 deadline,
-            } => {
-                self.paused = false;
-                self.thawed.start();
-                let now = Instant::now();
-                self.history.invoke(self.last_invoke.map(|t| now - t));
-                self.last_invoke = Some(now);
-                self.current_request = Some(request_id);
-                self.invoke_deadline = Some(deadline);
-                // Connections from before a freeze may be dead; a failure on
-                // one is retried at once rather than waiting out a backoff.
-                self.retry_after = None;
-                self.after_thaw = true;
-            }
-            Control::Pause {
-                runtime_done,
+                wait_runtime_done,
                 wait_until,
-                flush_deadline,
                 reply,
             } => {
-                let then = flush::end_of_invoke(
-                    self.flush,
-                    &self.history,
-                    self.flush_interval,
-                    self.max_delay,
-                    self.oldest_age(),
-                );
-                self.waiting = match runtime_done {
-                    Some(request_id) if then != EndOfInvoke::PauseNow => Waiting::RuntimeDone {
-                        request_id,
-                        until: wait_until,
-                        flush_deadline,
-                        then,
-                        reply,
-                    },
-                    _ => {
-                        self.pause(reply);
-                        Waiting::None
-                    }
-                };
+                let runtime_done = wait_runtime_done.then(|| request_id.clone());
+                self.resume(request_id, deadline);
+                if matches!(self.waiting, Waiting::None) {
+                    self.send_due();
+                }
+                self.pause_after_invoke(runtime_done, wait_until, deadline, reply);
             }
             Control::Shutdown {
                 wait_until,
@@ -332,6 +303,51 @@ impl Dispatcher {
                 };
             }
         }
+    }
+
+    fn resume(&mut self, request_id: String, deadline: Instant) {
+        self.paused = false;
+        self.thawed.start();
+        let now = Instant::now();
+        self.history.invoke(self.last_invoke.map(|t| now - t));
+        self.last_invoke = Some(now);
+        self.current_request = Some(request_id);
+        self.invoke_deadline = Some(deadline);
+        // Connections from before a freeze may be dead; a failure on one is
+        // retried at once rather than waiting out a backoff.
+        self.retry_after = None;
+        self.after_thaw = true;
+    }
+
+    /// The main thread wants to call `event/next`: wait for `runtime_done`'s
+    /// platform.runtimeDone first if the flush policy needs it, else pause now.
+    fn pause_after_invoke(
+        &mut self,
+        runtime_done: Option<String>,
+        wait_until: Instant,
+        flush_deadline: Instant,
+        reply: Sender<()>,
+    ) {
+        let then = flush::end_of_invoke(
+            self.flush,
+            &self.history,
+            self.flush_interval,
+            self.max_delay,
+            self.oldest_age(),
+        );
+        self.waiting = match runtime_done {
+            Some(request_id) if then != EndOfInvoke::PauseNow => Waiting::RuntimeDone {
+                request_id,
+                until: wait_until,
+                flush_deadline,
+                then,
+                reply,
+            },
+            _ => {
+                self.pause(reply);
+                Waiting::None
+            }
+        };
     }
 
     fn pause(&mut self, reply: Sender<()>) {
@@ -473,28 +489,31 @@ impl Dispatcher {
                 _ => {}
             }
             let size = e.json.len();
-            match self.shaper.shape(e, self.current_request.as_deref()) {
-                Shaped::Filtered => Stats::add(&self.stats.filtered_events, 1),
-                Shaped::Records {
-                    records,
-                    fragmented,
-                } => {
-                    if fragmented {
-                        Stats::add(&self.stats.fragmented_events, 1);
-                        log::warn!(
-                            "an event of {size} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
-                            self.max_record_bytes,
-                            records.len()
-                        );
-                    }
+            let queued = match self.shaper.shape(e, self.current_request.as_deref()) {
+                Shaped::Filtered => {
+                    Stats::add(&self.stats.filtered_events, 1);
+                    false
+                }
+                Shaped::Record(r) => {
+                    self.queue.push(r);
+                    true
+                }
+                Shaped::Fragments(records) => {
+                    Stats::add(&self.stats.fragmented_events, 1);
+                    log::warn!(
+                        "an event of {size} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
+                        self.max_record_bytes,
+                        records.len()
+                    );
                     for r in records {
                         self.queue.push(r);
                     }
-                    if self.oldest.is_none() {
-                        self.oldest = Some(self.thawed.now());
-                        self.oldest_wall = Some(delivery.received);
-                    }
+                    true
                 }
+            };
+            if queued && self.oldest.is_none() {
+                self.oldest = Some(self.thawed.now());
+                self.oldest_wall = Some(delivery.received);
             }
         }
     }

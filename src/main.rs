@@ -203,13 +203,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
                 request_id,
                 deadline_ms,
             }) => {
-                let deadline = instant_of(deadline_ms);
-                // Background sends must end before the invoke does.
-                lifecycle.send(Control::Resume {
-                    request_id: request_id.clone(),
-                    deadline: deadline.checked_sub(INVOKE_MARGIN).unwrap_or(deadline),
-                });
-                lifecycle.pause(request_id, deadline);
+                lifecycle.invoke(request_id, instant_of(deadline_ms));
             }
             Ok(LifecycleEvent::Shutdown {
                 reason,
@@ -246,24 +240,28 @@ impl Lifecycle<'_> {
         }
     }
 
-    /// Stops sending before `event/next`, first letting the dispatcher wait
-    /// for the request's runtimeDone and flush if the policy says so.
-    fn pause(&self, request_id: String, invoke_deadline: Instant) {
+    /// An invoke started: lets the dispatcher send, then waits until it has
+    /// stopped again, so that no request is in flight at `event/next`. The
+    /// dispatcher may first wait for the request's runtimeDone and flush,
+    /// if the flush policy says so.
+    fn invoke(&self, request_id: String, invoke_deadline: Instant) {
+        // Background sends must end before the invoke does.
         let deadline = invoke_deadline
             .checked_sub(INVOKE_MARGIN)
             .unwrap_or_else(Instant::now);
-        let runtime_done = Some(request_id).filter(|_| self.telemetry);
         let wait_until = match self.cfg.runtime_done_timeout {
             Some(t) => deadline.min(Instant::now() + t),
             None => deadline,
         };
         let (reply, done) = bounded(1);
-        self.send(Control::Pause {
-            runtime_done,
+        self.send(Control::Invoke {
+            request_id,
+            deadline,
+            wait_runtime_done: self.telemetry,
             wait_until,
-            flush_deadline: deadline,
             reply,
         });
+        // An error means the dispatcher dropped the reply: it is gone.
         let _ = done.recv();
     }
 

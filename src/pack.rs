@@ -4,6 +4,8 @@
 //! gzip-compressed newline-delimited JSON. Every outgoing record keeps the
 //! queued events it carries, so a failed record puts exactly those back.
 
+use std::sync::Arc;
+
 use crate::batch::{Limits, Queue, Record};
 use crate::md5;
 
@@ -23,7 +25,7 @@ pub const KPL_MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 pub struct Wire {
     /// The packed data; `None` when the record is its single member's data.
     payload: Option<Vec<u8>>,
-    pub key: Box<str>,
+    pub key: Arc<str>,
     pub hash_key: Option<Box<str>>,
     pub members: Vec<Record>,
 }
@@ -120,9 +122,9 @@ fn kpl_record_len(key_index: usize, data_len: usize) -> usize {
 /// sent as it is: de-aggregators pass plain records through.
 fn take_kpl(queue: &mut Queue, room: usize) -> Option<Wire> {
     let first = queue.front()?;
-    let outer_key: Box<str> = first.key.clone();
+    let outer_key: Arc<str> = first.key.clone();
     let overhead = KPL_MAGIC.len() + 16 + outer_key.len();
-    let mut keys: Vec<Box<str>> = Vec::new();
+    let mut keys: Vec<Arc<str>> = Vec::new();
     let mut proto_len = 0;
     let mut members: Vec<Record> = Vec::new();
     while let Some(r) = queue.front() {
@@ -184,7 +186,7 @@ const GZIP_OPTIMISM: usize = 6;
 
 fn take_gzip(queue: &mut Queue, room: usize) -> Option<Wire> {
     let first = queue.front()?;
-    let key: Box<str> = first.key.clone();
+    let key: Arc<str> = first.key.clone();
     let budget = room.saturating_sub(key.len() + GZIP_OVERHEAD);
     let mut members = Vec::new();
     let mut plain = 0;

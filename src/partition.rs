@@ -1,13 +1,17 @@
 //! Partition keys: which shard each record goes to (Kinesis hashes the key
 //! with MD5 to pick one). See `config::PartitionKeyMode`.
 
+use std::sync::Arc;
+
 use crate::config::PartitionKeyMode;
 use crate::rng::Rng;
 
 pub struct Keys {
     mode: PartitionKeyMode,
-    environment: Box<str>,
+    environment: Arc<str>,
     rng: Rng,
+    /// The last request key made, reused while events name the same request.
+    last_request: Option<Arc<str>>,
 }
 
 impl Keys {
@@ -15,8 +19,9 @@ impl Keys {
     pub fn new(mode: PartitionKeyMode, environment: &str, rng: Rng) -> Keys {
         Keys {
             mode,
-            environment: Box::from(environment),
+            environment: Arc::from(environment),
             rng,
+            last_request: None,
         }
     }
 
@@ -27,15 +32,18 @@ impl Keys {
 
     /// The key for an event: `event_request` is the request id the event
     /// names itself (platform events), `current` the invocation in progress.
-    pub fn key(&mut self, event_request: Option<&str>, current: Option<&str>) -> Box<str> {
+    pub fn key(&mut self, event_request: Option<&str>, current: Option<&str>) -> Arc<str> {
         match self.mode {
             PartitionKeyMode::Environment => self.environment.clone(),
             PartitionKeyMode::Request => match event_request.or(current) {
                 // Kinesis allows 1-256 characters.
-                Some(id) if !id.is_empty() && id.len() <= 256 => Box::from(id),
+                Some(id) if !id.is_empty() && id.len() <= 256 => match &self.last_request {
+                    Some(k) if **k == *id => k.clone(),
+                    _ => self.last_request.insert(Arc::from(id)).clone(),
+                },
                 _ => self.environment.clone(),
             },
-            PartitionKeyMode::Random => self.rng.hex(16).into_boxed_str(),
+            PartitionKeyMode::Random => Arc::from(self.rng.hex(16)),
         }
     }
 }

@@ -15,11 +15,10 @@ use crate::telemetry::{push_json_string, Event, Kind};
 pub enum Shaped {
     /// Not forwarded (filtered out by configuration).
     Filtered,
-    /// One record, or several fragments of an oversized event.
-    Records {
-        records: Vec<Record>,
-        fragmented: bool,
-    },
+    /// One record (no allocation beyond the record's own).
+    Record(Record),
+    /// The fragments of an oversized event.
+    Fragments(Vec<Record>),
 }
 
 pub struct Shaper {
@@ -88,8 +87,8 @@ impl Shaper {
             Kind::Function | Kind::Extension => self.invocation.as_deref(),
             _ => None,
         };
-        let request = e.request_id.as_deref().or(inside).map(str::to_string);
-        let key = self.keys.key(request.as_deref(), current);
+        let request = e.request_id.as_deref().or(inside);
+        let key = self.keys.key(request, current);
         let data: Box<str> = match &self.envelope_head {
             None => e.json,
             Some(head) => {
@@ -97,7 +96,7 @@ impl Shaper {
                 s.push('{');
                 s.push_str(head);
                 s.push_str("\"requestId\":");
-                match &request {
+                match request {
                     Some(r) => push_json_string(&mut s, r),
                     None => s.push_str("null"),
                 }
@@ -108,20 +107,16 @@ impl Shaper {
             }
         };
         if data.len() + key.len() <= self.max_record_bytes {
-            return Shaped::Records {
-                records: vec![Record::new(data.into_boxed_bytes(), key)],
-                fragmented: false,
-            };
+            return Shaped::Record(Record::new(data.into_boxed_bytes(), key));
         }
         let rng = &mut self.rng;
         let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));
-        Shaped::Records {
-            records: parts
+        Shaped::Fragments(
+            parts
                 .into_iter()
                 .map(|p| Record::new(p, key.clone()))
                 .collect(),
-            fragmented: true,
-        }
+        )
     }
 
     fn wanted(&self, e: &Event) -> bool {
@@ -206,10 +201,8 @@ mod tests {
         events()
             .into_iter()
             .filter_map(|e| match s.shape(e, None) {
-                Shaped::Records { records, .. } => {
-                    Some(String::from_utf8(records[0].data.to_vec()).unwrap())
-                }
-                Shaped::Filtered => None,
+                Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
+                Shaped::Fragments(_) | Shaped::Filtered => None,
             })
             .collect()
     }
@@ -262,15 +255,11 @@ mod tests {
         let big = format!(r#"[{{"type":"function","record":"{}"}}]"#, "x".repeat(5000));
         let e = split(big.as_bytes()).unwrap().remove(0);
         match s.shape(e, None) {
-            Shaped::Records {
-                records,
-                fragmented,
-            } => {
-                assert!(fragmented);
+            Shaped::Fragments(records) => {
                 assert!(records.len() >= 5);
                 assert!(records.iter().all(|r| r.size() <= 1024));
             }
-            Shaped::Filtered => panic!(),
+            Shaped::Record(_) | Shaped::Filtered => panic!(),
         }
     }
 }
