@@ -392,10 +392,14 @@ class Bench:
         }
         res = {}
         cold_permitted = None
-        for kind, path in self.bins.items():
+        # The floor that also binds a listener and subscribes: what the Telemetry API's
+        # protocol costs any telemetry extension before its first next.
+        targets = [(k, p, {}, ("warm", "cold")) for k, p in self.bins.items()]
+        targets.append(("floor_subscribe", self.bins["floor"], {"FLOOR_SUBSCRIBE": "1"}, ("warm",)))
+        for kind, path, extra_env, modes in targets:
             res[kind] = {}
-            for mode in ("warm", "cold"):
-                env = dict(base_env)
+            for mode in modes:
+                env = dict(base_env, **extra_env)
                 if kind in ("rust-sdk", "node"):
                     env["BASELINE_LISTENER_PORT"] = str(free_port())
                 argv = [os.path.join(self.tools, "startup"), "--runs", str(runs), "--warmup",
@@ -546,10 +550,15 @@ class Bench:
         res = {}
         runs = self.n(5, 2)
         try:
-            for kind, path in self.bins.items():
+            # The floor plus 8 threads that only sleep (this extension runs 9 threads: main,
+            # listener, body reader, dispatcher, tiny_http's accept thread and 4-thread pool):
+            # what the threads alone cost when Lambda freezes and thaws the process.
+            labels = (("idle_start_shutdown", 0), ("invokes_100x10", 100), ("invokes_100x10_no_freeze", 100))
+            targets = [(k, p, {}, labels) for k, p in self.bins.items()]
+            targets.append(("floor_threads", self.bins["floor"], {"FLOOR_IDLE_THREADS": "8"}, labels))
+            for kind, path, extra_env, labels in targets:
                 res[kind] = {}
-                for label, invokes in (("idle_start_shutdown", 0), ("invokes_100x10", 100),
-                                       ("invokes_100x10_no_freeze", 100)):
+                for label, invokes in labels:
                     rows = []
                     log(f"cpu {kind}: {label}, {runs} runs")
                     for i in range(runs):
@@ -557,7 +566,8 @@ class Bench:
                         w = wrapper(os.path.join(self.tmp, f"perfwrap-{kind}"), path,
                                     ["perf", "stat", "-x,", "-e", "task-clock,context-switches,page-faults",
                                      "-o", '"$PERF_OUT"', "--"])
-                        r = self.sim_run(kind, w, sink.endpoint, invokes, 10, env_extra={"PERF_OUT": outf},
+                        r = self.sim_run(kind, w, sink.endpoint, invokes, 10,
+                                         env_extra={"PERF_OUT": outf, **extra_env},
                                          freeze=not label.endswith("no_freeze"))
                         r.update(self._perf(outf))
                         rows.append(r)

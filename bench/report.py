@@ -81,6 +81,11 @@ def render(R: dict) -> str:
         ok = ours_next <= lim_v
         lim = f"≤ 1.5 × floor ({1.5 * floor_next:.2f}) and ≤ 2 ms"
     row("exec → first `event/next`, warm cache (ms)", [mp(g(st, k, "warm", "next_ms"), 2) for k in KINDS], lim, ok)
+    fs = g(st, "floor_subscribe", "warm", "next_ms", "median")
+    if fs is not None:
+        row("… the floor when it also binds a listener and subscribes (ms) ⁴",
+            ["–", mp(g(st, "floor_subscribe", "warm", "next_ms"), 2), "–", "–"],
+            f"(1.5 × this = {1.5 * fs:.2f})", None if ours_next is None else ours_next <= 1.5 * fs)
     if st.get("cold_page_cache_permitted") is False:
         row("exec → first `event/next`, cold cache (ms)", ["not permitted"] * 4)
     else:
@@ -111,6 +116,10 @@ def render(R: dict) -> str:
         [f"{fmt(g(cpu, k, 'invokes_100x10', 'context_switches', 'median'), 0)} / "
          f"{fmt(g(cpu, k, 'invokes_100x10_no_freeze', 'context_switches', 'median'), 0)}"
          if g(cpu, k, "invokes_100x10") else "–" for k in KINDS])
+    if g(cpu, "floor_threads", "invokes_100x10"):
+        row("… the floor with 8 more threads that only sleep, frozen / never frozen (ms) ⁵",
+            ["–", f"{mp(g(cpu, 'floor_threads', 'invokes_100x10', 'cpu_ms'), 1)} / "
+                  f"{mp(g(cpu, 'floor_threads', 'invokes_100x10_no_freeze', 'cpu_ms'), 1)}", "–", "–"])
     row("CPU, start + SHUTDOWN only (ms)", [mp(g(cpu, k, "idle_start_shutdown", "cpu_ms"), 1) for k in KINDS])
     row("CPU per 1,000 events, marginal (ms)", [fmt(g(cpu, k, "per_1000_events_ms"), 2) for k in KINDS])
     row("instructions, 100 × 10, whole life (M)",
@@ -153,7 +162,12 @@ def render(R: dict) -> str:
       "² the baselines send each batch before answering the Telemetry API and exit at SHUTDOWN: nothing is "
       "buffered to drain (and what arrives after SHUTDOWN is lost). "
       "³ events delivered / CPU time the extension used (all threads, /proc/PID/stat): one core's worth; the "
-      "wall-clock rate also depends on what else runs on that core (see \"CPU use of the pinned core\" below).\n")
+      "wall-clock rate also depends on what else runs on that core (see \"CPU use of the pinned core\" below). "
+      "⁴ the floor binary with FLOOR_SUBSCRIBE=1: after register it also binds a listening socket and makes the "
+      "Telemetry API subscription, as any telemetry extension must before its first next. "
+      "⁵ the floor binary with FLOOR_IDLE_THREADS=8: 9 threads in all, as many as this extension runs (main, "
+      "listener, body reader, dispatcher, tiny_http's accept thread and 4-thread pool); SIGSTOP/SIGCONT stop and "
+      "wake every one of them at each freeze.\n")
 
     # ------------------------------------------------------------ details
     w("## Details\n")

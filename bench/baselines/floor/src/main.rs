@@ -1,6 +1,12 @@
 //! Bench baseline (a): the least an external extension can do. Registers for
 //! INVOKE and SHUTDOWN with the executable's file name, then loops on
 //! event/next over one keep-alive connection, exiting on SHUTDOWN.
+//!
+//! Two variants measure what a telemetry extension cannot avoid:
+//! FLOOR_SUBSCRIBE=1 also binds a listener and subscribes to the Telemetry
+//! API before the first next (the protocol's price); FLOOR_IDLE_THREADS=N
+//! also starts N threads that only sleep (what each thread costs when Lambda
+//! freezes and thaws the process).
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 
@@ -49,6 +55,28 @@ fn main() {
         .find(|(k, _)| k == "lambda-extension-identifier")
         .map(|(_, v)| v.clone())
         .expect("no Lambda-Extension-Identifier");
+    if std::env::var_os("FLOOR_SUBSCRIBE").is_some() {
+        let listener = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("bind");
+        let port = listener.local_addr().expect("port").port();
+        let body = format!(
+            r#"{{"schemaVersion":"2022-12-13","types":["platform","function","extension"],"buffering":{{"maxItems":1000,"maxBytes":262144,"timeoutMs":25}},"destination":{{"protocol":"HTTP","URI":"http://sandbox.localdomain:{port}"}}}}"#
+        );
+        let req = format!(
+            "PUT /2022-07-01/telemetry HTTP/1.1\r\nHost: {api}\r\nLambda-Extension-Identifier: {id}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        call(&mut conn, &req);
+        std::mem::forget(listener);
+    }
+    let idle: usize = std::env::var("FLOOR_IDLE_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..idle {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     let next = format!(
         "GET /2020-01-01/extension/event/next HTTP/1.1\r\nHost: {api}\r\nLambda-Extension-Identifier: {id}\r\n\r\n"
     );
