@@ -72,16 +72,17 @@ impl Connection {
 
     /// Reads the response to the request last sent. If a kept-alive
     /// connection turns out to have been closed by the server while idle (end
-    /// of stream before any byte of an answer), the request is sent again on
-    /// a new connection, once.
+    /// of stream or reset before any byte of an answer), the request is sent
+    /// again on a new connection, once. On a fresh connection nothing is
+    /// resent: the server may have acted on the request.
     pub fn receive(&mut self) -> io::Result<Response> {
         match self.read_response() {
-            Err(e) if self.reused && e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err((e, true)) if self.reused && stale(&e) => {
                 self.stream = None;
                 self.write_request()?;
-                self.read_response()
+                self.read_response().map_err(|(e, _)| e)
             }
-            r => r,
+            r => r.map_err(|(e, _)| e),
         }
     }
 
@@ -98,29 +99,40 @@ impl Connection {
     }
 
     fn write_request(&mut self) -> io::Result<()> {
-        self.reused = self.stream.is_some();
-        if self.stream.is_none() {
-            let s = TcpStream::connect(self.addr.as_str())?;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
-            self.buf.clear();
+        if let Some(stream) = self.stream.as_mut() {
+            match stream.write_all(&self.request) {
+                Ok(()) => {
+                    self.reused = true;
+                    return Ok(());
+                }
+                // Closed by the server while idle: reconnect below.
+                Err(e) if stale(&e) => self.stream = None,
+                Err(e) => {
+                    self.stream = None;
+                    return Err(e);
+                }
+            }
         }
-        let stream = self.stream.as_mut().expect("connected above");
-        if let Err(e) = stream.write_all(&self.request) {
-            self.stream = None;
-            return Err(e);
-        }
+        self.reused = false;
+        let mut stream = TcpStream::connect(self.addr.as_str())?;
+        stream.set_nodelay(true)?;
+        self.buf.clear();
+        stream.write_all(&self.request)?;
+        self.stream = Some(stream);
         Ok(())
     }
 
-    fn read_response(&mut self) -> io::Result<Response> {
+    /// The response, or an error and whether no byte of an answer came.
+    fn read_response(&mut self) -> Result<Response, (io::Error, bool)> {
         let Some(stream) = self.stream.as_mut() else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "no request sent",
-            ));
+            let e = io::Error::new(io::ErrorKind::NotConnected, "no request sent");
+            return Err((e, false));
         };
-        match read_response(stream, &mut self.buf) {
+        let mut counted = Counted {
+            inner: stream,
+            bytes: 0,
+        };
+        match read_response(&mut counted, &mut self.buf) {
             Ok((response, keep_alive)) => {
                 if !keep_alive {
                     self.stream = None;
@@ -128,10 +140,36 @@ impl Connection {
                 Ok(response)
             }
             Err(e) => {
+                let nothing = counted.bytes == 0 && self.buf.is_empty();
                 self.stream = None;
-                Err(e)
+                Err((e, nothing))
             }
         }
+    }
+}
+
+/// Errors that mean the peer had closed the connection.
+fn stale(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Counts the bytes read through it.
+struct Counted<'a, R> {
+    inner: &'a mut R,
+    bytes: usize,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(out)?;
+        self.bytes += n;
+        Ok(n)
     }
 }
 
@@ -407,6 +445,54 @@ HTTP/1.0 200 OK\r\n\r\nuntil the end";
             let e = out.last().unwrap().as_ref().unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:?}");
         }
+    }
+
+    /// A kept-alive connection the server closed while idle is reopened and
+    /// the request sent again; a fresh connection closed before any answer
+    /// is an error (the request may have been acted on: not resent).
+    #[test]
+    fn stale_kept_alive_connection_is_reopened_once() {
+        use std::io::BufRead;
+        let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap().to_string();
+        let (closed_tx, closed) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            // 1st connection: answers one request, then closes (idle timeout).
+            // 2nd: answers the resent request. 3rd: reads and closes unanswered.
+            for answer in [true, true, false] {
+                let (s, _) = server.accept().unwrap();
+                let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                r.read_line(&mut line).unwrap();
+                seen.push(line.trim().to_string());
+                loop {
+                    let mut h = String::new();
+                    r.read_line(&mut h).unwrap();
+                    if h == "\r\n" {
+                        break;
+                    }
+                }
+                if answer {
+                    (&s).write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .unwrap();
+                }
+                drop((r, s));
+                let _ = closed_tx.send(());
+            }
+            seen
+        });
+        let mut c = Connection::new(&addr);
+        assert_eq!(c.call("GET", "/a", &[], b"").unwrap().body, b"ok");
+        closed.recv().unwrap(); // the server has closed the first connection
+        assert_eq!(c.call("GET", "/b", &[], b"").unwrap().body, b"ok");
+        c.stream = None; // a fresh connection for the last call
+        let e = c.call("GET", "/c", &[], b"").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            handle.join().unwrap(),
+            ["GET /a HTTP/1.1", "GET /b HTTP/1.1", "GET /c HTTP/1.1"]
+        );
     }
 
     #[test]
