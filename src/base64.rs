@@ -89,7 +89,7 @@ mod tests {
                     ALPHABET[v as usize] as char
                 })
                 .collect();
-            while want.len() % 4 != 0 {
+            while !want.len().is_multiple_of(4) {
                 want.push('=');
             }
             let mut out = b"prefix".to_vec();
