@@ -393,7 +393,7 @@ impl Dispatcher {
                 let deadline = flush_deadline.min(Instant::now() + self.flush_timeout);
                 match then {
                     EndOfInvoke::FlushAll => self.flush_all(deadline),
-                    _ => self.send_due_until(deadline),
+                    _ => self.send_due_until(deadline, None),
                 }
                 self.pause(reply);
                 false
@@ -447,6 +447,14 @@ impl Dispatcher {
         if !self.paused {
             if let Some(after) = self.retry_after {
                 t = t.min(after.saturating_duration_since(now));
+            }
+            // `send_due` stops at its time limit even with full requests
+            // left; nothing else may wake us (the listener may have finished
+            // posting): go round again at once, or when the backoff ends.
+            let sending = matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. })
+                && self.invoke_deadline.is_none_or(|d| now < d);
+            if sending && self.retry_after.is_none() && self.full_request_due() {
+                t = Duration::ZERO;
             }
             if let Some(every) = self.metrics_interval {
                 t = t.min((self.last_metrics.0 + every).saturating_sub(self.thawed.now()));
@@ -563,14 +571,24 @@ impl Dispatcher {
         if self.retry_after.is_some_and(|t| Instant::now() < t) {
             return;
         }
-        let deadline = match self.invoke_deadline {
-            Some(d) => d.min(Instant::now() + self.flush_timeout),
-            None => Instant::now() + self.flush_timeout,
-        };
-        self.send_due_until(deadline);
+        // A window of `flush_timeout` for starting requests; each request
+        // gets its own `flush_timeout`, bounded only by the invoke's end, so
+        // the window's end never cuts one short (a cut request is a false
+        // "no time left"/timeout: a backoff, and duplicates if it got through).
+        let now = Instant::now();
+        let hard = self.invoke_deadline.unwrap_or(now + 2 * self.flush_timeout);
+        self.send_due_until(hard.min(now + self.flush_timeout), Some(hard));
     }
 
-    fn send_due_until(&mut self, deadline: Instant) {
+    /// Whether a full request (or the memory cap) makes sending due now.
+    fn full_request_due(&self) -> bool {
+        self.queue.has_full_batch(self.limits) || self.queue.bytes() >= self.buffer_limit
+    }
+
+    /// Sends what is due, starting requests until `deadline`. Each request
+    /// ends by `deadline`, or with `per_request` by `flush_timeout` after it
+    /// starts (never past the `per_request` bound).
+    fn send_due_until(&mut self, deadline: Instant, per_request: Option<Instant>) {
         while !self.queue.is_empty() && Instant::now() < deadline {
             let aged = match self.flush {
                 FlushMode::Batch => self
@@ -578,13 +596,14 @@ impl Dispatcher {
                     .is_some_and(|o| self.thawed.now() >= o + self.batch_max_age),
                 _ => self.periodic_now() && self.oldest_age() >= self.flush_interval,
             };
-            let due = aged
-                || self.queue.has_full_batch(self.limits)
-                || self.queue.bytes() >= self.buffer_limit;
+            let due = aged || self.full_request_due();
             if !due {
                 return;
             }
-            if let Some(retry) = self.send_one(deadline) {
+            let request_deadline = per_request.map_or(deadline, |hard| {
+                hard.min(Instant::now() + self.flush_timeout)
+            });
+            if let Some(retry) = self.send_one(request_deadline) {
                 let wait = if self.may_retry(retry) {
                     self.backoff(retry)
                 } else {
