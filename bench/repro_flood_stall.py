@@ -8,7 +8,15 @@ go to the instant sink (bench/tools sink). Normally all 300,000 events reach
 the sink in ~2-4 s. Sometimes delivery stops for good at ~150,000: the
 dispatcher waits in its select, a body reader is blocked sending into the full
 events channel, the main thread waits for the Pause reply, the feeder's POST
-is never answered. Seen in 1 of 3-5 runs with commit c1014c8.
+is never answered. Seen in 1 of 3-5 runs with commit c1014c8, up to 8 of 19
+with d4c6767 (under bench.py's throughput harness).
+
+Root cause (found with gdb and counters on a stalled run): send_due() started
+requests only within a FLUSH_TIMEOUT_MS window; when it ended with full
+requests queued after the last POST, nothing woke the dispatcher until the
+60 s metrics timer. Fixed by a zero timer while a full request is due (and a
+time budget per request); test_faults.py has the deterministic regression
+test. This script stays as a soak check.
 
     .deps/venv/bin/python bench/repro_flood_stall.py [BINARY] [ATTEMPTS]
 
