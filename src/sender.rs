@@ -6,7 +6,12 @@
 //! timeout after sending), which is when a resend risks a duplicate.
 
 use std::io::Read;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
+
+use ureq::http::Uri;
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{Config, StaticCredentials, StreamTarget};
 use crate::credentials::Provider;
@@ -172,7 +177,7 @@ impl KinesisClient {
 }
 
 fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .timeout_connect(Some(connect_timeout))
@@ -184,8 +189,47 @@ fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {
             "kinesis-telemetry-extension/",
             env!("CARGO_PKG_VERSION")
         ))
-        .build()
-        .into()
+        .build();
+    ureq::Agent::with_parts(config, DefaultConnector::new(), CachingResolver::default())
+}
+
+/// How long a resolved endpoint address is reused. The monotonic clock runs
+/// through freezes, so a sandbox thawed after a long freeze resolves again.
+const RESOLVE_TTL: Duration = Duration::from_secs(30);
+
+/// ureq resolves the host on every request, even one that reuses a pooled
+/// connection, and with a timeout set (ours always is) it resolves on a new
+/// thread: a thread, with its stack mapped and unmapped, per PutRecords. This
+/// keeps the last answer for `RESOLVE_TTL`; lookups still run under ureq's
+/// timeout, and failures are not kept.
+#[derive(Debug, Default)]
+struct CachingResolver {
+    inner: DefaultResolver,
+    last: Mutex<Option<(String, ResolvedSocketAddrs, Instant)>>,
+}
+
+impl Resolver for CachingResolver {
+    fn resolve(
+        &self,
+        uri: &Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or_default(),
+            uri.authority().map(|a| a.as_str()).unwrap_or_default()
+        );
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, addrs, at)) = &*last {
+            if *k == key && at.elapsed() < RESOLVE_TTL {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *last = Some((key, addrs.clone(), Instant::now()));
+        Ok(addrs)
+    }
 }
 
 /// Failures that happen before any byte of the request left.
