@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::shared::Bytes;
 use crate::telemetry::push_json_string;
 
 /// Event type of the records an oversized event is split into.
@@ -15,7 +16,8 @@ pub const FRAGMENT_TYPE: &str = "kinesis-telemetry-extension.fragment";
 /// One Kinesis record waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
-    pub data: Box<[u8]>,
+    /// Usually a range of the POSTed body its event came in.
+    pub data: Bytes,
     /// Shared: every record of an environment or request has the same key.
     pub key: Arc<str>,
     /// Sends tried so far.
@@ -23,7 +25,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(data: impl Into<Box<[u8]>>, key: impl Into<Arc<str>>) -> Record {
+    pub fn new(data: impl Into<Bytes>, key: impl Into<Arc<str>>) -> Record {
         Record {
             data: data.into(),
             key: key.into(),
@@ -68,6 +70,12 @@ impl Queue {
     pub fn push(&mut self, r: Record) {
         self.bytes += r.size();
         self.records.push_back(r);
+    }
+
+    /// The `n` most recently pushed records (sizes must not change).
+    pub fn newest_mut(&mut self, n: usize) -> impl Iterator<Item = &mut Record> {
+        let skip = self.records.len().saturating_sub(n);
+        self.records.iter_mut().skip(skip)
     }
 
     pub fn front(&self) -> Option<&Record> {

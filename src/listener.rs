@@ -64,9 +64,8 @@ pub fn run(socket: TcpListener, tx: Sender<Delivery>, max_body: usize, stats: Ar
     {
         let (tx, stats) = (tx.clone(), stats.clone());
         spawn_reader(move || {
-            let mut buf = Vec::new();
             for request in bodies {
-                serve(request, &mut buf, &tx, max_body, &stats);
+                serve(request, &tx, max_body, &stats);
             }
         });
     }
@@ -96,7 +95,7 @@ pub fn run(socket: TcpListener, tx: Sender<Delivery>, max_body: usize, stats: Ar
         }
         let (tx, stats, readers) = (tx.clone(), stats.clone(), readers.clone());
         spawn_reader(move || {
-            serve(request, &mut Vec::new(), &tx, max_body, &stats);
+            serve(request, &tx, max_body, &stats);
             readers.fetch_sub(1, Ordering::AcqRel);
         });
     }
@@ -124,25 +123,17 @@ fn refusal(request: &Request) -> Option<u16> {
     }
 }
 
-/// Body buffers up to this size are kept for the next body: a fresh one per
-/// POST costs an mmap, page faults and an munmap when it is large.
-const KEEP_BUFFER_BYTES: usize = 1 << 20;
-
-fn serve(
-    mut request: Request,
-    buf: &mut Vec<u8>,
-    tx: &Sender<Delivery>,
-    max_body: usize,
-    stats: &Stats,
-) {
+fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &Stats) {
     let received = std::time::Instant::now();
-    let events = read_events(&mut request, buf, max_body, stats);
-    if buf.capacity() > KEEP_BUFFER_BYTES {
-        *buf = Vec::new();
-    }
+    let (events, body_bytes) = read_events(&mut request, max_body, stats);
     if !events.is_empty() {
         let n = events.len() as u64;
-        if tx.send(Delivery { received, events }).is_err() {
+        let delivery = Delivery {
+            received,
+            events,
+            body_bytes,
+        };
+        if tx.send(delivery).is_err() {
             // The dispatcher has finished (shutdown): these came after the
             // final flush. Still 200 (any other answer makes Lambda redeliver
             // to a process about to exit), and counted.
@@ -152,18 +143,13 @@ fn serve(
     let _ = request.respond(Response::empty(200));
 }
 
-/// Reads one body and turns it into events (see module comment).
-fn read_events(
-    request: &mut Request,
-    body: &mut Vec<u8>,
-    max_body: usize,
-    stats: &Stats,
-) -> Vec<Event> {
+/// Reads one body and turns it into events (see module comment), which are
+/// ranges of the body; also returns the body's size.
+fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Event>, usize) {
     Stats::add(&stats.bodies, 1);
-    body.clear();
-    body.reserve(request.body_length().unwrap_or(0).min(max_body));
+    let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
     let reader = request.as_reader();
-    if let Err(e) = reader.take(max_body as u64 + 1).read_to_end(body) {
+    if let Err(e) = reader.take(max_body as u64 + 1).read_to_end(&mut body) {
         log::warn!(
             "telemetry listener: reading a body failed after {} bytes: {e}",
             body.len()
@@ -177,9 +163,10 @@ fn read_events(
         log::error!(
             "telemetry listener: dropped a {total}-byte body over the {max_body}-byte limit; raise KINESIS_TELEMETRY_MAX_BODY_BYTES or lower KINESIS_TELEMETRY_BUFFER_MAX_BYTES"
         );
-        return Vec::new();
+        return (Vec::new(), 0);
     }
-    let events = match telemetry::split(body) {
+    let body = Arc::new(body);
+    let events = match telemetry::split_body(&body) {
         Ok(events) => events,
         Err(e) => {
             Stats::add(&stats.unparsed_bodies, 1);
@@ -188,7 +175,7 @@ fn read_events(
                 body.len(),
                 telemetry::UNPARSED_TYPE
             );
-            vec![telemetry::unparsed(body, &e.0, SystemTime::now())]
+            vec![telemetry::unparsed(&body, &e.0, SystemTime::now())]
         }
     };
     Stats::add(&stats.events, events.len() as u64);
@@ -196,5 +183,5 @@ fn read_events(
         &stats.event_bytes,
         events.iter().map(|e| e.json.len() as u64).sum(),
     );
-    events
+    (events, body.len())
 }

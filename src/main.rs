@@ -25,6 +25,7 @@ mod retry;
 mod rng;
 mod sender;
 mod shape;
+mod shared;
 mod sigv4;
 mod stats;
 mod telemetry;

@@ -9,6 +9,7 @@ use crate::batch::{fit_event, Record};
 use crate::config::{Config, Types, LEVELS};
 use crate::partition::Keys;
 use crate::rng::Rng;
+use crate::shared::Text;
 use crate::telemetry::{push_json_string, Event, Kind};
 
 /// What became of one event.
@@ -89,7 +90,7 @@ impl Shaper {
         };
         let request = e.request_id.as_deref().or(inside);
         let key = self.keys.key(request, current);
-        let data: Box<str> = match &self.envelope_head {
+        let data: Text = match &self.envelope_head {
             None => e.json,
             Some(head) => {
                 let mut s = String::with_capacity(head.len() + e.json.len() + 80);
@@ -103,11 +104,11 @@ impl Shaper {
                 s.push_str(",\"event\":");
                 s.push_str(&e.json);
                 s.push('}');
-                s.into_boxed_str()
+                Text::from(s)
             }
         };
         if data.len() + key.len() <= self.max_record_bytes {
-            return Shaped::Record(Record::new(data.into_boxed_bytes(), key));
+            return Shaped::Record(Record::new(data.into_bytes(), key));
         }
         let rng = &mut self.rng;
         let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));

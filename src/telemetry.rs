@@ -7,16 +7,20 @@
 //! one marker event holding the body, so nothing is lost and Lambda is not
 //! asked to redeliver it.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use crate::shared::Text;
 
 /// Event type of the marker that carries a body we could not split.
 pub const UNPARSED_TYPE: &str = "kinesis-telemetry-extension.unparsed";
 
-/// One telemetry event, its JSON verbatim.
+/// One telemetry event, its JSON verbatim (a range of the POSTed body).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub json: Box<str>,
+    pub json: Text,
     pub kind: Kind,
     /// `record.requestId` of platform events that carry one.
     pub request_id: Option<Box<str>>,
@@ -78,14 +82,14 @@ struct PlatformRecord<'a> {
 }
 
 impl Event {
-    /// Classifies one event from its raw JSON.
-    pub fn from_raw(raw: &RawValue) -> Event {
+    /// Classifies one event from its raw JSON, which lies inside `body`.
+    pub fn from_raw(raw: &RawValue, body: &Arc<Vec<u8>>) -> Event {
         let json = raw.get();
         // Log lines are most events and need no request id: when Lambda's
         // usual layout shows their type, skip the second parse.
         if let Some(kind) = quick_type(json).map(Kind::of).filter(|k| !k.is_platform()) {
             return Event {
-                json: Box::from(json),
+                json: Text::slice_of(body, json),
                 kind,
                 request_id: None,
             };
@@ -107,7 +111,7 @@ impl Event {
             Err(_) => (Kind::Other, None),
         };
         Event {
-            json: Box::from(json),
+            json: Text::slice_of(body, json),
             kind,
             request_id,
         }
@@ -183,6 +187,8 @@ pub fn logs_dropped(json: &str) -> Option<(u64, u64)> {
 pub struct Delivery {
     pub received: std::time::Instant,
     pub events: Vec<Event>,
+    /// Size of the body the events are ranges of.
+    pub body_bytes: usize,
 }
 
 /// Why a body could not be split into events.
@@ -200,10 +206,20 @@ impl std::fmt::Display for SplitError {
 }
 
 /// Splits a Telemetry API body (a JSON array) into its events.
-pub fn split(body: &[u8]) -> Result<Vec<Event>, SplitError> {
+/// Each event is a range of `body`, which the events share.
+pub fn split_body(body: &Arc<Vec<u8>>) -> Result<Vec<Event>, SplitError> {
     let raws: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| SplitError(e.to_string()))?;
-    Ok(raws.into_iter().map(Event::from_raw).collect())
+    Ok(raws
+        .into_iter()
+        .map(|raw| Event::from_raw(raw, body))
+        .collect())
+}
+
+/// `split_body` of a copy of `body`.
+#[cfg(test)]
+pub fn split(body: &[u8]) -> Result<Vec<Event>, SplitError> {
+    split_body(&Arc::new(body.to_vec()))
 }
 
 /// The marker event for a body that `split` rejected: the body is kept as a
@@ -231,7 +247,7 @@ pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event 
     }
     json.push_str("}}");
     Event {
-        json: json.into_boxed_str(),
+        json: Text::from(json),
         kind: Kind::Other,
         request_id: None,
     }

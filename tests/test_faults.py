@@ -332,25 +332,25 @@ def test_a_slow_sink_never_makes_an_invoke_miss_its_deadline(ext_bin, kinesalite
 
 
 def test_full_requests_keep_going_out_after_the_send_window_ends(ext_bin, kinesalite):
-    """A 10 s invoke logs 2,000 lines at its start, then nothing until runtimeDone;
+    """A 12 s invoke logs 4,000 lines at its start, then nothing until runtimeDone;
     the sink takes 100 ms per request and the send window (FLUSH_TIMEOUT_MS) is
-    150 ms. The window ends with full requests still queued and no event, control
-    message or backoff left to wake the dispatcher: it must go round again by
-    itself and send them while the function runs, each request with its own time
-    budget (not cut at the window's end: that was a false timeout, a backoff and a
-    duplicate). Before the fix, ~1 request went out and the rest waited 10 s."""
+    400 ms, so the first window ends with full requests still queued and no event,
+    control message or backoff left to wake the dispatcher: it must go round again
+    by itself and send them while the function runs, each request with its own
+    time budget (not cut at the window's end: that was a false timeout, a backoff
+    and a duplicate). Before the fix, the rest waited for runtimeDone."""
     name, _ = new_stream(kinesalite)
     with FaultProxy(kinesalite.endpoint, Faults(delay_ms=100)) as proxy:
         env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
-                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_FLUSH_TIMEOUT_MS="150",
+                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_FLUSH_TIMEOUT_MS="400",
                       KINESIS_TELEMETRY_METRICS_INTERVAL_MS="0")
-        with LambdaSim(ext_bin, env, timeout_ms=15000) as sim:
+        with LambdaSim(ext_bin, env, timeout_ms=17000) as sim:
             sim.start()
-            invoke = threading.Thread(target=sim.invoke, kwargs={"log_lines": 2000, "runtime_ms": 10000})
+            invoke = threading.Thread(target=sim.invoke, kwargs={"log_lines": 4000, "runtime_ms": 12000})
             invoke.start()
-            deadline = time.monotonic() + 6
+            deadline = time.monotonic() + 8
             forwarded = 0
-            while time.monotonic() < deadline and forwarded < 2000:
+            while time.monotonic() < deadline and forwarded < 4000:
                 with proxy.lock:
                     forwarded = sum(p.forwarded for p in proxy.puts)
                 time.sleep(0.02)
@@ -358,7 +358,7 @@ def test_full_requests_keep_going_out_after_the_send_window_ends(ext_bin, kinesa
             invoke.join()
             res = sim.shutdown()
         assert still_running, "the invoke ended before the check: the test proves nothing"
-        assert forwarded >= 2000, f"only {forwarded} records sent before runtimeDone"
+        assert forwarded >= 4000, f"only {forwarded} records sent before runtimeDone"
         assert set(proxy.outcomes()) == {"ok"}, proxy.outcomes()
         assert "CredentialsError" not in sim.stderr_text()
         assert_run_ok(sim, res)
