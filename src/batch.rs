@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::shared::Bytes;
+use crate::shared::{self, Bytes};
 use crate::telemetry::push_json_string;
 
 /// Event type of the records an oversized event is split into.
@@ -72,10 +72,28 @@ impl Queue {
         self.records.push_back(r);
     }
 
-    /// The `n` most recently pushed records (sizes must not change).
-    pub fn newest_mut(&mut self, n: usize) -> impl Iterator<Item = &mut Record> {
-        let skip = self.records.len().saturating_sub(n);
-        self.records.iter_mut().skip(skip)
+    /// The `added` records just queued from one body of `body_bytes` are
+    /// ranges of it and keep it alive; when they hold less than half of it
+    /// (the rest was filtered out), they get one buffer of their own, so
+    /// memory stays close to what `bytes()` (and the buffer cap) counts.
+    pub fn release_body(&mut self, added: usize, body_bytes: usize) {
+        let skip = self.records.len().saturating_sub(added);
+        let ranges = || {
+            self.records
+                .iter()
+                .skip(skip)
+                .filter(|r| r.data.excess() > 0)
+        };
+        let held: usize = ranges().map(|r| r.data.len()).sum();
+        if held > 0 && held * 2 < body_bytes {
+            shared::compact(
+                self.records
+                    .iter_mut()
+                    .skip(skip)
+                    .filter(|r| r.data.excess() > 0)
+                    .map(|r| &mut r.data),
+            );
+        }
     }
 
     pub fn front(&self) -> Option<&Record> {
@@ -215,6 +233,41 @@ mod tests {
         max_records: 500,
         max_bytes: 5 * 1024 * 1024,
     };
+
+    /// Records that are a small part of their body stop keeping the body
+    /// alive; records that are most of it keep sharing it (no copy).
+    #[test]
+    fn release_body_copies_out_only_what_little_is_kept() {
+        let body = Arc::new(b"0123456789".repeat(10));
+        let mut q = Queue::default();
+        q.push(Record::new(b"old".to_vec(), "k"));
+        q.push(Record::new(Bytes::slice_of(&body, &body[0..10]), "k"));
+        q.push(Record::new(Bytes::slice_of(&body, &body[50..60]), "k"));
+        q.release_body(2, body.len());
+        assert_eq!(
+            Arc::strong_count(&body),
+            1,
+            "20 of 100 bytes kept: copied out"
+        );
+        let all: Vec<Vec<u8>> = q.drain().into_iter().map(|r| r.data.to_vec()).collect();
+        assert_eq!(
+            all,
+            [
+                b"old".to_vec(),
+                b"0123456789".to_vec(),
+                b"0123456789".to_vec()
+            ]
+        );
+
+        q.push(Record::new(Bytes::slice_of(&body, &body[0..60]), "k"));
+        q.release_body(1, body.len());
+        assert_eq!(
+            Arc::strong_count(&body),
+            2,
+            "60 of 100 bytes kept: still shared"
+        );
+        assert_eq!(q.bytes(), 61);
+    }
 
     #[test]
     fn batch_stops_at_500_records() {

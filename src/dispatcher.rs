@@ -24,7 +24,6 @@ use crate::retry::{backoff, Budget};
 use crate::rng::Rng;
 use crate::sender::{KinesisClient, TRANSPORT_ERROR};
 use crate::shape::{Shaped, Shaper};
-use crate::shared;
 use crate::stats::Stats;
 use crate::telemetry::{self, Delivery, Kind};
 
@@ -526,28 +525,8 @@ impl Dispatcher {
                 self.oldest_wall = Some(delivery.received);
             }
         }
-        self.release_body(self.queue.len() - queued_before, delivery.body_bytes);
-    }
-
-    /// The records just queued are ranges of their body, which they keep
-    /// alive; when they are less than half of it (the rest filtered out),
-    /// they get a copy of their own, so memory stays close to what the
-    /// buffer cap counts.
-    fn release_body(&mut self, added: usize, body_bytes: usize) {
-        let held: usize = self
-            .queue
-            .newest_mut(added)
-            .filter(|r| r.data.excess() > 0)
-            .map(|r| r.data.len())
-            .sum();
-        if held > 0 && held * 2 < body_bytes {
-            shared::compact(
-                self.queue
-                    .newest_mut(added)
-                    .filter(|r| r.data.excess() > 0)
-                    .map(|r| &mut r.data),
-            );
-        }
+        let added = self.queue.len() - queued_before;
+        self.queue.release_body(added, delivery.body_bytes);
     }
 
     /// Age of the oldest buffered record, in wall time.
