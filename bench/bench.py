@@ -373,7 +373,7 @@ class Bench:
 
     # ------------------------------------------------------------ startup
     def startup(self):
-        runs = self.n(20, 5)
+        runs = self.n(40, 5)
         base_env = {
             "KINESIS_TELEMETRY_STREAM": "bench-stream",
             "AWS_REGION": "us-east-1",
@@ -396,39 +396,51 @@ class Bench:
         # protocol costs any telemetry extension before its first next.
         targets = [(k, p, {}, ("warm", "cold")) for k, p in self.bins.items()]
         targets.append(("floor_subscribe", self.bins["floor"], {"FLOOR_SUBSCRIBE": "1"}, ("warm",)))
-        for kind, path, extra_env, modes in targets:
-            res[kind] = {}
-            for mode in modes:
-                env = dict(base_env, **extra_env)
-                if kind in ("rust-sdk", "node"):
-                    env["BASELINE_LISTENER_PORT"] = str(free_port())
-                argv = [os.path.join(self.tools, "startup"), "--runs", str(runs), "--warmup",
-                        "2" if mode == "warm" else "1"]
-                if mode == "cold":
-                    argv.append("--cold")
-                for k, v in env.items():
-                    argv += ["--env", f"{k}={v}"]
-                argv += ["--", path]
-                log(f"startup {kind} {mode}: {runs} runs")
-                p = subprocess.run(self.a.nice + argv, capture_output=True, text=True, timeout=600)
-                rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
-                if mode == "cold":
-                    if rows and not any(r["cold"] for r in rows):
-                        cold_permitted = False
-                        res[kind]["cold"] = {"permitted": False, "error": rows[0]["cold_error"]}
+        # The binaries take turns, a few runs each per round, so that a slow spell of this
+        # (virtual) machine falls on all of them rather than on whichever ran then.
+        rounds = 4 if runs >= 8 else 1
+        per_round = max(1, runs // rounds)
+        rows_of = {}
+        stderr_of = {}
+        for mode in ("warm", "cold"):
+            for rnd in range(rounds):
+                for kind, path, extra_env, modes in targets:
+                    if mode not in modes or (mode == "cold" and cold_permitted is False):
                         continue
-                    cold_permitted = True
-                ok = [r for r in rows if r["ok"]]
-                res[kind][mode] = {
-                    "runs": len(rows), "failed": len(rows) - len(ok),
-                    "errors": sorted({r["error"] for r in rows if r["error"]}),
-                    "exec_ms": summ([r["exec_ms"] for r in ok]),
-                    "register_ms": summ([r["register_ms"] for r in ok]),
-                    "subscribe_ms": summ([r["subscribe_ms"] for r in ok]),
-                    "next_ms": summ([r["next_ms"] for r in ok]),
-                }
-                if p.returncode != 0:
-                    res[kind][mode]["stderr"] = p.stderr[-2000:]
+                    env = dict(base_env, **extra_env)
+                    if kind in ("rust-sdk", "node"):
+                        env["BASELINE_LISTENER_PORT"] = str(free_port())
+                    argv = [os.path.join(self.tools, "startup"), "--runs", str(per_round), "--warmup",
+                            "2" if mode == "warm" else "1"]
+                    if mode == "cold":
+                        argv.append("--cold")
+                    for k, v in env.items():
+                        argv += ["--env", f"{k}={v}"]
+                    argv += ["--", path]
+                    log(f"startup {kind} {mode}: round {rnd + 1}/{rounds}, {per_round} runs")
+                    p = subprocess.run(self.a.nice + argv, capture_output=True, text=True, timeout=600)
+                    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+                    if mode == "cold" and rows and not any(r["cold"] for r in rows):
+                        cold_permitted = False
+                        res.setdefault(kind, {})["cold"] = {"permitted": False, "error": rows[0]["cold_error"]}
+                        continue
+                    if mode == "cold":
+                        cold_permitted = True
+                    rows_of.setdefault((kind, mode), []).extend(rows)
+                    if p.returncode != 0:
+                        stderr_of[(kind, mode)] = p.stderr[-2000:]
+        for (kind, mode), rows in rows_of.items():
+            ok = [r for r in rows if r["ok"]]
+            res.setdefault(kind, {})[mode] = {
+                "runs": len(rows), "failed": len(rows) - len(ok),
+                "errors": sorted({r["error"] for r in rows if r["error"]}),
+                "exec_ms": summ([r["exec_ms"] for r in ok]),
+                "register_ms": summ([r["register_ms"] for r in ok]),
+                "subscribe_ms": summ([r["subscribe_ms"] for r in ok]),
+                "next_ms": summ([r["next_ms"] for r in ok]),
+            }
+            if (kind, mode) in stderr_of:
+                res[kind][mode]["stderr"] = stderr_of[(kind, mode)]
         res["cold_page_cache_permitted"] = cold_permitted
         if cold_permitted is False:
             self.note("cold page cache not measured: writing /proc/sys/vm/drop_caches is not permitted here")
@@ -556,12 +568,12 @@ class Bench:
             labels = (("idle_start_shutdown", 0), ("invokes_100x10", 100), ("invokes_100x10_no_freeze", 100))
             targets = [(k, p, {}, labels) for k, p in self.bins.items()]
             targets.append(("floor_threads", self.bins["floor"], {"FLOOR_IDLE_THREADS": "8"}, labels))
-            for kind, path, extra_env, labels in targets:
-                res[kind] = {}
-                for label, invokes in labels:
-                    rows = []
-                    log(f"cpu {kind}: {label}, {runs} runs")
-                    for i in range(runs):
+            # Runs alternate between the binaries (see startup()).
+            rows_of = {}
+            for label, invokes in labels:
+                for i in range(runs):
+                    for kind, path, extra_env, _ in targets:
+                        log(f"cpu {kind}: {label}, run {i + 1}/{runs}")
                         outf = os.path.join(self.tmp, f"perf-{kind}-{label}-{i}.csv")
                         w = wrapper(os.path.join(self.tmp, f"perfwrap-{kind}"), path,
                                     ["perf", "stat", "-x,", "-e", "task-clock,context-switches,page-faults",
@@ -570,7 +582,11 @@ class Bench:
                                          env_extra={"PERF_OUT": outf, **extra_env},
                                          freeze=not label.endswith("no_freeze"))
                         r.update(self._perf(outf))
-                        rows.append(r)
+                        rows_of.setdefault((kind, label), []).append(r)
+            for kind, path, extra_env, labels in targets:
+                res[kind] = {}
+                for label, invokes in labels:
+                    rows = rows_of[(kind, label)]
                     ok = [r for r in rows if r["ok"] and r.get("task_clock_ms") is not None]
                     res[kind][label] = {
                         "runs": len(rows), "failed": len(rows) - len(ok),

@@ -118,8 +118,9 @@ def render(R: dict) -> str:
          if g(cpu, k, "invokes_100x10") else "–" for k in KINDS])
     if g(cpu, "floor_threads", "invokes_100x10"):
         row("… the floor with 8 more threads that only sleep, frozen / never frozen (ms) ⁵",
-            ["–", f"{mp(g(cpu, 'floor_threads', 'invokes_100x10', 'cpu_ms'), 1)} / "
-                  f"{mp(g(cpu, 'floor_threads', 'invokes_100x10_no_freeze', 'cpu_ms'), 1)}", "–", "–"])
+            ["–", f"{fmt(g(cpu, 'floor_threads', 'invokes_100x10', 'cpu_ms', 'median'), 1)} / "
+                  f"{fmt(g(cpu, 'floor_threads', 'invokes_100x10_no_freeze', 'cpu_ms', 'median'), 1)} (medians)",
+             "–", "–"])
     row("CPU, start + SHUTDOWN only (ms)", [mp(g(cpu, k, "idle_start_shutdown", "cpu_ms"), 1) for k in KINDS])
     row("CPU per 1,000 events, marginal (ms)", [fmt(g(cpu, k, "per_1000_events_ms"), 2) for k in KINDS])
     row("instructions, 100 × 10, whole life (M)",
