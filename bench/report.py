@@ -38,6 +38,16 @@ def render(R: dict) -> str:
     m = R.get("machine", {})
     out = []
     w = out.append
+
+    def ir_table(rows):
+        """The top 20 callgrind rows: instructions, share, function."""
+        w("| Ir | % | function |")
+        w("|---|---|---|")
+        for t in rows[:20]:
+            fn = t["function"].replace("|", "\\|")
+            w(f"| {t['ir']:,} | {t['pct']:.1f} | `{fn}` |")
+        w("")
+
     w("# Benchmarks (issue 6)\n")
     w(f"Machine: {m.get('cpu_model')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB, kernel "
       f"{m.get('kernel')}; {m.get('date_utc')}; load average at start {m.get('loadavg_start')}, at end "
@@ -290,22 +300,12 @@ def render(R: dict) -> str:
             w("Valgrind hides SHA-NI from the program (its CPUID), so under callgrind `sha2` runs its portable "
               "code: `compress256` is the SigV4 payload hash, and costs this much only on CPUs without SHA "
               "instructions; natively here it is the `x86_sha` rows of the perf profile below.\n")
-        w("| Ir | % | function |")
-        w("|---|---|---|")
-        for t in top[:20]:
-            fn = t["function"].replace("|", "\\|")
-            w(f"| {t['ir']:,} | {t['pct']:.1f} | `{fn}` |")
-        w("")
+        ir_table(top)
         inc = g(cg, "ours-symbols", "inclusive")
         if inc:
             w("Inclusive (the function and everything it calls), the extension's own functions and a few "
               "library entry points:\n")
-            w("| Ir | % | function |")
-            w("|---|---|---|")
-            for t in inc[:20]:
-                fn = t["function"].replace("|", "\\|")
-                w(f"| {t['ir']:,} | {t['pct']:.1f} | `{fn}` |")
-            w("")
+            ir_table(inc)
     prof = R.get("profile") or {}
     for key, title in (("invokes_100x10", "100 invokes × 10 lines (frozen between invokes)"),
                        ("throughput_100k", "throughput run, 100,000 events to the instant sink")):

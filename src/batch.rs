@@ -78,21 +78,17 @@ impl Queue {
     /// memory stays close to what `bytes()` (and the buffer cap) counts.
     pub fn release_body(&mut self, added: usize, body_bytes: usize) {
         let skip = self.records.len().saturating_sub(added);
-        let ranges = || {
-            self.records
-                .iter()
-                .skip(skip)
-                .filter(|r| r.data.excess() > 0)
-        };
-        let held: usize = ranges().map(|r| r.data.len()).sum();
+        // Slices of a larger buffer: the body (records made anew own theirs).
+        let slices: Vec<&mut Bytes> = self
+            .records
+            .iter_mut()
+            .skip(skip)
+            .map(|r| &mut r.data)
+            .filter(|d| d.excess() > 0)
+            .collect();
+        let held: usize = slices.iter().map(|d| d.len()).sum();
         if held > 0 && held * 2 < body_bytes {
-            shared::compact(
-                self.records
-                    .iter_mut()
-                    .skip(skip)
-                    .filter(|r| r.data.excess() > 0)
-                    .map(|r| &mut r.data),
-            );
+            shared::compact(slices);
         }
     }
 

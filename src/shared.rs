@@ -130,8 +130,7 @@ impl std::fmt::Debug for Text {
 
 /// Copies the slices into one new buffer of their own, so they stop keeping
 /// their old buffers alive.
-pub fn compact<'a>(slices: impl IntoIterator<Item = &'a mut Bytes>) {
-    let slices: Vec<&mut Bytes> = slices.into_iter().collect();
+pub fn compact(slices: Vec<&mut Bytes>) {
     let mut buf = Vec::with_capacity(slices.iter().map(|b| b.len()).sum());
     let mut ranges = Vec::with_capacity(slices.len());
     for b in &slices {
@@ -163,7 +162,7 @@ mod tests {
         assert_eq!(Arc::strong_count(&body), 3);
         let (mut a, mut c) = (a.into_bytes(), c.into_bytes());
         assert_eq!(a.excess(), body.len() - 7);
-        compact([&mut a, &mut c]);
+        compact(vec![&mut a, &mut c]);
         assert_eq!((&*a, &*c), (&b"{\"a\":1}"[..], &b"{\"c\":3}"[..]));
         assert_eq!(Arc::strong_count(&body), 1, "the body is no longer held");
         assert_eq!(a.excess(), 7, "both share one 14-byte buffer");

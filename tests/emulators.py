@@ -450,6 +450,20 @@ process.on('SIGTERM', bye); process.on('SIGINT', bye);
 """
 
 
+def _start_printing_port(name: str, argv: list[str], env: dict, workdir: Path, owned: bool,
+                         log_path: Path, port_pattern: str, timeout: float, **fields) -> Emulator:
+    """Starts an emulator that prints its kernel-picked port to its log."""
+    t0 = time.monotonic()
+    proc = _spawn(argv, env=env, cwd=workdir, log_path=log_path)
+    try:
+        port = int(_wait_for(name, _grep_log(log_path, port_pattern), proc, log_path, timeout))
+    except BaseException:
+        _abort(proc, workdir, owned)
+        raise
+    return Emulator(name=name, proc=proc, port=port, workdir=workdir, owns_workdir=owned,
+                    log_path=log_path, started_in=time.monotonic() - t0, **fields)
+
+
 def start_kinesalite(tmpdir=None, *, region: str = DEFAULT_REGION, shard_limit: int = 1000,
                      timeout: float = STARTUP_TIMEOUT) -> Emulator:
     """kinesalite in memory on 127.0.0.1:<kernel-picked port>; streams are ACTIVE at once.
@@ -458,22 +472,11 @@ def start_kinesalite(tmpdir=None, *, region: str = DEFAULT_REGION, shard_limit: 
     workdir, owned = _workdir("kinesalite", tmpdir)
     log_path = workdir / "kinesalite.log"
     opts = {"createStreamMs": 0, "deleteStreamMs": 0, "updateStreamMs": 0, "shardLimit": shard_limit}
-    t0 = time.monotonic()
-    proc = _spawn(
-        [_node(), "-e", _KINESALITE_WRAPPER, str(pkg), json.dumps(opts)],
-        env=_child_env(AWS_REGION=region, AWS_ACCOUNT_ID="000000000000"),
-        cwd=workdir,
-        log_path=log_path,
-    )
-    try:
-        port = int(_wait_for("kinesalite", _grep_log(log_path, r"KINESALITE_LISTENING (\d+)"),
-                             proc, log_path, timeout))
-    except BaseException:
-        _abort(proc, workdir, owned)
-        raise
-    return Emulator(name="kinesalite", proc=proc, port=port, region=region, supports_arn=False,
-                    account_id="000000000000", workdir=workdir, owns_workdir=owned,
-                    log_path=log_path, started_in=time.monotonic() - t0)
+    return _start_printing_port(
+        "kinesalite", [_node(), "-e", _KINESALITE_WRAPPER, str(pkg), json.dumps(opts)],
+        _child_env(AWS_REGION=region, AWS_ACCOUNT_ID="000000000000"), workdir, owned, log_path,
+        r"KINESALITE_LISTENING (\d+)", timeout,
+        region=region, supports_arn=False, account_id="000000000000")
 
 
 # --------------------------------------------------------------------------- kinesis-local
@@ -578,26 +581,14 @@ def start_moto(tmpdir=None, *, region: str = DEFAULT_REGION,
     Auth is off until moto_enable_auth()."""
     workdir, owned = _workdir("moto", tmpdir)
     log_path = workdir / "moto.log"
-    t0 = time.monotonic()
     env = _child_env(PYTHONUNBUFFERED="1")
     # Let moto cache its byte code in the venv (a machine-wide PYTHONDONTWRITEBYTECODE=1
     # would make every start recompile the modules it imports, ~1 s).
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    proc = _spawn(
-        [_moto_python(), "-c", _MOTO_WRAPPER, "-H", "127.0.0.1", "-p", "0"],
-        env=env,
-        cwd=workdir,
-        log_path=log_path,
-    )
-    try:
-        port = int(_wait_for("moto", _grep_log(log_path, r"Running on http://127\.0\.0\.1:(\d+)"),
-                             proc, log_path, timeout))
-    except BaseException:
-        _abort(proc, workdir, owned)
-        raise
-    return Emulator(name="moto", proc=proc, port=port, region=region, supports_arn=True,
-                    account_id="123456789012", workdir=workdir, owns_workdir=owned,
-                    log_path=log_path, started_in=time.monotonic() - t0)
+    return _start_printing_port(
+        "moto", [_moto_python(), "-c", _MOTO_WRAPPER, "-H", "127.0.0.1", "-p", "0"],
+        env, workdir, owned, log_path, r"Running on http://127\.0\.0\.1:(\d+)", timeout,
+        region=region, supports_arn=True, account_id="123456789012")
 
 
 def _moto_reset_auth(emulator: Emulator, count: str) -> str:

@@ -19,6 +19,25 @@ impl Request {
     }
 }
 
+/// Reads header lines up to the blank line that ends them.
+fn read_headers(r: &mut BufReader<TcpStream>) -> io::Result<Vec<(String, String)>> {
+    let mut headers = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let l = line.trim_end();
+        if l.is_empty() {
+            return Ok(headers);
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+}
+
 /// Reads one request; Ok(None) at a clean end of the connection.
 /// `on_continue` is called when the client sent `Expect: 100-continue`.
 pub fn read_request(
@@ -32,20 +51,7 @@ pub fn read_request(
     let mut parts = line.split_whitespace();
     let method = parts.next().unwrap_or("").to_string();
     let path = parts.next().unwrap_or("").to_string();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            headers.push((k.trim().to_string(), v.trim().to_string()));
-        }
-    }
+    let headers = read_headers(r)?;
     let mut req = Request {
         method,
         path,
@@ -98,22 +104,11 @@ pub fn read_response(r: &mut BufReader<TcpStream>) -> io::Result<(u16, Vec<u8>)>
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let mut len = 0;
-    loop {
-        line.clear();
-        if r.read_line(&mut line)? == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        if let Some((k, v)) = l.split_once(':') {
-            if k.trim().eq_ignore_ascii_case("content-length") {
-                len = v.trim().parse().unwrap_or(0);
-            }
-        }
-    }
+    let len = read_headers(r)?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
     let mut body = vec![0; len];
     r.read_exact(&mut body)?;
     Ok((status, body))
