@@ -250,6 +250,14 @@ impl Dispatcher {
             if !self.paused && matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. }) {
                 self.send_due();
             }
+            // Before blocking: the events that a send took in (it drains the
+            // listener's channel first) may be the very ones a wait needs,
+            // such as the runtimeDone ending the invoke. Nothing would wake
+            // the select below for them, and the invoke would be held until
+            // its deadline.
+            if self.finish_waiting() {
+                return;
+            }
             // Over the memory cap, stop reading: the listener then blocks and
             // Lambda buffers (and reports drops) instead of us growing.
             let full = self.queue.bytes() >= self.buffer_limit;
@@ -266,9 +274,6 @@ impl Dispatcher {
                     Err(_) => self.events = never(),
                 },
                 default(timeout) => {}
-            }
-            if self.finish_waiting() {
-                return;
             }
         }
     }

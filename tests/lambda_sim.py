@@ -295,6 +295,7 @@ class LambdaSim:
         self._next_arrival = 0.0
         self._next_event: Optional[tuple[bytes, str]] = None
         self._shutdown_sent = False
+        self._shutdown_mark: Optional[int] = None  # len(emitted) when SHUTDOWN was given
         self._proc: Optional[subprocess.Popen] = None
         self._exited = False
         self._exit_time: Optional[float] = None
@@ -348,6 +349,17 @@ class LambdaSim:
             out = list(self._pending_batch or [])
             out.extend(b for _, b in self._buf)
             return out
+
+    @property
+    def lost_before_shutdown(self) -> list[bytes]:
+        """Events emitted before SHUTDOWN that Lambda never delivered: dropped for
+        lack of room, or still pending when the extension exited. The oracle of
+        the tests: a healthy extension takes everything (what is emitted after
+        SHUTDOWN, such as its own last log lines, may legitimately stay behind)."""
+        with self._cv:
+            mark = len(self.emitted) if self._shutdown_mark is None else self._shutdown_mark
+            early = set(self.emitted[:mark])
+            return [b for b in self.dropped + self.undelivered if b in early]
 
     @property
     def frozen(self) -> bool:
@@ -1190,6 +1202,8 @@ class LambdaSim:
                              "the extension to wait in event/next before SHUTDOWN",
                              raise_on_timeout=False, raise_on_exit=False)
             if got:
+                with self._cv:
+                    self._shutdown_mark = len(self.emitted)
                 self._give_next_event({"eventType": "SHUTDOWN", "shutdownReason": reason,
                                        "deadlineMs": epoch_deadline_ms})
                 with self._cv:
