@@ -424,6 +424,12 @@ impl Dispatcher {
                 self.flush_all(deadline);
                 self.drain_events();
                 let left = self.queue.drain();
+                // Deliveries answered 200 but still in the channel: ours,
+                // and lost with the rest. (Once this thread ends, the
+                // channel is closed and the listener answers 503.)
+                for late in self.events.try_iter() {
+                    Stats::add(&self.stats.dropped_shutdown, late.events.len() as u64);
+                }
                 if !left.is_empty() {
                     Stats::add(&self.stats.dropped_shutdown, left.len() as u64);
                     log::error!(

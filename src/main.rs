@@ -12,6 +12,7 @@ mod credentials;
 mod dispatcher;
 mod extensions_api;
 mod flush;
+mod gate;
 mod kinesis;
 mod listener;
 mod local_http;
@@ -21,6 +22,7 @@ mod pack;
 mod partition;
 #[cfg(test)]
 mod properties;
+mod request_head;
 mod retry;
 mod rng;
 mod sender;
@@ -131,7 +133,7 @@ fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
 }
 
 fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
-    let (socket, port) = match listener::bind(cfg.listener_port) {
+    let (sockets, port) = match gate::bind(cfg.listener_port) {
         Ok(s) => s,
         Err(e) => config_failed(
             &mut api,
@@ -177,13 +179,21 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
     }
 
     let stats = Arc::new(Stats::default());
+    let unanswered = Arc::new(gate::Unanswered::default());
     let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
     let (control_tx, control_rx) = bounded(1);
     {
-        let stats = stats.clone();
+        let (stats, unanswered) = (stats.clone(), unanswered.clone());
         let max_body = cfg.max_body_bytes;
         spawn("listener", move || {
-            listener::run(socket, events_tx, max_body, stats)
+            let limits = gate::Limits::new(max_body);
+            let inner = {
+                let stats = stats.clone();
+                gate::Inner::new(move || {
+                    listener::start(events_tx.clone(), max_body, stats.clone())
+                })
+            };
+            gate::serve(sockets, inner, limits, stats, unanswered)
         });
     }
     let dispatcher = {
@@ -214,6 +224,8 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
                     .checked_sub(SHUTDOWN_MARGIN)
                     .unwrap_or_else(Instant::now);
                 lifecycle.shutdown(deadline);
+                // A delivery taken meanwhile gets its answer before we go.
+                unanswered.wait(deadline + SHUTDOWN_MARGIN / 2);
                 drop(dispatcher);
                 log::info!("shutdown ({reason}): {}", stats.summary());
                 std::process::exit(0);

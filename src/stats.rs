@@ -35,8 +35,15 @@ counters! {
     /// Bodies over the size limit (counted, contents dropped).
     oversized_bodies => "oversizedBodies",
     oversized_bytes => "oversizedBytes",
-    /// Requests refused at the listener (wrong method or path, too many at once).
+    /// Requests refused at the listener: not `POST /`, malformed, a head too large.
     refused_requests => "refusedRequests",
+    /// Connections and requests shed at the listener's limits (connections
+    /// open at once, body bytes being read at once).
+    shed_connections => "shedConnections",
+    /// Requests that did not arrive whole in time (slow or stalled clients).
+    stalled_requests => "stalledRequests",
+    /// Failed accepts (such as running out of file descriptors).
+    accept_errors => "acceptErrors",
     /// Events larger than one record, split into fragments.
     fragmented_events => "fragmentedEvents",
     /// Events not forwarded because their type is not configured.

@@ -52,6 +52,7 @@ import http.server
 import json
 import math
 import os
+import resource
 import secrets
 import signal
 import subprocess
@@ -210,6 +211,11 @@ class LambdaSim:
         inherit_env: bool = False,  # start from os.environ instead of a minimal Lambda-like env
         echo_output: bool = False,  # tee the extension's stdout/stderr to our stderr (demo/debug)
         cwd: Optional[str] = None,
+        open_files: Optional[int] = 1024,  # RLIMIT_NOFILE, as Lambda sets it (None: inherit)
+        # /etc/hosts as the extension sees it (a private mount namespace; needs root and
+        # unshare), and the address telemetry is delivered to for sandbox.localdomain.
+        hosts_file: Optional[str] = None,
+        sandbox_address: str = "127.0.0.1",
     ) -> None:
         if telemetry_mode not in ("ok", "202", "404"):
             raise ValueError("telemetry_mode must be 'ok', '202' or '404'")
@@ -241,6 +247,9 @@ class LambdaSim:
         self.inherit_env = inherit_env
         self.echo_output = echo_output
         self.cwd = cwd
+        self.open_files = open_files
+        self.hosts_file = hosts_file
+        self.sandbox_address = sandbox_address
         region = self.user_env.get("AWS_REGION") or "us-east-1"
         self.region = region
 
@@ -559,7 +568,9 @@ class LambdaSim:
                 else:
                     self.telemetry_post_failures += 1
                     self.post_errors.append(err)
-                    if status is not None:
+                    # (after SHUTDOWN an extension may refuse what it can no longer send,
+                    # such as its own last log lines: Lambda does not act on it)
+                    if status is not None and not self._shutdown_sent:
                         self.violations.append(
                             f"telemetry listener answered {err} (Lambda redelivers on 4xx/5xx; answer 200)")
                     retry_at = time.perf_counter() + backoff / 1000.0
@@ -825,7 +836,7 @@ class LambdaSim:
         target = u.path or "/"
         if u.query:
             target += "?" + u.query
-        return None, (sorted(set(types), key=TELEMETRY_TYPES.index), eff, ("127.0.0.1", port, target))
+        return None, (sorted(set(types), key=TELEMETRY_TYPES.index), eff, (self.sandbox_address, port, target))
 
     def _h_telemetry(self, h, method, path, body) -> None:
         if not self._check_id(h, method, path):
@@ -942,6 +953,10 @@ class LambdaSim:
         t.start()
         self._threads.append(t)
 
+    def _limit_open_files(self) -> None:
+        # in the child, before exec: Lambda's quota of open files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
+
     def _freeze_now(self) -> None:
         """Freeze the sandbox: wait for an in-flight delivery, then SIGSTOP the process group."""
         with self._cv:
@@ -1015,9 +1030,15 @@ class LambdaSim:
         })
         self._t_exec = time.perf_counter()
         try:
+            argv = [self.extension_path]
+            if self.hosts_file:
+                # the same process (unshare and sh exec), with a private /etc/hosts
+                argv = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" /etc/hosts && exec "$0"',
+                        self.extension_path, os.path.abspath(self.hosts_file)]
             self._proc = subprocess.Popen(
-                [self.extension_path], env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=self._limit_open_files if self.open_files else None)
         except OSError as e:
             raise SimError(f"cannot execute extension {self.extension_path}: {e}") from e
         self.pid = self._proc.pid
@@ -1223,6 +1244,8 @@ class LambdaSim:
             self._wait(lambda: self._exited, 10.0, "the extension to die after SIGKILL",
                        raise_on_exit=False)
         with self._cv:
+            # a POST answered just before the exit: let its bookkeeping finish
+            self._cv.wait_for(lambda: not self._delivering, timeout=0.5)
             rc = self.exit_code
             exit_time = self._exit_time
             if not killed and rc not in (0, None) and not self.exit_errors:
