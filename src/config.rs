@@ -180,11 +180,21 @@ pub struct ConfigError {
     pub var: String,
     pub value: Option<String>,
     pub expected: String,
+    /// The value is a secret: say that it is wrong, never what it is.
+    pub secret: bool,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.value {
+            Some(_) if self.secret => write!(
+                f,
+                "{} is invalid (value not shown): expected {}",
+                self.var, self.expected
+            ),
+            Some(v) if v.trim().is_empty() => {
+                write!(f, "{} is empty: expected {}", self.var, self.expected)
+            }
             Some(v) => write!(
                 f,
                 "{}={:?} is invalid: expected {}",
@@ -217,11 +227,24 @@ impl std::error::Error for ConfigErrors {}
 
 /// `KINESIS_TELEMETRY_STRICT`: read on its own because it decides what to do
 /// when the rest of the configuration is invalid. Anything but a true value is false.
+/// The words `KINESIS_TELEMETRY_STRICT` (and every other switch) takes.
+const SWITCH: [(&str, bool); 6] = [
+    ("true", true),
+    ("false", false),
+    ("1", true),
+    ("0", false),
+    ("yes", true),
+    ("no", false),
+];
+
+/// `KINESIS_TELEMETRY_STRICT`, read on its own: configuration errors need it
+/// when the rest cannot be read. A value that is not a switch is false here,
+/// and an error in `from_env`.
 pub fn strict_mode(get: &dyn Fn(&str) -> Option<String>) -> bool {
-    matches!(
-        get("KINESIS_TELEMETRY_STRICT").as_deref().map(str::trim),
-        Some("1" | "true" | "TRUE" | "True" | "yes")
-    )
+    get("KINESIS_TELEMETRY_STRICT").is_some_and(|v| {
+        let v = v.trim().to_ascii_lowercase();
+        SWITCH.iter().any(|(w, on)| *on && *w == v)
+    })
 }
 
 struct Reader<'a> {
@@ -242,7 +265,25 @@ impl Reader<'_> {
             var: var.to_string(),
             value,
             expected: expected.into(),
+            secret: false,
         });
+    }
+
+    /// A secret (credentials): it must be usable in an HTTP header. An
+    /// error names the variable and the rule, never the value.
+    fn secret(&mut self, var: &str) -> Option<String> {
+        let v = self.raw(var)?;
+        if !v.bytes().all(|b| b.is_ascii_graphic()) {
+            self.errors.push(ConfigError {
+                var: var.to_string(),
+                value: Some(String::new()),
+                expected:
+                    "printable ASCII without spaces or line breaks (check how the value was pasted)"
+                        .into(),
+                secret: true,
+            });
+        }
+        Some(v)
     }
 
     /// An integer in `min..=max`, or `default` when unset.
@@ -287,7 +328,11 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         errors: Vec::new(),
     };
 
-    let stream = match r.raw("KINESIS_TELEMETRY_STREAM") {
+    let stream_var = r.raw("KINESIS_TELEMETRY_STREAM").or_else(|| {
+        // Set but empty is a mistake of its own, not a missing setting.
+        get("KINESIS_TELEMETRY_STREAM").filter(|v| v.trim().is_empty())
+    });
+    let stream = match stream_var {
         Some(s) if s.starts_with("arn:") => {
             if is_stream_arn(&s) {
                 StreamTarget::Arn(s)
@@ -336,14 +381,17 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         .map(|v| ("AWS_ENDPOINT_URL_KINESIS", v))
         .or_else(|| r.raw("AWS_ENDPOINT_URL").map(|v| ("AWS_ENDPOINT_URL", v)))
     {
-        Some((var, url)) => {
-            if url.starts_with("http://") || url.starts_with("https://") {
-                url.trim_end_matches('/').to_string()
-            } else {
-                r.fail(var, Some(url), "an http:// or https:// URL");
+        Some((var, url)) => match url_problem(&url) {
+            None => url.trim_end_matches('/').to_string(),
+            Some(problem) => {
+                r.fail(
+                    var,
+                    Some(redacted_url(&url).into_owned()),
+                    format!("an http:// or https:// URL with a host ({problem})"),
+                );
                 String::new()
             }
-        }
+        },
         None if region.contains("cn-") => format!("https://kinesis.{region}.amazonaws.com.cn"),
         None => format!("https://kinesis.{region}.amazonaws.com"),
     };
@@ -501,6 +549,9 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         4096 * MIB,
     ) as usize;
     let max_body_bytes = r.int("MAX_BODY_BYTES", 4 * MIB, 256 * 1024, 64 * MIB) as usize;
+    // Read on its own by `strict_mode`; here a value that is no switch is
+    // reported instead of quietly meaning false.
+    r.choice("STRICT", false, &SWITCH);
 
     if !r.errors.is_empty() {
         return Err(ConfigErrors(r.errors));
@@ -544,6 +595,71 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
 
 const MIB: u64 = 1024 * 1024;
 
+/// What is wrong with an endpoint URL, if anything: an http(s) scheme, a
+/// host of ASCII letters, digits, `-`, `.` and `_` (or a bracketed IPv6
+/// address), an optional port from 1 to 65535.
+fn url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Some("no http:// or https:// scheme");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Credentials in the URL are allowed (and never logged).
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Some("an IPv6 address without its closing ]");
+        };
+        if addr.is_empty()
+            || !addr
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Some("an invalid IPv6 address");
+        }
+        match after {
+            "" => (addr, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (addr, Some(p)),
+                None => return Some("text after the IPv6 address"),
+            },
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Some("no host");
+    }
+    if !host_port.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Some("a host that is not ASCII letters, digits, - . _");
+    }
+    match port.map(|p| p.parse::<u16>()) {
+        None | Some(Ok(1..)) => None,
+        Some(_) => Some("a port that is not 1 to 65535"),
+    }
+}
+
+/// `url` with any credentials in it replaced by `***`, for logs.
+pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
+
 /// Credentials as the AWS SDKs look for them: environment keys first, then
 /// the container credentials endpoint.
 fn credentials_source(r: &mut Reader) -> CredentialsSource {
@@ -555,11 +671,11 @@ fn credentials_source(r: &mut Reader) -> CredentialsSource {
         })
     };
     match (r.raw("AWS_ACCESS_KEY_ID"), r.raw("AWS_SECRET_ACCESS_KEY")) {
-        (Some(access_key_id), Some(secret_access_key)) => {
+        (Some(_), Some(_)) => {
             return CredentialsSource::Static(StaticCredentials {
-                access_key_id,
-                secret_access_key,
-                session_token: r.raw("AWS_SESSION_TOKEN"),
+                access_key_id: r.secret("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+                secret_access_key: r.secret("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+                session_token: r.secret("AWS_SESSION_TOKEN"),
             })
         }
         (Some(_), None) => {
@@ -594,7 +710,7 @@ fn credentials_source(r: &mut Reader) -> CredentialsSource {
     };
     CredentialsSource::Container {
         url,
-        token: r.raw("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+        token: r.secret("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
         token_file: r.raw("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
     }
 }
@@ -659,6 +775,72 @@ mod tests {
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
         from_env(&env(pairs)).unwrap_err().0
+    }
+
+    #[test]
+    fn endpoint_urls_are_checked_and_never_logged_with_credentials() {
+        for bad in [
+            "http://",
+            "https://",
+            "http://[::1",
+            "http://kinésis.example",
+            "http://host:0",
+            "http://host:99999",
+            "http://host:port",
+            "ftp://host",
+            "http://user:pw@",
+        ] {
+            let e = errors(&[("AWS_ENDPOINT_URL_KINESIS", bad)]);
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].var, "AWS_ENDPOINT_URL_KINESIS");
+        }
+        for good in [
+            "http://127.0.0.1:4567",
+            "https://kinesis.us-east-1.amazonaws.com/",
+            "http://[::1]:8080",
+            "http://localstack_main:4566/path?q",
+            "http://user:secret@proxy.local:3128",
+        ] {
+            assert!(
+                from_env(&env(&[("AWS_ENDPOINT_URL_KINESIS", good)])).is_ok(),
+                "{good}"
+            );
+        }
+        let e = errors(&[("AWS_ENDPOINT_URL", "http://user:hunter2@/x")]);
+        assert!(!e[0].to_string().contains("hunter2"), "{}", e[0]);
+        assert_eq!(redacted_url("http://u:p@h:1/a@b"), "http://***@h:1/a@b");
+        assert_eq!(redacted_url("https://h/x"), "https://h/x");
+    }
+
+    #[test]
+    fn credentials_that_cannot_be_sent_are_errors_that_hide_the_value() {
+        for var in [
+            "AWS_SESSION_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+        ] {
+            let e = errors(&[(var, "abc\ndef-secretpart")]);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].var, var);
+            let msg = e[0].to_string();
+            assert!(msg.contains(var) && !msg.contains("secretpart"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn empty_stream_and_unknown_switch_words_are_named() {
+        let e = errors(&[("KINESIS_TELEMETRY_STREAM", "")]);
+        assert!(
+            e[0].to_string()
+                .contains("KINESIS_TELEMETRY_STREAM is empty"),
+            "{}",
+            e[0]
+        );
+        let e = errors(&[("KINESIS_TELEMETRY_STRICT", "maybe")]);
+        assert_eq!(e[0].var, "KINESIS_TELEMETRY_STRICT");
+        assert!(from_env(&env(&[("KINESIS_TELEMETRY_STRICT", "No")])).is_ok());
+        assert!(strict_mode(&|_| Some("Yes".into())));
+        assert!(!strict_mode(&|_| Some("maybe".into())));
     }
 
     #[test]

@@ -213,6 +213,20 @@ struct ErrorBody {
     message: Option<String>,
 }
 
+/// The message for an error answer that carries none: what the body
+/// starts with, so the log shows what answered.
+fn unexplained(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(200)]);
+    let text: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    match text.trim() {
+        "" => "the answer had no error code and an empty body (is AWS_ENDPOINT_URL_KINESIS a Kinesis endpoint?)".into(),
+        t => format!("the answer had no error code; its body begins: {t}"),
+    }
+}
+
 /// Parses a response. `expected` is the number of records sent: a success
 /// that does not account for each of them is treated as a transient error.
 pub fn parse_response(
@@ -253,7 +267,8 @@ pub fn parse_response(
     let message = parsed
         .and_then(|b| b.message)
         .or_else(|| xml_tag(body, "Message"))
-        .unwrap_or_default();
+        .filter(|m| !m.trim().is_empty())
+        .unwrap_or_else(|| unexplained(body));
     Response::Error(ApiError {
         status,
         code,
@@ -341,6 +356,23 @@ mod tests {
         assert_eq!(e.retry(), Retry::Transient);
         let r = parse_response(200, None, b"garbage", 2);
         assert!(matches!(r, Response::Error(e) if e.code == "MalformedResponse"));
+    }
+
+    #[test]
+    fn an_error_without_code_or_message_says_what_answered() {
+        let Response::Error(e) = parse_response(400, None, b"", 1) else {
+            panic!()
+        };
+        assert_eq!(e.code, "HTTP400");
+        assert!(
+            e.message.contains("AWS_ENDPOINT_URL_KINESIS"),
+            "{}",
+            e.message
+        );
+        let Response::Error(e) = parse_response(400, None, b"<html>\nBad gateway</html>", 1) else {
+            panic!()
+        };
+        assert!(e.to_string().contains("<html> Bad gateway"), "{e}");
     }
 
     #[test]

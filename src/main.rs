@@ -165,7 +165,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         match &cfg.stream {
             config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
         },
-        cfg.endpoint,
+        config::redacted_url(&cfg.endpoint),
         cfg.flush,
         cfg.format,
         cfg.partition_key,

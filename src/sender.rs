@@ -168,9 +168,12 @@ impl KinesisClient {
                 true,
             );
         }
+        let response = kinesis::parse_response(status, error_type.as_deref(), &answer, records);
         Outcome {
-            response: kinesis::parse_response(status, error_type.as_deref(), &answer, records),
-            ambiguous: false,
+            // A 200 we cannot read may have stored every record: resending
+            // them risks duplicates, which is what `ambiguous` counts.
+            ambiguous: status == 200 && matches!(response, Response::Error(_)),
+            response,
             sent: true,
         }
     }

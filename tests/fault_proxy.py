@@ -72,7 +72,11 @@ HANG = "hang"  # read the request, never answer; never forwarded
 CLOSE = "close"  # read the request, close (FIN) without answering; never forwarded
 RESET_AFTER_UPSTREAM = "reset_after_upstream"  # forwarded, then RST instead of the answer
 HANG_AFTER_UPSTREAM = "hang_after_upstream"  # forwarded, then no answer ever
-_ACTIONS = {PASS, RESET, HANG, CLOSE, RESET_AFTER_UPSTREAM, HANG_AFTER_UPSTREAM}
+# forwarded, then a 200 the client cannot use (not JSON, a Records count off by one, or
+# Records of the wrong type, in turn)
+GARBLED_AFTER_UPSTREAM = "garbled_after_upstream"
+_GARBLED = (b"<html>ok</html>", None, b'{"FailedRecordCount":0,"Records":"yes"}')
+_ACTIONS = {PASS, RESET, HANG, CLOSE, RESET_AFTER_UPSTREAM, HANG_AFTER_UPSTREAM, GARBLED_AFTER_UPSTREAM}
 
 REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
            429: "Too Many Requests", 500: "Internal Server Error", 502: "Bad Gateway",
@@ -186,6 +190,7 @@ class FaultProxy:
         self.connections_accepted = 0
         self.connections_killed = 0
         self.dead_connection_requests = 0  # requests sent on blackholed (dead) connections
+        self.garbled = 0  # GARBLED_AFTER_UPSTREAM answers given
         self.other_requests: list[str] = []  # X-Amz-Target of non-PutRecords requests
         self._put_index = 0
         self._script: list = list(self.faults.request_errors)
@@ -557,9 +562,12 @@ class FaultProxy:
 
         if isinstance(action, tuple):
             status, typ = action
-            finish("error", status, len(recs), typ)
-            short = typ.rsplit("#", 1)[-1]
-            answer = json.dumps({"__type": typ, "message": MESSAGES.get(short, "injected by fault_proxy")})
+            finish("error", status, len(recs), typ or f"HTTP{status}")
+            if typ is None:  # no error code at all: an empty body
+                answer = ""
+            else:
+                short = typ.rsplit("#", 1)[-1]
+                answer = json.dumps({"__type": typ, "message": MESSAGES.get(short, "injected by fault_proxy")})
             self._send(c, status, {"Content-Type": "application/x-amz-json-1.1"}, answer.encode(), close)
             if close:
                 raise _Dropped()
@@ -646,6 +654,15 @@ class FaultProxy:
             self._swallow(c)
 
         answer = json.dumps({"FailedRecordCount": failed, "Records": merged}).encode()
+        if action == GARBLED_AFTER_UPSTREAM:
+            mark_ambiguous()
+            with self.lock:
+                garbled = _GARBLED[self.garbled % len(_GARBLED)]
+                self.garbled += 1
+            answer = garbled or json.dumps({"FailedRecordCount": failed, "Records": merged + merged[:1]}).encode()
+            finish(action, 200, 0)
+            self._send(c, 200, {"Content-Type": "application/x-amz-json-1.1"}, answer, close)
+            return
         finish("ok", 200, failed)  # logged before the client can see the answer
         try:
             self._send(c, 200, {"Content-Type": "application/x-amz-json-1.1"}, answer, close)
