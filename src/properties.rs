@@ -37,17 +37,6 @@ fn json_value() -> impl Strategy<Value = String> {
 
 proptest! {
     #[test]
-    fn split_never_panics_and_returns_substrings(body in prop::collection::vec(any::<u8>(), 0..512)) {
-        if let Ok(events) = telemetry::split(&body) {
-            let text = std::str::from_utf8(&body).unwrap();
-            for e in events {
-                prop_assert!(text.contains(&*e.json));
-                prop_assert!(serde_json::from_str::<serde_json::Value>(&e.json).is_ok());
-            }
-        }
-    }
-
-    #[test]
     fn split_returns_each_element_verbatim(elems in prop::collection::vec(json_value(), 0..8), ws in "[ \n\t]{0,3}") {
         let body = format!("[{ws}{}{ws}]", elems.join(&format!("{ws},{ws}")));
         let events = telemetry::split(body.as_bytes()).unwrap();
@@ -64,24 +53,8 @@ proptest! {
     }
 
     #[test]
-    fn fragments_fit_and_rebuild(json in any::<String>(), key_len in 1usize..257, max in 1024usize..4096) {
-        let parts = fit_event(&json, key_len, max, || "id".into());
-        if parts.len() == 1 && &*parts[0] == json.as_bytes() {
-            prop_assert!(json.len() + key_len <= max);
-        } else {
-            let mut rebuilt = String::new();
-            for p in &parts {
-                prop_assert!(p.len() + key_len <= max, "fragment of {} bytes", p.len());
-                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
-                rebuilt.push_str(v["data"].as_str().unwrap());
-            }
-            prop_assert_eq!(rebuilt, json);
-        }
-    }
-
-    #[test]
     fn batches_respect_limits_and_order(sizes in prop::collection::vec(1usize..3000, 0..300),
-                                        max_records in 1usize..50, max_bytes in 3000usize..20000) {
+                                        max_records in 1usize..50, max_bytes in 3005usize..20000) {
         let limits = Limits { max_records, max_bytes };
         let mut q = Queue::default();
         for (i, n) in sizes.iter().enumerate() {
@@ -125,6 +98,101 @@ proptest! {
                 || (var == "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST" && e.var == "KINESIS_TELEMETRY_MAX_RECORD_BYTES")));
         }
     }
+}
+
+/// Runs `test` on `cases` values of `strategy`; returns how many took each
+/// of the two branches the test reports (true, false), so a test can show
+/// that both ran.
+fn count_branches<S: Strategy>(
+    strategy: S,
+    test: impl Fn(S::Value) -> Result<bool, TestCaseError>,
+) -> (u32, u32) {
+    use std::cell::Cell;
+    let (yes, no) = (Cell::new(0u32), Cell::new(0u32));
+    let mut runner = proptest::test_runner::TestRunner::default();
+    runner
+        .run(&strategy, |v| {
+            let branch = test(v)?;
+            let c = if branch { &yes } else { &no };
+            c.set(c.get() + 1);
+            Ok(())
+        })
+        .unwrap();
+    (yes.get(), no.get())
+}
+
+/// A valid body of events, then up to three single-byte edits (delete,
+/// insert, overwrite), so that both parsed and refused bodies come up.
+fn mutated_body() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::collection::vec(json_value(), 0..8),
+        prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 0..4),
+    )
+        .prop_map(|(elems, edits)| {
+            let mut body = format!("[{}]", elems.join(",")).into_bytes();
+            for (at, op, byte) in edits {
+                let i = at.index(body.len() + 1);
+                match op {
+                    0 if i < body.len() => {
+                        body.remove(i);
+                    }
+                    1 => body.insert(i, byte),
+                    _ if i < body.len() => body[i] = byte,
+                    _ => {}
+                }
+            }
+            body
+        })
+}
+
+#[test]
+fn split_never_panics_and_returns_substrings() {
+    let (parsed, refused) = count_branches(mutated_body(), |body| {
+        let Ok(events) = telemetry::split(&body) else {
+            return Ok(false);
+        };
+        let text = std::str::from_utf8(&body).unwrap();
+        for e in events {
+            prop_assert!(text.contains(&*e.json));
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&e.json).is_ok());
+        }
+        Ok(true)
+    });
+    // Both branches ran, the checked one often.
+    assert!(
+        parsed >= 64 && refused >= 16,
+        "parsed {parsed}, refused {refused}"
+    );
+}
+
+#[test]
+fn fragments_fit_and_rebuild() {
+    // Strings of 1-20 KB (ASCII, or any characters: up to 4 bytes each)
+    // against record limits of 1-4 KB: most must be split.
+    let json = prop_oneof![
+        "[ -~]{1000,20000}",
+        prop::collection::vec(any::<char>(), 250..5000).prop_map(String::from_iter),
+        "[ -~]{0,64}",
+    ];
+    let (split, whole) = count_branches(
+        (json, 1usize..257, 1024usize..4096),
+        |(json, key_len, max)| {
+            let parts = fit_event(&json, key_len, max, || "id".into());
+            if parts.len() == 1 && &*parts[0] == json.as_bytes() {
+                prop_assert!(json.len() + key_len <= max);
+                return Ok(false);
+            }
+            let mut rebuilt = String::new();
+            for p in &parts {
+                prop_assert!(p.len() + key_len <= max, "fragment of {} bytes", p.len());
+                let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+                rebuilt.push_str(v["data"].as_str().unwrap());
+            }
+            prop_assert_eq!(rebuilt, json);
+            Ok(true)
+        },
+    );
+    assert!(split >= 128 && whole >= 16, "split {split}, whole {whole}");
 }
 
 const VARS: &[&str] = &[
