@@ -208,9 +208,16 @@ case "${1:-layer}" in
     fi
     cat .deps/install_deps.log
     log "end-to-end tests (pytest, real emulators; arm64 under qemu-user) and template checks"
-    EXTENSION_BIN="$PWD/${STAGE[x86_64]}/extensions/$NAME" \
-      EXTENSION_BIN_ARM64="$PWD/${STAGE[arm64]}/extensions/$NAME" \
-      "$PY" -m pytest tests -n "${PYTEST_WORKERS:-4}" -q -p no:cacheprovider "${@:2}"
+    # Every test has a time limit (a hang fails that test, not the whole run),
+    # skips are listed (-rs) and fail the run (tests/conftest.py). Tests that
+    # assert on durations (marker `timing`) run afterwards, one at a time, away
+    # from the contention of parallel workers on 2 cores.
+    export EXTENSION_BIN="$PWD/${STAGE[x86_64]}/extensions/$NAME"
+    export EXTENSION_BIN_ARM64="$PWD/${STAGE[arm64]}/extensions/$NAME"
+    local_args=(-q -rs -p no:cacheprovider --timeout "${PYTEST_TIMEOUT:-300}")
+    "$PY" -m pytest tests -n "${PYTEST_WORKERS:-4}" -m "not timing" "${local_args[@]}" "${@:2}"
+    log "timing tests (one at a time)"
+    "$PY" -m pytest tests -m timing "${local_args[@]}" "${@:2}"
     ;;
   *)
     echo "usage: $0 [layer|demo|test|bench]" >&2

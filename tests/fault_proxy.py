@@ -574,10 +574,19 @@ class FaultProxy:
             return
 
         if self.faults.delay_ms:
-            time.sleep(self.faults.delay_ms / 1000.0)
-            if self._client_gone(c):
-                finish("client_gone", 0, 0)
-                raise _Dropped()
+            # wait, watching the client: when it gives up, the request's window ends then
+            until = time.perf_counter() + self.faults.delay_ms / 1000.0
+            seen_alive = log.t_start
+            while True:
+                if self._client_gone(c):
+                    finish("client_gone", 0, 0)
+                    log.t_end = seen_alive  # gone since then: its window ends there
+                    raise _Dropped()
+                seen_alive = time.perf_counter()
+                left = until - time.perf_counter()
+                if left <= 0:
+                    break
+                time.sleep(min(left, 0.005))
 
         # Which records fail: per-shard limits first, then the random share.
         fail: list[Optional[str]] = [None] * len(recs)

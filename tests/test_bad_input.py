@@ -67,7 +67,7 @@ def test_an_unusable_200_is_an_ambiguous_outcome(ext_bin, kinesalite):
         with LambdaSim(ext_bin, env) as sim:
             run_invokes(sim, 6, 10)
             res = sim.shutdown()
-            assert_run_ok(sim, res)
+            assert_run_ok(sim, res, proxy)
         assert proxy.garbled == 3
         dup = sum(proxy.ambiguous.values())
     assert sim.lost_before_shutdown == []
@@ -90,7 +90,7 @@ def test_an_error_without_code_says_what_answered(ext_bin, kinesalite):
         with LambdaSim(ext_bin, env) as sim:
             run_invokes(sim, 3, 5)
             res = sim.shutdown()
-            assert_run_ok(sim, res)
+            assert_run_ok(sim, res, proxy)
     lines = [l for l in sim.stderr_text().splitlines() if "ERROR" in l and "HTTP400" in l]
     assert len(lines) == 1, sim.stderr_text()[-2000:]
     assert "no error code" in lines[0] and "AWS_ENDPOINT_URL_KINESIS" in lines[0], lines[0]

@@ -52,7 +52,7 @@ def test_container_credentials_are_fetched_and_used(ext_bin, kinesalite):
             for _ in range(8):
                 sim.invoke(log_lines=10)
             res = sim.shutdown()
-        assert_run_ok(sim, res)
+        assert_run_ok(sim, res, proxy)
         assert creds.refused == 0
         assert 1 <= creds.fetches <= 2, creds.fetches  # fetched once, cached
         assert proxy.token_rejections == 0
@@ -74,7 +74,7 @@ def test_short_lived_credentials_are_refreshed_before_expiration(ext_bin, kinesa
             for _ in range(12):
                 sim.invoke(log_lines=10, idle_ms=600)
             res = sim.shutdown()
-        assert_run_ok(sim, res)
+        assert_run_ok(sim, res, proxy)
         assert proxy.token_rejections == 0, [(p.token, p.outcome) for p in proxy.puts]
         assert_signed_with_issued_credentials(proxy, creds)
         assert creds.fetches >= 2, creds.fetches
@@ -101,7 +101,7 @@ def test_expired_token_exception_makes_it_fetch_new_credentials(ext_bin, kinesal
                 if i == 7:
                     proxy.expire_tokens(2)  # the next two requests, whatever the token
             res = sim.shutdown()
-        assert_run_ok(sim, res)
+        assert_run_ok(sim, res, proxy)
         assert proxy.script_left == 0
         assert 1 <= proxy.token_rejections <= 4, proxy.token_rejections  # ~one per revocation
         assert creds.fetches >= 1 + 2 + 1, creds.fetches
@@ -127,7 +127,7 @@ def test_wrong_authorization_token_is_logged_clearly(ext_bin, kinesalite):
             for _ in range(6):
                 sim.invoke(log_lines=10)
             res = sim.shutdown()
-        assert_run_ok(sim, res)
+        assert_run_ok(sim, res, proxy)
         err = sim.stderr_text()
         assert creds.fetches == 0 and creds.refused >= 1
         # a 403 will not go away by asking again within a flush: about one try per flush

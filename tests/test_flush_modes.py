@@ -23,6 +23,8 @@ from conftest import assert_clean_exit, ext_env, new_stream
 from lambda_sim import LambdaSim
 from stream_check import TimedProxy, assert_exactly_once, is_own, median, received_at
 
+pytestmark = pytest.mark.timing
+
 INTERVAL_MS = 300  # KINESIS_TELEMETRY_FLUSH_INTERVAL_MS for periodic and adaptive
 # Slack between our "received" (the simulator's POST answered) and the extension's: it
 # stamps a record's age when its dispatcher thread takes it in, which on a loaded machine

@@ -23,6 +23,8 @@ from fault_proxy import Faults
 from lambda_sim import LambdaSim
 from stream_check import TimedProxy, assert_exactly_once
 
+pytestmark = pytest.mark.timing
+
 TIMEOUT_MS = 8000
 INVOKES = 5
 # Room for the work between requests (generous: 2 shared cores, Python peers); the
