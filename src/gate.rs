@@ -207,6 +207,7 @@ pub fn serve(
         unanswered,
         slots: Mutex::new(Slots::default()),
         held: AtomicUsize::new(0),
+        waiting: AtomicUsize::new(0),
         warned: Warned::default(),
     });
     let mut sockets = sockets.into_iter();
@@ -286,6 +287,8 @@ struct Shared {
     slots: Mutex<Slots>,
     /// Body bytes held by all connections.
     held: AtomicUsize,
+    /// New connections waiting for a slot (at most `Limits::connections`).
+    waiting: AtomicUsize,
     unanswered: Arc<Unanswered>,
     warned: Warned,
 }
@@ -293,37 +296,35 @@ struct Shared {
 impl Shared {
     /// A new connection: a slot and a thread, or shed.
     fn admit(&self, stream: TcpStream, me: &Arc<Shared>) {
-        let mut slots = lock(&self.slots);
-        if slots.list.len() >= self.limits.connections {
-            if !Self::shed_oldest(&mut slots, self.limits.grace) {
-                drop(slots);
-                self.shed(stream, "the connection limit is reached");
-                return;
-            }
-            self.count_shed("the oldest connection was shed for a new one");
-        }
         let handle = match stream.try_clone() {
             Ok(h) => h,
-            Err(e) => {
-                drop(slots);
-                self.shed(stream, &e.to_string());
-                return;
-            }
+            Err(e) => return self.shed(stream, &e.to_string()),
         };
-        let id = slots.next_id;
-        slots.next_id += 1;
-        slots.list.push(Slot {
-            id,
-            stream: handle,
-            state: State::Idle,
-            since: Instant::now(),
-        });
-        drop(slots);
+        // A slot now, or (when every connection is busy with a young request)
+        // a wait of its own for one: the accepting thread never waits.
+        let slot = self.take_slot(handle);
+        let taken = slot.as_ref().ok().copied();
+        if taken.is_none() && self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.connections
+        {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return self.shed(stream, "the connection limit is reached");
+        }
         let me = me.clone();
         let spawned = std::thread::Builder::new()
             .name("connection".into())
             .stack_size(CONNECTION_STACK)
             .spawn(move || {
+                let id = match slot {
+                    Ok(id) => id,
+                    Err(handle) => {
+                        let id = me.wait_for_slot(handle);
+                        me.waiting.fetch_sub(1, Ordering::AcqRel);
+                        match id {
+                            Some(id) => id,
+                            None => return me.shed(stream, "no connection became free in time"),
+                        }
+                    }
+                };
                 Connection {
                     stream,
                     buf: Vec::new(),
@@ -334,9 +335,48 @@ impl Shared {
                 me.release(id);
             });
         if let Err(e) = spawned {
-            self.release(id);
+            match taken {
+                Some(id) => self.release(id),
+                None => {
+                    self.waiting.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
             self.count_shed(&format!("cannot start a thread for it: {e}"));
         }
+    }
+
+    /// A slot for `handle`'s connection, shedding one to make room if need
+    /// be; gives the handle back when every connection is too young to shed.
+    fn take_slot(&self, handle: TcpStream) -> Result<u64, TcpStream> {
+        let mut slots = lock(&self.slots);
+        if slots.list.len() >= self.limits.connections {
+            if !Self::shed_oldest(&mut slots, self.limits.grace) {
+                return Err(handle);
+            }
+            self.count_shed("the oldest connection was shed for a new one");
+        }
+        let id = slots.next_id;
+        slots.next_id += 1;
+        slots.list.push(Slot {
+            id,
+            stream: handle,
+            state: State::Idle,
+            since: Instant::now(),
+        });
+        Ok(id)
+    }
+
+    /// Waits (on the new connection's own thread) until a slot can be had:
+    /// at most `ROOM_WAIT × ROOM_TRIES`, longer than the grace time.
+    fn wait_for_slot(&self, mut handle: TcpStream) -> Option<u64> {
+        for _ in 0..ROOM_TRIES {
+            std::thread::sleep(ROOM_WAIT);
+            match self.take_slot(handle) {
+                Ok(id) => return Some(id),
+                Err(h) => handle = h,
+            }
+        }
+        None
     }
 
     /// Sheds one connection to make room: the longest-idle one, else the
