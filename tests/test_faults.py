@@ -79,6 +79,53 @@ def test_partial_failures_30_percent_mixed_codes(ext_bin, kinesalite):
         assert 0.9 * failed <= m["recordsRetried"] <= failed, (m, failed)
 
 
+# ----------------------------------------------------------------------------- every flush mode
+
+MODES = {
+    "end": {},
+    "adaptive": {"KINESIS_TELEMETRY_FLUSH_INTERVAL_MS": "200", "KINESIS_TELEMETRY_MAX_DELAY_MS": "2000"},
+    "periodic": {"KINESIS_TELEMETRY_FLUSH_INTERVAL_MS": "200"},
+    "batch": {"KINESIS_TELEMETRY_BATCH_MAX_AGE_MS": "150"},
+}
+
+
+def mixed_faults(i: int, headers: dict):
+    """A request fault for every few requests, whatever their number: resets before
+    and after the emulator got the request, whole-request errors, a timeout."""
+    return {2: RESET, 5: (503, "ServiceUnavailable"), 8: RESET_AFTER_UPSTREAM, 11: HANG,
+            14: (400, PTEE)}.get(i % 17)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_fault_mix_in_every_flush_mode(ext_bin, kinesalite, mode):
+    """Every flush mode under the same mix of faults (5 % of records refused by the
+    shard; of every 17 requests, one reset, one 503, one ambiguous reset, one hung
+    answer, one throttled): no request
+    in flight at any event/next, everything Lambda emitted on the stream, duplicates
+    only where the emulator got a request whose answer was lost, nothing counted
+    lost, and the faults were actually met."""
+    name, _ = new_stream(kinesalite)
+    faults = Faults(record_fail_share=0.05, rule=mixed_faults, seed=7)
+    with FaultProxy(kinesalite.endpoint, faults) as proxy:
+        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                      KINESIS_TELEMETRY_FLUSH=mode, KINESIS_TELEMETRY_MAX_RECORDS_PER_REQUEST="10",
+                      KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS="300", **MODES[mode])
+        with LambdaSim(ext_bin, env) as sim:
+            sim.start()
+            for _ in range(16):
+                sim.invoke(log_lines=20, runtime_ms=10, idle_ms=30)
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+        outcomes = proxy.outcomes()
+        assert outcomes[RESET] and outcomes[HANG] and outcomes[RESET_AFTER_UPSTREAM] and outcomes["error"], \
+            outcomes
+        assert sum(p.failed_records for p in proxy.puts if p.outcome == "ok") > 0
+    recs = read(kinesalite, name, sim, extra=1 + sum(proxy.ambiguous.values()))
+    check_delivery(sim, recs, proxy, ordered=False)  # per-record failures: no order
+    m = final_metrics(recs)
+    assert m is not None and m["droppedShutdown"] == 0 and m["droppedRejected"] == 0, m
+
+
 # ----------------------------------------------------------------------------- 2. request errors
 
 

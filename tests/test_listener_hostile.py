@@ -264,7 +264,12 @@ def test_slow_loris_clients_do_not_stall_deliveries(ext_bin, kinesalite, load):
         port = listener_port(sim)
         loris = SlowLoris(port, *n)
         try:
-            time.sleep(0.5)
+            # every slow client is connected, and the talking ones have started
+            deadline = time.monotonic() + 10
+            while (len(loris.socks) + sum(loris.errors.values()) < sum(n)
+                   or loris.sent["head"] < n[0] or loris.sent["body"] < n[1]):
+                assert time.monotonic() < deadline, (loris.sent, loris.errors)
+                time.sleep(0.02)
             for _ in range(6):
                 sim.invoke(log_lines=20, idle_ms=200)
             assert sim.exit_code is None
@@ -272,9 +277,16 @@ def test_slow_loris_clients_do_not_stall_deliveries(ext_bin, kinesalite, load):
             # (after SHUTDOWN a delivery may race the process exit: not counted)
             errors = list(sim.post_errors)
             gaps = [round(b[0] - a[0], 2) for a, b in zip(sim.delivery_log, sim.delivery_log[1:])]
+            # they held the listener all along: still talking, still connected
+            held_errors = dict(loris.errors)
+            sent = dict(loris.sent)
             res, recs = finish(sim, kinesalite, name)
         finally:
             loris.close()
+    if load == "few":  # within the listener's 16 connections: none was shed
+        assert held_errors == {} and sent["head"] >= 3 * 5 and sent["body"] >= 3 * 5, (held_errors, sent)
+    else:  # 32 slow clients: the listener shed some to keep room, and counted them
+        assert final_metrics(recs)["shedConnections"] >= sum(n) - 16, final_metrics(recs)
     # no delivery refused or timed out while the slow clients hung on
     assert errors == [], (errors[:5], f"longest gaps between deliveries {sorted(gaps)[-3:]} s",
                           loris.sent, loris.errors, sim.stderr_text()[-3000:])
