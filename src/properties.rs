@@ -154,7 +154,9 @@ fn split_never_panics_and_returns_substrings() {
         let text = std::str::from_utf8(&body).unwrap();
         for e in events {
             prop_assert!(text.contains(&*e.json));
-            prop_assert!(serde_json::from_str::<serde_json::Value>(&e.json).is_ok());
+            // Valid JSON text (a grammar check: 1e320943931260302950 is valid
+            // JSON that serde_json's Value cannot hold, and is kept verbatim).
+            prop_assert!(serde_json::from_str::<serde::de::IgnoredAny>(&e.json).is_ok());
         }
         Ok(true)
     });
