@@ -173,11 +173,40 @@ def attack_run(ext, emu, attack):
             "post": max(sim.post_runtime_ms[1:] or [0])}
 
 
+CPU_CHILD = r"""
+import resource, sys
+sys.path.insert(0, sys.argv[4])
+from lambda_sim import LambdaSim
+env = {"KINESIS_TELEMETRY_STREAM": sys.argv[2], "AWS_REGION": "us-east-1",
+       "AWS_ENDPOINT_URL_KINESIS": sys.argv[3], "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+       "AWS_SECRET_ACCESS_KEY": "secret", "RUST_LOG": "warn"}
+with LambdaSim(sys.argv[1], env) as sim:
+    sim.start()
+    for _ in range(100):
+        sim.invoke(log_lines=10)
+    sim.shutdown()
+r = resource.getrusage(resource.RUSAGE_CHILDREN)  # the extension: the one child reaped
+print((r.ru_utime + r.ru_stime) * 1000.0, r.ru_maxrss / 1024.0)
+"""
+
+
+def cpu_run(ext, emu):
+    """CPU (user + system) of the extension's whole life, 100 frozen invokes x 10 lines:
+    from the rusage of the one child a fresh interpreter reaps. (Its ru_maxrss is not
+    the extension's: it keeps the forked interpreter's size from before exec.)"""
+    import subprocess
+    name, _ = new_stream(emu)
+    out = subprocess.run([sys.executable, "-c", CPU_CHILD, ext, name, emu.endpoint, str(ROOT / "tests")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    return float(out[0]), float(out[1])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--ext", action="append", required=True, metavar="LABEL=PATH")
     ap.add_argument("--invokes", type=int, default=20)
-    ap.add_argument("--only", choices=["post", "attacks"])
+    ap.add_argument("--only", choices=["post", "attacks", "cpu"])
+    ap.add_argument("--runs", type=int, default=5, help="runs per binary for the CPU figure")
     a = ap.parse_args()
     exts = [e.split("=", 1) for e in a.ext]
     with tempfile.TemporaryDirectory() as tmp:
@@ -190,6 +219,16 @@ def main():
                     for lines in (400, 1500, 3000):
                         med, p, to = heavy_logging(path, emu, lines, a.invokes)
                         print(f"| {label} | {lines} | {med:.0f} ms | {p:.0f} ms | {to} |", flush=True)
+            if a.only in (None, "cpu"):
+                print("\n| binary | CPU, 100 frozen invokes x 10 lines (median of runs) |")
+                print("|---|---|")
+                results = {label: [] for label, _ in exts}
+                for _ in range(a.runs):  # the binaries take turns
+                    for label, path in exts:
+                        results[label].append(cpu_run(path, emu))
+                for label, runs in results.items():
+                    cpu = statistics.median(r[0] for r in runs)
+                    print(f"| {label} | {cpu:.1f} ms |", flush=True)
             if a.only in (None, "attacks"):
                 print("\n| attack | binary | survives | post-runtime max | invokes timed out | events lost "
                       "| peak RSS | open files |")

@@ -1082,8 +1082,11 @@ class LambdaSim:
 
     def invoke(self, log_lines: int = 10, *, runtime_ms: float = 0, idle_ms: float = 0,
                line_factory: Optional[Callable[[int, str], Any]] = None,
-               spread_lines: bool = False) -> InvokeResult:
-        """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id."""
+               spread_lines: bool = False,
+               runtime_done_delay_ms: Optional[float] = 0) -> InvokeResult:
+        """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id.
+        runtime_done_delay_ms: platform.runtimeDone is emitted this long after the function
+        ends (a late one); None: never (a missing one). Post-runtime is timed from the end."""
         if self._phase != "ready":
             raise SimError(f"invoke() in phase {self._phase!r}")
         self._phase = "invoke"
@@ -1140,7 +1143,7 @@ class LambdaSim:
         t_rd = time.perf_counter()
         runtime_dur = (t_rd - t0) * 1000.0
         produced = 17
-        self._emit("platform.runtimeDone", {
+        runtime_done = lambda: self._emit("platform.runtimeDone", {  # noqa: E731
             "requestId": rid,
             "status": "success",
             "tracing": tracing,
@@ -1151,6 +1154,12 @@ class LambdaSim:
             ],
             "metrics": {"durationMs": round(runtime_dur, 3), "producedBytes": produced},
         })
+        if runtime_done_delay_ms == 0:
+            runtime_done()
+        elif runtime_done_delay_ms is not None:
+            timer = threading.Timer(runtime_done_delay_ms / 1000.0, runtime_done)
+            timer.daemon = True
+            timer.start()
 
         timed_out = False
         post = None

@@ -3,12 +3,14 @@ finding 8), and concurrent valid deliveries to the listener."""
 
 from __future__ import annotations
 
+import collections
 import json
 import socket
 import threading
 
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
-from delivery import READ_TIMEOUT, check_delivery
+from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics, shutdown_counters
+from fault_proxy import HANG, Faults, FaultProxy
 from lambda_sim import LambdaSim
 from test_listener_hostile import listener_port, post
 
@@ -78,3 +80,148 @@ def test_concurrent_deliveries_all_arrive(ext_bin, kinesalite):
     on_stream = [r["data"] for r in recs]
     assert all(on_stream.count(e) == 1 for e in sent)
     check_delivery(sim, recs, allow_strangers=True)
+
+
+# ----------------------------------------------------------------- lifecycle edges
+
+
+def test_a_missing_runtime_done_is_waited_for_only_as_long_as_configured(ext_bin, kinesalite):
+    """`end` mode, no platform.runtimeDone at all: with RUNTIME_DONE_TIMEOUT_MS=200
+    each invoke ends ~200 ms after it began (one WARN per invoke says why); with the
+    default (0: until the invoke deadline) it ends ~100 ms before the deadline.
+    Everything Lambda emitted arrives either way."""
+    posts = {}
+    for setting in ("200", None):
+        name, _ = new_stream(kinesalite)
+        env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end",
+                      **({"KINESIS_TELEMETRY_RUNTIME_DONE_TIMEOUT_MS": setting} if setting else {}))
+        with LambdaSim(ext_bin, env, timeout_ms=1000) as sim:
+            sim.start()
+            for _ in range(3):
+                r = sim.invoke(log_lines=5, runtime_done_delay_ms=None)
+                assert not r.timed_out
+            res = sim.shutdown()
+            assert_clean_exit(sim, res)
+        posts[setting] = sim.post_runtime_ms
+        assert sim.stderr_text().count("no platform.runtimeDone") == 3, sim.stderr_text()[-2000:]
+        recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+        check_delivery(sim, recs)
+    assert all(150 <= p <= 600 for p in posts["200"]), posts
+    assert all(700 <= p <= 1000 for p in posts[None]), posts
+
+
+def test_a_late_runtime_done_is_waited_for(ext_bin, kinesalite):
+    """`end` mode, runtimeDone 150 ms after the function ended: the extension waits
+    for it, sends the invoke's data, and only then calls event/next."""
+    name, _ = new_stream(kinesalite)
+    with LambdaSim(ext_bin, ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end")) as sim:
+        sim.start()
+        for _ in range(3):
+            assert not sim.invoke(log_lines=5, runtime_done_delay_ms=150).timed_out
+        res = sim.shutdown()
+        assert_clean_exit(sim, res)
+    assert all(150 <= p <= 1000 for p in sim.post_runtime_ms), sim.post_runtime_ms
+    assert "no platform.runtimeDone" not in sim.stderr_text()
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+    check_delivery(sim, recs)
+
+
+def test_shutdown_after_a_function_timeout(ext_bin, kinesalite):
+    """The function runs past its timeout (its runtimeDone comes after the deadline),
+    then Lambda shuts the environment down with reason "timeout": the extension
+    called event/next in time, exits 0, and delivers everything."""
+    name, _ = new_stream(kinesalite)
+    with LambdaSim(ext_bin, ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end"), timeout_ms=500) as sim:
+        sim.start()
+        assert not sim.invoke(log_lines=5).timed_out
+        r = sim.invoke(log_lines=5, runtime_ms=700)
+        assert not r.timed_out
+        res = sim.shutdown(reason="timeout")
+        assert_clean_exit(sim, res)
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+    check_delivery(sim, recs)
+
+
+def test_no_wait_for_the_last_report_with_shutdown_wait_0(ext_bin, kinesalite):
+    """SHUTDOWN_WAIT_MS=0: the final flush starts at once (short shutdown); the last
+    invoke's platform.report, which Lambda delivers after SHUTDOWN, may miss it."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS="0")
+    with LambdaSim(ext_bin, env) as sim:
+        run_invokes(sim, 3, 5)
+        res = sim.shutdown()
+        # what may be lost is exactly the last report, which it did not wait for
+        assert_clean_exit(sim, res, pushback=True)
+    assert all(b'"platform.report"' in e[:80] and sim.request_ids[-1].encode() in e
+               for e in sim.lost_before_shutdown), sim.lost_before_shutdown
+    assert res.shutdown_ms < 300, res
+    recs = kinesalite.read_all(name, expect=len(sim.delivered), timeout=READ_TIMEOUT)
+    late = [e for e in sim.delivered if b'"platform.report"' in e[:80]][-1:]
+    check_delivery(sim, recs, lost=collections.Counter(late))
+
+
+# ------------------------------------------------------------------ retry settings
+
+
+def test_max_attempts_1_gives_up_for_now_and_keeps_the_records(ext_bin, kinesalite):
+    """MAX_ATTEMPTS=1 with 503s in pairs: a flush gives up after one failed round
+    (logged), keeps the records, and the next flush delivers them."""
+    name, _ = new_stream(kinesalite)
+    rule = lambda i, headers: (503, "ServiceUnavailable") if i % 3 < 2 else None  # noqa: E731
+    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
+        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_MAX_ATTEMPTS="1")
+        with LambdaSim(ext_bin, env) as sim:
+            run_invokes(sim, 6, 5)
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+        assert "still unsent after 1 attempts" in sim.stderr_text()
+        # one request per flush while failing: never two failures in a row within an invoke
+        nexts = sim.next_call_times
+        for a, b in zip(nexts, nexts[1:]):
+            failed = [p for p in proxy.puts if a < p.t_start < b and p.status == 503]
+            assert len(failed) <= 1, [(p.t_start, p.status) for p in proxy.puts]
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+    check_delivery(sim, recs, proxy)
+
+
+def test_retry_budget_0_denies_retries_and_loses_nothing(ext_bin, kinesalite):
+    """RETRY_BUDGET=0: every retry inside a flush is denied (counted as
+    retriesDenied); the records wait for the next flush and all arrive."""
+    name, _ = new_stream(kinesalite)
+    rule = lambda i, headers: (500, "InternalFailure") if i % 2 == 0 else None  # noqa: E731
+    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
+        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_RETRY_BUDGET="0")
+        with LambdaSim(ext_bin, env) as sim:
+            run_invokes(sim, 6, 5)
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+    check_delivery(sim, recs, proxy)
+    m = final_metrics(recs)
+    assert m["retriesDenied"] >= 3 and m["droppedShutdown"] == 0, m
+
+
+def test_a_sink_that_hangs_during_the_final_flush(ext_bin, kinesalite):
+    """Every request after SHUTDOWN hangs: the extension still exits 0 before the
+    deadline, and exactly what is not on the stream is counted as droppedShutdown."""
+    name, _ = new_stream(kinesalite)
+    state = {"shutdown": False}
+    rule = lambda i, headers: HANG if state["shutdown"] else None  # noqa: E731
+    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
+        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                      KINESIS_TELEMETRY_FLUSH="batch", KINESIS_TELEMETRY_BATCH_MAX_AGE_MS="600000",
+                      KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS="400")
+        with LambdaSim(ext_bin, env) as sim:
+            run_invokes(sim, 4, 10)
+            state["shutdown"] = True
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+        assert any(p.outcome == HANG for p in proxy.puts)
+    recs = kinesalite.read_all(name, timeout=1)
+    counters = shutdown_counters(sim.stderr_text())
+    missing = collections.Counter(sim.delivered) - collections.Counter(r["data"] for r in recs)
+    # everything it received, and its metrics record, is lost and counted
+    assert sum(missing.values()) == len(sim.delivered)
+    assert counters["droppedShutdown"] == len(sim.delivered) + 1, (counters, len(sim.delivered))
