@@ -225,3 +225,56 @@ def test_a_sink_that_hangs_during_the_final_flush(ext_bin, kinesalite):
     # everything it received, and its metrics record, is lost and counted
     assert sum(missing.values()) == len(sim.delivered)
     assert counters["droppedShutdown"] == len(sim.delivered) + 1, (counters, len(sim.delivered))
+
+
+def test_backoff_settings_shape_the_waits_between_retries(ext_bin, kinesalite):
+    """503 for the first six requests of each run, `end` mode: with
+    BACKOFF_CAP_MS=30 no wait between a failure and its retry passes the cap (plus
+    a request's own time); with BACKOFF_BASE_MS=BACKOFF_CAP_MS=400 (full jitter in
+    [0, 400]) some wait is clearly longer than that."""
+    gaps = {}
+    for label, base, cap in (("short", "5", "30"), ("long", "400", "400")):
+        name, _ = new_stream(kinesalite)
+        rule = lambda i, headers: (503, "ServiceUnavailable") if i < 6 else None  # noqa: E731
+        with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
+            env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                          KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_MAX_ATTEMPTS="10",
+                          KINESIS_TELEMETRY_BACKOFF_BASE_MS=base, KINESIS_TELEMETRY_BACKOFF_CAP_MS=cap)
+            with LambdaSim(ext_bin, env, timeout_ms=6000) as sim:
+                run_invokes(sim, 2, 5)
+                res = sim.shutdown()
+            assert_run_ok(sim, res, proxy)
+            puts = sorted(proxy.puts, key=lambda p: p.t_start)
+            gaps[label] = [(b.t_start - a.t_end) * 1000 for a, b in zip(puts, puts[1:]) if a.status == 503]
+        recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+        check_delivery(sim, recs, proxy)
+    assert len(gaps["short"]) >= 5 and max(gaps["short"]) < 30 + 60, gaps
+    assert max(gaps["long"]) > 100 and max(gaps["long"]) < 400 + 150, gaps
+
+
+def test_connect_timeout_bounds_a_blackholed_endpoint(ext_bin, kinesalite):
+    """An endpoint whose SYNs are dropped (a listener with a full backlog):
+    CONNECT_TIMEOUT_MS=200 and MAX_ATTEMPTS=1 make each end-of-invoke flush give up
+    after about 200 ms, not the request timeout; at SHUTDOWN everything is counted
+    lost, and the process exits in time."""
+    black = socket.socket()
+    black.bind(("127.0.0.1", 0))
+    black.listen(0)
+    filler = socket.create_connection(black.getsockname(), timeout=2)  # fills the backlog
+    try:
+        host, port = black.getsockname()
+        name, _ = new_stream(kinesalite)
+        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=f"http://{host}:{port}",
+                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_CONNECT_TIMEOUT_MS="200",
+                      KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS="5000", KINESIS_TELEMETRY_MAX_ATTEMPTS="1")
+        with LambdaSim(ext_bin, env, timeout_ms=3000) as sim:
+            run_invokes(sim, 3, 5)
+            res = sim.shutdown()
+            assert_clean_exit(sim, res)
+    finally:
+        filler.close()
+        black.close()
+    post = sim.post_runtime_ms
+    assert all(150 <= p <= 1000 for p in post[1:]), post
+    counters = shutdown_counters(sim.stderr_text())
+    assert counters["droppedShutdown"] == len(sim.delivered) + 1, (counters, len(sim.delivered))
