@@ -98,6 +98,21 @@ def run_invokes(sim: LambdaSim, invokes: int, lines: int, **kw) -> None:
         assert not r.timed_out, sim.stderr_text()
 
 
+def run_with_faults(ext_bin, emu, rule, invokes: int, lines: int, **env):
+    """A stream, the fault proxy in front of `emu` with `rule` (see Faults.rule), the
+    extension under the simulator for `invokes` invokes of `lines` lines and
+    SHUTDOWN, checked by delivery.assert_run_ok. Returns (sim, proxy, stream)."""
+    from delivery import assert_run_ok
+    from fault_proxy import FaultProxy, Faults
+    name, _ = new_stream(emu)
+    with FaultProxy(emu.endpoint, Faults(rule=rule)) as proxy:
+        with LambdaSim(ext_bin, ext_env(emu, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint, **env)) as sim:
+            run_invokes(sim, invokes, lines)
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+    return sim, proxy, name
+
+
 def assert_clean_exit(sim: LambdaSim, result, *, pushback: bool = False) -> None:
     """Exit 0 in time, no protocol violation, and the oracle: everything Lambda
     emitted before SHUTDOWN reached the extension (nothing dropped by Lambda,

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
+from conftest import assert_clean_exit, ext_env, new_stream, run_invokes, run_with_faults
 from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics
-from fault_proxy import GARBLED_AFTER_UPSTREAM, Faults, FaultProxy
+from fault_proxy import GARBLED_AFTER_UPSTREAM
 from lambda_sim import LambdaSim
 
 
@@ -59,18 +59,10 @@ def test_an_unusable_200_is_an_ambiguous_outcome(ext_bin, kinesalite):
     (not JSON, one result too many, Records of the wrong type): the records are sent
     again and every copy that can be a duplicate is counted as duplicateRisk; nothing
     is counted lost, nothing is missing."""
-    name, _ = new_stream(kinesalite)
     rule = lambda i, headers: GARBLED_AFTER_UPSTREAM if i < 3 else None  # noqa: E731
-    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
-        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
-                      KINESIS_TELEMETRY_FLUSH="end")
-        with LambdaSim(ext_bin, env) as sim:
-            run_invokes(sim, 6, 10)
-            res = sim.shutdown()
-            assert_run_ok(sim, res, proxy)
-        assert proxy.garbled == 3
-        dup = sum(proxy.ambiguous.values())
-    assert sim.lost_before_shutdown == []
+    sim, proxy, name = run_with_faults(ext_bin, kinesalite, rule, 6, 10, KINESIS_TELEMETRY_FLUSH="end")
+    assert proxy.garbled == 3
+    dup = sum(proxy.ambiguous.values())
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + dup + 1, timeout=READ_TIMEOUT)
     d = check_delivery(sim, recs, proxy)
     assert d.duplicates == dup > 0, (d, dup)
@@ -82,15 +74,8 @@ def test_an_unusable_200_is_an_ambiguous_outcome(ext_bin, kinesalite):
 def test_an_error_without_code_says_what_answered(ext_bin, kinesalite):
     """A 400 with no error code and an empty body: the one ERROR line says so and
     what to check, instead of "see the error message" with no message."""
-    name, _ = new_stream(kinesalite)
     rule = lambda i, headers: (400, None) if i < 1 else None  # noqa: E731
-    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
-        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
-                      KINESIS_TELEMETRY_FLUSH="end")
-        with LambdaSim(ext_bin, env) as sim:
-            run_invokes(sim, 3, 5)
-            res = sim.shutdown()
-            assert_run_ok(sim, res, proxy)
+    sim, _, _ = run_with_faults(ext_bin, kinesalite, rule, 3, 5, KINESIS_TELEMETRY_FLUSH="end")
     lines = [l for l in sim.stderr_text().splitlines() if "ERROR" in l and "HTTP400" in l]
     assert len(lines) == 1, sim.stderr_text()[-2000:]
     assert "no error code" in lines[0] and "AWS_ENDPOINT_URL_KINESIS" in lines[0], lines[0]

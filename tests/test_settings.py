@@ -8,7 +8,7 @@ import json
 import socket
 import threading
 
-from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
+from conftest import assert_clean_exit, ext_env, new_stream, run_invokes, run_with_faults
 from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics, shutdown_counters
 from fault_proxy import HANG, Faults, FaultProxy
 from lambda_sim import LambdaSim
@@ -166,21 +166,15 @@ def test_no_wait_for_the_last_report_with_shutdown_wait_0(ext_bin, kinesalite):
 def test_max_attempts_1_gives_up_for_now_and_keeps_the_records(ext_bin, kinesalite):
     """MAX_ATTEMPTS=1 with 503s in pairs: a flush gives up after one failed round
     (logged), keeps the records, and the next flush delivers them."""
-    name, _ = new_stream(kinesalite)
     rule = lambda i, headers: (503, "ServiceUnavailable") if i % 3 < 2 else None  # noqa: E731
-    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
-        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
-                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_MAX_ATTEMPTS="1")
-        with LambdaSim(ext_bin, env) as sim:
-            run_invokes(sim, 6, 5)
-            res = sim.shutdown()
-        assert_run_ok(sim, res, proxy)
-        assert "still unsent after 1 attempts" in sim.stderr_text()
-        # one request per flush while failing: never two failures in a row within an invoke
-        nexts = sim.next_call_times
-        for a, b in zip(nexts, nexts[1:]):
-            failed = [p for p in proxy.puts if a < p.t_start < b and p.status == 503]
-            assert len(failed) <= 1, [(p.t_start, p.status) for p in proxy.puts]
+    sim, proxy, name = run_with_faults(ext_bin, kinesalite, rule, 6, 5, KINESIS_TELEMETRY_FLUSH="end",
+                                       KINESIS_TELEMETRY_MAX_ATTEMPTS="1")
+    assert "still unsent after 1 attempts" in sim.stderr_text()
+    # one request per flush while failing: never two failures in a row within an invoke
+    nexts = sim.next_call_times
+    for a, b in zip(nexts, nexts[1:]):
+        failed = [p for p in proxy.puts if a < p.t_start < b and p.status == 503]
+        assert len(failed) <= 1, [(p.t_start, p.status) for p in proxy.puts]
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
     check_delivery(sim, recs, proxy)
 
@@ -188,15 +182,9 @@ def test_max_attempts_1_gives_up_for_now_and_keeps_the_records(ext_bin, kinesali
 def test_retry_budget_0_denies_retries_and_loses_nothing(ext_bin, kinesalite):
     """RETRY_BUDGET=0: every retry inside a flush is denied (counted as
     retriesDenied); the records wait for the next flush and all arrive."""
-    name, _ = new_stream(kinesalite)
     rule = lambda i, headers: (500, "InternalFailure") if i % 2 == 0 else None  # noqa: E731
-    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
-        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
-                      KINESIS_TELEMETRY_FLUSH="end", KINESIS_TELEMETRY_RETRY_BUDGET="0")
-        with LambdaSim(ext_bin, env) as sim:
-            run_invokes(sim, 6, 5)
-            res = sim.shutdown()
-        assert_run_ok(sim, res, proxy)
+    sim, proxy, name = run_with_faults(ext_bin, kinesalite, rule, 6, 5, KINESIS_TELEMETRY_FLUSH="end",
+                                       KINESIS_TELEMETRY_RETRY_BUDGET="0")
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
     check_delivery(sim, recs, proxy)
     m = final_metrics(recs)
