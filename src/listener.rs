@@ -31,16 +31,24 @@ pub fn start(
     max_body: usize,
     stats: Arc<Stats>,
 ) -> std::io::Result<UnixStream> {
-    let path = std::env::temp_dir().join(format!(
+    let name = format!(
         "kinesis-telemetry-{}-{}.sock",
         std::process::id(),
         crate::rng::Rng::from_os().hex(8)
-    ));
-    let socket = UnixListener::bind(&path)?;
-    let server = Server::from_listener(socket, None);
-    let conn = UnixStream::connect(&path);
-    let _ = std::fs::remove_file(&path);
-    let (server, conn) = (server.map_err(std::io::Error::other)?, conn?);
+    );
+    let (server, conn) = match private_socket(&std::env::temp_dir().join(&name)) {
+        Ok(pair) => pair,
+        Err(e) => {
+            // No usable temporary directory: an abstract socket (Linux),
+            // with a random name nothing else knows.
+            log::debug!("telemetry listener: no socket file in the temporary directory ({e}); using an abstract socket");
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            let server = Server::from_listener(UnixListener::bind_addr(&addr)?, None)
+                .map_err(std::io::Error::other)?;
+            (server, UnixStream::connect_addr(&addr)?)
+        }
+    };
     std::thread::Builder::new()
         .name("http".into())
         .stack_size(READER_STACK)
@@ -51,6 +59,15 @@ pub fn start(
             }
         })?;
     Ok(conn)
+}
+
+/// tiny_http on a socket file, connected to, and the file removed.
+fn private_socket(path: &std::path::Path) -> std::io::Result<(Server, UnixStream)> {
+    let socket = UnixListener::bind(path)?;
+    let server = Server::from_listener(socket, None);
+    let conn = UnixStream::connect(path);
+    let _ = std::fs::remove_file(path);
+    Ok((server.map_err(std::io::Error::other)?, conn?))
 }
 
 fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &Stats) {

@@ -312,3 +312,16 @@ def test_listens_where_the_sandbox_name_resolves(ext_bin, kinesalite, tmp_path):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         sim.invoke(log_lines=10)
         finish(sim, kinesalite, name)
+
+
+def test_works_without_a_usable_temporary_directory(ext_bin, kinesalite):
+    """The private socket to tiny_http normally lives (for an instant) in the
+    temporary directory; with TMPDIR pointing nowhere it falls back to an abstract
+    socket, and every delivery still arrives."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end", TMPDIR="/nonexistent/tmp")
+    with LambdaSim(ext_bin, env) as sim:
+        sim.start()
+        for _ in range(3):
+            assert not sim.invoke(log_lines=10).timed_out
+        finish(sim, kinesalite, name)
