@@ -8,6 +8,8 @@ import json
 import socket
 import threading
 
+import pytest
+
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes, run_with_faults
 from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics, shutdown_counters
 from fault_proxy import HANG, Faults, FaultProxy
@@ -85,6 +87,7 @@ def test_concurrent_deliveries_all_arrive(ext_bin, kinesalite):
 # ----------------------------------------------------------------- lifecycle edges
 
 
+@pytest.mark.timing
 def test_a_missing_runtime_done_is_waited_for_only_as_long_as_configured(ext_bin, kinesalite):
     """`end` mode, no platform.runtimeDone at all: with RUNTIME_DONE_TIMEOUT_MS=200
     each invoke ends ~200 ms after it began (one WARN per invoke says why); with the
@@ -110,6 +113,7 @@ def test_a_missing_runtime_done_is_waited_for_only_as_long_as_configured(ext_bin
     assert all(700 <= p <= 1000 for p in posts[None]), posts
 
 
+@pytest.mark.timing
 def test_a_late_runtime_done_is_waited_for(ext_bin, kinesalite):
     """`end` mode, runtimeDone 150 ms after the function ended: the extension waits
     for it, sends the invoke's data, and only then calls event/next."""
@@ -215,6 +219,7 @@ def test_a_sink_that_hangs_during_the_final_flush(ext_bin, kinesalite):
     assert counters["droppedShutdown"] == len(sim.delivered) + 1, (counters, len(sim.delivered))
 
 
+@pytest.mark.timing
 def test_backoff_settings_shape_the_waits_between_retries(ext_bin, kinesalite):
     """503 for the first six requests of each run, `end` mode: with
     BACKOFF_CAP_MS=30 no wait between a failure and its retry passes the cap (plus
@@ -240,6 +245,7 @@ def test_backoff_settings_shape_the_waits_between_retries(ext_bin, kinesalite):
     assert max(gaps["long"]) > 100 and max(gaps["long"]) < 400 + 150, gaps
 
 
+@pytest.mark.timing
 def test_connect_timeout_bounds_a_blackholed_endpoint(ext_bin, kinesalite):
     """An endpoint whose SYNs are dropped (a listener with a full backlog):
     CONNECT_TIMEOUT_MS=200 and MAX_ATTEMPTS=1 make each end-of-invoke flush give up
