@@ -672,6 +672,12 @@ class FaultProxy:
             finish(action, 200, 0)
             self._send(c, 200, {"Content-Type": "application/x-amz-json-1.1"}, answer, close)
             return
+        if self._client_gone(c):
+            # it gave up (its timeout) while the emulator took the records: it will
+            # resend them, and duplicates of those are explained
+            mark_ambiguous()
+            finish("client_gone", 0, 0)
+            raise _Dropped()
         finish("ok", 200, failed)  # logged before the client can see the answer
         try:
             self._send(c, 200, {"Content-Type": "application/x-amz-json-1.1"}, answer, close)

@@ -394,6 +394,7 @@ def test_a_slow_sink_never_makes_an_invoke_miss_its_deadline(ext_bin, kinesalite
         check_delivery(sim, recs, proxy, lost=missing)
 
 
+@pytest.mark.timing  # each request must finish within its 400 ms budget
 def test_full_requests_keep_going_out_after_the_send_window_ends(ext_bin, kinesalite):
     """A 12 s invoke logs 4,000 lines at its start, then nothing until runtimeDone;
     the sink takes 100 ms per request and the send window (FLUSH_TIMEOUT_MS) is
