@@ -139,7 +139,7 @@ pub struct Config {
     pub batch_max_age: Duration,
     pub flush_interval: Duration,
     pub max_delay: Duration,
-    pub format: crate::pack::Format,
+    pub format: crate::records::pack::Format,
     pub hash_key: HashKeyMode,
     /// Platform event names (without `platform.`) to forward; `None`: all.
     pub platform_events: Option<Vec<String>>,
@@ -450,11 +450,11 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let max_delay = r.millis("MAX_DELAY_MS", 10_000, 1, 3_600_000);
     let format = r.choice(
         "FORMAT",
-        crate::pack::Format::Json,
+        crate::records::pack::Format::Json,
         &[
-            ("json", crate::pack::Format::Json),
-            ("kpl", crate::pack::Format::Kpl),
-            ("ndjson-gzip", crate::pack::Format::NdjsonGzip),
+            ("json", crate::records::pack::Format::Json),
+            ("kpl", crate::records::pack::Format::Kpl),
+            ("ndjson-gzip", crate::records::pack::Format::NdjsonGzip),
         ],
     );
     let hash_key = r.choice(
@@ -858,7 +858,7 @@ mod tests {
             }
         );
         assert_eq!(c.flush, FlushMode::Adaptive);
-        assert_eq!(c.format, crate::pack::Format::Json);
+        assert_eq!(c.format, crate::records::pack::Format::Json);
         assert_eq!(c.hash_key, HashKeyMode::None);
         assert_eq!(c.platform_events, None);
         assert_eq!(c.min_level, None);
@@ -963,7 +963,7 @@ mod tests {
             ("KINESIS_TELEMETRY_ENRICH", "TRUE"),
         ]))
         .unwrap();
-        assert_eq!(c.format, crate::pack::Format::NdjsonGzip);
+        assert_eq!(c.format, crate::records::pack::Format::NdjsonGzip);
         assert_eq!(c.hash_key, HashKeyMode::Random);
         assert_eq!(
             c.platform_events,

@@ -5,32 +5,23 @@
 //! `event/next` loop); `listener` receives telemetry; `dispatcher` batches
 //! and sends it. See README "How it works".
 
+// The stages, in the order data flows through them.
+mod dispatch;
+mod kinesis; // PutRecords wire format, client, SigV4, credentials
+mod lambda; // Extensions API, telemetry listener, event splitting
+mod records; // events -> records: shaping, the queue, formats // the dispatcher thread, flush and retry policies
+
+// Shared by the stages.
 mod base64;
-mod batch;
 mod config;
-mod credentials;
-mod dispatcher;
-mod extensions_api;
-mod flush;
-mod gate;
-mod kinesis;
-mod listener;
-mod local_http;
 mod logging;
 mod md5;
-mod pack;
-mod partition;
+mod rng;
+mod slices;
+mod stats;
+
 #[cfg(test)]
 mod properties;
-mod request_head;
-mod retry;
-mod rng;
-mod sender;
-mod shape;
-mod shared;
-mod sigv4;
-mod stats;
-mod telemetry;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -38,8 +29,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crossbeam_channel::{bounded, Sender};
 
 use config::Config;
-use dispatcher::{Control, Dispatcher};
-use extensions_api::{ExtensionsApi, LifecycleEvent, Subscription};
+use dispatch::dispatcher::{Control, Dispatcher};
+use lambda::extensions_api::{self, ExtensionsApi, LifecycleEvent, Subscription};
+use lambda::{gate, listener};
 use stats::Stats;
 
 /// Name used when argv[0] is unusable.

@@ -5,9 +5,9 @@
 
 use proptest::prelude::*;
 
-use crate::batch::{fit_event, Limits, Queue, Record};
 use crate::config;
-use crate::telemetry;
+use crate::lambda::telemetry;
+use crate::records::queue::{fit_event, Limits, Queue, Record};
 
 /// Arbitrary JSON text, nested a few levels, with odd strings.
 fn json_value() -> impl Strategy<Value = String> {

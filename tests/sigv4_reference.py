@@ -1,4 +1,4 @@
-"""Independent SigV4 reference for the unit test in src/sigv4.rs.
+"""Independent SigV4 reference for the unit test in src/kinesis/sigv4.rs.
 
 Signs the same request with botocore's SigV4Auth and prints the headers, so the
 constant in the Rust test comes from another implementation, not from ours.

@@ -193,7 +193,9 @@ def test_thousands_of_idle_connections_within_lambdas_file_limit(ext_bin, kinesa
                     assert not r.timed_out
                     assert sim.exit_code is None, sim.stderr_text()[-2000:]
                     assert open_fds(sim.pid) < 120, open_fds(sim.pid)
-            assert sim.post_errors == [] or all("Reset" in e or "Broken" in e for e in sim.post_errors)
+            # Lambda's own connection may be among the shed (then Lambda reconnects and
+            # resends), but no delivery is ever refused with an HTTP error
+            assert not any(e.startswith("HTTP") for e in sim.post_errors), sim.post_errors
         finally:
             for s in idle:
                 s.close()

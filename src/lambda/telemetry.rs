@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::shared::Text;
+use crate::slices::Text;
 
 /// Event type of the marker that carries a body we could not split.
 pub const UNPARSED_TYPE: &str = "kinesis-telemetry-extension.unparsed";
@@ -355,9 +355,9 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_stack_overflow() {
-        // The listener reads bodies on threads with small stacks (see listener.rs).
+        // The listener reads bodies on threads with small stacks (see lambda/listener.rs).
         let t = std::thread::Builder::new()
-            .stack_size(crate::listener::READER_STACK)
+            .stack_size(crate::lambda::listener::READER_STACK)
             .spawn(|| {
                 let deep = "[".repeat(100_000);
                 assert!(split(deep.as_bytes()).is_err());

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use crate::base64;
 use crate::config::StreamTarget;
-use crate::pack::Wire;
+use crate::records::pack::Wire;
 
 /// `X-Amz-Target` of the one API call the extension makes.
 pub const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
@@ -295,7 +295,7 @@ fn xml_tag(body: &[u8], tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Record;
+    use crate::records::queue::Record;
 
     #[test]
     fn explicit_hash_key_is_sent() {

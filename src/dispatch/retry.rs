@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::kinesis::Retry;
+use crate::kinesis::wire::Retry;
 use crate::rng::Rng;
 
 /// Tokens a retry costs; transport failures and timeouts cost more, as in

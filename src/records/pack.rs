@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use crate::batch::{Limits, Queue, Record};
 use crate::md5;
+use crate::records::queue::{Limits, Queue, Record};
 
 /// The record format (`KINESIS_TELEMETRY_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

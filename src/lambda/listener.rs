@@ -16,11 +16,11 @@ use std::time::SystemTime;
 use crossbeam_channel::Sender;
 use tiny_http::{Request, Response, Server};
 
+use crate::lambda::telemetry::{self, Delivery, Event};
 use crate::stats::Stats;
-use crate::telemetry::{self, Delivery, Event};
 
 /// Stack of the thread that splits bodies: enough for serde_json's
-/// 128-level nesting limit (tested in telemetry.rs).
+/// 128-level nesting limit (tested in lambda/telemetry.rs).
 pub const READER_STACK: usize = 128 * 1024;
 
 /// Starts tiny_http on a Unix socket of its own and returns the one

@@ -15,17 +15,17 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender};
 
-use crate::batch::{Limits, Queue, Record};
 use crate::config::{Config, FlushMode, HashKeyMode};
-use crate::flush::{self, EndOfInvoke, History};
-use crate::kinesis::{record_error_retryable, Response, Retry};
-use crate::pack::{self, Format};
-use crate::retry::{backoff, Budget};
+use crate::dispatch::flush::{self, EndOfInvoke, History};
+use crate::dispatch::retry::{backoff, Budget};
+use crate::kinesis::client::{KinesisClient, TRANSPORT_ERROR};
+use crate::kinesis::wire::{record_error_retryable, Response, Retry};
+use crate::lambda::telemetry::{self, Delivery, Kind};
+use crate::records::pack::{self, Format};
+use crate::records::queue::{Limits, Queue, Record};
+use crate::records::shape::{Shaped, Shaper};
 use crate::rng::Rng;
-use crate::sender::{KinesisClient, TRANSPORT_ERROR};
-use crate::shape::{Shaped, Shaper};
 use crate::stats::Stats;
-use crate::telemetry::{self, Delivery, Kind};
 
 /// Report key for "nothing could be sent" (no credentials).
 const CANNOT_SEND: &str = "CredentialsError";
@@ -830,7 +830,7 @@ impl Dispatcher {
     /// How to treat a whole-request error. Signature refusals are re-signed
     /// once (clock skew) and final the second time in a row (a wrong secret);
     /// expired credentials are refreshed when they come from an endpoint.
-    fn retry_for(&mut self, e: &crate::kinesis::ApiError) -> Retry {
+    fn retry_for(&mut self, e: &crate::kinesis::wire::ApiError) -> Retry {
         let retry = e.retry();
         if !matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
             return retry;

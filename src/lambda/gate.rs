@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::request_head::{self, Body, Refusal};
+use crate::lambda::request_head::{self, Body, Refusal};
 use crate::stats::Stats;
 
 /// The host name Lambda delivers telemetry to.

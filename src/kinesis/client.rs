@@ -14,10 +14,10 @@ use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver
 use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{Config, StaticCredentials, StreamTarget};
-use crate::credentials::Provider;
-use crate::kinesis::{self, ApiError, Response};
-use crate::pack::Wire;
-use crate::sigv4;
+use crate::kinesis::credentials::Provider;
+use crate::kinesis::sigv4;
+use crate::kinesis::wire::{self, ApiError, Response};
+use crate::records::pack::Wire;
 
 /// Error code used for failures below HTTP (connect, reset, timeout).
 pub const TRANSPORT_ERROR: &str = "TransportError";
@@ -100,7 +100,7 @@ impl KinesisClient {
             Err(e) => return unsent("CredentialsError", e.to_string()),
         };
         let mut body = std::mem::take(&mut self.body);
-        kinesis::write_put_records_body(&mut body, &self.target, records);
+        wire::write_put_records_body(&mut body, &self.target, records);
         let outcome = self.send(&credentials, &body, left, records.len());
         if body.capacity() <= KEEP_BODY_BYTES {
             self.body = body;
@@ -116,8 +116,8 @@ impl KinesisClient {
         records: usize,
     ) -> Outcome {
         let base = [
-            ("content-type", kinesis::CONTENT_TYPE),
-            ("x-amz-target", kinesis::PUT_RECORDS_TARGET),
+            ("content-type", wire::CONTENT_TYPE),
+            ("x-amz-target", wire::PUT_RECORDS_TARGET),
         ];
         let signed = match sigv4::sign_post(
             credentials,
@@ -168,7 +168,7 @@ impl KinesisClient {
                 true,
             );
         }
-        let response = kinesis::parse_response(status, error_type.as_deref(), &answer, records);
+        let response = wire::parse_response(status, error_type.as_deref(), &answer, records);
         Outcome {
             // A 200 we cannot read may have stored every record: resending
             // them risks duplicates, which is what `ambiguous` counts.

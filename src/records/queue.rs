@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::shared::{self, Bytes};
-use crate::telemetry::push_json_string;
+use crate::lambda::telemetry::push_json_string;
+use crate::slices::{self, Bytes};
 
 /// Event type of the records an oversized event is split into.
 pub const FRAGMENT_TYPE: &str = "kinesis-telemetry-extension.fragment";
@@ -88,7 +88,7 @@ impl Queue {
             .collect();
         let held: usize = slices.iter().map(|d| d.len()).sum();
         if held > 0 && held * 2 < body_bytes {
-            shared::compact(slices);
+            slices::compact(slices);
         }
     }
 

@@ -5,12 +5,12 @@
 
 use serde::Deserialize;
 
-use crate::batch::{fit_event, Record};
 use crate::config::{Config, Types, LEVELS};
-use crate::partition::Keys;
+use crate::lambda::telemetry::{push_json_string, Event, Kind};
+use crate::records::partition::Keys;
+use crate::records::queue::{fit_event, Record};
 use crate::rng::Rng;
-use crate::shared::Text;
-use crate::telemetry::{push_json_string, Event, Kind};
+use crate::slices::Text;
 
 /// What became of one event.
 pub enum Shaped {
@@ -126,10 +126,12 @@ impl Shaper {
                 self.types.platform
                     && match &self.platform_events {
                         None => true,
-                        Some(names) => crate::telemetry::event_type(&e.json).is_some_and(|t| {
-                            let name = t.trim_start_matches("platform.");
-                            names.iter().any(|w| w == name)
-                        }),
+                        Some(names) => {
+                            crate::lambda::telemetry::event_type(&e.json).is_some_and(|t| {
+                                let name = t.trim_start_matches("platform.");
+                                names.iter().any(|w| w == name)
+                            })
+                        }
                     }
             }
             Kind::Function => self.types.function && self.level_ok(&e.json),
@@ -171,7 +173,7 @@ impl Shaper {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::telemetry::split;
+    use crate::lambda::telemetry::split;
 
     fn cfg(pairs: &[(&str, &str)]) -> Config {
         let mut m: std::collections::HashMap<&str, &str> = [

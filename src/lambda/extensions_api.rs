@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::local_http::{Connection, Response};
+use crate::lambda::local_http::{Connection, Response};
 
 /// Lambda's answer to `register`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]

@@ -1,0 +1,8 @@
+//! From events to Kinesis records: shaping (filters, enrichment, partition
+//! keys, fragments), the queue of records waiting to be sent, and the record
+//! formats a request is packed in.
+
+pub mod pack;
+pub mod partition;
+pub mod queue;
+pub mod shape;
