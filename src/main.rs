@@ -19,6 +19,7 @@ mod md5;
 mod rng;
 mod slices;
 mod stats;
+mod time;
 
 #[cfg(test)]
 mod properties;

@@ -8,17 +8,31 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 /// Event type of the extension's own metrics records.
 pub const METRICS_TYPE: &str = "kinesis-telemetry-extension.metrics";
 
+/// One counter, shared between threads: `stats.records_sent.add(n)`.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
 macro_rules! counters {
     ($( $(#[$doc:meta])* $field:ident => $json:literal ),* $(,)?) => {
         #[derive(Debug, Default)]
         pub struct Stats {
-            $( $(#[$doc])* pub $field: AtomicU64, )*
+            $( $(#[$doc])* pub $field: Counter, )*
         }
 
         impl Stats {
             /// `(camelCase name, value)` of every counter, in a fixed order.
             pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-                vec![ $( ($json, self.$field.load(Relaxed)), )* ]
+                vec![ $( ($json, self.$field.get()), )* ]
             }
         }
     };
@@ -71,14 +85,6 @@ counters! {
 }
 
 impl Stats {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
-    }
-
-    pub fn get(counter: &AtomicU64) -> u64 {
-        counter.load(Relaxed)
-    }
-
     /// One line with every counter, for the shutdown log.
     pub fn summary(&self) -> String {
         let parts: Vec<String> = self
@@ -115,8 +121,8 @@ mod tests {
     #[test]
     fn metrics_event_has_every_counter() {
         let s = Stats::default();
-        Stats::add(&s.records_sent, 3);
-        Stats::add(&s.dropped_shutdown, 2);
+        s.records_sent.add(3);
+        s.dropped_shutdown.add(2);
         let e: serde_json::Value =
             serde_json::from_str(&s.metrics_event("t", true, &[("functionName", "f")])).unwrap();
         assert_eq!(e["type"], METRICS_TYPE);

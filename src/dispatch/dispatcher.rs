@@ -27,6 +27,10 @@ use crate::records::shape::{Shaped, Shaper};
 use crate::rng::Rng;
 use crate::stats::Stats;
 
+/// Without an invoke deadline, background sends end after this many
+/// `flush_timeout`s.
+const SEND_WINDOWS_WITHOUT_INVOKE: u32 = 2;
+
 /// Report key for "nothing could be sent" (no credentials).
 const CANNOT_SEND: &str = "CredentialsError";
 
@@ -428,10 +432,10 @@ impl Dispatcher {
                 // and lost with the rest. (Once this thread ends, the
                 // channel is closed and the listener answers 503.)
                 for late in self.events.try_iter() {
-                    Stats::add(&self.stats.dropped_shutdown, late.events.len() as u64);
+                    self.stats.dropped_shutdown.add(late.events.len() as u64);
                 }
                 if !left.is_empty() {
-                    Stats::add(&self.stats.dropped_shutdown, left.len() as u64);
+                    self.stats.dropped_shutdown.add(left.len() as u64);
                     log::error!(
                         "shutdown deadline: {} records ({} bytes) could not be delivered in time and are lost (last error: {})",
                         left.len(),
@@ -494,8 +498,8 @@ impl Dispatcher {
                 Kind::Report => self.last_report = e.request_id.clone(),
                 Kind::LogsDropped => {
                     if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
-                        Stats::add(&self.stats.lambda_dropped_records, records);
-                        Stats::add(&self.stats.lambda_dropped_bytes, bytes);
+                        self.stats.lambda_dropped_records.add(records);
+                        self.stats.lambda_dropped_bytes.add(bytes);
                         // Once at WARN: each log line is itself telemetry.
                         let detail = format!("{records} records ({bytes} bytes) before delivering them: the sink or this extension fell behind; totals are in the metrics record");
                         self.report_at(
@@ -511,7 +515,7 @@ impl Dispatcher {
             let size = e.json.len();
             let queued = match self.shaper.shape(e, self.current_request.as_deref()) {
                 Shaped::Filtered => {
-                    Stats::add(&self.stats.filtered_events, 1);
+                    self.stats.filtered_events.add(1);
                     false
                 }
                 Shaped::Record(r) => {
@@ -519,7 +523,7 @@ impl Dispatcher {
                     true
                 }
                 Shaped::Fragments(records) => {
-                    Stats::add(&self.stats.fragmented_events, 1);
+                    self.stats.fragmented_events.add(1);
                     log::warn!(
                         "an event of {size} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
                         self.max_record_bytes,
@@ -563,13 +567,13 @@ impl Dispatcher {
 
     /// Adds a metrics record to the queue (see `Stats::metrics_event`).
     fn enqueue_metrics(&mut self, final_: bool) {
-        let now = telemetry::rfc3339(std::time::SystemTime::now());
+        let now = crate::time::rfc3339(std::time::SystemTime::now());
         let context: Vec<(&str, &str)> =
             self.context.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let json = self.stats.metrics_event(&now, final_, &context);
         let key = self.shaper.keys.key(None, self.current_request.as_deref());
         self.queue.push(Record::new(json.into_bytes(), key));
-        self.last_metrics = (self.thawed.now(), Stats::get(&self.stats.records_sent));
+        self.last_metrics = (self.thawed.now(), self.stats.records_sent.get());
     }
 
     /// Background sending while thawed: full batches, batches past their
@@ -578,7 +582,7 @@ impl Dispatcher {
     fn send_due(&mut self) {
         if let Some(every) = self.metrics_interval {
             let (at, sent) = self.last_metrics;
-            if self.thawed.now() >= at + every && Stats::get(&self.stats.records_sent) > sent {
+            if self.thawed.now() >= at + every && self.stats.records_sent.get() > sent {
                 self.enqueue_metrics(false);
             }
         }
@@ -590,7 +594,10 @@ impl Dispatcher {
         // the window's end never cuts one short (a cut request is a false
         // "no time left"/timeout: a backoff, and duplicates if it got through).
         let now = Instant::now();
-        let hard = self.invoke_deadline.unwrap_or(now + 2 * self.flush_timeout);
+        // (no invoke: SHUTDOWN never sends in the background; a long window)
+        let hard = self
+            .invoke_deadline
+            .unwrap_or(now + SEND_WINDOWS_WITHOUT_INVOKE * self.flush_timeout);
         self.send_due_until(hard.min(now + self.flush_timeout), Some(hard));
     }
 
@@ -653,7 +660,7 @@ impl Dispatcher {
         if self.final_flush || self.budget.spend(retry == Retry::Transient) {
             return true;
         }
-        Stats::add(&self.stats.retries_denied, 1);
+        self.stats.retries_denied.add(1);
         log::warn!(
             "retry budget spent (the endpoint keeps failing: {}); {} records wait for the next flush",
             self.last_error.as_deref().unwrap_or("none"),
@@ -728,13 +735,13 @@ impl Dispatcher {
             for r in &mut w.members {
                 r.attempts += 1;
                 if r.attempts > 1 {
-                    Stats::add(&self.stats.records_retried, 1);
+                    self.stats.records_retried.add(1);
                 }
             }
         }
         let outcome = self.client.put_records(&wires, deadline);
         if outcome.sent {
-            Stats::add(&self.stats.requests, 1);
+            self.stats.requests.add(1);
         }
         self.progress = false;
         self.blocked = false;
@@ -748,16 +755,16 @@ impl Dispatcher {
                 for (w, code) in wires.into_iter().zip(codes) {
                     match code {
                         None => {
-                            Stats::add(&self.stats.kinesis_records, 1);
-                            Stats::add(&self.stats.bytes_sent, w.size() as u64);
-                            Stats::add(&self.stats.records_sent, w.members.len() as u64);
+                            self.stats.kinesis_records.add(1);
+                            self.stats.bytes_sent.add(w.size() as u64);
+                            self.stats.records_sent.add(w.members.len() as u64);
                         }
                         Some(c) if record_error_retryable(&c) => {
                             retry_code.get_or_insert(c);
                             again.extend(w.members);
                         }
                         Some(c) => {
-                            Stats::add(&self.stats.dropped_rejected, w.members.len() as u64);
+                            self.stats.dropped_rejected.add(w.members.len() as u64);
                             self.report_once(&c, "a record was rejected", "");
                         }
                     }
@@ -772,7 +779,7 @@ impl Dispatcher {
             }
             Response::Error(e) => {
                 if outcome.sent {
-                    Stats::add(&self.stats.request_errors, 1);
+                    self.stats.request_errors.add(1);
                 }
                 let members: Vec<Record> = wires.into_iter().flat_map(|w| w.members).collect();
                 let retry = self.retry_for(&e);
@@ -789,7 +796,7 @@ impl Dispatcher {
                         members.len()
                     );
                     if outcome.ambiguous {
-                        Stats::add(&self.stats.duplicate_risk, members.len() as u64);
+                        self.stats.duplicate_risk.add(members.len() as u64);
                     }
                     if e.code == TRANSPORT_ERROR {
                         self.client.reset_connections();
@@ -797,7 +804,7 @@ impl Dispatcher {
                     self.queue.push_front_all(members);
                     Some(retry)
                 } else {
-                    Stats::add(&self.stats.dropped_rejected, members.len() as u64);
+                    self.stats.dropped_rejected.add(members.len() as u64);
                     let what = format!("PutRecords failed, {} records lost", members.len());
                     self.report_once(&e.code, &what, &format!("{e}; to fix: {}", e.advice()));
                     None

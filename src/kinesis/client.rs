@@ -21,6 +21,8 @@ use crate::records::pack::Wire;
 
 /// Error code used for failures below HTTP (connect, reset, timeout).
 pub const TRANSPORT_ERROR: &str = "TransportError";
+/// Most of an answer read (a PutRecords answer for 500 records is ~60 KB).
+const MAX_ANSWER_BYTES: u64 = 4 << 20;
 
 /// The answer to one call.
 pub struct Outcome {
@@ -159,7 +161,7 @@ impl KinesisClient {
         if let Err(e) = resp
             .body_mut()
             .as_reader()
-            .take(4 << 20)
+            .take(MAX_ANSWER_BYTES)
             .read_to_end(&mut answer)
         {
             return failure(

@@ -13,6 +13,8 @@ use crate::config::{CredentialsSource, StaticCredentials};
 
 /// Refresh this long before `Expiration`, like the AWS SDKs.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
+/// A credentials fetch (a local endpoint on Lambda) gives up after this.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why credentials could not be had.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +125,7 @@ impl Provider {
         let agent = self.agent.get_or_insert_with(|| {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
-                .timeout_global(Some(Duration::from_secs(2)))
+                .timeout_global(Some(FETCH_TIMEOUT))
                 .build()
                 .into()
         });
@@ -170,7 +172,9 @@ pub fn parse_container_credentials(
     let c: ContainerCredentials =
         serde_json::from_slice(body).map_err(|e| format!("unreadable credentials: {e}"))?;
     let expiration = match c.expiration.as_deref() {
-        Some(s) => Some(parse_iso8601(s).ok_or_else(|| format!("unreadable Expiration {s:?}"))?),
+        Some(s) => Some(
+            crate::time::parse_rfc3339(s).ok_or_else(|| format!("unreadable Expiration {s:?}"))?,
+        ),
         None => None,
     };
     Ok((
@@ -183,62 +187,10 @@ pub fn parse_container_credentials(
     ))
 }
 
-/// `2026-11-25T21:54:08Z`, with optional fraction and `+hh:mm` offset.
-pub fn parse_iso8601(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(r) = rest.strip_prefix('.') {
-        let digits = r.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &r[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        r if r.len() == 6 && (r.starts_with('+') || r.starts_with('-')) => {
-            let sign = if r.starts_with('-') { -1 } else { 1 };
-            sign * (r.get(1..3)?.parse::<i64>().ok()? * 3600
-                + r.get(4..6)?.parse::<i64>().ok()? * 60)
-        }
-        _ => return None,
-    };
-    // Days from civil (Howard Hinnant).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + sec - offset;
-    u64::try_from(secs)
-        .ok()
-        .map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::UNIX_EPOCH;
-
-    #[test]
-    fn iso8601() {
-        let t = |s| parse_iso8601(s).map(|t| t.duration_since(UNIX_EPOCH).unwrap().as_secs());
-        assert_eq!(t("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(t("2025-11-25T21:54:08Z"), Some(1_764_107_648));
-        assert_eq!(t("2025-11-25T21:54:08.123456Z"), Some(1_764_107_648));
-        assert_eq!(t("2025-11-25T22:54:08+01:00"), Some(1_764_107_648));
-        assert_eq!(t("2000-02-29T00:00:00Z"), Some(951_782_400));
-        assert_eq!(t("2025-13-01T00:00:00Z"), None);
-        assert_eq!(t("yesterday"), None);
-    }
 
     #[test]
     fn container_answer() {

@@ -20,12 +20,16 @@ pub fn put_records_body(target: &StreamTarget, records: &[Wire]) -> Vec<u8> {
     out
 }
 
+/// JSON around one record's data and key (`{"Data":"","PartitionKey":"",
+/// "ExplicitHashKey":"…"}`, the hash key up to 39 digits): only sizes the buffer.
+const RECORD_JSON_OVERHEAD: usize = 80;
+
 /// Builds the JSON body of a `PutRecords` request in `out` (cleared first),
 /// so the sender can reuse one buffer for every request.
 pub fn write_put_records_body(out: &mut Vec<u8>, target: &StreamTarget, records: &[Wire]) {
     let payload: usize = records
         .iter()
-        .map(|r| base64::encoded_len(r.data().len()) + r.key.len() + 80)
+        .map(|r| base64::encoded_len(r.data().len()) + r.key.len() + RECORD_JSON_OVERHEAD)
         .sum();
     out.clear();
     out.reserve(payload + 64);

@@ -392,7 +392,7 @@ impl Shared {
     }
 
     fn count_shed(&self, why: &str) {
-        Stats::add(&self.stats.shed_connections, 1);
+        self.stats.shed_connections.add(1);
         log::log!(
             first_time(&self.warned.shed),
             "telemetry listener: a connection was shed ({why}; at most {} at once): something in the sandbox holds connections to the telemetry port; counted as shedConnections",
@@ -411,7 +411,7 @@ impl Shared {
         if e.kind() == ErrorKind::Interrupted {
             return;
         }
-        Stats::add(&self.stats.accept_errors, 1);
+        self.stats.accept_errors.add(1);
         let open = lock(&self.slots).list.len();
         log::log!(
             first_time(&self.warned.accept),
@@ -634,15 +634,15 @@ impl Connection<'_> {
         let stats = &self.shared.stats;
         match r {
             Refusal::TooLarge(n) => {
-                Stats::add(&stats.oversized_bodies, 1);
-                Stats::add(&stats.oversized_bytes, n);
+                stats.oversized_bodies.add(1);
+                stats.oversized_bytes.add(n);
                 log::error!(
                     "telemetry listener: refused a {n}-byte body over the {}-byte limit; raise KINESIS_TELEMETRY_MAX_BODY_BYTES or lower KINESIS_TELEMETRY_BUFFER_MAX_BYTES",
                     self.shared.limits.body_bytes
                 );
             }
             _ => {
-                Stats::add(&stats.refused_requests, 1);
+                stats.refused_requests.add(1);
                 log::log!(
                     first_time(&self.shared.warned.refused),
                     "telemetry listener: refused a request that is not a Telemetry API delivery ({r:?}, answered {}); counted as refusedRequests",
@@ -700,7 +700,7 @@ impl Connection<'_> {
     }
 
     fn stalled(&self) -> Failure {
-        Stats::add(&self.shared.stats.stalled_requests, 1);
+        self.shared.stats.stalled_requests.add(1);
         log::log!(
             first_time(&self.shared.warned.stalled),
             "telemetry listener: a request took over {:?} to arrive; answered 408 and closed (counted as stalledRequests)",
@@ -734,7 +734,7 @@ impl Connection<'_> {
                 .max(body.capacity() * 2)
                 .min(end.max(self.shared.limits.body_bytes));
             if !self.make_room(held, cap - body.capacity()) {
-                Stats::add(&self.shared.stats.shed_connections, 1);
+                self.shared.stats.shed_connections.add(1);
                 log::log!(
                     first_time(&self.shared.warned.full),
                     "telemetry listener: {} bytes of bodies are being read already; answered 503 (counted as shedConnections)",

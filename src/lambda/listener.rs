@@ -97,7 +97,7 @@ fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &S
 /// Reads one body and turns it into events (see module comment), which are
 /// ranges of the body; also returns the body's size.
 fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Event>, usize) {
-    Stats::add(&stats.bodies, 1);
+    stats.bodies.add(1);
     // The front door checked the length: it is exact and within the limit.
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
     if let Err(e) = request.as_reader().read_to_end(&mut body) {
@@ -110,7 +110,7 @@ fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Ev
     let events = match telemetry::split_body(&body) {
         Ok(events) => events,
         Err(e) => {
-            Stats::add(&stats.unparsed_bodies, 1);
+            stats.unparsed_bodies.add(1);
             log::warn!(
                 "telemetry listener: {e}; forwarding the {} bytes as one {} record",
                 body.len(),
@@ -119,10 +119,9 @@ fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Ev
             vec![telemetry::unparsed(&body, &e.0, SystemTime::now())]
         }
     };
-    Stats::add(&stats.events, events.len() as u64);
-    Stats::add(
-        &stats.event_bytes,
-        events.iter().map(|e| e.json.len() as u64).sum(),
-    );
+    stats.events.add(events.len() as u64);
+    stats
+        .event_bytes
+        .add(events.iter().map(|e| e.json.len() as u64).sum());
     (events, body.len())
 }

@@ -227,7 +227,7 @@ pub fn split(body: &[u8]) -> Result<Vec<Event>, SplitError> {
 pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event {
     let mut json = String::with_capacity(body.len() + 160);
     json.push_str("{\"time\":\"");
-    json.push_str(&rfc3339(now));
+    json.push_str(&crate::time::rfc3339(now));
     json.push_str("\",\"type\":\"");
     json.push_str(UNPARSED_TYPE);
     json.push_str("\",\"record\":{\"reason\":");
@@ -257,30 +257,6 @@ pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event 
 pub fn push_json_string(out: &mut String, s: &str) {
     // serde_json's escaping is exact and already linked in.
     out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
-}
-
-/// `2026-11-25T21:54:08.123Z` without a date-time crate.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60,
-        d.subsec_millis()
-    )
 }
 
 #[cfg(test)]
@@ -391,12 +367,5 @@ mod tests {
         let e = unparsed(&[0xff, 0x00, 0x41], "bad utf-8", t);
         let v: serde_json::Value = serde_json::from_str(&e.json).unwrap();
         assert_eq!(v["record"]["bodyBase64"], "/wBB");
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
-        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
-        assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -73,7 +73,7 @@ pub fn take(queue: &mut Queue, limits: Limits, format: Format, max_record: usize
                 };
                 bytes += w.size();
                 out.push(w);
-                if limits.max_bytes - bytes < 1024 {
+                if limits.max_bytes - bytes < MIN_ROOM {
                     break;
                 }
             }
@@ -243,23 +243,36 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     out
 }
 
-/// CRC-32 (IEEE), bitwise: a few MB/s is plenty next to deflate.
-fn crc32(data: &[u8]) -> u32 {
+/// An aggregated request stops taking records when less room than this is
+/// left (another aggregate that small would mostly be overhead).
+const MIN_ROOM: usize = 1024;
+
+/// The CRC-32 (IEEE) lookup table, built at compile time.
+const CRC_TABLE: [u32; 256] = {
     let mut table = [0u32; 256];
-    for (i, t) in table.iter_mut().enumerate() {
+    let mut i = 0;
+    while i < 256 {
         let mut c = i as u32;
-        for _ in 0..8 {
+        let mut bit = 0;
+        while bit < 8 {
             c = if c & 1 != 0 {
                 0xEDB8_8320 ^ (c >> 1)
             } else {
                 c >> 1
             };
+            bit += 1;
         }
-        *t = c;
+        table[i] = c;
+        i += 1;
     }
+    table
+};
+
+/// CRC-32 (IEEE), table-driven, a byte at a time: fast enough next to deflate.
+fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
-        crc = table[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+        crc = CRC_TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
     }
     !crc
 }
