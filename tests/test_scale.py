@@ -66,8 +66,12 @@ def test_flood_into_a_small_buffer_behind_a_slow_sink(ext_bin, kinesalite):
         assert not missing_calm, f"{len(missing_calm)} lines of the calm invokes missing"
         counters = shutdown_counters(sim.stderr_text())
         m = final_metrics(recs)
-        # it read every drop report Lambda sent, and counted exactly what was dropped
-        assert m is not None and m["lambdaDroppedRecords"] == len(sim.dropped) > 0, (m, len(sim.dropped))
+        # it read every drop report Lambda sent: exactly what was dropped, unless a POST
+        # timed out while the extension pushed back and Lambda delivered it again (then
+        # a report in it may be counted twice: at least what was dropped)
+        assert m is not None and m["lambdaDroppedRecords"] >= len(sim.dropped) > 0, (m, len(sim.dropped))
+        if not sim.post_errors:
+            assert m["lambdaDroppedRecords"] == len(sim.dropped), (m, len(sim.dropped))
         lost = sum(v for k, v in counters.items() if k.startswith("dropped"))
         on_stream = collections.Counter(r["data"] for r in lambda_records(recs))
         missing = collections.Counter(sim.delivered) - on_stream
