@@ -19,7 +19,7 @@ use crate::config::{Config, FlushMode, HashKeyMode};
 use crate::dispatch::flush::{self, EndOfInvoke, History};
 use crate::dispatch::retry::{backoff, Budget};
 use crate::kinesis::client::{KinesisClient, TRANSPORT_ERROR};
-use crate::kinesis::wire::{record_error_retryable, Response, Retry};
+use crate::kinesis::wire::{settle, Response, Retry};
 use crate::lambda::telemetry::{self, Delivery, Kind};
 use crate::records::pack::{self, Format};
 use crate::records::queue::{Limits, Queue, Record};
@@ -749,32 +749,22 @@ impl Dispatcher {
             Response::Records(codes) => {
                 self.budget.success();
                 self.resigned = false;
-                self.progress = codes.iter().any(Option::is_none);
-                let mut again = Vec::new();
-                let mut retry_code = None;
-                for (w, code) in wires.into_iter().zip(codes) {
-                    match code {
-                        None => {
-                            self.stats.kinesis_records.add(1);
-                            self.stats.bytes_sent.add(w.size() as u64);
-                            self.stats.records_sent.add(w.members.len() as u64);
-                        }
-                        Some(c) if record_error_retryable(&c) => {
-                            retry_code.get_or_insert(c);
-                            again.extend(w.members);
-                        }
-                        Some(c) => {
-                            self.stats.dropped_rejected.add(w.members.len() as u64);
-                            self.report_once(&c, "a record was rejected", "");
-                        }
-                    }
+                let settled = settle(wires, codes);
+                self.progress = settled.stored > 0;
+                self.stats.kinesis_records.add(settled.stored as u64);
+                self.stats.bytes_sent.add(settled.stored_bytes as u64);
+                self.stats.records_sent.add(settled.stored_members as u64);
+                for (code, members) in &settled.rejected {
+                    self.stats.dropped_rejected.add(*members as u64);
+                    self.report_once(code, "a record was rejected", "");
                 }
-                let retry = retry_code.map(|c| {
-                    log::debug!("{} records failed with {c}; retrying them", again.len());
-                    self.last_error = Some(format!("{} records failed with {c}", again.len()));
+                let resend = settled.resend.len();
+                let retry = settled.retry_code.map(|c| {
+                    log::debug!("{resend} records failed with {c}; retrying them");
+                    self.last_error = Some(format!("{resend} records failed with {c}"));
                     Retry::Throttled
                 });
-                self.queue.push_front_all(again);
+                self.queue.push_front_all(settled.resend);
                 retry
             }
             Response::Error(e) => {

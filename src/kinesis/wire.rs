@@ -7,6 +7,7 @@ use serde::Deserialize;
 use crate::base64;
 use crate::config::StreamTarget;
 use crate::records::pack::Wire;
+use crate::records::queue::Record;
 
 /// `X-Amz-Target` of the one API call the extension makes.
 pub const PUT_RECORDS_TARGET: &str = "Kinesis_20131202.PutRecords";
@@ -138,6 +139,43 @@ pub fn record_error_retryable(code: &str) -> bool {
         code,
         "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException"
     )
+}
+
+/// What became of the records of a request Kinesis answered 200.
+#[derive(Debug, Default)]
+pub struct Settled {
+    /// Kinesis records stored, their size, and the telemetry records in them.
+    pub stored: usize,
+    pub stored_bytes: usize,
+    pub stored_members: usize,
+    /// Telemetry records to send again, in their order, and the first code
+    /// that asked for it.
+    pub resend: Vec<Record>,
+    pub retry_code: Option<String>,
+    /// Per Kinesis record refused for good: its code and how many telemetry
+    /// records it carried.
+    pub rejected: Vec<(String, usize)>,
+}
+
+/// Settles a 200 answer: `codes` has one entry per wire record, in request
+/// order, as `parse_response` returns them (`None`: stored).
+pub fn settle(wires: Vec<Wire>, codes: Vec<Option<String>>) -> Settled {
+    let mut s = Settled::default();
+    for (w, code) in wires.into_iter().zip(codes) {
+        match code {
+            None => {
+                s.stored += 1;
+                s.stored_bytes += w.size();
+                s.stored_members += w.members.len();
+            }
+            Some(c) if record_error_retryable(&c) => {
+                s.retry_code.get_or_insert(c);
+                s.resend.extend(w.members);
+            }
+            Some(c) => s.rejected.push((c, w.members.len())),
+        }
+    }
+    s
 }
 
 /// An error answer to a whole request.
@@ -351,6 +389,39 @@ mod tests {
         );
         assert!(record_error_retryable("InternalFailure"));
         assert!(!record_error_retryable("KMSAccessDeniedException"));
+    }
+
+    #[test]
+    fn settle_sorts_each_record_and_keeps_the_resend_order() {
+        let wire = |tag: &str| Wire::singles(vec![Record::new(tag.as_bytes().to_vec(), "k")]);
+        let wires: Vec<Wire> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .flat_map(|t| wire(t))
+            .collect();
+        let codes = vec![
+            None,
+            Some("ProvisionedThroughputExceededException".to_string()),
+            Some("KMSAccessDeniedException".to_string()),
+            Some("InternalFailure".to_string()),
+            None,
+        ];
+        let s = settle(wires, codes);
+        assert_eq!((s.stored, s.stored_members, s.stored_bytes), (2, 2, 4));
+        let resent: Vec<&[u8]> = s.resend.iter().map(|r| &*r.data).collect();
+        assert_eq!(resent, vec![b"b".as_slice(), b"d".as_slice()]);
+        assert_eq!(
+            s.retry_code.as_deref(),
+            Some("ProvisionedThroughputExceededException")
+        );
+        assert_eq!(
+            s.rejected,
+            vec![("KMSAccessDeniedException".to_string(), 1)]
+        );
+        let none = settle(Vec::new(), Vec::new());
+        assert_eq!(
+            (none.stored, none.resend.len(), none.rejected.len()),
+            (0, 0, 0)
+        );
     }
 
     #[test]
