@@ -368,17 +368,28 @@ impl Dispatcher {
     /// Completes a wait whose condition or time has come. Returns true when
     /// the dispatcher is done (shutdown handled).
     fn finish_waiting(&mut self) -> bool {
-        let now = Instant::now();
-        match &self.waiting {
+        // Taken by value: a wait that is not over goes back unchanged.
+        match std::mem::replace(&mut self.waiting, Waiting::None) {
             Waiting::None => false,
             Waiting::RuntimeDone {
-                request_id, until, ..
+                request_id,
+                until,
+                flush_deadline,
+                then,
+                reply,
             } => {
                 let done = self.last_runtime_done.as_deref() == Some(request_id.as_str());
                 // With the buffer full we read no events, so runtimeDone
                 // cannot arrive: flush what we have instead of waiting.
                 let blocked = self.queue.bytes() >= self.buffer_limit;
-                if !done && !blocked && now < *until {
+                if !done && !blocked && Instant::now() < until {
+                    self.waiting = Waiting::RuntimeDone {
+                        request_id,
+                        until,
+                        flush_deadline,
+                        then,
+                        reply,
+                    };
                     return false;
                 }
                 if blocked && !done {
@@ -390,15 +401,6 @@ impl Dispatcher {
                         "no platform.runtimeDone for request {request_id} in time; flushing what is buffered"
                     );
                 }
-                let Waiting::RuntimeDone {
-                    flush_deadline,
-                    then,
-                    reply,
-                    ..
-                } = std::mem::replace(&mut self.waiting, Waiting::None)
-                else {
-                    unreachable!()
-                };
                 let deadline = flush_deadline.min(Instant::now() + self.flush_timeout);
                 match then {
                     EndOfInvoke::FlushAll => self.flush_all(deadline),
@@ -407,20 +409,23 @@ impl Dispatcher {
                 self.pause(reply);
                 false
             }
-            Waiting::Shutdown { until, .. } => {
+            Waiting::Shutdown {
+                until,
+                deadline,
+                reply,
+            } => {
                 let last_report_in = match &self.current_request {
                     Some(id) => self.last_report.as_deref() == Some(id.as_str()),
                     None => true,
                 };
-                if !last_report_in && now < *until {
+                if !last_report_in && Instant::now() < until {
+                    self.waiting = Waiting::Shutdown {
+                        until,
+                        deadline,
+                        reply,
+                    };
                     return false;
                 }
-                let Waiting::Shutdown {
-                    deadline, reply, ..
-                } = std::mem::replace(&mut self.waiting, Waiting::None)
-                else {
-                    unreachable!()
-                };
                 self.final_flush = true;
                 self.flush_all(deadline);
                 // The metrics record goes last, so it counts the final flush.
