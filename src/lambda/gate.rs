@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::lambda::local_http::find;
 use crate::lambda::request_head::{self, Body, Refusal};
 use crate::stats::Stats;
 
@@ -483,10 +484,6 @@ fn answer(status: u16, close: bool) -> Vec<u8> {
     };
     let close = if close { "Connection: close\r\n" } else { "" };
     format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n{close}\r\n").into_bytes()
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// Why a request ended without reaching tiny_http.

@@ -347,7 +347,8 @@ fn fill<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
     }
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+/// Where `needle` first starts in `haystack` (HTTP head ends, line ends).
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
