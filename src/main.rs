@@ -192,7 +192,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
     let dispatcher = {
         let (cfg, stats) = (cfg.clone(), stats.clone());
         spawn("dispatcher", move || {
-            Dispatcher::new(&cfg, events_rx, control_rx, stats, context, &environment).run()
+            Dispatcher::new(cfg, events_rx, control_rx, stats, context, &environment).run()
         })
     };
 

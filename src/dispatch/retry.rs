@@ -1,10 +1,11 @@
 //! Retry policy, modelled on the AWS SDKs' standard mode: exponential
 //! backoff with full jitter, and a retry-token budget so that a dead or
-//! overloaded endpoint does not turn into a retry storm.
+//! overloaded endpoint does not turn into a retry storm. `Retrier` holds
+//! the state across requests and decides, after each one, what comes next.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::kinesis::wire::Retry;
+use crate::kinesis::error::Retry;
 use crate::rng::Rng;
 
 /// Tokens a retry costs; transport failures and timeouts cost more, as in
@@ -62,6 +63,193 @@ pub fn backoff(
     Duration::from_micros(rng.below_or_eq(ceiling.as_micros() as u64))
 }
 
+/// The settings a `Retrier` follows.
+#[derive(Debug, Clone, Copy)]
+pub struct Policy {
+    /// Rounds in a row without progress before the records wait for the
+    /// next flush.
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Retry tokens (see `Budget`).
+    pub budget: u32,
+}
+
+/// How one request (a round) ended, as far as retrying goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Round {
+    /// Nothing is left to resend.
+    Done,
+    /// Records are left to resend.
+    Failed {
+        retry: Retry,
+        /// Kinesis took some of the records (shard throttling): progress.
+        progress: bool,
+        /// Nothing could be sent at all (no credentials): retrying now
+        /// cannot help.
+        blocked: bool,
+    },
+}
+
+/// What to do after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Go on sending.
+    Go,
+    /// Retry after this wait.
+    Wait(Duration),
+    /// Stop retrying: what is left waits for the next flush.
+    GiveUp(GaveUp),
+}
+
+/// Why retrying stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GaveUp {
+    /// Nothing could be sent (no credentials).
+    Blocked,
+    /// `max_attempts` rounds in a row without progress.
+    Attempts(u32),
+    /// The retry budget is spent: the endpoint keeps failing.
+    Budget,
+}
+
+/// Retry state across requests.
+pub struct Retrier {
+    policy: Policy,
+    budget: Budget,
+    rng: Rng,
+    /// Rounds in a row without progress (bounded by `max_attempts`).
+    failed_rounds: u32,
+    /// Rounds in a row that left records to resend (the backoff exponent).
+    troubled_rounds: u32,
+    /// The first request since a thaw has not succeeded yet: its transport
+    /// error may be a connection that died during the freeze.
+    after_thaw: bool,
+    /// A re-signed retry is pending: a second signature or credential
+    /// refusal in a row is final (a wrong secret, not a skewed clock).
+    resigned: bool,
+    /// No background send before this (after a failed one).
+    hold_until: Option<Instant>,
+}
+
+impl Retrier {
+    pub fn new(policy: Policy, rng: Rng) -> Retrier {
+        Retrier {
+            policy,
+            budget: Budget::new(policy.budget),
+            rng,
+            failed_rounds: 0,
+            troubled_rounds: 0,
+            after_thaw: false,
+            resigned: false,
+            hold_until: None,
+        }
+    }
+
+    /// The one entry: a round ended; what comes next. `final_flush`: the
+    /// shutdown flush, which keeps retrying until its deadline unless
+    /// nothing can be sent.
+    pub fn after(&mut self, round: Round, final_flush: bool) -> Next {
+        let Round::Failed {
+            retry,
+            progress,
+            blocked,
+        } = round
+        else {
+            self.after_thaw = false;
+            self.troubled_rounds = 0;
+            self.failed_rounds = 0;
+            self.hold_until = None;
+            return Next::Go;
+        };
+        self.after_thaw = self.after_thaw && self.troubled_rounds == 0;
+        self.troubled_rounds += 1;
+        self.failed_rounds = if progress { 0 } else { self.failed_rounds + 1 };
+        let give_up = if final_flush && !blocked {
+            None
+        } else if blocked {
+            Some(GaveUp::Blocked)
+        } else if progress {
+            None
+        } else if self.failed_rounds >= self.policy.max_attempts {
+            Some(GaveUp::Attempts(self.failed_rounds))
+        } else if self.budget.spend(retry == Retry::Transient) {
+            None
+        } else {
+            Some(GaveUp::Budget)
+        };
+        match give_up {
+            Some(why) => {
+                self.failed_rounds = 0;
+                Next::GiveUp(why)
+            }
+            None => Next::Wait(self.backoff(retry)),
+        }
+    }
+
+    /// An answer came back (whatever it said about each record): the
+    /// endpoint works, and a pending re-sign is settled.
+    pub fn answered(&mut self) {
+        self.budget.success();
+        self.resigned = false;
+    }
+
+    /// Whether a signature or credentials refusal is final: the second in a
+    /// row is (a wrong secret, not a skewed clock).
+    pub fn refused_again(&mut self) -> bool {
+        let again = self.resigned;
+        self.resigned = !again;
+        again
+    }
+
+    /// The sandbox thawed: connections from before the freeze may be dead,
+    /// so a failure on one is retried at once rather than after a backoff.
+    pub fn thawed(&mut self) {
+        self.hold_until = None;
+        self.after_thaw = true;
+    }
+
+    /// A flush starts: its backoff starts afresh, so an outage costs every
+    /// invoke the same bounded time, not ever-longer sleeps.
+    pub fn fresh_flush(&mut self) {
+        self.failed_rounds = 0;
+        self.troubled_rounds = 0;
+    }
+
+    /// Holds background sending for `next`'s wait (the longest wait after
+    /// giving up).
+    pub fn hold(&mut self, next: Next) {
+        let wait = match next {
+            Next::Go => return,
+            Next::Wait(d) => d,
+            Next::GiveUp(_) => self.policy.backoff_cap,
+        };
+        self.hold_until = Some(Instant::now() + wait);
+    }
+
+    /// When background sending may start again (`None`: now).
+    pub fn held_until(&self) -> Option<Instant> {
+        self.hold_until
+    }
+
+    fn backoff(&mut self, retry: Retry) -> Duration {
+        // A transport error on the first request after a thaw is usually a
+        // pooled connection that died in the freeze: retry at once, on a
+        // fresh connection.
+        if retry == Retry::Transient && self.after_thaw && self.troubled_rounds == 1 {
+            return Duration::ZERO;
+        }
+        let p = self.policy;
+        backoff(
+            &mut self.rng,
+            retry,
+            self.troubled_rounds,
+            p.backoff_base,
+            p.backoff_cap,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,5 +289,143 @@ mod tests {
             backoff(&mut rng, Retry::Resign, 5, base, cap),
             Duration::ZERO
         );
+    }
+
+    fn retrier(max_attempts: u32, budget: u32) -> Retrier {
+        let policy = Policy {
+            max_attempts,
+            backoff_base: Duration::from_millis(10),
+            backoff_cap: Duration::from_millis(1000),
+            budget,
+        };
+        Retrier::new(policy, Rng::seeded(7))
+    }
+
+    const THROTTLED: Round = Round::Failed {
+        retry: Retry::Throttled,
+        progress: false,
+        blocked: false,
+    };
+    const TRANSIENT: Round = Round::Failed {
+        retry: Retry::Transient,
+        progress: false,
+        blocked: false,
+    };
+
+    #[test]
+    fn rounds_without_progress_give_up_after_max_attempts() {
+        let mut r = retrier(3, 500);
+        assert!(matches!(r.after(THROTTLED, false), Next::Wait(_)));
+        assert!(matches!(r.after(THROTTLED, false), Next::Wait(_)));
+        assert_eq!(r.after(THROTTLED, false), Next::GiveUp(GaveUp::Attempts(3)));
+        // Giving up starts the count afresh.
+        assert!(matches!(r.after(THROTTLED, false), Next::Wait(_)));
+        assert_eq!(r.after(Round::Done, false), Next::Go);
+        assert_eq!(r.held_until(), None);
+    }
+
+    #[test]
+    fn progress_costs_neither_attempts_nor_budget() {
+        let mut r = retrier(2, 0);
+        let partial = Round::Failed {
+            retry: Retry::Throttled,
+            progress: true,
+            blocked: false,
+        };
+        for _ in 0..10 {
+            assert!(matches!(r.after(partial, false), Next::Wait(_)));
+        }
+        // With an empty budget, a round without progress gives up at once.
+        assert_eq!(r.after(THROTTLED, false), Next::GiveUp(GaveUp::Budget));
+    }
+
+    #[test]
+    fn the_budget_runs_out_and_answers_earn_it_back() {
+        let mut r = retrier(1000, 2 * TIMEOUT_COST);
+        assert!(matches!(r.after(TRANSIENT, false), Next::Wait(_)));
+        assert!(matches!(r.after(TRANSIENT, false), Next::Wait(_)));
+        assert_eq!(r.after(TRANSIENT, false), Next::GiveUp(GaveUp::Budget));
+        for _ in 0..TIMEOUT_COST {
+            r.answered();
+        }
+        assert!(matches!(r.after(TRANSIENT, false), Next::Wait(_)));
+    }
+
+    #[test]
+    fn nothing_sendable_gives_up_even_in_the_final_flush() {
+        let mut r = retrier(1000, 1000);
+        let blocked = Round::Failed {
+            retry: Retry::Transient,
+            progress: false,
+            blocked: true,
+        };
+        assert_eq!(r.after(blocked, false), Next::GiveUp(GaveUp::Blocked));
+        assert_eq!(r.after(blocked, true), Next::GiveUp(GaveUp::Blocked));
+        // The final flush otherwise never gives up, budget or not.
+        let mut r = retrier(1, 0);
+        for _ in 0..20 {
+            assert!(matches!(r.after(THROTTLED, true), Next::Wait(_)));
+        }
+    }
+
+    #[test]
+    fn the_first_transport_error_after_a_thaw_is_retried_at_once() {
+        let mut r = retrier(1000, 1000);
+        r.thawed();
+        assert_eq!(r.after(TRANSIENT, false), Next::Wait(Duration::ZERO));
+        // The second in a row backs off (its ceiling is base·2 = 20 ms; some
+        // of 20 draws are not zero).
+        let waits: Vec<Next> = (0..20).map(|_| r.after(TRANSIENT, false)).collect();
+        assert!(waits.iter().any(|w| *w != Next::Wait(Duration::ZERO)));
+        // Not after a success.
+        r.thawed();
+        r.after(Round::Done, false);
+        r.fresh_flush();
+        let waits: Vec<Next> = (0..20)
+            .map(|_| {
+                r.fresh_flush();
+                r.after(TRANSIENT, false)
+            })
+            .collect();
+        assert!(waits.iter().any(|w| *w != Next::Wait(Duration::ZERO)));
+    }
+
+    #[test]
+    fn backoff_grows_with_troubled_rounds_and_a_flush_starts_afresh() {
+        let mut r = retrier(1000, 100_000);
+        for _ in 0..12 {
+            r.after(THROTTLED, false);
+        }
+        // 12 rounds in: the ceiling is the cap; some waits are long.
+        let long = (0..30).any(|_| matches!(r.after(THROTTLED, false), Next::Wait(d) if d > Duration::from_millis(100)));
+        assert!(long);
+        r.fresh_flush();
+        // First round of a flush: ceiling base = 10 ms.
+        assert!(
+            matches!(r.after(THROTTLED, false), Next::Wait(d) if d <= Duration::from_millis(10))
+        );
+    }
+
+    #[test]
+    fn a_second_refusal_in_a_row_is_final() {
+        let mut r = retrier(3, 100);
+        assert!(!r.refused_again());
+        assert!(r.refused_again());
+        assert!(!r.refused_again());
+        r.answered();
+        assert!(!r.refused_again(), "an answer in between settles it");
+    }
+
+    #[test]
+    fn holds_background_sending_for_the_wait_or_the_cap() {
+        let mut r = retrier(3, 100);
+        r.hold(Next::Go);
+        assert_eq!(r.held_until(), None);
+        let before = Instant::now();
+        r.hold(Next::GiveUp(GaveUp::Budget));
+        let until = r.held_until().unwrap();
+        assert!(until >= before + Duration::from_millis(1000));
+        r.thawed();
+        assert_eq!(r.held_until(), None, "a thaw lifts the hold");
     }
 }

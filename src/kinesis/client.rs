@@ -1,9 +1,8 @@
 //! The HTTP side of `PutRecords`: one signed POST per call, with connect and
-//! overall timeouts bounded by the caller's deadline. Transport failures
-//! come back as errors of code `TransportError` so the caller treats every
-//! failure the same way, through `kinesis::Retry`; each answer also says
-//! whether the request may have reached Kinesis despite failing (a reset or
-//! timeout after sending), which is when a resend risks a duplicate.
+//! overall timeouts bounded by the caller's deadline. Each call ends in an
+//! `Outcome` that says whether the request went out and whether it may have
+//! reached Kinesis despite failing (a reset or timeout after sending), which
+//! is when a resend risks a duplicate.
 
 use std::io::Read;
 use std::sync::Mutex;
@@ -15,23 +14,45 @@ use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use crate::config::{Config, StaticCredentials, StreamTarget};
 use crate::kinesis::credentials::Provider;
+use crate::kinesis::error::Failure;
 use crate::kinesis::sigv4;
-use crate::kinesis::wire::{self, ApiError, Response};
+use crate::kinesis::wire::{self, RecordCodes};
 use crate::records::pack::Wire;
 
-/// Error code used for failures below HTTP (connect, reset, timeout).
-pub const TRANSPORT_ERROR: &str = "TransportError";
 /// Most of an answer read (a PutRecords answer for 500 records is ~60 KB).
 const MAX_ANSWER_BYTES: u64 = 4 << 20;
 
-/// The answer to one call.
-pub struct Outcome {
-    pub response: Response,
-    /// The request may have reached Kinesis although it failed (reset or
-    /// timeout after sending): resending risks a duplicate.
-    pub ambiguous: bool,
-    /// A request went out (false: it failed before, e.g. no credentials).
-    pub sent: bool,
+/// What happened to one `PutRecords` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Kinesis answered 200 (some records may still have been refused).
+    Answered(RecordCodes),
+    /// Nothing left this process: no credentials, no signature, no time.
+    NotSent(Failure),
+    /// The request failed and did not reach Kinesis (a refused connection),
+    /// or Kinesis refused it as a whole.
+    Failed(Failure),
+    /// The request failed but may have reached Kinesis (a reset or timeout
+    /// after sending, a 200 that cannot be read): resending risks a duplicate.
+    MaybeDelivered(Failure),
+}
+
+/// Where the dispatcher sends requests: `KinesisClient`, or a scripted one
+/// in the dispatcher's tests.
+pub trait PutRecords {
+    /// Sends one request; never lasts past `deadline`.
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome;
+
+    /// Forgets credentials Kinesis called expired; true if new ones can be
+    /// fetched.
+    fn refresh_credentials(&mut self) -> bool {
+        false
+    }
+
+    /// Fetches what the first request needs ahead of it.
+    fn warm_up(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 pub struct KinesisClient {
@@ -57,6 +78,34 @@ pub struct KinesisClient {
 /// kept for the next one (idle memory matters more than a rare large send).
 const KEEP_BODY_BYTES: usize = 1 << 20;
 
+impl PutRecords for KinesisClient {
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+        let outcome = self.put(records, deadline);
+        if let Outcome::NotSent(Failure::Transport(_))
+        | Outcome::Failed(Failure::Transport(_))
+        | Outcome::MaybeDelivered(Failure::Transport(_)) = outcome
+        {
+            // The next attempt starts on a fresh connection: a pooled one
+            // may have died (in a freeze, say).
+            self.reset_connections();
+        }
+        outcome
+    }
+
+    fn refresh_credentials(&mut self) -> bool {
+        self.credentials.invalidate()
+    }
+
+    /// Fetches credentials ahead of the first send (container credentials
+    /// take a round trip); failures are retried at send time.
+    fn warm_up(&mut self) -> Result<(), Failure> {
+        match self.credentials.get() {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Credentials(e.to_string())),
+        }
+    }
+}
+
 impl KinesisClient {
     pub fn new(cfg: &Config) -> KinesisClient {
         KinesisClient {
@@ -72,34 +121,20 @@ impl KinesisClient {
         }
     }
 
-    /// Fetches credentials ahead of the first send (container credentials
-    /// take a round trip); failures are retried at send time.
-    pub fn warm_up(&mut self) -> Result<(), String> {
-        self.credentials
-            .get()
-            .map(|_| ())
-            .map_err(|e| e.to_string())
-    }
-
     /// Drops pooled connections, so the next attempt starts on a fresh one.
-    pub fn reset_connections(&mut self) {
+    fn reset_connections(&mut self) {
         self.agent = new_agent(self.connect_timeout, self.max_idle);
     }
 
-    /// Forgets credentials Kinesis called expired; true if new ones can be fetched.
-    pub fn refresh_credentials(&mut self) -> bool {
-        self.credentials.invalidate()
-    }
-
-    /// Sends one `PutRecords` request; never lasts past `deadline`.
-    pub fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+    fn put(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(1) {
-            return unsent(TRANSPORT_ERROR, "no time left before the deadline".into());
+            let why = "no time left before the deadline";
+            return Outcome::NotSent(Failure::Transport(why.into()));
         }
         let credentials = match self.credentials.get() {
             Ok(c) => c.clone(),
-            Err(e) => return unsent("CredentialsError", e.to_string()),
+            Err(e) => return Outcome::NotSent(Failure::Credentials(e.to_string())),
         };
         let mut body = std::mem::take(&mut self.body);
         wire::write_put_records_body(&mut body, &self.target, records);
@@ -130,7 +165,7 @@ impl KinesisClient {
             SystemTime::now(),
         ) {
             Ok(h) => h,
-            Err(e) => return unsent("SigningError", e.to_string()),
+            Err(e) => return Outcome::NotSent(Failure::Signing(e.to_string())),
         };
         let mut req = self
             .agent
@@ -147,8 +182,11 @@ impl KinesisClient {
         let mut resp = match req.send(body) {
             Ok(r) => r,
             Err(e) => {
-                let ambiguous = !never_sent(&e);
-                return failure(TRANSPORT_ERROR, e.to_string(), ambiguous);
+                let failure = Failure::Transport(e.to_string());
+                return match never_sent(&e) {
+                    true => Outcome::Failed(failure),
+                    false => Outcome::MaybeDelivered(failure),
+                };
             }
         };
         let status = resp.status().as_u16();
@@ -164,19 +202,14 @@ impl KinesisClient {
             .take(MAX_ANSWER_BYTES)
             .read_to_end(&mut answer)
         {
-            return failure(
-                TRANSPORT_ERROR,
-                format!("reading the response failed: {e}"),
-                true,
-            );
+            let why = format!("reading the response failed: {e}");
+            return Outcome::MaybeDelivered(Failure::Transport(why));
         }
-        let response = wire::parse_response(status, error_type.as_deref(), &answer, records);
-        Outcome {
-            // A 200 we cannot read may have stored every record: resending
-            // them risks duplicates, which is what `ambiguous` counts.
-            ambiguous: status == 200 && matches!(response, Response::Error(_)),
-            response,
-            sent: true,
+        match wire::parse_response(status, error_type.as_deref(), &answer, records) {
+            Ok(codes) => Outcome::Answered(codes),
+            // A 200 we cannot read may have stored every record.
+            Err(f) if status == 200 => Outcome::MaybeDelivered(f),
+            Err(f) => Outcome::Failed(f),
         }
     }
 }
@@ -244,25 +277,5 @@ fn never_sent(e: &ureq::Error) -> bool {
         ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
         ureq::Error::Io(io) => io.kind() == std::io::ErrorKind::ConnectionRefused,
         _ => false,
-    }
-}
-
-fn failure(code: &str, message: String, ambiguous: bool) -> Outcome {
-    Outcome {
-        response: Response::Error(ApiError {
-            status: 0,
-            code: code.into(),
-            message,
-        }),
-        ambiguous,
-        sent: true,
-    }
-}
-
-/// A failure before anything was sent.
-fn unsent(code: &str, message: String) -> Outcome {
-    Outcome {
-        sent: false,
-        ..failure(code, message, false)
     }
 }

@@ -3,5 +3,6 @@
 
 pub mod client;
 pub mod credentials;
+pub mod error;
 pub mod sigv4;
 pub mod wire;

@@ -1,11 +1,12 @@
-//! Kinesis `PutRecords` on the wire: the request body, the response, and how
-//! each error is treated (retry, re-sign, give up). Pure functions; the HTTP
-//! call itself lives in `sender`.
+//! Kinesis `PutRecords` on the wire: the request body, the response, and
+//! what became of each record of a 200. Pure functions; the HTTP call itself
+//! lives in `client`, the treatment of errors in `error`.
 
 use serde::Deserialize;
 
 use crate::base64;
 use crate::config::StreamTarget;
+use crate::kinesis::error::{record_error_retryable, ErrorAnswer, Failure};
 use crate::records::pack::Wire;
 use crate::records::queue::Record;
 
@@ -66,81 +67,6 @@ fn push_json(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
-/// How to treat an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Throttling: back off, then retry.
-    Throttled,
-    /// 5xx, I/O, timeouts, unparseable answers: back off, then retry.
-    Transient,
-    /// The signature was refused for its time: re-sign and retry.
-    Resign,
-    /// Credentials expired: refresh them, then retry.
-    RefreshCredentials,
-    /// Retrying cannot help: the records are lost and counted.
-    Never,
-}
-
-impl Retry {
-    pub fn is_retryable(self) -> bool {
-        self != Retry::Never
-    }
-}
-
-/// Classifies an error code from a whole-request failure.
-pub fn classify(status: u16, code: &str) -> Retry {
-    match code {
-        "ProvisionedThroughputExceededException"
-        | "KMSThrottlingException"
-        | "LimitExceededException"
-        | "ThrottlingException"
-        | "Throttling"
-        | "ThrottledException"
-        | "RequestThrottledException"
-        | "TooManyRequestsException"
-        | "SlowDown"
-        | "RequestLimitExceeded"
-        | "BandwidthLimitExceeded"
-        | "EC2ThrottledException"
-        | "TransactionInProgressException"
-        | "PriorRequestNotComplete" => Retry::Throttled,
-        "RequestExpired"
-        | "RequestTimeTooSkewed"
-        | "InvalidSignatureException"
-        | "SignatureDoesNotMatch"
-        | "RequestInTheFuture" => Retry::Resign,
-        "ExpiredToken"
-        | "ExpiredTokenException"
-        | "InvalidClientTokenId"
-        | "UnrecognizedClientException" => {
-            // Temporary credentials past expiry; without a way to refresh them
-            // the caller turns repeated failures into a counted loss.
-            Retry::RefreshCredentials
-        }
-        "InternalFailure"
-        | "InternalError"
-        | "InternalServerError"
-        | "ServiceUnavailable"
-        | "RequestTimeout"
-        | "RequestTimeoutException"
-        | "MalformedResponse"
-        | "TransportError"
-        | "CredentialsError" => Retry::Transient,
-        _ if status == 429 => Retry::Throttled,
-        _ if status >= 500 => Retry::Transient,
-        _ if status == 408 => Retry::Transient,
-        _ => Retry::Never,
-    }
-}
-
-/// Per-record error codes worth resending (the rest are final).
-pub fn record_error_retryable(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException" | "InternalFailure" | "KMSThrottlingException"
-    )
-}
-
 /// What became of the records of a request Kinesis answered 200.
 #[derive(Debug, Default)]
 pub struct Settled {
@@ -159,7 +85,7 @@ pub struct Settled {
 
 /// Settles a 200 answer: `codes` has one entry per wire record, in request
 /// order, as `parse_response` returns them (`None`: stored).
-pub fn settle(wires: Vec<Wire>, codes: Vec<Option<String>>) -> Settled {
+pub fn settle(wires: Vec<Wire>, codes: RecordCodes) -> Settled {
     let mut s = Settled::default();
     for (w, code) in wires.into_iter().zip(codes) {
         match code {
@@ -176,63 +102,6 @@ pub fn settle(wires: Vec<Wire>, codes: Vec<Option<String>>) -> Settled {
         }
     }
     s
-}
-
-/// An error answer to a whole request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    pub status: u16,
-    pub code: String,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn retry(&self) -> Retry {
-        classify(self.status, &self.code)
-    }
-
-    /// What a user should do about it, for the log line.
-    pub fn advice(&self) -> &'static str {
-        match self.code.as_str() {
-            "AccessDeniedException" | "AccessDenied" => {
-                "give the function's execution role kinesis:PutRecords on this stream (and kms:GenerateDataKey on its key if it uses a customer managed key)"
-            }
-            "ResourceNotFoundException" => {
-                "check KINESIS_TELEMETRY_STREAM and AWS_REGION: the stream does not exist there"
-            }
-            "ValidationException" | "InvalidArgumentException" | "SerializationException" => {
-                "a request was refused as invalid; if records are larger than the stream allows, lower KINESIS_TELEMETRY_MAX_RECORD_BYTES"
-            }
-            c if c.starts_with("KMS") => {
-                "the stream's KMS key refused the write: check the key's state and the role's kms:GenerateDataKey permission"
-            }
-            "UnrecognizedClientException" | "InvalidClientTokenId" | "ExpiredTokenException"
-            | "ExpiredToken" => "the credentials were refused: check the execution role's credentials",
-            "IncompleteSignature" | "InvalidSignatureException" | "SignatureDoesNotMatch" => {
-                "the signature was refused: check AWS_SECRET_ACCESS_KEY and the clock"
-            }
-            _ => "see the error message; retrying would not help",
-        }
-    }
-}
-
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {} {}", self.status, self.code)?;
-        if !self.message.is_empty() {
-            write!(f, ": {}", self.message)?;
-        }
-        Ok(())
-    }
-}
-
-/// The parsed answer to a `PutRecords` request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Response {
-    /// 200: per record, `None` for success or `Some(code)` for a failure,
-    /// in request order.
-    Records(Vec<Option<String>>),
-    Error(ApiError),
 }
 
 #[derive(Deserialize)]
@@ -269,33 +138,33 @@ fn unexplained(body: &[u8]) -> String {
     }
 }
 
-/// Parses a response. `expected` is the number of records sent: a success
-/// that does not account for each of them is treated as a transient error.
+/// Per record of a 200 answer, in request order: `None` if it was stored,
+/// else its error code.
+pub type RecordCodes = Vec<Option<String>>;
+
+/// Parses a response. `expected` is the number of records sent: a 200 that
+/// does not account for each of them is `Failure::Malformed`.
 pub fn parse_response(
     status: u16,
     error_type_header: Option<&str>,
     body: &[u8],
     expected: usize,
-) -> Response {
+) -> Result<RecordCodes, Failure> {
     if status == 200 {
         return match serde_json::from_slice::<PutRecordsOutput>(body) {
-            Ok(out) if out.records.len() == expected => Response::Records(
-                out.records
-                    .into_iter()
-                    // Some emulators answer `"ErrorCode": null` or "" for successes.
-                    .map(|e| e.error_code.filter(|c| !c.is_empty()))
-                    .collect(),
-            ),
-            Ok(out) => Response::Error(ApiError {
-                status,
-                code: "MalformedResponse".into(),
-                message: format!("{} results for {expected} records", out.records.len()),
-            }),
-            Err(e) => Response::Error(ApiError {
-                status,
-                code: "MalformedResponse".into(),
-                message: format!("unreadable PutRecords response: {e}"),
-            }),
+            Ok(out) if out.records.len() == expected => Ok(out
+                .records
+                .into_iter()
+                // Some emulators answer `"ErrorCode": null` or "" for successes.
+                .map(|e| e.error_code.filter(|c| !c.is_empty()))
+                .collect()),
+            Ok(out) => Err(Failure::Malformed(format!(
+                "{} results for {expected} records",
+                out.records.len()
+            ))),
+            Err(e) => Err(Failure::Malformed(format!(
+                "unreadable PutRecords response: {e}"
+            ))),
         };
     }
     let parsed = serde_json::from_slice::<ErrorBody>(body).ok();
@@ -311,11 +180,11 @@ pub fn parse_response(
         .or_else(|| xml_tag(body, "Message"))
         .filter(|m| !m.trim().is_empty())
         .unwrap_or_else(|| unexplained(body));
-    Response::Error(ApiError {
+    Err(Failure::Answer(ErrorAnswer {
         status,
         code,
         message,
-    })
+    }))
 }
 
 /// Strips the `namespace#` prefix and `:url` suffix AWS error types may carry.
@@ -337,6 +206,7 @@ fn xml_tag(body: &[u8], tag: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kinesis::error::{classify, Retry};
     use crate::records::queue::Record;
 
     #[test]
@@ -380,7 +250,7 @@ mod tests {
             {"ErrorCode":"InternalFailure","ErrorMessage":"oops"}]}"#;
         assert_eq!(
             parse_response(200, None, body, 4),
-            Response::Records(vec![
+            Ok(vec![
                 None,
                 Some("ProvisionedThroughputExceededException".into()),
                 None,
@@ -427,15 +297,15 @@ mod tests {
     #[test]
     fn count_mismatch_is_an_error() {
         let r = parse_response(200, None, br#"{"Records":[]}"#, 2);
-        let Response::Error(e) = r else { panic!() };
+        let Err(e) = r else { panic!() };
         assert_eq!(e.retry(), Retry::Transient);
         let r = parse_response(200, None, b"garbage", 2);
-        assert!(matches!(r, Response::Error(e) if e.code == "MalformedResponse"));
+        assert!(matches!(r, Err(e) if e.code() == "MalformedResponse"));
     }
 
     #[test]
     fn an_error_without_code_or_message_says_what_answered() {
-        let Response::Error(e) = parse_response(400, None, b"", 1) else {
+        let Err(Failure::Answer(e)) = parse_response(400, None, b"", 1) else {
             panic!()
         };
         assert_eq!(e.code, "HTTP400");
@@ -444,10 +314,11 @@ mod tests {
             "{}",
             e.message
         );
-        let Response::Error(e) = parse_response(400, None, b"<html>\nBad gateway</html>", 1) else {
+        let Err(Failure::Answer(e)) = parse_response(400, None, b"<html>\nBad gateway</html>", 1)
+        else {
             panic!()
         };
-        assert!(e.to_string().contains("<html> Bad gateway"), "{e}");
+        assert!(e.message.contains("<html> Bad gateway"), "{}", e.message);
     }
 
     #[test]
@@ -458,10 +329,10 @@ mod tests {
             br#"{"__type":"com.amazonaws.kinesis#ProvisionedThroughputExceededException","message":"Rate exceeded"}"#,
             1,
         );
-        let Response::Error(e) = r else { panic!() };
+        let Err(Failure::Answer(e)) = r else { panic!() };
         assert_eq!(e.code, "ProvisionedThroughputExceededException");
         assert_eq!(e.message, "Rate exceeded");
-        assert_eq!(e.retry(), Retry::Throttled);
+        assert_eq!(classify(e.status, &e.code), Retry::Throttled);
 
         let r = parse_response(
             400,
@@ -469,41 +340,30 @@ mod tests {
             b"",
             1,
         );
-        let Response::Error(e) = r else { panic!() };
+        let Err(Failure::Answer(e)) = r else { panic!() };
         assert_eq!(e.code, "ResourceNotFoundException");
-        assert_eq!(e.retry(), Retry::Never);
-        assert!(e.advice().contains("KINESIS_TELEMETRY_STREAM"));
+        assert_eq!(classify(e.status, &e.code), Retry::Never);
+        assert!(Failure::Answer(e.clone())
+            .advice()
+            .contains("KINESIS_TELEMETRY_STREAM"));
 
         let xml = b"<ErrorResponse><Error><Code>SignatureDoesNotMatch</Code><Message>bad sig</Message></Error></ErrorResponse>";
-        let Response::Error(e) = parse_response(403, None, xml, 1) else {
+        let Err(Failure::Answer(e)) = parse_response(403, None, xml, 1) else {
             panic!()
         };
         assert_eq!(e.code, "SignatureDoesNotMatch");
         assert_eq!(e.message, "bad sig");
-        assert_eq!(e.retry(), Retry::Resign);
+        assert_eq!(classify(e.status, &e.code), Retry::Resign);
 
-        let Response::Error(e) = parse_response(503, None, b"<html>", 1) else {
+        let Err(Failure::Answer(e)) = parse_response(503, None, b"<html>", 1) else {
             panic!()
         };
         assert_eq!(e.code, "HTTP503");
-        assert_eq!(e.retry(), Retry::Transient);
+        assert_eq!(classify(e.status, &e.code), Retry::Transient);
     }
 
     #[test]
-    fn classification() {
-        assert_eq!(classify(400, "KMSThrottlingException"), Retry::Throttled);
-        assert_eq!(classify(400, "LimitExceededException"), Retry::Throttled);
-        assert_eq!(classify(400, "AccessDeniedException"), Retry::Never);
-        assert_eq!(classify(400, "ValidationException"), Retry::Never);
-        assert_eq!(classify(400, "KMSDisabledException"), Retry::Never);
-        assert_eq!(
-            classify(400, "ExpiredTokenException"),
-            Retry::RefreshCredentials
-        );
-        assert_eq!(classify(400, "RequestExpired"), Retry::Resign);
-        assert_eq!(classify(500, "Whatever"), Retry::Transient);
-        assert_eq!(classify(429, "Whatever"), Retry::Throttled);
-        assert_eq!(classify(0, "TransportError"), Retry::Transient);
+    fn codes_lose_namespace_and_url() {
         assert_eq!(clean_code("a.b#Code:http://x"), "Code");
     }
 }

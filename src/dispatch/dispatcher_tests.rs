@@ -1,0 +1,401 @@
+//! The dispatcher's loop against a scripted Kinesis client: partial and
+//! ambiguous failures, refusals, pause and resume, deadlines, shutdown. The
+//! oracle is the events handed in, not what the dispatcher counts.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+
+use super::{Control, Dispatcher};
+use crate::config;
+use crate::kinesis::client::{Outcome, PutRecords};
+use crate::kinesis::error::{ErrorAnswer, Failure};
+use crate::lambda::telemetry::{split_body, Delivery};
+use crate::records::pack::Wire;
+use crate::stats::Stats;
+
+/// What the scripted client answers to one request.
+#[derive(Clone)]
+enum Answer {
+    /// 200, every record stored.
+    Store,
+    /// 200, the records at these positions refused with this code.
+    Refuse(Vec<usize>, &'static str),
+    NotSent(Failure),
+    Failed(Failure),
+    /// Stored, but the answer was lost (a reset after sending).
+    StoredButLost,
+}
+
+/// The data of every record Kinesis stored, and of every request made.
+#[derive(Default)]
+struct Seen {
+    stored: Vec<String>,
+    requests: usize,
+}
+
+struct Scripted {
+    answers: VecDeque<Answer>,
+    /// Answer once the script is done.
+    then: Answer,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl PutRecords for Scripted {
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+        assert!(
+            Instant::now() <= deadline,
+            "a request started past its deadline"
+        );
+        let answer = self.answers.pop_front().unwrap_or(self.then.clone());
+        let mut seen = self.seen.lock().unwrap();
+        let data = |w: &Wire| String::from_utf8(w.data().to_vec()).unwrap();
+        if !matches!(answer, Answer::NotSent(_)) {
+            seen.requests += 1;
+        }
+        match answer {
+            Answer::Store => {
+                seen.stored.extend(records.iter().map(data));
+                Outcome::Answered(vec![None; records.len()])
+            }
+            Answer::Refuse(at, code) => {
+                let codes = (0..records.len())
+                    .map(|i| at.contains(&i).then(|| code.to_string()))
+                    .collect();
+                let kept = records.iter().enumerate().filter(|(i, _)| !at.contains(i));
+                seen.stored.extend(kept.map(|(_, w)| data(w)));
+                Outcome::Answered(codes)
+            }
+            Answer::NotSent(f) => Outcome::NotSent(f),
+            Answer::Failed(f) => Outcome::Failed(f),
+            Answer::StoredButLost => {
+                seen.stored.extend(records.iter().map(data));
+                Outcome::MaybeDelivered(Failure::Transport("connection reset".into()))
+            }
+        }
+    }
+}
+
+fn answer_error(code: &str) -> Failure {
+    Failure::Answer(ErrorAnswer {
+        status: 400,
+        code: code.into(),
+        message: String::new(),
+    })
+}
+
+/// A running dispatcher and its channels.
+struct Harness {
+    events: Sender<Delivery>,
+    control: Sender<Control>,
+    seen: Arc<Mutex<Seen>>,
+    stats: Arc<Stats>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn start(settings: &[(&str, &str)], answers: Vec<Answer>, then: Answer) -> Harness {
+    let mut env: Vec<(String, String)> = vec![
+        ("KINESIS_TELEMETRY_STREAM".into(), "s".into()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), "AKIDEXAMPLE".into()),
+        ("AWS_SECRET_ACCESS_KEY".into(), "secret".into()),
+        ("KINESIS_TELEMETRY_BACKOFF_BASE_MS".into(), "1".into()),
+        ("KINESIS_TELEMETRY_BACKOFF_CAP_MS".into(), "5".into()),
+    ];
+    for (k, v) in settings {
+        env.push((k.to_string(), v.to_string()));
+    }
+    let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let cfg = config::from_env(&get).expect("valid test configuration");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let client = Scripted {
+        answers: answers.into(),
+        then,
+        seen: seen.clone(),
+    };
+    let (events, events_rx) = unbounded();
+    let (control, control_rx) = bounded(1);
+    let stats = Arc::new(Stats::default());
+    let d = Dispatcher::with_client(
+        cfg,
+        client,
+        events_rx,
+        control_rx,
+        stats.clone(),
+        Vec::new(),
+        "env",
+    );
+    let thread = Some(std::thread::spawn(move || d.run()));
+    Harness {
+        events,
+        control,
+        seen,
+        stats,
+        thread,
+    }
+}
+
+impl Harness {
+    /// Delivers one Telemetry API body of these events.
+    fn deliver(&self, events: &[String]) {
+        let body = Arc::new(format!("[{}]", events.join(",")).into_bytes());
+        let delivery = Delivery {
+            received: Instant::now(),
+            events: split_body(&body).unwrap(),
+            body_bytes: body.len(),
+        };
+        self.events.send(delivery).unwrap();
+    }
+
+    /// An invoke whose function wrote `lines`: they and its runtimeDone are
+    /// delivered, then the dispatcher is asked to pause (after its flush).
+    fn invoke_with(&self, id: &str, lines: &[String]) {
+        let mut events = lines.to_vec();
+        events.push(runtime_done(id));
+        self.deliver(&events);
+        self.invoke(id, true);
+    }
+
+    /// An invoke: resumes, then asks to pause; returns once paused.
+    fn invoke(&self, id: &str, wait_runtime_done: bool) -> Duration {
+        let (reply, paused) = bounded(1);
+        let start = Instant::now();
+        self.control
+            .send(Control::Invoke {
+                request_id: id.into(),
+                deadline: start + 3 * SEC,
+                wait_runtime_done,
+                wait_until: start + 2 * SEC,
+                reply,
+            })
+            .unwrap();
+        paused.recv_timeout(5 * SEC).expect("the dispatcher paused");
+        start.elapsed()
+    }
+
+    fn shutdown(mut self, deadline: Duration) -> (Seen, Arc<Stats>, Duration) {
+        let (reply, done) = bounded(1);
+        let start = Instant::now();
+        self.control
+            .send(Control::Shutdown {
+                wait_until: start,
+                deadline: start + deadline,
+                reply,
+            })
+            .unwrap();
+        done.recv_timeout(deadline + 5 * SEC)
+            .expect("shutdown answered");
+        let took = start.elapsed();
+        self.thread.take().unwrap().join().unwrap();
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        (seen, self.stats.clone(), took)
+    }
+
+    fn stored(&self) -> Vec<String> {
+        self.seen.lock().unwrap().stored.clone()
+    }
+}
+
+fn lines(tag: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"time":"2026-11-30T00:00:00.000Z","type":"function","record":"{tag}-{i}"}}"#
+            )
+        })
+        .collect()
+}
+
+fn runtime_done(id: &str) -> String {
+    format!(
+        r#"{{"time":"2026-11-30T00:00:00.000Z","type":"platform.runtimeDone","record":{{"requestId":"{id}","status":"success"}}}}"#
+    )
+}
+
+/// The function log records among `stored`, in order.
+fn telemetry(stored: &[String]) -> Vec<String> {
+    stored
+        .iter()
+        .filter(|s| s.contains(r#""type":"function""#))
+        .cloned()
+        .collect()
+}
+
+#[test]
+fn a_partial_failure_resends_only_the_refused_records_in_order() {
+    let answers = vec![Answer::Refuse(
+        vec![1, 3],
+        "ProvisionedThroughputExceededException",
+    )];
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        answers,
+        Answer::Store,
+    );
+    let sent = lines("a", 6);
+    h.invoke_with("r1", &sent);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    let mut got = telemetry(&seen.stored);
+    // The two refused went out again, after the four stored the first time.
+    assert_eq!(got.len(), 6, "{got:?}");
+    assert_eq!(got.split_off(4), [sent[1].clone(), sent[3].clone()]);
+    assert_eq!(stats.records_retried.get(), 2);
+    assert_eq!(stats.dropped_rejected.get(), 0);
+}
+
+#[test]
+fn an_ambiguous_failure_is_resent_and_counted_as_a_duplicate_risk() {
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![Answer::StoredButLost],
+        Answer::Store,
+    );
+    let sent = lines("b", 3);
+    h.invoke_with("r1", &sent);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    let got = telemetry(&seen.stored);
+    for line in &sent {
+        let copies = got.iter().filter(|g| *g == line).count();
+        assert_eq!(
+            copies, 2,
+            "{line} stored once by the lost answer, once by the resend"
+        );
+    }
+    // The three lines and their runtimeDone.
+    assert_eq!(stats.duplicate_risk.get(), 4);
+}
+
+#[test]
+fn a_refusal_that_retrying_cannot_fix_is_counted_lost_once() {
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![Answer::Failed(answer_error("ValidationException"))],
+        Answer::Store,
+    );
+    h.invoke_with("r1", &lines("c", 4));
+    let later = lines("d", 2);
+    h.invoke_with("r2", &later);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), later);
+    // The four lines and their runtimeDone.
+    assert_eq!(stats.dropped_rejected.get(), 5);
+    assert_eq!(stats.duplicate_risk.get(), 0);
+}
+
+#[test]
+fn paused_means_no_request_until_the_next_invoke() {
+    let h = start(&[("KINESIS_TELEMETRY_FLUSH", "end")], vec![], Answer::Store);
+    h.invoke("r1", false);
+    // Events that arrive while frozen (the next invoke's early lines) wait.
+    h.deliver(&lines("e", 600));
+    // Give a busy dispatcher every chance to send by mistake: it has a full
+    // request (500 records) queued, which it would send at once if thawed.
+    let deadline = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < deadline {
+        assert_eq!(h.seen.lock().unwrap().requests, 0, "sent while paused");
+        std::thread::yield_now();
+    }
+    h.invoke("r2", false);
+    let (seen, _, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored).len(), 600);
+}
+
+#[test]
+fn end_mode_waits_for_runtime_done_and_flushes_before_pausing() {
+    let h = start(&[("KINESIS_TELEMETRY_FLUSH", "end")], vec![], Answer::Store);
+    let (tx, rx): (Sender<()>, Receiver<()>) = bounded(1);
+    let events = h.events.clone();
+    let late = lines("f", 5);
+    let late2 = late.clone();
+    // runtimeDone comes after the invoke asks to pause.
+    let feeder = std::thread::spawn(move || {
+        rx.recv().unwrap();
+        let body = Arc::new(format!("[{},{}]", late2.join(","), runtime_done("r1")).into_bytes());
+        let events_ = split_body(&body).unwrap();
+        events
+            .send(Delivery {
+                received: Instant::now(),
+                events: events_,
+                body_bytes: body.len(),
+            })
+            .unwrap();
+    });
+    let (reply, paused) = bounded(1);
+    let start = Instant::now();
+    h.control
+        .send(Control::Invoke {
+            request_id: "r1".into(),
+            deadline: start + 3 * SEC,
+            wait_runtime_done: true,
+            wait_until: start + 2 * SEC,
+            reply,
+        })
+        .unwrap();
+    assert!(
+        paused.try_recv().is_err(),
+        "paused before its runtimeDone came"
+    );
+    tx.send(()).unwrap();
+    paused.recv_timeout(5 * SEC).unwrap();
+    feeder.join().unwrap();
+    assert!(start.elapsed() < SEC, "held past the runtimeDone");
+    assert_eq!(telemetry(&h.stored()), late, "flushed before pausing");
+    h.shutdown(2 * SEC);
+}
+
+#[test]
+fn nothing_sendable_waits_for_the_next_flush_without_losing_records() {
+    let no_credentials = Failure::Credentials("the endpoint is down".into());
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![Answer::NotSent(no_credentials)],
+        Answer::Store,
+    );
+    let first = lines("g", 3);
+    h.invoke_with("r1", &first);
+    assert!(h.stored().is_empty());
+    h.invoke_with("r2", &[]);
+    assert_eq!(telemetry(&h.stored()), first);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(seen.requests, 2, "the unsendable round was not a request");
+    assert_eq!(
+        stats.requests.get(),
+        1 + 1,
+        "one invoke flush, one metrics record"
+    );
+}
+
+#[test]
+fn shutdown_sends_everything_then_the_metrics_record_last() {
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![Answer::Failed(Failure::Transport("reset".into())); 3],
+        Answer::Store,
+    );
+    let sent = lines("h", 10);
+    h.deliver(&sent);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), sent);
+    let last = seen.stored.last().unwrap();
+    assert!(last.contains("extension.metrics"), "{last}");
+    assert_eq!(stats.dropped_shutdown.get(), 0);
+}
+
+#[test]
+fn shutdown_ends_by_its_deadline_and_counts_what_is_left() {
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![],
+        Answer::Failed(Failure::Transport("connection refused".into())),
+    );
+    h.deliver(&lines("i", 7));
+    let (seen, stats, took) = h.shutdown(Duration::from_millis(300));
+    assert!(seen.stored.is_empty());
+    assert!(took < Duration::from_millis(300) + SEC / 2, "{took:?}");
+    // The 7 records and the metrics record.
+    assert_eq!(stats.dropped_shutdown.get(), 8);
+}

@@ -1,0 +1,251 @@
+//! One request at a time: takes a request's worth of records from the
+//! queue, sends it through the client, settles each record (stored, to
+//! resend, lost) and, with the retrier, decides what comes next. Counts and
+//! logs what happened.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, HashKeyMode};
+use crate::dispatch::report::Reported;
+use crate::dispatch::retry::{GaveUp, Next, Policy, Retrier, Round};
+use crate::kinesis::client::{Outcome, PutRecords};
+use crate::kinesis::error::{Failure, Retry};
+use crate::kinesis::wire::{settle, RecordCodes};
+use crate::records::pack::{self, Format, Wire};
+use crate::records::queue::{Limits, Queue, Record};
+use crate::rng::Rng;
+use crate::stats::Stats;
+
+/// The sending side of the dispatcher.
+pub struct Requests<C> {
+    client: C,
+    retrier: Retrier,
+    reported: Reported,
+    stats: Arc<Stats>,
+    limits: Limits,
+    format: Format,
+    max_record_bytes: usize,
+    random_hash_keys: bool,
+    /// Random explicit hash keys.
+    rng: Rng,
+    /// The last retryable failure, for the logs when retries run out.
+    last_error: Option<String>,
+}
+
+impl<C: PutRecords> Requests<C> {
+    pub fn new(cfg: &Config, client: C, stats: Arc<Stats>, mut rng: Rng) -> Requests<C> {
+        let policy = Policy {
+            max_attempts: cfg.max_attempts,
+            backoff_base: cfg.backoff_base,
+            backoff_cap: cfg.backoff_cap,
+            budget: cfg.retry_budget,
+        };
+        Requests {
+            client,
+            retrier: Retrier::new(policy, Rng::seeded(rng.next_u64())),
+            reported: Reported::default(),
+            stats,
+            limits: request_limits(cfg),
+            format: cfg.format,
+            max_record_bytes: cfg.max_record_bytes,
+            random_hash_keys: cfg.hash_key == HashKeyMode::Random,
+            rng,
+            last_error: None,
+        }
+    }
+
+    /// Fetches what the first request needs (credentials) ahead of it.
+    pub fn warm_up(&mut self) {
+        if let Err(f) = self.client.warm_up() {
+            let detail = format!("{}; retrying later", f.message());
+            self.reported.error(f.code(), "cannot send yet", &detail);
+        }
+    }
+
+    /// The retry state (thaws, flushes, holds).
+    pub fn retrier(&mut self) -> &mut Retrier {
+        &mut self.retrier
+    }
+
+    /// When background sending may start again (`None`: now).
+    pub fn held_until(&self) -> Option<Instant> {
+        self.retrier.held_until()
+    }
+
+    /// Whether `queue` holds a full request.
+    pub fn full_request(&self, queue: &Queue) -> bool {
+        queue.has_full_batch(self.limits)
+    }
+
+    /// What comes after `round` (see `Retrier::after`); says why when
+    /// retrying stops. `queued`: records still buffered, for the log.
+    pub fn next(&mut self, round: Round, final_flush: bool, queued: usize) -> Next {
+        let next = self.retrier.after(round, final_flush);
+        let last = self.last_error();
+        match next {
+            Next::GiveUp(GaveUp::Attempts(n)) => log::warn!(
+                "{queued} records still unsent after {n} attempts (last error: {last}); they stay buffered for the next flush",
+            ),
+            Next::GiveUp(GaveUp::Budget) => {
+                self.stats.retries_denied.add(1);
+                log::warn!(
+                    "retry budget spent (the endpoint keeps failing: {last}); {queued} records wait for the next flush",
+                );
+            }
+            _ => {}
+        }
+        next
+    }
+
+    /// The last retryable failure, for the logs.
+    pub fn last_error(&self) -> &str {
+        self.last_error.as_deref().unwrap_or("none")
+    }
+
+    /// Sends one request's worth from the front of `queue`. Records that
+    /// failed in a retryable way go back to the front in order; the rest are
+    /// sent or counted as lost.
+    pub fn send_one(&mut self, queue: &mut Queue, deadline: Instant) -> Round {
+        let wires = self.take_request(queue);
+        if wires.is_empty() {
+            return Round::Done;
+        }
+        match self.client.put_records(&wires, deadline) {
+            Outcome::Answered(codes) => {
+                self.stats.requests.add(1);
+                self.answered(queue, wires, codes)
+            }
+            Outcome::NotSent(f) => self.failed(queue, wires, f, Sent::No),
+            Outcome::Failed(f) => self.failed(queue, wires, f, Sent::Yes),
+            Outcome::MaybeDelivered(f) => self.failed(queue, wires, f, Sent::Maybe),
+        }
+    }
+
+    /// Takes the next request's records from the queue and counts their
+    /// attempts.
+    fn take_request(&mut self, queue: &mut Queue) -> Vec<Wire> {
+        let mut wires = pack::take(queue, self.limits, self.format, self.max_record_bytes);
+        for w in &mut wires {
+            if self.random_hash_keys {
+                let h = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());
+                w.hash_key = Some(h.to_string().into_boxed_str());
+            }
+            for r in &mut w.members {
+                r.attempts += 1;
+                if r.attempts > 1 {
+                    self.stats.records_retried.add(1);
+                }
+            }
+        }
+        wires
+    }
+
+    /// Kinesis answered 200: counts what was stored and rejected, and puts
+    /// what it asks to resend back at the front of the queue.
+    fn answered(&mut self, queue: &mut Queue, wires: Vec<Wire>, codes: RecordCodes) -> Round {
+        self.retrier.answered();
+        let settled = settle(wires, codes);
+        self.stats.kinesis_records.add(settled.stored as u64);
+        self.stats.bytes_sent.add(settled.stored_bytes as u64);
+        self.stats.records_sent.add(settled.stored_members as u64);
+        for (code, members) in &settled.rejected {
+            self.stats.dropped_rejected.add(*members as u64);
+            self.reported.error(code, "a record was rejected", "");
+        }
+        let resend = settled.resend.len();
+        queue.push_front_all(settled.resend);
+        match settled.retry_code {
+            None => Round::Done,
+            Some(c) => {
+                log::debug!("{resend} records failed with {c}; retrying them");
+                self.last_error = Some(format!("{resend} records failed with {c}"));
+                Round::Failed {
+                    retry: Retry::Throttled,
+                    progress: settled.stored > 0,
+                    blocked: false,
+                }
+            }
+        }
+    }
+
+    /// The request failed as a whole: its records go back to the front of
+    /// the queue to be retried, or are counted as lost.
+    fn failed(&mut self, queue: &mut Queue, wires: Vec<Wire>, f: Failure, sent: Sent) -> Round {
+        if sent != Sent::No {
+            self.stats.requests.add(1);
+            self.stats.request_errors.add(1);
+        }
+        let members: Vec<Record> = wires.into_iter().flat_map(|w| w.members).collect();
+        let retry = self.retry_for(&f);
+        if !retry.is_retryable() {
+            self.stats.dropped_rejected.add(members.len() as u64);
+            let what = format!("PutRecords failed, {} records lost", members.len());
+            let detail = format!("{f}; to fix: {}", f.advice());
+            self.reported.error(f.code(), &what, &detail);
+            return Round::Done;
+        }
+        if sent == Sent::No {
+            // Nothing went out (no credentials): retrying now cannot help;
+            // the next flush tries again.
+            self.reported
+                .error(f.code(), "cannot send yet", f.message());
+        }
+        self.last_error = Some(f.to_string());
+        log::debug!(
+            "PutRecords failed ({f}); will retry {} records",
+            members.len()
+        );
+        if sent == Sent::Maybe {
+            self.stats.duplicate_risk.add(members.len() as u64);
+        }
+        queue.push_front_all(members);
+        Round::Failed {
+            retry,
+            progress: false,
+            blocked: sent == Sent::No,
+        }
+    }
+
+    /// How to treat a whole-request failure. Signature refusals are re-signed
+    /// once (clock skew) and final the second time in a row (a wrong secret);
+    /// expired credentials are refreshed when they come from an endpoint.
+    fn retry_for(&mut self, f: &Failure) -> Retry {
+        let retry = f.retry();
+        if !matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
+            return retry;
+        }
+        if retry == Retry::RefreshCredentials && self.client.refresh_credentials() {
+            log::info!("Kinesis answered {}: fetching new credentials", f.code());
+            return retry;
+        }
+        if self.retrier.refused_again() {
+            return Retry::Never;
+        }
+        retry
+    }
+}
+
+/// Whether a failed request went out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// No: nothing left this process.
+    No,
+    /// Yes, and it did not store anything.
+    Yes,
+    /// Yes, and it may have stored everything (a resend risks duplicates).
+    Maybe,
+}
+
+/// The most one request carries.
+fn request_limits(cfg: &Config) -> Limits {
+    Limits {
+        max_records: cfg.max_records_per_request,
+        // A request in flight is held twice (records + base64 body) on top
+        // of the buffer: keep it to a quarter of the buffer cap, so memory
+        // stays near the cap (never below one record).
+        max_bytes: cfg
+            .max_bytes_per_request
+            .min((cfg.buffer_limit_bytes / 4).max(cfg.max_record_bytes)),
+    }
+}
