@@ -5,15 +5,24 @@
 //! `event/next` loop); `listener` receives telemetry; `dispatcher` batches
 //! and sends it. See README "How it works".
 
-// The stages, in the order data flows through them.
+// The stages, in the order data flows through them (blank lines keep
+// rustfmt from sorting them).
+// Extensions API, the telemetry listener, event splitting.
+mod lambda;
+
+// Events -> records: shaping, partition keys, the queue, record formats.
+mod records;
+
+// The dispatcher thread: when to send, retries, counting losses.
 mod dispatch;
-mod kinesis; // PutRecords wire format, client, SigV4, credentials
-mod lambda; // Extensions API, telemetry listener, event splitting
-mod records; // events -> records: shaping, the queue, formats // the dispatcher thread, flush and retry policies
+
+// PutRecords: wire format, errors, client, SigV4, credentials.
+mod kinesis;
 
 // Shared by the stages.
 mod base64;
 mod config;
+mod json;
 mod logging;
 mod md5;
 mod rng;

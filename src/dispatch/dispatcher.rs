@@ -132,7 +132,7 @@ impl<C: PutRecords> Dispatcher<C> {
     ) -> Dispatcher<C> {
         let mut rng = Rng::from_os();
         let shaper = Shaper::new(&cfg, environment, Rng::seeded(rng.next_u64()), &context);
-        context.push(("environmentKey", environment.to_string()));
+        context.push(("environmentId", environment.to_string()));
         Dispatcher {
             events,
             control,

@@ -6,6 +6,7 @@ use serde::Deserialize;
 
 use crate::base64;
 use crate::config::StreamTarget;
+use crate::json;
 use crate::kinesis::error::{record_error_retryable, ErrorAnswer, Failure};
 use crate::records::pack::Wire;
 use crate::records::queue::Record;
@@ -38,11 +39,11 @@ pub fn write_put_records_body(out: &mut Vec<u8>, target: &StreamTarget, records:
     match target {
         StreamTarget::Name(n) => {
             out.extend_from_slice(b"{\"StreamName\":");
-            push_json(out, n);
+            json::push_str(out, n);
         }
         StreamTarget::Arn(a) => {
             out.extend_from_slice(b"{\"StreamARN\":");
-            push_json(out, a);
+            json::push_str(out, a);
         }
     }
     out.extend_from_slice(b",\"Records\":[");
@@ -53,18 +54,14 @@ pub fn write_put_records_body(out: &mut Vec<u8>, target: &StreamTarget, records:
         out.extend_from_slice(b"{\"Data\":\"");
         base64::encode_into(out, r.data());
         out.extend_from_slice(b"\",\"PartitionKey\":");
-        push_json(out, &r.key);
+        json::push_str(out, &r.key);
         if let Some(h) = &r.hash_key {
             out.extend_from_slice(b",\"ExplicitHashKey\":");
-            push_json(out, h);
+            json::push_str(out, h);
         }
         out.push(b'}');
     }
     out.extend_from_slice(b"]}");
-}
-
-fn push_json(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(out, s).expect("writing to a Vec cannot fail");
 }
 
 /// What became of the records of a request Kinesis answered 200.

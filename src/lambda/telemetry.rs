@@ -231,13 +231,13 @@ pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event 
     json.push_str("\",\"type\":\"");
     json.push_str(UNPARSED_TYPE);
     json.push_str("\",\"record\":{\"reason\":");
-    push_json_string(&mut json, reason);
+    crate::json::push_string(&mut json, reason);
     json.push_str(",\"bytes\":");
     json.push_str(&body.len().to_string());
     match std::str::from_utf8(body) {
         Ok(text) => {
             json.push_str(",\"body\":");
-            push_json_string(&mut json, text);
+            crate::json::push_string(&mut json, text);
         }
         Err(_) => {
             json.push_str(",\"bodyBase64\":\"");
@@ -251,12 +251,6 @@ pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event 
         kind: Kind::Other,
         request_id: None,
     }
-}
-
-/// Appends `s` as a JSON string literal.
-pub fn push_json_string(out: &mut String, s: &str) {
-    // serde_json's escaping is exact and already linked in.
-    out.push_str(&serde_json::to_string(s).expect("a str always serializes"));
 }
 
 #[cfg(test)]

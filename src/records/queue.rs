@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::lambda::telemetry::push_json_string;
+use crate::json::push_string;
 use crate::slices::{self, Bytes};
 
 /// Event type of the records an oversized event is split into.
@@ -176,7 +176,7 @@ pub fn fit_event(
                 "\",\"index\":{index},\"count\":{count},\"originalBytes\":{}}},\"data\":",
                 json.len()
             ));
-            push_json_string(&mut s, chunk);
+            push_string(&mut s, chunk);
             s.push('}');
             s.into_bytes().into_boxed_slice()
         })

@@ -6,7 +6,8 @@
 use serde::Deserialize;
 
 use crate::config::{Config, Types, LEVELS};
-use crate::lambda::telemetry::{push_json_string, Event, Kind};
+use crate::json::push_string;
+use crate::lambda::telemetry::{Event, Kind};
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
 use crate::rng::Rng;
@@ -53,9 +54,9 @@ impl Shaper {
                 .map(|(k, v)| (*k, v.as_str()))
                 .chain([("environmentId", keys.environment())])
             {
-                push_json_string(&mut head, k);
+                push_string(&mut head, k);
                 head.push(':');
-                push_json_string(&mut head, v);
+                push_string(&mut head, v);
                 head.push(',');
             }
             head
@@ -98,7 +99,7 @@ impl Shaper {
                 s.push_str(head);
                 s.push_str("\"requestId\":");
                 match request {
-                    Some(r) => push_json_string(&mut s, r),
+                    Some(r) => push_string(&mut s, r),
                     None => s.push_str("null"),
                 }
                 s.push_str(",\"event\":");
