@@ -15,6 +15,8 @@ use std::net::TcpStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// Longest response body accepted (lifecycle events are small).
 const MAX_BODY: usize = 6 * 1024 * 1024;
+/// Most header lines read in a response (Lambda sends a handful).
+const MAX_HEADERS: usize = 64;
 
 /// A response: status, headers (names as sent), body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -266,25 +268,22 @@ fn read_response<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<(Response,
 
 /// Status code and headers of a response head (ending with the blank line).
 fn parse_head(head: &[u8]) -> io::Result<(u16, Vec<(String, String)>)> {
-    let text = std::str::from_utf8(head).map_err(|_| invalid("response head is not UTF-8"))?;
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") {
-        return Err(invalid("not an HTTP/1.x response"));
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    match response.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err(invalid("incomplete response head")),
+        Err(e) => return Err(invalid(&format!("bad response head: {e}"))),
     }
-    let status = parts
-        .next()
-        .and_then(|s| s.parse::<u16>().ok())
-        .ok_or_else(|| invalid("bad status line"))?;
-    let mut headers = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (k, v) = line
-            .split_once(':')
-            .ok_or_else(|| invalid("bad header line"))?;
-        headers.push((k.trim().to_string(), v.trim().to_string()));
-    }
+    let status = response.code.ok_or_else(|| invalid("bad status line"))?;
+    let headers = response
+        .headers
+        .iter()
+        .map(|h| {
+            let value = String::from_utf8_lossy(h.value);
+            (h.name.to_string(), value.trim().to_string())
+        })
+        .collect();
     Ok((status, headers))
 }
 
