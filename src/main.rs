@@ -146,18 +146,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
             config::strict_mode(&|k| std::env::var(k).ok()),
         ),
     };
-    // The platform stream is always subscribed: its runtimeDone events drive
-    // the flush policy. Platform events are forwarded only if configured.
-    let mut types = cfg.types;
-    types.platform = true;
-    let body = extensions_api::subscription_body(&types.names(), cfg.buffering, port);
-    let telemetry = match api.subscribe(&body) {
-        Subscription::Active => true,
-        Subscription::Unavailable(why) => {
-            log::warn!("{why}; no telemetry will arrive, the extension only follows the lifecycle");
-            false
-        }
-    };
+    let telemetry = subscribe(&mut api, &cfg, port);
     // One random key per execution environment (partition key, metrics).
     let environment = rng::Rng::from_os().hex(16);
     // Logged before `next` so that it appears in the function's init log.
@@ -179,34 +168,9 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
     if let Err(e) = api.request_next() {
         exit_on_api_error(e);
     }
-
-    let stats = Arc::new(Stats::default());
-    let unanswered = Arc::new(gate::Unanswered::default());
-    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
-    let (control_tx, control_rx) = bounded(1);
-    {
-        let (stats, unanswered) = (stats.clone(), unanswered.clone());
-        let max_body = cfg.max_body_bytes;
-        spawn("listener", move || {
-            let limits = gate::Limits::new(max_body);
-            let inner = {
-                let stats = stats.clone();
-                gate::Inner::new(move || {
-                    listener::start(events_tx.clone(), max_body, stats.clone())
-                })
-            };
-            gate::serve(sockets, inner, limits, stats, unanswered)
-        });
-    }
-    let dispatcher = {
-        let (cfg, stats) = (cfg.clone(), stats.clone());
-        spawn("dispatcher", move || {
-            Dispatcher::new(cfg, events_rx, control_rx, stats, context, &environment).run()
-        })
-    };
-
+    let threads = start_threads(&cfg, sockets, context, environment);
     let lifecycle = Lifecycle {
-        control: control_tx,
+        control: threads.control,
         telemetry,
         cfg: &cfg,
     };
@@ -227,9 +191,8 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
                     .unwrap_or_else(Instant::now);
                 lifecycle.shutdown(deadline);
                 // A delivery taken meanwhile gets its answer before we go.
-                unanswered.wait(deadline + SHUTDOWN_MARGIN / 2);
-                drop(dispatcher);
-                log::info!("shutdown ({reason}): {}", stats.summary());
+                threads.unanswered.wait(deadline + SHUTDOWN_MARGIN / 2);
+                log::info!("shutdown ({reason}): {}", threads.stats.summary());
                 std::process::exit(0);
             }
             Err(e) => exit_on_api_error(e),
@@ -237,6 +200,68 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         if let Err(e) = api.request_next() {
             exit_on_api_error(e);
         }
+    }
+}
+
+/// Subscribes the listener on `port` to the Telemetry API; false when
+/// telemetry is unavailable (the extension then only follows the lifecycle).
+fn subscribe(api: &mut ExtensionsApi, cfg: &Config, port: u16) -> bool {
+    // The platform stream is always subscribed: its runtimeDone events drive
+    // the flush policy. Platform events are forwarded only if configured.
+    let mut types = cfg.types;
+    types.platform = true;
+    let body = extensions_api::subscription_body(&types.names(), cfg.buffering, port);
+    match api.subscribe(&body) {
+        Subscription::Active => true,
+        Subscription::Unavailable(why) => {
+            log::warn!("{why}; no telemetry will arrive, the extension only follows the lifecycle");
+            false
+        }
+    }
+}
+
+/// What the main thread keeps of the threads it starts.
+struct Threads {
+    control: Sender<Control>,
+    stats: Arc<Stats>,
+    unanswered: Arc<gate::Unanswered>,
+}
+
+/// Starts the listener (behind its gate, on `sockets`) and the dispatcher.
+fn start_threads(
+    cfg: &Config,
+    sockets: Vec<std::net::TcpListener>,
+    context: Vec<(&'static str, String)>,
+    environment: String,
+) -> Threads {
+    let stats = Arc::new(Stats::default());
+    let unanswered = Arc::new(gate::Unanswered::default());
+    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
+    let (control, control_rx) = bounded(1);
+    {
+        let (stats, unanswered) = (stats.clone(), unanswered.clone());
+        let max_body = cfg.max_body_bytes;
+        spawn("listener", move || {
+            let limits = gate::Limits::new(max_body);
+            let inner = {
+                let stats = stats.clone();
+                gate::Inner::new(move || {
+                    listener::start(events_tx.clone(), max_body, stats.clone())
+                })
+            };
+            gate::serve(sockets, inner, limits, stats, unanswered)
+        });
+    }
+    {
+        let (cfg, stats) = (cfg.clone(), stats.clone());
+        spawn("dispatcher", move || {
+            Dispatcher::new(cfg, events_rx, control_rx, stats, context, &environment).run()
+        });
+    }
+    Threads {
+        control,
+        stats,
+        unanswered,
     }
 }
 
@@ -309,10 +334,10 @@ fn instant_of(deadline_ms: u64) -> Instant {
     Instant::now() + Duration::from_millis(deadline_ms.saturating_sub(now_ms))
 }
 
-fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::thread::JoinHandle<()> {
+fn spawn<F: FnOnce() + Send + 'static>(name: &str, f: F) {
     std::thread::Builder::new()
         .name(name.to_string())
         .stack_size(256 * 1024)
         .spawn(f)
-        .expect("cannot start a thread")
+        .expect("cannot start a thread");
 }
