@@ -80,7 +80,10 @@ fn main() {
         ("functionName", info.function_name),
         ("functionVersion", info.function_version),
         ("accountId", info.account_id.unwrap_or_default()),
-        ("region", std::env::var("AWS_REGION").unwrap_or_default()),
+        (
+            "region",
+            std::env::var(config::AWS_REGION.var).unwrap_or_default(),
+        ),
     ];
     run(api, cfg, context);
 }
@@ -130,10 +133,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         Ok(s) => s,
         Err(e) => config_failed(
             &mut api,
-            &format!(
-                "{e} (KINESIS_TELEMETRY_LISTENER_PORT={})",
-                cfg.listener_port
-            ),
+            &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener_port),
             config::strict_mode(&|k| std::env::var(k).ok()),
         ),
     };
