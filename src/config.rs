@@ -499,6 +499,9 @@ pub struct Config {
     pub buffer_limit_bytes: usize,
     /// Largest Telemetry API body the listener reads.
     pub max_body_bytes: usize,
+    /// A problem found later (the listener's port cannot be bound) fails the
+    /// function's init too.
+    pub strict: bool,
 }
 
 /// One invalid or missing variable.
@@ -536,11 +539,16 @@ impl std::error::Error for ConfigError {}
 
 /// All problems found in one pass, so a user fixes them in one deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+    /// `KINESIS_TELEMETRY_STRICT` as far as it could be read (a value that is
+    /// no switch counts as false): whether these errors fail the function's init.
+    pub strict: bool,
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -706,23 +714,16 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         connection_max_idle: r.millis(&CONNECTION_MAX_IDLE_MS),
         buffer_limit_bytes: r.int_or(&BUFFER_LIMIT_BYTES, default_buffer_limit(get)) as usize,
         max_body_bytes: r.int(&MAX_BODY_BYTES) as usize,
+        strict: matches!(r.word(&STRICT), "true" | "1" | "yes"),
     };
-    // Read on its own by `strict_mode`; here a value that is no switch is
-    // reported instead of quietly meaning false.
-    r.word(&STRICT);
     if r.errors.is_empty() {
         Ok(config)
     } else {
-        Err(ConfigErrors(r.errors))
+        Err(ConfigErrors {
+            errors: r.errors,
+            strict: config.strict,
+        })
     }
-}
-
-/// `KINESIS_TELEMETRY_STRICT`, read on its own: configuration errors need it
-/// when the rest cannot be read. A value that is not a switch is false here,
-/// and an error in `from_env`.
-pub fn strict_mode(get: &dyn Fn(&str) -> Option<String>) -> bool {
-    get(STRICT.var)
-        .is_some_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "1" | "yes"))
 }
 
 /// 0 means "no limit" / "never".
@@ -1063,7 +1064,7 @@ mod tests {
     }
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
-        from_env(&env(pairs)).unwrap_err().0
+        from_env(&env(pairs)).unwrap_err().errors
     }
 
     #[test]
@@ -1128,8 +1129,6 @@ mod tests {
         let e = errors(&[("KINESIS_TELEMETRY_STRICT", "maybe")]);
         assert_eq!(e[0].var, "KINESIS_TELEMETRY_STRICT");
         assert!(from_env(&env(&[("KINESIS_TELEMETRY_STRICT", "No")])).is_ok());
-        assert!(strict_mode(&|_| Some("Yes".into())));
-        assert!(!strict_mode(&|_| Some("maybe".into())));
     }
 
     #[test]
@@ -1210,7 +1209,7 @@ mod tests {
             }
         };
         let e = from_env(&get).unwrap_err();
-        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.errors.len(), 1);
         let msg = e.to_string();
         assert!(msg.contains("KINESIS_TELEMETRY_STREAM is not set"), "{msg}");
     }
@@ -1317,7 +1316,7 @@ mod tests {
             }
         };
         let e = from_env(&get).unwrap_err();
-        assert_eq!(e.0[0].var, "AWS_SECRET_ACCESS_KEY");
+        assert_eq!(e.errors[0].var, "AWS_SECRET_ACCESS_KEY");
         let c = from_env(&env(&[("AWS_SESSION_TOKEN", "tok")])).unwrap();
         assert!(!format!("{:?}", c.credentials).contains("secret"));
         let CredentialsSource::Static(s) = c.credentials else {
@@ -1364,9 +1363,26 @@ mod tests {
 
     #[test]
     fn strict_flag() {
-        assert!(strict_mode(&|_| Some("true".into())));
-        assert!(!strict_mode(&|_| Some("no".into())));
-        assert!(!strict_mode(&|_| None));
+        let strict = |v: &str| {
+            from_env(&env(&[("KINESIS_TELEMETRY_STRICT", v)]))
+                .unwrap()
+                .strict
+        };
+        assert!(strict("true") && strict("Yes") && strict("1"));
+        assert!(!strict("no") && !strict("0") && !strict(" "));
+        assert!(!from_env(&env(&[])).unwrap().strict);
+        // With the rest invalid, a switch still counts; a value that is no
+        // switch counts as false (and is an error of its own).
+        let invalid = |v: &str| {
+            from_env(&env(&[
+                ("KINESIS_TELEMETRY_STRICT", v),
+                ("KINESIS_TELEMETRY_FLUSH", "x"),
+            ]))
+            .unwrap_err()
+        };
+        assert!(invalid("Yes").strict);
+        assert!(!invalid("maybe").strict);
+        assert!(!invalid("false").strict);
     }
 
     #[test]
@@ -1379,8 +1395,8 @@ mod tests {
                 .iter()
                 .map(|w| format!("{:?}", from_env(&env(&[(s.var, w)])).unwrap()))
                 .collect();
-            // KINESIS_TELEMETRY_STRICT is read by `strict_mode`.
-            let expected = if s.var == STRICT.var { 1 } else { words.len() };
+            // KINESIS_TELEMETRY_STRICT has three words for each of its two values.
+            let expected = if s.var == STRICT.var { 2 } else { words.len() };
             assert_eq!(seen.len(), expected, "{}", s.var);
         }
     }

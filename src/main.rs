@@ -71,10 +71,9 @@ fn main() {
         info.function_version
     );
 
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = match config::from_env(&env) {
+    let cfg = match config::from_env(&|k| std::env::var(k).ok()) {
         Ok(cfg) => cfg,
-        Err(errors) => config_failed(&mut api, &errors.to_string(), config::strict_mode(&env)),
+        Err(errors) => config_failed(&mut api, &errors.to_string(), errors.strict),
     };
     let context = vec![
         ("functionName", info.function_name),
@@ -134,7 +133,7 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         Err(e) => config_failed(
             &mut api,
             &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener_port),
-            config::strict_mode(&|k| std::env::var(k).ok()),
+            cfg.strict,
         ),
     };
     // The platform stream is always subscribed: its runtimeDone events drive

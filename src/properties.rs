@@ -91,10 +91,10 @@ proptest! {
             }
         };
         if let Err(errors) = config::from_env(&get) {
-            for e in &errors.0 {
+            for e in &errors.errors {
                 prop_assert!(e.to_string().contains(&e.var));
             }
-            prop_assert!(errors.0.iter().any(|e| e.var == var
+            prop_assert!(errors.errors.iter().any(|e| e.var == var
                 || (var == "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST" && e.var == "KINESIS_TELEMETRY_MAX_RECORD_BYTES")));
         }
     }
