@@ -2,7 +2,10 @@
 //! variables and validated before the first telemetry arrives.
 //!
 //! All of the extension's own variables share the prefix `KINESIS_TELEMETRY_`;
-//! region, endpoint and credentials use the standard AWS names. Parsing takes
+//! region, endpoint and credentials use the standard AWS names. Each variable
+//! is defined once, in the table below (`SETTINGS`): its full name, default,
+//! accepted values and meaning; the parser reads it through that definition,
+//! and a test holds the README's configuration table to it. Parsing takes
 //! a lookup function instead of reading the process environment so that it can
 //! be tested without touching global state. Every problem is collected (not
 //! just the first) and names the variable, the bad value and what is accepted.
@@ -10,8 +13,332 @@
 use std::fmt;
 use std::time::Duration;
 
-/// Prefix shared by the extension's own variables.
-pub const PREFIX: &str = "KINESIS_TELEMETRY_";
+use crate::records::pack::Format;
+
+/// One environment variable the extension reads, as its row in the README's
+/// configuration table shows it (a test checks that row against this).
+#[derive(Debug, Clone, Copy)]
+// `meaning` and the texts in `Accepts` are for people: the README's check reads them.
+#[cfg_attr(not(test), allow(dead_code))]
+pub struct Setting {
+    /// The full name: what is read, and what errors name.
+    pub var: &'static str,
+    /// What is accepted, and the default: the README's Default and Range.
+    pub accepts: Accepts,
+    /// What it does, in one line: the README's Meaning starts with it.
+    pub meaning: &'static str,
+}
+
+/// What a setting accepts, and its default.
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub enum Accepts {
+    /// An integer from `min` to `max` (milliseconds for a `_MS` name);
+    /// `default` when unset, or when invalid (which is also an error).
+    Int { default: u64, min: u64, max: u64 },
+    /// As `Int`, but `from_env` works the default out, as `default` says.
+    IntDerived {
+        default: &'static str,
+        min: u64,
+        max: u64,
+    },
+    /// One of `words`, in any case; `default` when unset or invalid.
+    Word {
+        default: &'static str,
+        words: &'static [&'static str],
+    },
+    /// Read by code of its own: the default and what is accepted, as shown
+    /// to users.
+    Other {
+        default: &'static str,
+        range: &'static str,
+    },
+}
+
+/// Defines each setting as a constant named like its variable (less
+/// `KINESIS_TELEMETRY_`), and `SETTINGS`, all of them.
+macro_rules! settings {
+    ($($name:ident = $setting:expr;)*) => {
+        $(pub const $name: Setting = {
+            use Accepts::*;
+            $setting
+        };)*
+        /// Every setting, in the order of the README's configuration table.
+        #[cfg_attr(not(test), allow(dead_code))] // read by tests only
+        pub const SETTINGS: &[Setting] = &[$($name),*];
+    };
+}
+
+settings! {
+    STREAM = Setting {
+        var: "KINESIS_TELEMETRY_STREAM",
+        accepts: Other {
+            default: "(required)",
+            range: "name (1–128 of `a-zA-Z0-9_.-`) or stream ARN",
+        },
+        meaning: "The stream to write to.",
+    };
+    TYPES = Setting {
+        var: "KINESIS_TELEMETRY_TYPES",
+        accepts: Other { default: "`platform,function,extension`", range: "non-empty subset" },
+        meaning: "Which telemetry streams to forward.",
+    };
+    BUFFER_MAX_ITEMS = Setting {
+        var: "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS",
+        accepts: Int { default: 1000, min: 1000, max: 10_000 },
+        meaning: "Telemetry API buffering `maxItems`",
+    };
+    BUFFER_MAX_BYTES = Setting {
+        var: "KINESIS_TELEMETRY_BUFFER_MAX_BYTES",
+        accepts: Int { default: 262_144, min: 262_144, max: 1_048_576 },
+        meaning: "Telemetry API buffering `maxBytes`",
+    };
+    BUFFER_TIMEOUT_MS = Setting {
+        var: "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS",
+        accepts: Int { default: 25, min: 25, max: 30_000 },
+        meaning: "Telemetry API buffering `timeoutMs`",
+    };
+    LISTENER_PORT = Setting {
+        var: "KINESIS_TELEMETRY_LISTENER_PORT",
+        accepts: Int { default: 0, min: 0, max: 65_535 },
+        meaning: "Port of the telemetry listener; 0 picks a free one.",
+    };
+    FLUSH = Setting {
+        var: "KINESIS_TELEMETRY_FLUSH",
+        accepts: Word { default: "adaptive", words: &["adaptive", "end", "periodic", "batch"] },
+        meaning: "Flush policy",
+    };
+    FLUSH_INTERVAL_MS = Setting {
+        var: "KINESIS_TELEMETRY_FLUSH_INTERVAL_MS",
+        accepts: Int { default: 1_000, min: 1, max: 900_000 },
+        meaning: "`periodic`/`adaptive`: send buffered data once its oldest record is this old (wall clock).",
+    };
+    MAX_DELAY_MS = Setting {
+        var: "KINESIS_TELEMETRY_MAX_DELAY_MS",
+        accepts: Int { default: 10_000, min: 1, max: 3_600_000 },
+        meaning: "`adaptive`: use periodic flushing only while invokes come often enough that data waits less than this",
+    };
+    BATCH_MAX_AGE_MS = Setting {
+        var: "KINESIS_TELEMETRY_BATCH_MAX_AGE_MS",
+        accepts: Int { default: 5_000, min: 1, max: 900_000 },
+        meaning: "`batch` mode: send a partial batch once its oldest record is this old (thawed time only).",
+    };
+    RUNTIME_DONE_TIMEOUT_MS = Setting {
+        var: "KINESIS_TELEMETRY_RUNTIME_DONE_TIMEOUT_MS",
+        accepts: Int { default: 0, min: 0, max: 900_000 },
+        meaning: "Longest wait after INVOKE for the invoke's `platform.runtimeDone`; 0 = until the invoke deadline.",
+    };
+    FLUSH_TIMEOUT_MS = Setting {
+        var: "KINESIS_TELEMETRY_FLUSH_TIMEOUT_MS",
+        accepts: Int { default: 2_000, min: 10, max: 900_000 },
+        meaning: "Longest time an end-of-invoke flush may take, and the time each request gets",
+    };
+    MAX_RECORDS_PER_REQUEST = Setting {
+        var: "KINESIS_TELEMETRY_MAX_RECORDS_PER_REQUEST",
+        accepts: Int { default: 500, min: 1, max: 500 },
+        meaning: "Records per `PutRecords` call.",
+    };
+    MAX_BYTES_PER_REQUEST = Setting {
+        var: "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST",
+        accepts: Int { default: 5 * MIB, min: 1024, max: 10 * MIB },
+        meaning: "Bytes (data + partition keys) per call.",
+    };
+    MAX_RECORD_BYTES = Setting {
+        var: "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
+        accepts: IntDerived {
+            default: "`1048576` (or the request limit if lower)",
+            min: 1024,
+            max: 10 * MIB,
+        },
+        meaning: "Largest record (data + partition key).",
+    };
+    PARTITION_KEY = Setting {
+        var: "KINESIS_TELEMETRY_PARTITION_KEY",
+        accepts: Word { default: "environment", words: &["environment", "request", "random"] },
+        meaning: "How records are spread over shards",
+    };
+    HASH_KEY = Setting {
+        var: "KINESIS_TELEMETRY_HASH_KEY",
+        accepts: Word { default: "none", words: &["none", "random"] },
+        meaning: "`random`: a random `ExplicitHashKey` per Kinesis record, for an even spread over shards whatever the partition key.",
+    };
+    FORMAT = Setting {
+        var: "KINESIS_TELEMETRY_FORMAT",
+        accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip"] },
+        meaning: "Record format",
+    };
+    PLATFORM_EVENTS = Setting {
+        var: "KINESIS_TELEMETRY_PLATFORM_EVENTS",
+        accepts: Other { default: "`*`", range: "`*` or names such as `start,runtimeDone,report`" },
+        meaning: "Which `platform.*` events to forward (the `platform.` prefix is optional).",
+    };
+    MIN_LEVEL = Setting {
+        var: "KINESIS_TELEMETRY_MIN_LEVEL",
+        accepts: Other {
+            default: "(all)",
+            range: "`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`",
+        },
+        meaning: "Drop JSON-format function/extension log events below this level.",
+    };
+    ENRICH = Setting {
+        var: "KINESIS_TELEMETRY_ENRICH",
+        accepts: Word { default: "false", words: &["false", "true"] },
+        meaning: "Wrap each event in an envelope with function name, version, region, account id, environment id and request id",
+    };
+    SHUTDOWN_WAIT_MS = Setting {
+        var: "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
+        accepts: Int { default: 500, min: 0, max: 1_500 },
+        meaning: "At SHUTDOWN, how long to wait for the last telemetry (the final `platform.report`) before the last flush",
+    };
+    MAX_ATTEMPTS = Setting {
+        var: "KINESIS_TELEMETRY_MAX_ATTEMPTS",
+        accepts: Int { default: 5, min: 1, max: 100 },
+        meaning: "Failed rounds in a row before a flush gives up for now (records stay buffered).",
+    };
+    RETRY_BUDGET = Setting {
+        var: "KINESIS_TELEMETRY_RETRY_BUDGET",
+        accepts: Int { default: 500, min: 0, max: 100_000 },
+        meaning: "Retry tokens (AWS SDK standard mode)",
+    };
+    METRICS_INTERVAL_MS = Setting {
+        var: "KINESIS_TELEMETRY_METRICS_INTERVAL_MS",
+        accepts: Int { default: 60_000, min: 0, max: 86_400_000 },
+        meaning: "Also write the metrics record this often while records are flowing; 0: only at shutdown.",
+    };
+    BACKOFF_BASE_MS = Setting {
+        var: "KINESIS_TELEMETRY_BACKOFF_BASE_MS",
+        accepts: Int { default: 25, min: 1, max: 60_000 },
+        meaning: "Retry backoff base: full jitter in [0, min(cap, base·2ⁿ)].",
+    };
+    BACKOFF_CAP_MS = Setting {
+        var: "KINESIS_TELEMETRY_BACKOFF_CAP_MS",
+        accepts: Int { default: 1_000, min: 1, max: 300_000 },
+        meaning: "Retry backoff cap.",
+    };
+    CONNECT_TIMEOUT_MS = Setting {
+        var: "KINESIS_TELEMETRY_CONNECT_TIMEOUT_MS",
+        accepts: Int { default: 1_000, min: 10, max: 60_000 },
+        meaning: "TCP/TLS connect timeout to Kinesis.",
+    };
+    REQUEST_TIMEOUT_MS = Setting {
+        var: "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS",
+        accepts: Int { default: 2_000, min: 10, max: 300_000 },
+        meaning: "Whole-request timeout to Kinesis (always also bounded by the deadline at hand).",
+    };
+    CONNECTION_MAX_IDLE_MS = Setting {
+        var: "KINESIS_TELEMETRY_CONNECTION_MAX_IDLE_MS",
+        accepts: Int { default: 20_000, min: 0, max: 3_600_000 },
+        meaning: "Pooled connections idle longer than this (time frozen included) are not reused",
+    };
+    BUFFER_LIMIT_BYTES = Setting {
+        var: "KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES",
+        accepts: IntDerived { default: "function memory / 8, 4–64 MiB", min: MIB, max: 4096 * MIB },
+        meaning: "Memory cap for buffered records; past it the listener pushes back on Lambda.",
+    };
+    MAX_BODY_BYTES = Setting {
+        var: "KINESIS_TELEMETRY_MAX_BODY_BYTES",
+        accepts: Int { default: 4 * MIB, min: 256 * 1024, max: 64 * MIB },
+        meaning: "Largest Telemetry API POST body read.",
+    };
+    STRICT = Setting {
+        var: "KINESIS_TELEMETRY_STRICT",
+        accepts: Word { default: "false", words: &["true", "false", "1", "0", "yes", "no"] },
+        meaning: "Fail the function's init on invalid configuration instead of idling.",
+    };
+    AWS_REGION = Setting {
+        var: "AWS_REGION",
+        accepts: Other {
+            default: "set by Lambda",
+            range: "letters, digits and `-`, such as `us-east-1`",
+        },
+        meaning: "Region for the endpoint and the signature.",
+    };
+    AWS_DEFAULT_REGION = Setting {
+        var: "AWS_DEFAULT_REGION",
+        accepts: Other { default: "(unset)", range: "as `AWS_REGION`" },
+        meaning: "Used when `AWS_REGION` is unset; without either, the region of a stream ARN.",
+    };
+    AWS_ENDPOINT_URL_KINESIS = Setting {
+        var: "AWS_ENDPOINT_URL_KINESIS",
+        accepts: Other {
+            default: "`https://kinesis.{region}.amazonaws.com` (`.com.cn` in China regions)",
+            range: "http(s) URL with an ASCII host (or `[IPv6]`) and an optional port 1–65535",
+        },
+        meaning: "Endpoint override (VPC endpoints, FIPS, local emulators).",
+    };
+    AWS_ENDPOINT_URL = Setting {
+        var: "AWS_ENDPOINT_URL",
+        accepts: Other { default: "(unset)", range: "as `AWS_ENDPOINT_URL_KINESIS`" },
+        meaning: "Used when `AWS_ENDPOINT_URL_KINESIS` is unset.",
+    };
+    AWS_ACCESS_KEY_ID = Setting {
+        var: "AWS_ACCESS_KEY_ID",
+        accepts: Other {
+            default: "set by Lambda",
+            range: "printable ASCII, no spaces or line breaks",
+        },
+        meaning: "Credentials of the execution role, with the next two.",
+    };
+    AWS_SECRET_ACCESS_KEY = Setting {
+        var: "AWS_SECRET_ACCESS_KEY",
+        accepts: Other {
+            default: "set by Lambda",
+            range: "printable ASCII, no spaces or line breaks",
+        },
+        meaning: "The secret key that goes with `AWS_ACCESS_KEY_ID`.",
+    };
+    AWS_SESSION_TOKEN = Setting {
+        var: "AWS_SESSION_TOKEN",
+        accepts: Other {
+            default: "set by Lambda",
+            range: "printable ASCII, no spaces or line breaks",
+        },
+        meaning: "The session token that goes with them.",
+    };
+    AWS_CONTAINER_CREDENTIALS_FULL_URI = Setting {
+        var: "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        accepts: Other { default: "set by Lambda with SnapStart", range: "http(s) URL" },
+        meaning: "Used when the keys above are absent: credentials fetched from this endpoint",
+    };
+    AWS_CONTAINER_CREDENTIALS_RELATIVE_URI = Setting {
+        var: "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        accepts: Other { default: "(unset)", range: "a path" },
+        meaning: "Used when `AWS_CONTAINER_CREDENTIALS_FULL_URI` is unset: the endpoint is `http://169.254.170.2` and this path.",
+    };
+    AWS_CONTAINER_AUTHORIZATION_TOKEN = Setting {
+        var: "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        accepts: Other {
+            default: "set by Lambda with SnapStart",
+            range: "printable ASCII, no spaces or line breaks",
+        },
+        meaning: "The `Authorization` header sent to the credentials endpoint.",
+    };
+    AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE = Setting {
+        var: "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+        accepts: Other { default: "(unset)", range: "a file path" },
+        meaning: "Used when `AWS_CONTAINER_AUTHORIZATION_TOKEN` is unset: the token is read from this file at each fetch.",
+    };
+    AWS_LAMBDA_FUNCTION_MEMORY_SIZE = Setting {
+        var: "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+        accepts: Other {
+            default: "set by Lambda (128 if unset)",
+            range: "megabytes (any other value counts as 128)",
+        },
+        meaning: "The function's memory: it sets the default of `KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`.",
+    };
+    RUST_LOG = Setting {
+        var: "RUST_LOG",
+        accepts: Other { default: "(unset)", range: "env_logger syntax (`debug`, `warn`, ...)" },
+        meaning: "Log level; wins over `AWS_LAMBDA_LOG_LEVEL`.",
+    };
+    AWS_LAMBDA_LOG_LEVEL = Setting {
+        var: "AWS_LAMBDA_LOG_LEVEL",
+        accepts: Other { default: "`INFO`", range: "`TRACE`…`FATAL`" },
+        meaning: "Lambda's log level control, used when `RUST_LOG` is unset.",
+    };
+}
+
+const MIB: u64 = 1024 * 1024;
 
 /// Which stream to write to: Kinesis accepts either field in `PutRecords`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +499,9 @@ pub struct Config {
     pub buffer_limit_bytes: usize,
     /// Largest Telemetry API body the listener reads.
     pub max_body_bytes: usize,
+    /// A problem found later (the listener's port cannot be bound) fails the
+    /// function's init too.
+    pub strict: bool,
 }
 
 /// One invalid or missing variable.
@@ -209,11 +539,16 @@ impl std::error::Error for ConfigError {}
 
 /// All problems found in one pass, so a user fixes them in one deploy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+    /// `KINESIS_TELEMETRY_STRICT` as far as it could be read (a value that is
+    /// no switch counts as false): whether these errors fail the function's init.
+    pub strict: bool,
+}
 
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.errors.iter().enumerate() {
             if i > 0 {
                 f.write_str("; ")?;
             }
@@ -225,28 +560,6 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
-/// `KINESIS_TELEMETRY_STRICT`: read on its own because it decides what to do
-/// when the rest of the configuration is invalid. Anything but a true value is false.
-/// The words `KINESIS_TELEMETRY_STRICT` (and every other switch) takes.
-const SWITCH: [(&str, bool); 6] = [
-    ("true", true),
-    ("false", false),
-    ("1", true),
-    ("0", false),
-    ("yes", true),
-    ("no", false),
-];
-
-/// `KINESIS_TELEMETRY_STRICT`, read on its own: configuration errors need it
-/// when the rest cannot be read. A value that is not a switch is false here,
-/// and an error in `from_env`.
-pub fn strict_mode(get: &dyn Fn(&str) -> Option<String>) -> bool {
-    get("KINESIS_TELEMETRY_STRICT").is_some_and(|v| {
-        let v = v.trim().to_ascii_lowercase();
-        SWITCH.iter().any(|(w, on)| *on && *w == v)
-    })
-}
-
 struct Reader<'a> {
     get: &'a dyn Fn(&str) -> Option<String>,
     errors: Vec<ConfigError>,
@@ -254,15 +567,15 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// The trimmed value of a variable, `None` when unset or blank.
-    fn raw(&self, var: &str) -> Option<String> {
-        (self.get)(var)
+    fn raw(&self, s: &Setting) -> Option<String> {
+        (self.get)(s.var)
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty())
     }
 
-    fn fail(&mut self, var: &str, value: Option<String>, expected: impl Into<String>) {
+    fn fail(&mut self, s: &Setting, value: Option<String>, expected: impl Into<String>) {
         self.errors.push(ConfigError {
-            var: var.to_string(),
+            var: s.var.to_string(),
             value,
             expected: expected.into(),
             secret: false,
@@ -271,11 +584,11 @@ impl Reader<'_> {
 
     /// A secret (credentials): it must be usable in an HTTP header. An
     /// error names the variable and the rule, never the value.
-    fn secret(&mut self, var: &str) -> Option<String> {
-        let v = self.raw(var)?;
+    fn secret(&mut self, s: &Setting) -> Option<String> {
+        let v = self.raw(s)?;
         if !v.bytes().all(|b| b.is_ascii_graphic()) {
             self.errors.push(ConfigError {
-                var: var.to_string(),
+                var: s.var.to_string(),
                 value: Some(String::new()),
                 expected:
                     "printable ASCII without spaces or line breaks (check how the value was pasted)"
@@ -286,37 +599,48 @@ impl Reader<'_> {
         Some(v)
     }
 
-    /// An integer in `min..=max`, or `default` when unset.
-    fn int(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
-        let var = format!("{PREFIX}{name}");
-        let Some(v) = self.raw(&var) else {
+    /// An `Int` setting.
+    fn int(&mut self, s: &Setting) -> u64 {
+        let Accepts::Int { default, .. } = s.accepts else {
+            unreachable!("{} has no fixed default", s.var)
+        };
+        self.int_or(s, default)
+    }
+
+    /// An integer setting whose default the caller worked out.
+    fn int_or(&mut self, s: &Setting, default: u64) -> u64 {
+        let (Accepts::Int { min, max, .. } | Accepts::IntDerived { min, max, .. }) = s.accepts
+        else {
+            unreachable!("{} is not an integer", s.var)
+        };
+        let Some(v) = self.raw(s) else {
             return default;
         };
         match v.parse::<u64>() {
             Ok(n) if (min..=max).contains(&n) => n,
             _ => {
-                self.fail(&var, Some(v), format!("an integer from {min} to {max}"));
+                self.fail(s, Some(v), format!("an integer from {min} to {max}"));
                 default
             }
         }
     }
 
-    fn millis(&mut self, name: &str, default: u64, min: u64, max: u64) -> Duration {
-        Duration::from_millis(self.int(name, default, min, max))
+    fn millis(&mut self, s: &Setting) -> Duration {
+        Duration::from_millis(self.int(s))
     }
 
-    /// One of a fixed set of words, or `default` when unset.
-    fn choice<T: Copy>(&mut self, name: &str, default: T, options: &[(&str, T)]) -> T {
-        let var = format!("{PREFIX}{name}");
-        let Some(v) = self.raw(&var) else {
+    /// A `Word` setting: the word as the table spells it.
+    fn word(&mut self, s: &Setting) -> &'static str {
+        let Accepts::Word { default, words } = s.accepts else {
+            unreachable!("{} is not a word", s.var)
+        };
+        let Some(v) = self.raw(s) else {
             return default;
         };
-        let lower = v.to_ascii_lowercase();
-        if let Some((_, t)) = options.iter().find(|(word, _)| *word == lower) {
-            return *t;
+        if let Some(w) = words.iter().find(|w| w.eq_ignore_ascii_case(&v)) {
+            return w;
         }
-        let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
-        self.fail(&var, Some(v), format!("one of {}", words.join(", ")));
+        self.fail(s, Some(v), format!("one of {}", words.join(", ")));
         default
     }
 }
@@ -327,18 +651,98 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         get,
         errors: Vec::new(),
     };
+    // Read in the order of the fields, so that errors come in that order.
+    let stream = stream(&mut r);
+    let region = region(&mut r, &stream);
+    let request_bytes; // set in MAX_BYTES_PER_REQUEST's turn: MAX_RECORD_BYTES needs it
+    let config = Config {
+        endpoint: endpoint(&mut r, &region),
+        stream,
+        region,
+        credentials: credentials_source(&mut r),
+        types: types(&mut r),
+        buffering: Buffering {
+            max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
+            max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
+            timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
+        },
+        listener_port: listener_port(&mut r),
+        // A word's `_` arm is its default word (a test checks that each word
+        // has a value of its own).
+        flush: match r.word(&FLUSH) {
+            "end" => FlushMode::End,
+            "periodic" => FlushMode::Periodic,
+            "batch" => FlushMode::Batch,
+            _ => FlushMode::Adaptive,
+        },
+        batch_max_age: r.millis(&BATCH_MAX_AGE_MS),
+        flush_interval: r.millis(&FLUSH_INTERVAL_MS),
+        max_delay: r.millis(&MAX_DELAY_MS),
+        format: match r.word(&FORMAT) {
+            "kpl" => Format::Kpl,
+            "ndjson-gzip" => Format::NdjsonGzip,
+            _ => Format::Json,
+        },
+        hash_key: match r.word(&HASH_KEY) {
+            "random" => HashKeyMode::Random,
+            _ => HashKeyMode::None,
+        },
+        platform_events: platform_events(&mut r),
+        min_level: min_level(&mut r),
+        enrich: r.word(&ENRICH) == "true",
+        runtime_done_timeout: nonzero(r.millis(&RUNTIME_DONE_TIMEOUT_MS)),
+        flush_timeout: r.millis(&FLUSH_TIMEOUT_MS),
+        max_records_per_request: r.int(&MAX_RECORDS_PER_REQUEST) as usize,
+        max_bytes_per_request: {
+            request_bytes = r.int(&MAX_BYTES_PER_REQUEST);
+            request_bytes as usize
+        },
+        max_record_bytes: max_record_bytes(&mut r, request_bytes),
+        partition_key: match r.word(&PARTITION_KEY) {
+            "request" => PartitionKeyMode::Request,
+            "random" => PartitionKeyMode::Random,
+            _ => PartitionKeyMode::Environment,
+        },
+        shutdown_wait: r.millis(&SHUTDOWN_WAIT_MS),
+        max_attempts: r.int(&MAX_ATTEMPTS) as u32,
+        retry_budget: r.int(&RETRY_BUDGET) as u32,
+        metrics_interval: nonzero(r.millis(&METRICS_INTERVAL_MS)),
+        backoff_base: r.millis(&BACKOFF_BASE_MS),
+        backoff_cap: r.millis(&BACKOFF_CAP_MS),
+        connect_timeout: r.millis(&CONNECT_TIMEOUT_MS),
+        request_timeout: r.millis(&REQUEST_TIMEOUT_MS),
+        connection_max_idle: r.millis(&CONNECTION_MAX_IDLE_MS),
+        buffer_limit_bytes: r.int_or(&BUFFER_LIMIT_BYTES, default_buffer_limit(get)) as usize,
+        max_body_bytes: r.int(&MAX_BODY_BYTES) as usize,
+        strict: matches!(r.word(&STRICT), "true" | "1" | "yes"),
+    };
+    if r.errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors {
+            errors: r.errors,
+            strict: config.strict,
+        })
+    }
+}
 
-    let stream_var = r.raw("KINESIS_TELEMETRY_STREAM").or_else(|| {
+/// 0 means "no limit" / "never".
+fn nonzero(d: Duration) -> Option<Duration> {
+    (!d.is_zero()).then_some(d)
+}
+
+fn stream(r: &mut Reader) -> StreamTarget {
+    let value = r.raw(&STREAM).or_else(|| {
         // Set but empty is a mistake of its own, not a missing setting.
-        get("KINESIS_TELEMETRY_STREAM").filter(|v| v.trim().is_empty())
+        (r.get)(STREAM.var).filter(|v| v.trim().is_empty())
     });
-    let stream = match stream_var {
+    match value {
         Some(s) if s.starts_with("arn:") => {
             if is_stream_arn(&s) {
                 StreamTarget::Arn(s)
             } else {
                 r.fail(
-                    "KINESIS_TELEMETRY_STREAM",
+                    &STREAM,
                     Some(s),
                     "a stream name or an ARN like arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
                 );
@@ -348,23 +752,25 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         Some(s) if is_stream_name(&s) => StreamTarget::Name(s),
         other => {
             r.fail(
-                "KINESIS_TELEMETRY_STREAM",
+                &STREAM,
                 other,
                 "the Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -) or stream ARN",
             );
             StreamTarget::Name(String::new())
         }
-    };
+    }
+}
 
+fn region(r: &mut Reader, stream: &StreamTarget) -> String {
     // Region: AWS_REGION as Lambda sets it; the ARN's region wins when it differs
     // would be surprising, so an ARN only fills in a missing region.
-    let arn_region = match &stream {
+    let arn_region = match stream {
         StreamTarget::Arn(a) => a.split(':').nth(3).map(str::to_string),
         StreamTarget::Name(_) => None,
     };
     let region = r
-        .raw("AWS_REGION")
-        .or_else(|| r.raw("AWS_DEFAULT_REGION"))
+        .raw(&AWS_REGION)
+        .or_else(|| r.raw(&AWS_DEFAULT_REGION))
         .or(arn_region)
         .unwrap_or_default();
     if region.is_empty()
@@ -372,20 +778,22 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-')
     {
-        let value = r.raw("AWS_REGION");
-        r.fail("AWS_REGION", value, "an AWS region such as us-east-1");
+        let value = r.raw(&AWS_REGION);
+        r.fail(&AWS_REGION, value, "an AWS region such as us-east-1");
     }
+    region
+}
 
-    let endpoint = match r
-        .raw("AWS_ENDPOINT_URL_KINESIS")
-        .map(|v| ("AWS_ENDPOINT_URL_KINESIS", v))
-        .or_else(|| r.raw("AWS_ENDPOINT_URL").map(|v| ("AWS_ENDPOINT_URL", v)))
-    {
-        Some((var, url)) => match url_problem(&url) {
+fn endpoint(r: &mut Reader, region: &str) -> String {
+    let set = [&AWS_ENDPOINT_URL_KINESIS, &AWS_ENDPOINT_URL]
+        .into_iter()
+        .find_map(|s| r.raw(s).map(|url| (s, url)));
+    match set {
+        Some((s, url)) => match url_problem(&url) {
             None => url.trim_end_matches('/').to_string(),
             Some(problem) => {
                 r.fail(
-                    var,
+                    s,
                     Some(redacted_url(&url).into_owned()),
                     format!("an http:// or https:// URL with a host ({problem})"),
                 );
@@ -394,206 +802,88 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         },
         None if region.contains("cn-") => format!("https://kinesis.{region}.amazonaws.com.cn"),
         None => format!("https://kinesis.{region}.amazonaws.com"),
-    };
+    }
+}
 
-    let credentials = credentials_source(&mut r);
-
-    let types = match r.raw("KINESIS_TELEMETRY_TYPES") {
-        None => Types {
+fn types(r: &mut Reader) -> Types {
+    let Some(v) = r.raw(&TYPES) else {
+        return Types {
             platform: true,
             function: true,
             extension: true,
-        },
-        Some(v) => match parse_types(&v) {
-            Some(t) => t,
-            None => {
-                r.fail(
-                    "KINESIS_TELEMETRY_TYPES",
-                    Some(v),
-                    "a comma-separated, non-empty subset of platform,function,extension",
-                );
-                Types::default()
-            }
-        },
+        };
     };
-
-    let buffering = Buffering {
-        max_items: r.int("BUFFER_MAX_ITEMS", 1000, 1000, 10_000) as u32,
-        max_bytes: r.int("BUFFER_MAX_BYTES", 262_144, 262_144, 1_048_576) as u32,
-        timeout_ms: r.int("BUFFER_TIMEOUT_MS", 25, 25, 30_000) as u32,
-    };
-
-    let listener_port = {
-        let port = r.int("LISTENER_PORT", 0, 0, 65_535) as u16;
-        if port == 9001 {
+    match parse_types(&v) {
+        Some(t) => t,
+        None => {
             r.fail(
-                "KINESIS_TELEMETRY_LISTENER_PORT",
-                Some("9001".into()),
-                "0 (any free port) or a port other than 9001, which Lambda reserves",
+                &TYPES,
+                Some(v),
+                "a comma-separated, non-empty subset of platform,function,extension",
             );
+            Types::default()
         }
-        port
-    };
-
-    let flush = r.choice(
-        "FLUSH",
-        FlushMode::Adaptive,
-        &[
-            ("adaptive", FlushMode::Adaptive),
-            ("end", FlushMode::End),
-            ("periodic", FlushMode::Periodic),
-            ("batch", FlushMode::Batch),
-        ],
-    );
-    let batch_max_age = r.millis("BATCH_MAX_AGE_MS", 5_000, 1, 900_000);
-    let flush_interval = r.millis("FLUSH_INTERVAL_MS", 1_000, 1, 900_000);
-    let max_delay = r.millis("MAX_DELAY_MS", 10_000, 1, 3_600_000);
-    let format = r.choice(
-        "FORMAT",
-        crate::records::pack::Format::Json,
-        &[
-            ("json", crate::records::pack::Format::Json),
-            ("kpl", crate::records::pack::Format::Kpl),
-            ("ndjson-gzip", crate::records::pack::Format::NdjsonGzip),
-        ],
-    );
-    let hash_key = r.choice(
-        "HASH_KEY",
-        HashKeyMode::None,
-        &[("none", HashKeyMode::None), ("random", HashKeyMode::Random)],
-    );
-    let platform_events = match r.raw("KINESIS_TELEMETRY_PLATFORM_EVENTS") {
-        None => None,
-        Some(v) if v == "*" => None,
-        Some(v) => {
-            let names: Vec<String> = v
-                .split(',')
-                .map(|n| n.trim().trim_start_matches("platform.").to_string())
-                .filter(|n| !n.is_empty())
-                .collect();
-            let valid = !names.is_empty()
-                && names
-                    .iter()
-                    .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric()));
-            if !valid {
-                r.fail(
-                    "KINESIS_TELEMETRY_PLATFORM_EVENTS",
-                    Some(v),
-                    "* or a comma-separated list of platform event names such as start,runtimeDone,report",
-                );
-            }
-            Some(names)
-        }
-    };
-    let min_level = match r.raw("KINESIS_TELEMETRY_MIN_LEVEL") {
-        None => None,
-        Some(v) => match LEVELS.iter().position(|l| l.eq_ignore_ascii_case(&v)) {
-            Some(i) => Some(i),
-            None => {
-                r.fail(
-                    "KINESIS_TELEMETRY_MIN_LEVEL",
-                    Some(v),
-                    "one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL",
-                );
-                None
-            }
-        },
-    };
-    let enrich = r.choice("ENRICH", false, &[("false", false), ("true", true)]);
-    let runtime_done_timeout = match r.int("RUNTIME_DONE_TIMEOUT_MS", 0, 0, 900_000) {
-        0 => None,
-        ms => Some(Duration::from_millis(ms)),
-    };
-    let flush_timeout = r.millis("FLUSH_TIMEOUT_MS", 2_000, 10, 900_000);
-    let max_records_per_request = r.int("MAX_RECORDS_PER_REQUEST", 500, 1, 500) as usize;
-    let max_bytes_per_request = r.int("MAX_BYTES_PER_REQUEST", 5 * MIB, 1024, 10 * MIB) as usize;
-    // Unset, the record limit follows a lowered request limit; set, it must fit in it.
-    let max_record_bytes = r.int(
-        "MAX_RECORD_BYTES",
-        MIB.min(max_bytes_per_request as u64),
-        1024,
-        10 * MIB,
-    ) as usize;
-    if max_record_bytes > max_bytes_per_request {
-        r.fail(
-            "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
-            Some(max_record_bytes.to_string()),
-            format!("at most KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST ({max_bytes_per_request})"),
-        );
     }
-    let partition_key = r.choice(
-        "PARTITION_KEY",
-        PartitionKeyMode::Environment,
-        &[
-            ("environment", PartitionKeyMode::Environment),
-            ("request", PartitionKeyMode::Request),
-            ("random", PartitionKeyMode::Random),
-        ],
-    );
-    let shutdown_wait = r.millis("SHUTDOWN_WAIT_MS", 500, 0, 1_500);
-    let max_attempts = r.int("MAX_ATTEMPTS", 5, 1, 100) as u32;
-    let retry_budget = r.int("RETRY_BUDGET", 500, 0, 100_000) as u32;
-    let metrics_interval = match r.int("METRICS_INTERVAL_MS", 60_000, 0, 86_400_000) {
-        0 => None,
-        ms => Some(Duration::from_millis(ms)),
-    };
-    let backoff_base = r.millis("BACKOFF_BASE_MS", 25, 1, 60_000);
-    let backoff_cap = r.millis("BACKOFF_CAP_MS", 1_000, 1, 300_000);
-    let connect_timeout = r.millis("CONNECT_TIMEOUT_MS", 1_000, 10, 60_000);
-    let request_timeout = r.millis("REQUEST_TIMEOUT_MS", 2_000, 10, 300_000);
-    let connection_max_idle = r.millis("CONNECTION_MAX_IDLE_MS", 20_000, 0, 3_600_000);
-    let buffer_limit_bytes = r.int(
-        "BUFFER_LIMIT_BYTES",
-        default_buffer_limit(get),
-        MIB,
-        4096 * MIB,
-    ) as usize;
-    let max_body_bytes = r.int("MAX_BODY_BYTES", 4 * MIB, 256 * 1024, 64 * MIB) as usize;
-    // Read on its own by `strict_mode`; here a value that is no switch is
-    // reported instead of quietly meaning false.
-    r.choice("STRICT", false, &SWITCH);
-
-    if !r.errors.is_empty() {
-        return Err(ConfigErrors(r.errors));
-    }
-    Ok(Config {
-        stream,
-        region,
-        endpoint,
-        credentials,
-        types,
-        buffering,
-        listener_port,
-        flush,
-        batch_max_age,
-        flush_interval,
-        max_delay,
-        format,
-        hash_key,
-        platform_events,
-        min_level,
-        enrich,
-        runtime_done_timeout,
-        flush_timeout,
-        max_records_per_request,
-        max_bytes_per_request,
-        max_record_bytes,
-        partition_key,
-        shutdown_wait,
-        max_attempts,
-        retry_budget,
-        metrics_interval,
-        backoff_base,
-        backoff_cap,
-        connect_timeout,
-        request_timeout,
-        connection_max_idle,
-        buffer_limit_bytes,
-        max_body_bytes,
-    })
 }
 
-const MIB: u64 = 1024 * 1024;
+fn listener_port(r: &mut Reader) -> u16 {
+    let port = r.int(&LISTENER_PORT) as u16;
+    if port == 9001 {
+        r.fail(
+            &LISTENER_PORT,
+            Some("9001".into()),
+            "0 (any free port) or a port other than 9001, which Lambda reserves",
+        );
+    }
+    port
+}
+
+fn platform_events(r: &mut Reader) -> Option<Vec<String>> {
+    let v = r.raw(&PLATFORM_EVENTS).filter(|v| v != "*")?;
+    let names: Vec<String> = v
+        .split(',')
+        .map(|n| n.trim().trim_start_matches("platform.").to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let valid = !names.is_empty()
+        && names
+            .iter()
+            .all(|n| n.bytes().all(|b| b.is_ascii_alphanumeric()));
+    if !valid {
+        r.fail(
+            &PLATFORM_EVENTS,
+            Some(v),
+            "* or a comma-separated list of platform event names such as start,runtimeDone,report",
+        );
+    }
+    Some(names)
+}
+
+fn min_level(r: &mut Reader) -> Option<usize> {
+    let v = r.raw(&MIN_LEVEL)?;
+    let level = LEVELS.iter().position(|l| l.eq_ignore_ascii_case(&v));
+    if level.is_none() {
+        r.fail(
+            &MIN_LEVEL,
+            Some(v),
+            "one of TRACE, DEBUG, INFO, WARN, ERROR, FATAL",
+        );
+    }
+    level
+}
+
+/// Unset, the record limit follows a lowered request limit; set, it must fit in it.
+fn max_record_bytes(r: &mut Reader, request_bytes: u64) -> usize {
+    let n = r.int_or(&MAX_RECORD_BYTES, MIB.min(request_bytes));
+    if n > request_bytes {
+        r.fail(
+            &MAX_RECORD_BYTES,
+            Some(n.to_string()),
+            format!("at most {} ({request_bytes})", MAX_BYTES_PER_REQUEST.var),
+        );
+    }
+    n as usize
+}
 
 /// What is wrong with an endpoint URL, if anything: an http(s) scheme, a
 /// host of ASCII letters, digits, `-`, `.` and `_` (or a bracketed IPv6
@@ -670,17 +960,17 @@ fn credentials_source(r: &mut Reader) -> CredentialsSource {
             session_token: None,
         })
     };
-    match (r.raw("AWS_ACCESS_KEY_ID"), r.raw("AWS_SECRET_ACCESS_KEY")) {
+    match (r.raw(&AWS_ACCESS_KEY_ID), r.raw(&AWS_SECRET_ACCESS_KEY)) {
         (Some(_), Some(_)) => {
             return CredentialsSource::Static(StaticCredentials {
-                access_key_id: r.secret("AWS_ACCESS_KEY_ID").unwrap_or_default(),
-                secret_access_key: r.secret("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-                session_token: r.secret("AWS_SESSION_TOKEN"),
+                access_key_id: r.secret(&AWS_ACCESS_KEY_ID).unwrap_or_default(),
+                secret_access_key: r.secret(&AWS_SECRET_ACCESS_KEY).unwrap_or_default(),
+                session_token: r.secret(&AWS_SESSION_TOKEN),
             })
         }
         (Some(_), None) => {
             r.fail(
-                "AWS_SECRET_ACCESS_KEY",
+                &AWS_SECRET_ACCESS_KEY,
                 None,
                 "the secret key that goes with AWS_ACCESS_KEY_ID",
             );
@@ -688,21 +978,21 @@ fn credentials_source(r: &mut Reader) -> CredentialsSource {
         }
         _ => {}
     }
-    let url = if let Some(full) = r.raw("AWS_CONTAINER_CREDENTIALS_FULL_URI") {
+    let url = if let Some(full) = r.raw(&AWS_CONTAINER_CREDENTIALS_FULL_URI) {
         if !full.starts_with("http://") && !full.starts_with("https://") {
             r.fail(
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                &AWS_CONTAINER_CREDENTIALS_FULL_URI,
                 Some(full),
                 "an http:// or https:// URL",
             );
             return empty();
         }
         full
-    } else if let Some(rel) = r.raw("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+    } else if let Some(rel) = r.raw(&AWS_CONTAINER_CREDENTIALS_RELATIVE_URI) {
         format!("http://169.254.170.2{rel}")
     } else {
         r.fail(
-            "AWS_ACCESS_KEY_ID",
+            &AWS_ACCESS_KEY_ID,
             None,
             "AWS credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (Lambda sets them from the execution role) or AWS_CONTAINER_CREDENTIALS_FULL_URI (SnapStart)",
         );
@@ -710,15 +1000,15 @@ fn credentials_source(r: &mut Reader) -> CredentialsSource {
     };
     CredentialsSource::Container {
         url,
-        token: r.secret("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
-        token_file: r.raw("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE"),
+        token: r.secret(&AWS_CONTAINER_AUTHORIZATION_TOKEN),
+        token_file: r.raw(&AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE),
     }
 }
 
 /// Default memory cap for buffered telemetry: an eighth of the function's
 /// memory (which the extension shares), at least 4 MiB and at most 64 MiB.
 fn default_buffer_limit(get: &dyn Fn(&str) -> Option<String>) -> u64 {
-    let memory_mb = get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+    let memory_mb = get(AWS_LAMBDA_FUNCTION_MEMORY_SIZE.var)
         .and_then(|v| v.trim().parse::<u64>().ok())
         .unwrap_or(128);
     (memory_mb * MIB / 8).clamp(4 * MIB, 64 * MIB)
@@ -774,7 +1064,7 @@ mod tests {
     }
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
-        from_env(&env(pairs)).unwrap_err().0
+        from_env(&env(pairs)).unwrap_err().errors
     }
 
     #[test]
@@ -839,8 +1129,6 @@ mod tests {
         let e = errors(&[("KINESIS_TELEMETRY_STRICT", "maybe")]);
         assert_eq!(e[0].var, "KINESIS_TELEMETRY_STRICT");
         assert!(from_env(&env(&[("KINESIS_TELEMETRY_STRICT", "No")])).is_ok());
-        assert!(strict_mode(&|_| Some("Yes".into())));
-        assert!(!strict_mode(&|_| Some("maybe".into())));
     }
 
     #[test]
@@ -921,7 +1209,7 @@ mod tests {
             }
         };
         let e = from_env(&get).unwrap_err();
-        assert_eq!(e.0.len(), 1);
+        assert_eq!(e.errors.len(), 1);
         let msg = e.to_string();
         assert!(msg.contains("KINESIS_TELEMETRY_STREAM is not set"), "{msg}");
     }
@@ -1028,7 +1316,7 @@ mod tests {
             }
         };
         let e = from_env(&get).unwrap_err();
-        assert_eq!(e.0[0].var, "AWS_SECRET_ACCESS_KEY");
+        assert_eq!(e.errors[0].var, "AWS_SECRET_ACCESS_KEY");
         let c = from_env(&env(&[("AWS_SESSION_TOKEN", "tok")])).unwrap();
         assert!(!format!("{:?}", c.credentials).contains("secret"));
         let CredentialsSource::Static(s) = c.credentials else {
@@ -1075,8 +1363,148 @@ mod tests {
 
     #[test]
     fn strict_flag() {
-        assert!(strict_mode(&|_| Some("true".into())));
-        assert!(!strict_mode(&|_| Some("no".into())));
-        assert!(!strict_mode(&|_| None));
+        let strict = |v: &str| {
+            from_env(&env(&[("KINESIS_TELEMETRY_STRICT", v)]))
+                .unwrap()
+                .strict
+        };
+        assert!(strict("true") && strict("Yes") && strict("1"));
+        assert!(!strict("no") && !strict("0") && !strict(" "));
+        assert!(!from_env(&env(&[])).unwrap().strict);
+        // With the rest invalid, a switch still counts; a value that is no
+        // switch counts as false (and is an error of its own).
+        let invalid = |v: &str| {
+            from_env(&env(&[
+                ("KINESIS_TELEMETRY_STRICT", v),
+                ("KINESIS_TELEMETRY_FLUSH", "x"),
+            ]))
+            .unwrap_err()
+        };
+        assert!(invalid("Yes").strict);
+        assert!(!invalid("maybe").strict);
+        assert!(!invalid("false").strict);
+    }
+
+    #[test]
+    fn every_word_of_a_setting_means_something_else() {
+        for s in SETTINGS {
+            let Accepts::Word { words, .. } = s.accepts else {
+                continue;
+            };
+            let seen: std::collections::HashSet<String> = words
+                .iter()
+                .map(|w| format!("{:?}", from_env(&env(&[(s.var, w)])).unwrap()))
+                .collect();
+            // KINESIS_TELEMETRY_STRICT has three words for each of its two values.
+            let expected = if s.var == STRICT.var { 2 } else { words.len() };
+            assert_eq!(seen.len(), expected, "{}", s.var);
+        }
+    }
+
+    #[test]
+    fn defaults_are_accepted_values() {
+        for s in SETTINGS {
+            match s.accepts {
+                Accepts::Int { default, min, max } => {
+                    assert!((min..=max).contains(&default), "{}", s.var)
+                }
+                Accepts::Word { default, words } => assert!(words.contains(&default), "{}", s.var),
+                Accepts::IntDerived { .. } | Accepts::Other { .. } => {}
+            }
+        }
+    }
+
+    /// The Default and Range cells of a setting's README row.
+    fn shown(s: &Setting) -> (String, String) {
+        match s.accepts {
+            Accepts::Int { default, min, max } => (format!("`{default}`"), format!("{min}–{max}")),
+            Accepts::IntDerived { default, min, max } => (default.into(), format!("{min}–{max}")),
+            Accepts::Word { default, words } => (
+                format!("`{default}`"),
+                words
+                    .iter()
+                    .map(|w| format!("`{w}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+            Accepts::Other { default, range } => (default.into(), range.into()),
+        }
+    }
+
+    /// What README.md's configuration table says.
+    fn readme_rows(readme: &str) -> Vec<Vec<&str>> {
+        readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| Variable | Default | Range | Meaning |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                l.trim()
+                    .trim_matches('|')
+                    .split('|')
+                    .map(str::trim)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The README's configuration table has a row for each setting and no
+    /// other, in the same order, with the same default and range, and a
+    /// meaning that starts with the setting's.
+    #[test]
+    fn readme_configuration_table_matches_the_settings() {
+        let rows = readme_rows(include_str!("../README.md"));
+        let mut problems = Vec::new();
+        let name = |row: &Vec<&str>| row[0].trim_matches('`').to_string();
+        for row in &rows {
+            if row.len() != 4 {
+                problems.push(format!("{row:?}: not 4 cells"));
+            } else if !SETTINGS.iter().any(|s| s.var == name(row)) {
+                problems.push(format!("{}: in the README, not in SETTINGS", row[0]));
+            }
+        }
+        for s in SETTINGS {
+            let Some(row) = rows.iter().find(|r| r.len() == 4 && name(r) == s.var) else {
+                problems.push(format!("{}: in SETTINGS, not in the README", s.var));
+                continue;
+            };
+            let (default, range) = shown(s);
+            if row[1] != default {
+                problems.push(format!(
+                    "{}: README default {:?}, code {default:?}",
+                    s.var, row[1]
+                ));
+            }
+            if row[2] != range {
+                problems.push(format!(
+                    "{}: README range {:?}, code {range:?}",
+                    s.var, row[2]
+                ));
+            }
+            if !row[3].starts_with(s.meaning) {
+                problems.push(format!(
+                    "{}: README meaning {:?} does not start with {:?}",
+                    s.var, row[3], s.meaning
+                ));
+            }
+        }
+        let readme_order: Vec<String> = rows.iter().map(name).collect();
+        let code_order: Vec<String> = SETTINGS.iter().map(|s| s.var.to_string()).collect();
+        if problems.is_empty() && readme_order != code_order {
+            problems.push("the rows are not in the order of SETTINGS".into());
+        }
+        let expected: Vec<String> = SETTINGS
+            .iter()
+            .map(|s| {
+                let (default, range) = shown(s);
+                format!("| `{}` | {default} | {range} | {} |", s.var, s.meaning)
+            })
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "README.md's configuration table disagrees with config::SETTINGS (the code is right):\n{}\n\nThe rows config::SETTINGS gives (a README Meaning may go on):\n{}",
+            problems.join("\n"),
+            expected.join("\n")
+        );
     }
 }

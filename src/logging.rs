@@ -10,14 +10,17 @@ use std::io::Write;
 
 use log::LevelFilter;
 
+use crate::config;
+
 pub fn init(name: &str) {
     let mut builder = env_logger::Builder::new();
     // Lambda's level applies to this extension's own messages; the HTTP
     // libraries stay at WARN at most (their DEBUG output is per request).
-    let level = lambda_level(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref());
+    let lambda = std::env::var(config::AWS_LAMBDA_LOG_LEVEL.var).ok();
+    let level = lambda_level(lambda.as_deref());
     builder.filter_level(level.min(LevelFilter::Warn));
     builder.filter_module(env!("CARGO_CRATE_NAME"), level);
-    if let Ok(spec) = std::env::var("RUST_LOG") {
+    if let Ok(spec) = std::env::var(config::RUST_LOG.var) {
         builder.parse_filters(&spec);
     }
     let prefix = format!("[{name}]");

@@ -80,16 +80,18 @@ fn main() {
         info.function_version
     );
 
-    let env = |k: &str| std::env::var(k).ok();
-    let cfg = match config::from_env(&env) {
+    let cfg = match config::from_env(&|k| std::env::var(k).ok()) {
         Ok(cfg) => cfg,
-        Err(errors) => config_failed(&mut api, &errors.to_string(), config::strict_mode(&env)),
+        Err(errors) => config_failed(&mut api, &errors.to_string(), errors.strict),
     };
     let context = vec![
         ("functionName", info.function_name),
         ("functionVersion", info.function_version),
         ("accountId", info.account_id.unwrap_or_default()),
-        ("region", std::env::var("AWS_REGION").unwrap_or_default()),
+        (
+            "region",
+            std::env::var(config::AWS_REGION.var).unwrap_or_default(),
+        ),
     ];
     run(api, cfg, context);
 }
@@ -139,11 +141,8 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         Ok(s) => s,
         Err(e) => config_failed(
             &mut api,
-            &format!(
-                "{e} (KINESIS_TELEMETRY_LISTENER_PORT={})",
-                cfg.listener_port
-            ),
-            config::strict_mode(&|k| std::env::var(k).ok()),
+            &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener_port),
+            cfg.strict,
         ),
     };
     let telemetry = subscribe(&mut api, &cfg, port);

@@ -79,7 +79,7 @@ proptest! {
     }
 
     #[test]
-    fn config_parser_names_the_bad_variable(var in prop::sample::select(VARS), value in any::<String>()) {
+    fn config_parser_names_the_bad_variable(var in prop::sample::select(all_variables()), value in any::<String>()) {
         let get = |k: &str| -> Option<String> {
             match k {
                 _ if k == var => Some(value.clone()),
@@ -91,10 +91,10 @@ proptest! {
             }
         };
         if let Err(errors) = config::from_env(&get) {
-            for e in &errors.0 {
+            for e in &errors.errors {
                 prop_assert!(e.to_string().contains(&e.var));
             }
-            prop_assert!(errors.0.iter().any(|e| e.var == var
+            prop_assert!(errors.errors.iter().any(|e| e.var == var
                 || (var == "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST" && e.var == "KINESIS_TELEMETRY_MAX_RECORD_BYTES")));
         }
     }
@@ -197,22 +197,7 @@ fn fragments_fit_and_rebuild() {
     assert!(split >= 128 && whole >= 16, "split {split}, whole {whole}");
 }
 
-const VARS: &[&str] = &[
-    "KINESIS_TELEMETRY_STREAM",
-    "KINESIS_TELEMETRY_TYPES",
-    "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS",
-    "KINESIS_TELEMETRY_BUFFER_MAX_BYTES",
-    "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS",
-    "KINESIS_TELEMETRY_LISTENER_PORT",
-    "KINESIS_TELEMETRY_FLUSH",
-    "KINESIS_TELEMETRY_BATCH_MAX_AGE_MS",
-    "KINESIS_TELEMETRY_MAX_RECORDS_PER_REQUEST",
-    "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST",
-    "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
-    "KINESIS_TELEMETRY_PARTITION_KEY",
-    "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
-    "KINESIS_TELEMETRY_RETRY_BUDGET",
-    "AWS_REGION",
-    "AWS_ENDPOINT_URL_KINESIS",
-    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
-];
+/// Every variable the configuration defines.
+fn all_variables() -> Vec<&'static str> {
+    config::SETTINGS.iter().map(|s| s.var).collect()
+}
