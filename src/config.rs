@@ -98,6 +98,11 @@ settings! {
         accepts: Int { default: 25, min: 25, max: 30_000 },
         meaning: "Telemetry API buffering `timeoutMs`",
     };
+    SCHEMA_VERSION = Setting {
+        var: "KINESIS_TELEMETRY_SCHEMA_VERSION",
+        accepts: Word { default: "auto", words: &["auto", "2022-12-13", "2025-01-29"] },
+        meaning: "Telemetry API schema version to subscribe with; `auto`: `2025-01-29` on Lambda Managed Instances, `2022-12-13` elsewhere.",
+    };
     LISTENER_PORT = Setting {
         var: "KINESIS_TELEMETRY_LISTENER_PORT",
         accepts: Int { default: 0, min: 0, max: 65_535 },
@@ -460,6 +465,8 @@ pub struct Config {
     pub credentials: CredentialsSource,
     pub types: Types,
     pub buffering: Buffering,
+    /// Telemetry API schema version; `None`: the execution model's own.
+    pub schema_version: Option<&'static str>,
     /// 0 lets the OS pick a free port.
     pub listener_port: u16,
     pub flush: FlushMode,
@@ -665,6 +672,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
             max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
             max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
             timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
+        },
+        schema_version: match r.word(&SCHEMA_VERSION) {
+            "auto" => None,
+            version => Some(version),
         },
         listener_port: listener_port(&mut r),
         // A word's `_` arm is its default word (a test checks that each word

@@ -41,6 +41,7 @@ use crossbeam_channel::{bounded, Sender};
 use config::Config;
 use dispatch::dispatcher::{Control, Dispatcher};
 use lambda::extensions_api::{self, ExtensionsApi, LifecycleEvent, Subscription};
+use lambda::model::{self, Model};
 use lambda::{gate, listener};
 use stats::Stats;
 
@@ -66,7 +67,8 @@ fn main() {
         );
         std::process::exit(2);
     };
-    let (mut api, info) = match ExtensionsApi::register(&runtime_api, &name) {
+    let detected = Model::from_env(&|k| std::env::var(k).ok());
+    let (api, info, model) = match ExtensionsApi::register(&runtime_api, &name, detected) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("[{name}] ERROR registering with Lambda: {e}");
@@ -74,15 +76,22 @@ fn main() {
         }
     };
     logging::init(&name);
+    if model != detected {
+        log::info!("Lambda refused an INVOKE registration (Extension.InvalidEventType): running as on Lambda Managed Instances, registered for SHUTDOWN only");
+    }
     log::debug!(
-        "registered as {name} for function {} version {}",
+        "registered as {name} for function {} version {} ({model:?})",
         info.function_name,
         info.function_version
     );
-
+    let mut lambda = Lambda {
+        api,
+        model,
+        failures: 0,
+    };
     let cfg = match config::from_env(&|k| std::env::var(k).ok()) {
         Ok(cfg) => cfg,
-        Err(errors) => config_failed(&mut api, &errors.to_string(), errors.strict),
+        Err(errors) => lambda.config_failed(&errors.to_string(), errors.strict),
     };
     let context = vec![
         ("functionName", info.function_name),
@@ -93,7 +102,7 @@ fn main() {
             std::env::var(config::AWS_REGION.var).unwrap_or_default(),
         ),
     ];
-    run(api, cfg, context);
+    run(lambda, cfg, context);
 }
 
 /// The executable's file name: Lambda requires it as the registration name.
@@ -109,48 +118,88 @@ fn extension_name() -> String {
         .unwrap_or_else(|| DEFAULT_NAME.to_string())
 }
 
-/// Invalid configuration: by default stay registered but idle, so the
-/// function keeps working; in strict mode fail the function's init.
-fn config_failed(api: &mut ExtensionsApi, problem: &str, strict: bool) -> ! {
-    if strict {
-        log::error!("invalid configuration: {problem}. KINESIS_TELEMETRY_STRICT is set: failing the function's init with Extension.ConfigInvalid");
-        if let Err(e) = api.init_error("Extension.ConfigInvalid", problem) {
-            log::error!("{e}");
+/// The main thread's handle on Lambda: the Extensions API and the
+/// execution model, which decides what a failure may do.
+struct Lambda {
+    api: ExtensionsApi,
+    model: Model,
+    /// Extensions API failures in a row (the wait before the next try).
+    failures: u32,
+}
+
+/// Longest wait between Extensions API retries on Managed Instances.
+const API_RETRY_CAP: Duration = Duration::from_secs(30);
+
+impl Lambda {
+    /// Invalid configuration: by default stay registered but idle, so the
+    /// function keeps working; in strict mode fail the function's init.
+    fn config_failed(&mut self, problem: &str, strict: bool) -> ! {
+        if strict {
+            log::error!("invalid configuration: {problem}. KINESIS_TELEMETRY_STRICT is set: failing the function's init with Extension.ConfigInvalid");
+            if let Err(e) = self.api.init_error("Extension.ConfigInvalid", problem) {
+                log::error!("{e}");
+            }
+            if self.model == Model::Default {
+                std::process::exit(1);
+            }
+            // On Managed Instances any exit is a crash of the environment:
+            // Lambda ends it after the init error; wait for that instead.
+        } else {
+            log::error!(
+                "invalid configuration: {problem}. No telemetry will be sent until this is fixed; the function runs normally (set KINESIS_TELEMETRY_STRICT=true to fail init instead)"
+            );
         }
-        std::process::exit(1);
+        loop {
+            match self.api.next() {
+                Ok(LifecycleEvent::Invoke { .. }) => self.failures = 0,
+                Ok(LifecycleEvent::Shutdown { .. }) => std::process::exit(0),
+                Err(e) => self.api_failed(e),
+            }
+        }
     }
-    log::error!(
-        "invalid configuration: {problem}. No telemetry will be sent until this is fixed; the function runs normally (set KINESIS_TELEMETRY_STRICT=true to fail init instead)"
-    );
-    loop {
-        match api.next() {
-            Ok(LifecycleEvent::Invoke { .. }) => {}
-            Ok(LifecycleEvent::Shutdown { .. }) => std::process::exit(0),
-            Err(e) => exit_on_api_error(e),
+
+    /// An Extensions API call failed. On default Lambda the extension
+    /// exits (Lambda restarts the environment); on Managed Instances an
+    /// exit would end every invocation in flight, so it waits and the
+    /// caller tries again.
+    fn api_failed(&mut self, e: extensions_api::ApiError) {
+        if self.model == Model::Default {
+            log::error!("{e}; exiting");
+            std::process::exit(1);
+        }
+        self.failures = self.failures.saturating_add(1);
+        let wait = Duration::from_secs(1 << self.failures.min(5)).min(API_RETRY_CAP);
+        log::error!(
+            "{e}; trying again in {} s (on Lambda Managed Instances an exit would end every invocation in flight)",
+            wait.as_secs()
+        );
+        std::thread::sleep(wait);
+    }
+
+    /// Sends `event/next` (its answer is read by `next_event`).
+    fn request_next(&mut self) {
+        if let Err(e) = self.api.request_next() {
+            self.api_failed(e);
         }
     }
 }
 
-fn exit_on_api_error(e: extensions_api::ApiError) -> ! {
-    log::error!("{e}; exiting");
-    std::process::exit(1);
-}
-
-fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>) {
+fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
     let (sockets, port) = match gate::bind(cfg.listener_port) {
         Ok(s) => s,
-        Err(e) => config_failed(
-            &mut api,
+        Err(e) => lambda.config_failed(
             &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener_port),
             cfg.strict,
         ),
     };
-    let telemetry = subscribe(&mut api, &cfg, port);
+    let model = lambda.model;
+    let schema = subscribe(&mut lambda.api, &cfg, port, model);
+    let telemetry = schema.is_some();
     // One random key per execution environment (partition key, metrics).
     let environment = rng::Rng::from_os().hex(16);
     // Logged before `next` so that it appears in the function's init log.
     log::info!(
-        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment})",
+        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment}, {}, schema {})",
         cfg.types.names().join(","),
         match &cfg.stream {
             config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
@@ -159,26 +208,31 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
         cfg.flush,
         cfg.format,
         cfg.partition_key,
+        match model {
+            Model::Default => "default Lambda",
+            Model::ManagedInstances => "Lambda Managed Instances",
+        },
+        schema.unwrap_or("none"),
     );
     // Ready: the first event/next goes out before any thread is started, so
     // the function's init is not kept waiting for them. Telemetry POSTed
     // meanwhile waits in the bound socket's backlog; the dispatcher starts
-    // paused, so nothing is sent while Lambda considers us idle.
-    if let Err(e) = api.request_next() {
-        exit_on_api_error(e);
-    }
-    let threads = start_threads(&cfg, sockets, context, environment);
+    // paused, so nothing is sent while Lambda considers us idle. (On
+    // Managed Instances it sends from the start: nothing is ever frozen.)
+    lambda.request_next();
+    let threads = start_threads(&cfg, model, sockets, context, environment);
     let lifecycle = Lifecycle {
         control: threads.control,
         telemetry,
         cfg: &cfg,
     };
     loop {
-        match api.next_event() {
+        match lambda.api.next_event() {
             Ok(LifecycleEvent::Invoke {
                 request_id,
                 deadline_ms,
             }) => {
+                lambda.failures = 0;
                 lifecycle.invoke(request_id, instant_of(deadline_ms));
             }
             Ok(LifecycleEvent::Shutdown {
@@ -194,29 +248,49 @@ fn run(mut api: ExtensionsApi, cfg: Config, context: Vec<(&'static str, String)>
                 log::info!("shutdown ({reason}): {}", threads.stats.summary());
                 std::process::exit(0);
             }
-            Err(e) => exit_on_api_error(e),
+            Err(e) => lambda.api_failed(e),
         }
-        if let Err(e) = api.request_next() {
-            exit_on_api_error(e);
-        }
+        lambda.request_next();
     }
 }
 
-/// Subscribes the listener on `port` to the Telemetry API; false when
-/// telemetry is unavailable (the extension then only follows the lifecycle).
-fn subscribe(api: &mut ExtensionsApi, cfg: &Config, port: u16) -> bool {
+/// Subscribes the listener on `port` to the Telemetry API with the
+/// configured schema version, or the model's; if Lambda refuses that
+/// version, with the other one once. Returns the version in use, or `None`
+/// when telemetry is unavailable (the extension then only follows the
+/// lifecycle).
+fn subscribe(
+    api: &mut ExtensionsApi,
+    cfg: &Config,
+    port: u16,
+    model: Model,
+) -> Option<&'static str> {
     // The platform stream is always subscribed: its runtimeDone events drive
     // the flush policy. Platform events are forwarded only if configured.
     let mut types = cfg.types;
     types.platform = true;
-    let body = extensions_api::subscription_body(&types.names(), cfg.buffering, port);
-    match api.subscribe(&body) {
-        Subscription::Active => true,
-        Subscription::Unavailable(why) => {
-            log::warn!("{why}; no telemetry will arrive, the extension only follows the lifecycle");
-            false
+    let mut try_version = |version: &str| {
+        let body = extensions_api::subscription_body(version, &types.names(), cfg.buffering, port);
+        api.subscribe(&body)
+    };
+    let first = cfg.schema_version.unwrap_or(model.schema_version());
+    let (version, answer) = match try_version(first) {
+        Subscription::Refused(status, body) if body.to_ascii_lowercase().contains("schema") => {
+            let other = model::other_schema(first);
+            log::warn!("the Telemetry API refused schema version {first} (HTTP {status}: {body}); trying {other}");
+            (other, try_version(other))
         }
-    }
+        answer => (first, answer),
+    };
+    let why = match answer {
+        Subscription::Active => return Some(version),
+        Subscription::Refused(status, body) => {
+            format!("the Telemetry API answered HTTP {status}: {body}")
+        }
+        Subscription::Unavailable(why) => why,
+    };
+    log::warn!("{why}; no telemetry will arrive, the extension only follows the lifecycle");
+    None
 }
 
 /// What the main thread keeps of the threads it starts.
@@ -229,6 +303,7 @@ struct Threads {
 /// Starts the listener (behind its gate, on `sockets`) and the dispatcher.
 fn start_threads(
     cfg: &Config,
+    model: Model,
     sockets: Vec<std::net::TcpListener>,
     context: Vec<(&'static str, String)>,
     environment: String,
@@ -254,7 +329,16 @@ fn start_threads(
     {
         let (cfg, stats) = (cfg.clone(), stats.clone());
         spawn("dispatcher", move || {
-            Dispatcher::new(cfg, events_rx, control_rx, stats, context, &environment).run()
+            Dispatcher::new(
+                cfg,
+                model,
+                events_rx,
+                control_rx,
+                stats,
+                context,
+                &environment,
+            )
+            .run()
         });
     }
     Threads {

@@ -22,6 +22,7 @@ use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{Next, Round};
 use crate::dispatch::send::Requests;
 use crate::kinesis::client::{KinesisClient, PutRecords};
+use crate::lambda::model::Model;
 use crate::lambda::telemetry::{self, Delivery, Kind};
 use crate::records::queue::{Queue, Record};
 use crate::records::shape::{Shaped, Shaper};
@@ -81,6 +82,7 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
     requests: Requests<C>,
     stats: Arc<Stats>,
     cfg: Config,
+    model: Model,
     /// Fields that identify this environment in metrics records.
     context: Vec<(&'static str, String)>,
 
@@ -108,6 +110,7 @@ impl Dispatcher {
     /// metrics records (function name, version, account).
     pub fn new(
         cfg: Config,
+        model: Model,
         events: Receiver<Delivery>,
         control: Receiver<Control>,
         stats: Arc<Stats>,
@@ -115,14 +118,25 @@ impl Dispatcher {
         environment: &str,
     ) -> Dispatcher {
         let client = KinesisClient::new(&cfg);
-        Dispatcher::with_client(cfg, client, events, control, stats, context, environment)
+        Dispatcher::with_client(
+            cfg,
+            model,
+            client,
+            events,
+            control,
+            stats,
+            context,
+            environment,
+        )
     }
 }
 
 impl<C: PutRecords> Dispatcher<C> {
     /// `new` with another client (the tests' scripted one).
+    #[allow(clippy::too_many_arguments)]
     pub fn with_client(
         cfg: Config,
+        model: Model,
         client: C,
         events: Receiver<Delivery>,
         control: Receiver<Control>,
@@ -131,7 +145,22 @@ impl<C: PutRecords> Dispatcher<C> {
         environment: &str,
     ) -> Dispatcher<C> {
         let mut rng = Rng::from_os();
-        let shaper = Shaper::new(&cfg, environment, Rng::seeded(rng.next_u64()), &context);
+        let shaper = Shaper::new(
+            &cfg,
+            model,
+            environment,
+            Rng::seeded(rng.next_u64()),
+            &context,
+        );
+        // Never frozen on Managed Instances: sending runs from the start.
+        let mut age = BufferAge::default();
+        let paused = match model {
+            Model::Default => true,
+            Model::ManagedInstances => {
+                age.thaw();
+                false
+            }
+        };
         context.push(("environmentId", environment.to_string()));
         Dispatcher {
             events,
@@ -143,13 +172,14 @@ impl<C: PutRecords> Dispatcher<C> {
             queue: Queue::default(),
             shaper,
             reported: Reported::default(),
-            age: BufferAge::default(),
+            age,
+            model,
             history: History::default(),
             last_invoke: None,
             waiting: Waiting::None,
-            // Paused until the first INVOKE: the main thread calls next
-            // right after init without a handshake.
-            paused: true,
+            // On default Lambda paused until the first INVOKE: the main
+            // thread calls next right after init without a handshake.
+            paused,
             current_request: None,
             invoke_deadline: None,
             last_runtime_done: None,
@@ -471,7 +501,8 @@ impl<C: PutRecords> Dispatcher<C> {
     /// Whether buffered data is sent by age now (periodic behaviour).
     fn periodic_now(&self) -> bool {
         let (mode, max_delay) = (self.cfg.flush, self.cfg.max_delay);
-        flush::periodic(mode, &self.history, max_delay, self.age.wall_age())
+        let age = self.age.wall_age();
+        flush::periodic(mode, self.model, &self.history, max_delay, age)
     }
 
     /// Whether the buffer holds as much as the memory cap allows.

@@ -12,6 +12,7 @@ use super::{Control, Dispatcher};
 use crate::config;
 use crate::kinesis::client::{Outcome, PutRecords};
 use crate::kinesis::error::{ErrorAnswer, Failure};
+use crate::lambda::model::Model;
 use crate::lambda::telemetry::{split_body, Delivery};
 use crate::records::pack::Wire;
 use crate::stats::Stats;
@@ -98,6 +99,15 @@ struct Harness {
 const SEC: Duration = Duration::from_secs(1);
 
 fn start(settings: &[(&str, &str)], answers: Vec<Answer>, then: Answer) -> Harness {
+    start_in(Model::Default, settings, answers, then)
+}
+
+fn start_in(
+    model: Model,
+    settings: &[(&str, &str)],
+    answers: Vec<Answer>,
+    then: Answer,
+) -> Harness {
     let mut env: Vec<(String, String)> = vec![
         ("KINESIS_TELEMETRY_STREAM".into(), "s".into()),
         ("AWS_REGION".into(), "us-east-1".into()),
@@ -122,6 +132,7 @@ fn start(settings: &[(&str, &str)], answers: Vec<Answer>, then: Answer) -> Harne
     let stats = Arc::new(Stats::default());
     let d = Dispatcher::with_client(
         cfg,
+        model,
         client,
         events_rx,
         control_rx,
@@ -398,4 +409,45 @@ fn shutdown_ends_by_its_deadline_and_counts_what_is_left() {
     assert!(took < Duration::from_millis(300) + SEC / 2, "{took:?}");
     // The 7 records and the metrics record.
     assert_eq!(stats.dropped_shutdown.get(), 8);
+}
+
+/// Waits (polling, up to 5 s) until `n` function records are stored.
+fn wait_stored(h: &Harness, n: usize) -> Vec<String> {
+    let until = Instant::now() + 5 * SEC;
+    loop {
+        let got = telemetry(&h.stored());
+        if got.len() >= n || Instant::now() > until {
+            return got;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn on_managed_instances_data_goes_out_by_age_without_any_invoke() {
+    for mode in ["end", "adaptive", "periodic", "batch"] {
+        let h = start_in(
+            Model::ManagedInstances,
+            &[
+                ("KINESIS_TELEMETRY_FLUSH", mode),
+                ("KINESIS_TELEMETRY_FLUSH_INTERVAL_MS", "20"),
+                ("KINESIS_TELEMETRY_BATCH_MAX_AGE_MS", "20"),
+            ],
+            vec![],
+            Answer::Store,
+        );
+        let first = lines("lmi", 3);
+        h.deliver(&first);
+        assert_eq!(wait_stored(&h, 3), first, "{mode}: sent without an invoke");
+        // A full request goes at once, whatever its age.
+        let full = lines("full", 500);
+        h.deliver(&full);
+        assert_eq!(wait_stored(&h, 503).len(), 503, "{mode}");
+        let last = lines("last", 2);
+        h.deliver(&last);
+        let (seen, stats, _) = h.shutdown(2 * SEC);
+        assert_eq!(telemetry(&seen.stored).len(), 505, "{mode}");
+        assert!(seen.stored.last().unwrap().contains("extension.metrics"));
+        assert_eq!(stats.dropped_shutdown.get(), 0);
+    }
 }

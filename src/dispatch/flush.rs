@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::config::FlushMode;
+use crate::lambda::model::Model;
 
 /// Invokes seen before `adaptive` trusts its estimate of the rate.
 const WARM_UP_INVOKES: u32 = 3;
@@ -68,12 +69,22 @@ impl History {
     }
 }
 
-/// Whether data is flushed by age (the periodic behaviour) right now.
-pub fn periodic(mode: FlushMode, h: &History, max_delay: Duration, oldest_age: Duration) -> bool {
-    match mode {
-        FlushMode::Periodic => true,
-        FlushMode::Adaptive => h.frequent(max_delay, oldest_age),
-        FlushMode::End | FlushMode::Batch => false,
+/// Whether data is flushed by age (the periodic behaviour) right now. On
+/// Lambda Managed Instances there is no invoke end to flush at, so every
+/// mode but `batch` (which has its own age) flushes by age.
+pub fn periodic(
+    mode: FlushMode,
+    model: Model,
+    h: &History,
+    max_delay: Duration,
+    oldest_age: Duration,
+) -> bool {
+    match (model, mode) {
+        (_, FlushMode::Periodic) => true,
+        (_, FlushMode::Batch) => false,
+        (Model::ManagedInstances, FlushMode::End | FlushMode::Adaptive) => true,
+        (Model::Default, FlushMode::Adaptive) => h.frequent(max_delay, oldest_age),
+        (Model::Default, FlushMode::End) => false,
     }
 }
 
@@ -128,7 +139,31 @@ mod tests {
             end_of_invoke(FlushMode::Adaptive, &h, i, d, zero),
             EndOfInvoke::PauseNow
         );
-        assert!(periodic(FlushMode::Adaptive, &h, d, zero));
+        assert!(periodic(FlushMode::Adaptive, Model::Default, &h, d, zero));
+    }
+
+    #[test]
+    fn on_managed_instances_every_mode_but_batch_flushes_by_age() {
+        let (d, zero) = (MS(10_000), MS(0));
+        let fresh = History::default();
+        for mode in [FlushMode::End, FlushMode::Adaptive, FlushMode::Periodic] {
+            assert!(periodic(mode, Model::ManagedInstances, &fresh, d, zero));
+        }
+        assert!(!periodic(
+            FlushMode::Batch,
+            Model::ManagedInstances,
+            &fresh,
+            d,
+            zero
+        ));
+        assert!(!periodic(FlushMode::End, Model::Default, &fresh, d, zero));
+        assert!(!periodic(
+            FlushMode::Adaptive,
+            Model::Default,
+            &fresh,
+            d,
+            zero
+        ));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 use serde::Deserialize;
 
 use crate::lambda::local_http::{Connection, Response};
+use crate::lambda::model::Model;
 
 /// Lambda's answer to `register`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -74,6 +75,8 @@ impl std::error::Error for ApiError {}
 pub enum Subscription {
     /// 200: telemetry will be delivered.
     Active,
+    /// Refused with a 4xx: its status and body.
+    Refused(u16, String),
     /// Anything else (202 from local emulators, 404, errors): no telemetry
     /// will come; the reason is for the log.
     Unavailable(String),
@@ -89,12 +92,35 @@ const REGISTER: &str = "/2020-01-01/extension/register";
 const NEXT: &str = "/2020-01-01/extension/event/next";
 const INIT_ERROR: &str = "/2020-01-01/extension/init/error";
 const TELEMETRY: &str = "/2022-07-01/telemetry";
+/// The error type of a registration for an event the model does not have.
+const INVALID_EVENT_TYPE: &str = "Extension.InvalidEventType";
 
 impl ExtensionsApi {
-    /// Registers for INVOKE and SHUTDOWN under `name` (the executable's file name).
+    /// Registers under `name` (the executable's file name) for the events
+    /// of `model`. When default Lambda's INVOKE is refused as an invalid
+    /// event type, this is Lambda Managed Instances without its variable:
+    /// registers again for SHUTDOWN only and says so in the model returned.
     pub fn register(
         runtime_api: &str,
         name: &str,
+        model: Model,
+    ) -> Result<(ExtensionsApi, RegisterInfo, Model), ApiError> {
+        match Self::register_for(runtime_api, name, model) {
+            Err(ApiError::Status {
+                status: 403, body, ..
+            }) if model == Model::Default && body.contains(INVALID_EVENT_TYPE) => {
+                let lmi = Model::ManagedInstances;
+                let (api, info) = Self::register_for(runtime_api, name, lmi)?;
+                Ok((api, info, lmi))
+            }
+            other => other.map(|(api, info)| (api, info, model)),
+        }
+    }
+
+    fn register_for(
+        runtime_api: &str,
+        name: &str,
+        model: Model,
     ) -> Result<(ExtensionsApi, RegisterInfo), ApiError> {
         const CALL: &str = "register";
         let mut conn = Connection::new(runtime_api);
@@ -107,7 +133,7 @@ impl ExtensionsApi {
                     ("Lambda-Extension-Accept-Feature", "accountId"),
                     ("Content-Type", "application/json"),
                 ],
-                br#"{"events":["INVOKE","SHUTDOWN"]}"#,
+                model.register_body(),
             )
             .map_err(|e| transport(CALL, e))?;
         let resp = expect_ok(resp, CALL)?;
@@ -140,6 +166,13 @@ impl ExtensionsApi {
                 202 => Subscription::Unavailable(
                     "the Telemetry API accepted the subscription with 202 but will not deliver (a local emulator without Telemetry API support)".into(),
                 ),
+                404 => Subscription::Unavailable(format!(
+                    "the Telemetry API answered HTTP 404: {}",
+                    String::from_utf8_lossy(&r.body).trim()
+                )),
+                s @ 400..=499 => {
+                    Subscription::Refused(s, String::from_utf8_lossy(&r.body).trim().to_string())
+                }
                 s => Subscription::Unavailable(format!(
                     "the Telemetry API answered HTTP {s}: {}",
                     String::from_utf8_lossy(&r.body).trim()
@@ -260,9 +293,14 @@ pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, String> {
 }
 
 /// The Telemetry API subscription body.
-pub fn subscription_body(types: &[&str], b: crate::config::Buffering, port: u16) -> String {
+pub fn subscription_body(
+    version: &str,
+    types: &[&str],
+    b: crate::config::Buffering,
+    port: u16,
+) -> String {
     serde_json::json!({
-        "schemaVersion": "2022-12-13",
+        "schemaVersion": version,
         "types": types,
         "buffering": {
             "maxItems": b.max_items,
@@ -317,8 +355,13 @@ mod tests {
             max_bytes: 262_144,
             timeout_ms: 25,
         };
-        let v: serde_json::Value =
-            serde_json::from_str(&subscription_body(&["platform", "function"], b, 1234)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&subscription_body(
+            "2022-12-13",
+            &["platform", "function"],
+            b,
+            1234,
+        ))
+        .unwrap();
         assert_eq!(v["schemaVersion"], "2022-12-13");
         assert_eq!(v["types"], serde_json::json!(["platform", "function"]));
         assert_eq!(v["buffering"]["maxBytes"], 262_144);

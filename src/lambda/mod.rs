@@ -6,5 +6,6 @@ pub mod extensions_api;
 pub mod gate;
 pub mod listener;
 pub mod local_http;
+pub mod model;
 pub mod request_head;
 pub mod telemetry;

@@ -81,6 +81,29 @@ struct PlatformRecord<'a> {
     request_id: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// What a JSON log record may say of its request: the runtimes' loggers
+/// write `requestId` (some `AWSRequestId`).
+#[derive(Deserialize)]
+struct LogRecord<'a> {
+    #[serde(rename = "requestId", borrow, default)]
+    request_id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(rename = "AWSRequestId", borrow, default)]
+    aws_request_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The request a function or extension log event names in its own record
+/// (`None` for text records and records without one). On Lambda Managed
+/// Instances invocations interleave, so this is the only way to tell.
+pub fn log_request_id(json: &str) -> Option<Box<str>> {
+    let head = serde_json::from_str::<Head>(json).ok()?;
+    let record = serde_json::from_str::<LogRecord>(head.record?.get()).ok()?;
+    record
+        .request_id
+        .or(record.aws_request_id)
+        .filter(|id| !id.is_empty())
+        .map(|id| Box::from(id.as_ref()))
+}
+
 impl Event {
     /// Classifies one event from its raw JSON, which lies inside `body`.
     pub fn from_raw(raw: &RawValue, body: &Arc<Vec<u8>>) -> Event {
@@ -256,6 +279,21 @@ pub fn unparsed(body: &[u8], reason: &str, now: std::time::SystemTime) -> Event 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_records_name_their_request_when_they_are_json() {
+        let id = |j: &str| log_request_id(j).map(String::from);
+        let json = r#"{"time":"t","type":"function","record":{"timestamp":"t","level":"INFO","requestId":"r-1","message":"m"}}"#;
+        assert_eq!(id(json).as_deref(), Some("r-1"));
+        let aws = r#"{"type":"function","record":{"AWSRequestId":"r-2","msg":"x"}}"#;
+        assert_eq!(id(aws).as_deref(), Some("r-2"));
+        let text = r#"{"type":"function","record":"requestId r-3 in text"}"#;
+        assert_eq!(id(text), None);
+        let none = r#"{"type":"function","record":{"timestamp":"t","level":"INFO","message":"m"}}"#;
+        assert_eq!(id(none), None);
+        assert_eq!(id(r#"{"type":"function","record":{"requestId":""}}"#), None);
+        assert_eq!(id("42"), None);
+    }
     use std::time::{Duration, UNIX_EPOCH};
 
     #[test]

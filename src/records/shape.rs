@@ -5,9 +5,10 @@
 
 use serde::Deserialize;
 
-use crate::config::{Config, Types, LEVELS};
+use crate::config::{Config, PartitionKeyMode, Types, LEVELS};
 use crate::json::push_string;
-use crate::lambda::telemetry::{Event, Kind};
+use crate::lambda::model::Model;
+use crate::lambda::telemetry::{log_request_id, Event, Kind};
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
 use crate::rng::Rng;
@@ -35,6 +36,11 @@ pub struct Shaper {
     rng: Rng,
     /// The invocation between its platform.start and platform.runtimeDone.
     invocation: Option<Box<str>>,
+    /// Invocations interleave (Managed Instances): a log line belongs to
+    /// the request its own record names, not to the one in progress.
+    logs_name_their_request: bool,
+    /// Records carry their request (enrichment, or request partition keys).
+    needs_request: bool,
 }
 
 impl Shaper {
@@ -42,6 +48,7 @@ impl Shaper {
     /// account) in envelope order.
     pub fn new(
         cfg: &Config,
+        model: Model,
         environment: &str,
         mut rng: Rng,
         context: &[(&str, String)],
@@ -70,6 +77,8 @@ impl Shaper {
             keys,
             rng,
             invocation: None,
+            logs_name_their_request: model == Model::ManagedInstances,
+            needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request,
         }
     }
 
@@ -84,8 +93,16 @@ impl Shaper {
             return Shaped::Filtered;
         }
         // Platform events name their request; logs belong to the invocation
-        // in progress, if any.
+        // in progress, if any, or on Managed Instances to the one they name.
+        let named: Option<Box<str>>;
         let inside = match e.kind {
+            Kind::Function | Kind::Extension if self.logs_name_their_request => {
+                named = self
+                    .needs_request
+                    .then(|| log_request_id(&e.json))
+                    .flatten();
+                named.as_deref()
+            }
             Kind::Function | Kind::Extension => self.invocation.as_deref(),
             _ => None,
         };
@@ -217,7 +234,7 @@ mod tests {
             ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "runtimeDone"),
             ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
         ]);
-        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[]);
         let out = forwarded(&mut s);
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
@@ -232,7 +249,7 @@ mod tests {
             ("functionName", "fn".to_string()),
             ("accountId", "1".to_string()),
         ];
-        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &ctx);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &ctx);
         let env_key = s.keys.environment().to_string();
         let out = forwarded(&mut s);
         let originals = events();
@@ -255,7 +272,7 @@ mod tests {
     #[test]
     fn oversized_events_are_fragmented() {
         let c = cfg(&[("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "1024")]);
-        let mut s = Shaper::new(&c, "env", Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[]);
         let big = format!(r#"[{{"type":"function","record":"{}"}}]"#, "x".repeat(5000));
         let e = split(big.as_bytes()).unwrap().remove(0);
         match s.shape(e, None) {
@@ -265,5 +282,45 @@ mod tests {
             }
             Shaped::Record(_) | Shaped::Filtered => panic!(),
         }
+    }
+
+    #[test]
+    fn on_managed_instances_log_lines_belong_to_the_request_they_name() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_ENRICH", "true"),
+            ("KINESIS_TELEMETRY_PARTITION_KEY", "request"),
+        ]);
+        let mut s = Shaper::new(&c, Model::ManagedInstances, "env", Rng::seeded(1), &[]);
+        // Two invocations interleave; there is no runtimeDone.
+        let body = r#"[
+            {"type":"platform.start","record":{"requestId":"a"}},
+            {"type":"platform.start","record":{"requestId":"b"}},
+            {"type":"function","record":{"level":"INFO","requestId":"a","message":"1"}},
+            {"type":"function","record":{"level":"INFO","AWSRequestId":"b","message":"2"}},
+            {"type":"function","record":{"level":"INFO","message":"plain stdout"}},
+            {"type":"platform.report","record":{"requestId":"a"}}]"#;
+        let shaped: Vec<(String, String)> = split(body.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|e| match s.shape(e, None) {
+                Shaped::Record(r) => {
+                    let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+                    (v["requestId"].to_string(), r.key.to_string())
+                }
+                Shaped::Fragments(_) | Shaped::Filtered => panic!(),
+            })
+            .collect();
+        let ids: Vec<&str> = shaped.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [r#""a""#, r#""b""#, r#""a""#, r#""b""#, "null", r#""a""#]
+        );
+        assert_eq!(shaped[2].1, "a", "partition key of a's line");
+        assert_eq!(shaped[3].1, "b");
+        assert_eq!(
+            shaped[4].1,
+            s.keys.environment(),
+            "no request: the environment's key"
+        );
     }
 }
