@@ -16,6 +16,17 @@ It runs the real extension executable as a child process and plays Lambda:
   thaw; no telemetry delivery while frozen), and shutdown (SHUTDOWN event,
   deadline, SIGKILL after it).
 
+With ``managed_instances=True`` it plays Lambda Managed Instances (LMI), the
+second execution model (shared/docs/managed-instances.md has every fact and
+its source): ``AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances``,
+SHUTDOWN-only registration (INVOKE gets 403 ``Extension.InvalidEventType``),
+no freeze ever, ``event/next`` pending until SHUTDOWN, telemetry schema
+``2025-01-29`` only, JSON log format, no ``platform.runtimeDone``, a
+``platform.report`` whose metrics carry only ``durationMs``, concurrent
+invocations whose events interleave (``invoke_concurrent``, ``run_traffic``),
+and any extension exit before SHUTDOWN recorded as ``Extension.Crash`` (the
+environment is torn down with every invocation in flight: ``sim.crash``).
+
 Protocol misbehaviour of the extension is answered the way Lambda answers it
 (4xx with ``{"errorType","errorMessage"}``) *and* recorded in
 ``sim.violations`` so tests can assert that list is empty.
@@ -31,6 +42,13 @@ Library use::
             sim.invoke(log_lines=100, runtime_ms=5, idle_ms=50)
         res = sim.shutdown()
         assert not sim.violations
+
+    with LambdaSim("layer/extensions/my-ext", env={...}, managed_instances=True) as sim:
+        sim.start()
+        sim.invoke_concurrent(50, log_lines=20, concurrency=8)
+        sim.run_traffic(events_per_second=5000, seconds=3)
+        sim.shutdown()
+        assert not sim.violations and sim.lost_before_shutdown == []
 
 CLI::
 
@@ -52,6 +70,7 @@ import http.server
 import json
 import math
 import os
+import random
 import resource
 import secrets
 import signal
@@ -68,6 +87,7 @@ from typing import Any, Callable, Optional
 __all__ = [
     "LambdaSim",
     "InvokeResult",
+    "TrafficResult",
     "ShutdownResult",
     "SimError",
     "SimTimeout",
@@ -76,6 +96,22 @@ __all__ = [
 ]
 
 SCHEMA_VERSIONS = ("2022-07-01", "2022-12-13", "2025-01-29")
+# Lambda Managed Instances (shared/docs/managed-instances.md): the value of
+# AWS_LAMBDA_INITIALIZATION_TYPE and of platform.initStart.initializationType,
+# the only subscription schema the emulator's LMI schema accepts, the only
+# event an extension may register for, and the SHUTDOWN reasons
+# (emulator rapi/model/agentevent.go: no "timeout", invocations time out alone).
+LMI_INIT_TYPE = "lambda-managed-instances"
+LMI_SCHEMA_VERSIONS = ("2025-01-29",)
+LMI_EXTENSION_EVENTS = ("SHUTDOWN",)
+LMI_SHUTDOWN_REASONS = ("spindown", "failure")
+# Emulator rapid/shutdown.go: the runtime gets SIGTERM and up to 600 ms of the 2 s.
+LMI_RUNTIME_SHUTDOWN_MAX_MS = 600
+# LMI init timeout: max(130 s, the function timeout) (LMI execution environment page).
+LMI_INIT_TIMEOUT_MIN_MS = 130000
+# Function log lines of a concurrent invocation: 3 JSON lines of the runtime's
+# logger (with requestId) for 1 plain stdout line (without one).
+LMI_LINE_KINDS = ("json", "json", "json", "text")
 TELEMETRY_TYPES = ("platform", "function", "extension")
 EXTENSION_EVENTS = ("INVOKE", "SHUTDOWN")
 BUFFERING_DEFAULTS = {"maxItems": 10000, "maxBytes": 262144, "timeoutMs": 1000}
@@ -122,6 +158,17 @@ class InvokeResult:
     timed_out: bool
     runtime_ms: float = 0.0  # measured platform.start -> platform.runtimeDone
     duration_ms: float = 0.0  # INVOKE answered -> extension's next (or deadline)
+
+
+@dataclass
+class TrafficResult:
+    """What run_traffic() produced (LMI)."""
+    invocations: int
+    events: int  # platform and function events produced (what a subscriber to all types gets)
+    seconds: float  # first event -> last event
+    rate: float  # events / seconds: the rate actually sustained
+    target_rate: float
+    max_lag_ms: float  # how far the producer fell behind its schedule at worst
 
 
 @dataclass
@@ -193,11 +240,11 @@ class LambdaSim:
         memory_mb: int = 128,
         timeout_ms: int = 3000,
         telemetry_mode: str = "ok",
-        freeze: bool = True,
-        log_format: str = "text",
+        freeze: Optional[bool] = None,  # default True; LMI never freezes (True is refused there)
+        log_format: Optional[str] = None,  # default "text"; LMI forces "json" ("text" is refused there)
         capture_extension_logs: bool = True,
         shutdown_deadline_ms: int = 2000,
-        init_timeout_ms: int = 10000,
+        init_timeout_ms: Optional[int] = None,  # default 10 s; LMI: max(130 s, timeout_ms)
         # --- extra options -------------------------------------------------
         handler: str = "index.handler",
         runtime_version: str = "python:3.11.v40",
@@ -216,7 +263,44 @@ class LambdaSim:
         # unshare), and the address telemetry is delivered to for sandbox.localdomain.
         hosts_file: Optional[str] = None,
         sandbox_address: str = "127.0.0.1",
+        # Time the runtime takes to exit on SIGTERM before SHUTDOWN reaches the
+        # extension, out of the same shutdown deadline (Lambda: up to 300 ms; LMI
+        # emulator: up to 600 ms). 0: SHUTDOWN at once.
+        runtime_shutdown_ms: float = 0,
+        # --- Lambda Managed Instances (shared/docs/managed-instances.md) -----
+        managed_instances: bool = False,
+        # Set AWS_LAMBDA_INITIALIZATION_TYPE=lambda-managed-instances (False: omit the
+        # variable, to test an extension's fallback detection).
+        lmi_init_type_env: bool = True,
+        # Subscription schemaVersions LMI accepts (the emulator: 2025-01-29 only).
+        lmi_schema_versions: tuple = LMI_SCHEMA_VERSIONS,
+        # Unconfirmed details, each set to the documented-most-likely behaviour:
+        lmi_runtime_done: bool = False,  # emit platform.runtimeDone per invocation (doc: never on LMI)
+        lmi_plain_lines: str = "wrapped",  # plain stdout lines: "wrapped" {"timestamp","level","message"} or "string"
+        lmi_request_id_key: str = "requestId",  # key of JSON logger lines (Datadog also checks "AWSRequestId")
+        # The LMI emulator flushes Lambda's telemetry buffers (bounded by 1 s) before it
+        # sends SHUTDOWN (rapid/shutdown.go); real Lambda unconfirmed, so off by default
+        # (the stricter reading: the extension must wait for late events itself).
+        flush_before_shutdown: bool = False,
+        seed: Optional[int] = None,  # interleaving of concurrent invocations (LMI)
     ) -> None:
+        if managed_instances:
+            if freeze:
+                raise ValueError("Lambda Managed Instances never freeze: freeze=True is not LMI")
+            if log_format == "text":
+                raise ValueError("Lambda Managed Instances force the JSON log format")
+            if lmi_plain_lines not in ("wrapped", "string"):
+                raise ValueError("lmi_plain_lines must be 'wrapped' or 'string'")
+            if runtime_shutdown_ms > LMI_RUNTIME_SHUTDOWN_MAX_MS:
+                raise ValueError(f"the runtime is SIGKILLed {LMI_RUNTIME_SHUTDOWN_MAX_MS} ms after SIGTERM on LMI")
+            freeze = False
+            log_format = "json"
+        if freeze is None:
+            freeze = True
+        if log_format is None:
+            log_format = "text"
+        if init_timeout_ms is None:
+            init_timeout_ms = max(LMI_INIT_TIMEOUT_MIN_MS, timeout_ms) if managed_instances else 10000
         if telemetry_mode not in ("ok", "202", "404"):
             raise ValueError("telemetry_mode must be 'ok', '202' or '404'")
         if log_format not in ("text", "json"):
@@ -250,6 +334,18 @@ class LambdaSim:
         self.open_files = open_files
         self.hosts_file = hosts_file
         self.sandbox_address = sandbox_address
+        self.runtime_shutdown_ms = runtime_shutdown_ms
+        self.managed_instances = managed_instances
+        self.lmi_init_type_env = lmi_init_type_env
+        self.lmi_schema_versions = tuple(lmi_schema_versions)
+        self.lmi_runtime_done = lmi_runtime_done
+        self.lmi_plain_lines = lmi_plain_lines
+        self.lmi_request_id_key = lmi_request_id_key
+        self.flush_before_shutdown = flush_before_shutdown
+        self.initialization_type = LMI_INIT_TYPE if managed_instances else "on-demand"
+        self._rng = random.Random(seed)
+        self._id_rng = random.Random()  # seeded from the OS: ids unique across simulators
+        self._iso_cache: tuple[int, str] = (-1, "")
         region = self.user_env.get("AWS_REGION") or "us-east-1"
         self.region = region
 
@@ -271,6 +367,7 @@ class LambdaSim:
         self.register_headers: Optional[dict] = None
         self.register_body: Optional[dict] = None
         self.registered_events: list[str] = []
+        self.register_attempts: list[tuple[int, Any]] = []  # (status answered, body)
         self.register_ms: Optional[float] = None
         self.init_ms: Optional[float] = None
         self.post_runtime_ms: list[float] = []
@@ -283,6 +380,12 @@ class LambdaSim:
         self.peak_rss_kb: list[int] = []  # extension VmHWM after each invoke
         self.freeze_count = 0
         self.exit_code: Optional[int] = None
+        # LMI: function line id -> (request id of the invocation that logged it, "json" | "text").
+        self.line_origin: dict[str, tuple[str, str]] = {}
+        self.traffic_results: list[TrafficResult] = []
+        # LMI: an extension exit before SHUTDOWN, which tears the environment down:
+        # {"errorType": "Extension.Crash", "exit_code", "phase", "in_flight": [request ids]}.
+        self.crash: Optional[dict] = None
         self.shutdown_result: Optional[ShutdownResult] = None
         self.port: Optional[int] = None
         self.pid: Optional[int] = None
@@ -309,6 +412,10 @@ class LambdaSim:
         self._exited = False
         self._exit_time: Optional[float] = None
         self._expected_exit = False
+        self._sim_killed = False  # the simulator itself SIGKILLed the extension
+        self._in_flight: set[str] = set()  # LMI: request ids of invocations running
+        self._flush_now = False  # deliver what is buffered now, whatever timeoutMs says
+        self._env_init_type: Optional[str] = None  # AWS_LAMBDA_INITIALIZATION_TYPE as the extension got it
         self._frozen = False
         self._hold = False  # no telemetry delivery (frozen or about to freeze)
         self._delivering = False
@@ -417,8 +524,24 @@ class LambdaSim:
                 self._cv.wait(min(rem, 0.5))
 
     # ------------------------------------------------------------- telemetry
+    def _iso_now(self) -> str:
+        """_iso_now(), its formatted second cached: the same text at a fraction of the
+        cost (LMI traffic produces thousands of timestamps a second)."""
+        t = time.time()
+        sec = int(t)
+        cached = self._iso_cache
+        if cached[0] != sec:
+            cached = (sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)))
+            self._iso_cache = cached
+        return f"{cached[1]}{int((t - sec) * 1000):03d}Z"
+
+    def _new_id(self) -> str:
+        """A random (version 4) UUID without a getrandom() call each: under the GIL
+        contention of a traffic run, uuid4() costs tens of microseconds."""
+        return str(uuid.UUID(int=self._id_rng.getrandbits(128), version=4))
+
     def _make_event(self, typ: str, record: Any, *, ascii_escape: bool = False, when: Optional[str] = None) -> bytes:
-        env = {"time": when or _iso_now(), "type": typ, "record": record}
+        env = {"time": when or self._iso_now(), "type": typ, "record": record}
         return json.dumps(env, separators=(",", ":"), ensure_ascii=ascii_escape).encode("utf-8")
 
     def _emit(self, typ: str, record: Any, **kw) -> bytes:
@@ -444,7 +567,13 @@ class LambdaSim:
             self.dropped.append(old)
             self._drop_records += 1
             self._drop_bytes += len(old)
-        self._cv.notify_all()
+        # Wake the delivery loop only when a batch may have become ready other than by
+        # time (it times the oldest event's timeoutMs itself): at a few thousand events a
+        # second, a wake-up per event costs the producer more than the event.
+        bf = self._buffering
+        if (len(self._buf) == 1 or self._drop_records or len(self._buf) >= bf["maxItems"]
+                or self._buf_bytes >= bf["maxBytes"] or self._flush_now):
+            self._cv.notify_all()
 
     def _end_presub(self) -> None:
         # caller holds _cv: subscription decided (accepted or init over)
@@ -459,6 +588,8 @@ class LambdaSim:
             return True
         if not self._buf:
             return False
+        if self._flush_now:
+            return True
         bf = self._buffering
         return (len(self._buf) >= bf["maxItems"] or self._buf_bytes >= bf["maxBytes"]
                 or (now - self._buf[0][0]) * 1000.0 >= bf["timeoutMs"])
@@ -695,28 +826,47 @@ class LambdaSim:
         return True
 
     def _h_register(self, h, method, path, body) -> None:
+        try:
+            shown: Any = json.loads(body) if body else None
+        except ValueError:
+            shown = body
+
+        def refuse(status, etype, msg, *, violation=True):
+            with self._cv:
+                self.register_attempts.append((status, shown))
+            return self._error(h, method, path, status, etype, msg, violation=violation)
+
         name = h.headers.get(H_NAME)
         with self._cv:
             if self._ext_id is not None:
-                return self._error(h, method, path, 403, "Extension.AlreadyRegistered",
-                                   "extension already registered")
+                return refuse(403, "Extension.AlreadyRegistered", "extension already registered")
             if self._init_done:
-                return self._error(h, method, path, 403, "Extension.InvalidState",
-                                   "registration is only possible during init")
+                return refuse(403, "Extension.InvalidState", "registration is only possible during init")
         if name != self.extension_name:
-            return self._error(h, method, path, 403, "Extension.InvalidExtensionName",
-                               f"{H_NAME} {name!r} must be the executable's file name {self.extension_name!r}")
+            return refuse(403, "Extension.InvalidExtensionName",
+                          f"{H_NAME} {name!r} must be the executable's file name {self.extension_name!r}")
         try:
             req = json.loads(body or b"null")
             events = req["events"]
             if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
                 raise ValueError("events must be a list of strings")
         except (ValueError, KeyError, TypeError) as e:
-            return self._error(h, method, path, 400, "InvalidRequest", f"bad register body: {e}")
+            return refuse(400, "InvalidRequest", f"bad register body: {e}")
+        if self.managed_instances:
+            # Emulator (LMI) rapi/handler/agentregister.go + core: the first event that is
+            # not SHUTDOWN is refused, 403, "<EVENT>: ErrorInvalidEventType"; the extension
+            # stays unregistered and may register again. An extension told it runs on LMI
+            # (the variable) should not ask; without the variable, asking for INVOKE and
+            # retrying with SHUTDOWN on this 403 is the only way to find out.
+            for e in events:
+                if e not in LMI_EXTENSION_EVENTS:
+                    told = self._env_init_type == LMI_INIT_TYPE
+                    return refuse(403, "Extension.InvalidEventType", f"{e}: ErrorInvalidEventType",
+                                  violation=told)
         bad = [e for e in events if e not in EXTENSION_EVENTS]
         if bad:
-            return self._error(h, method, path, 400, "Extension.InvalidEventType",
-                               f"unknown event types {bad}; allowed {list(EXTENSION_EVENTS)}")
+            return refuse(400, "Extension.InvalidEventType",
+                          f"unknown event types {bad}; allowed {list(EXTENSION_EVENTS)}")
         ext_id = str(uuid.uuid4())
         resp = {"functionName": self.function_name, "functionVersion": self.function_version,
                 "handler": self.handler}
@@ -725,8 +875,8 @@ class LambdaSim:
             resp["accountId"] = self.account_id
         with self._cv:
             if self._ext_id is not None:  # lost a race with a concurrent register
-                return self._error(h, method, path, 403, "Extension.AlreadyRegistered",
-                                   "extension already registered")
+                return refuse(403, "Extension.AlreadyRegistered", "extension already registered")
+            self.register_attempts.append((200, req))
             self._ext_id = ext_id
             self.register_headers = dict(h.headers.items())
             self.register_body = req
@@ -740,6 +890,11 @@ class LambdaSim:
             return
         with self._cv:
             if self._next_waiting:
+                if self.managed_instances:
+                    # Emulator (LMI) core/externalagent_states.go: Ready -> Ready is not allowed.
+                    return self._error(h, method, path, 403, "Extension.InvalidExtensionState",
+                                       f"State transition from Ready to Ready failed for extension "
+                                       f"{self._ext_id}. Error: state transition is not allowed")
                 return self._error(h, method, path, 403, "Extension.InvalidState",
                                    "concurrent event/next calls from one extension")
             if self._shutdown_sent:
@@ -799,8 +954,9 @@ class LambdaSim:
         if not isinstance(req, dict):
             return "body must be a JSON object", None
         sv = req.get("schemaVersion")
-        if sv not in SCHEMA_VERSIONS:
-            return f"schemaVersion {sv!r} must be one of {list(SCHEMA_VERSIONS)}", None
+        versions = self.lmi_schema_versions if self.managed_instances else SCHEMA_VERSIONS
+        if sv not in versions:
+            return f"schemaVersion {sv!r} must be one of {list(versions)}", None
         types = req.get("types")
         if not isinstance(types, list) or not types or any(t not in TELEMETRY_TYPES for t in types):
             return f"types {types!r} must be a non-empty subset of {list(TELEMETRY_TYPES)}", None
@@ -897,19 +1053,22 @@ class LambdaSim:
             "AWS_LAMBDA_FUNCTION_NAME": self.function_name,
             "AWS_LAMBDA_FUNCTION_VERSION": self.function_version,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+            "AWS_LAMBDA_INITIALIZATION_TYPE": self.initialization_type,
             "AWS_EXECUTION_ENV": "AWS_Lambda_python3.11",
             # Lambda always provides (temporary) credentials; tests override or unset them.
             "AWS_ACCESS_KEY_ID": "ASIASIMULATEDKEY0000",
             "AWS_SECRET_ACCESS_KEY": "simulated/secret/key/0000000000000000000",
             "AWS_SESSION_TOKEN": "simulated-session-token",
         })
+        if self.managed_instances and not self.lmi_init_type_env:
+            del env["AWS_LAMBDA_INITIALIZATION_TYPE"]
         for k, v in self.user_env.items():
             if v is None:
                 env.pop(k, None)
             else:
                 env[k] = str(v)
         env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{self.port}"
+        self._env_init_type = env.get("AWS_LAMBDA_INITIALIZATION_TYPE")
         return env
 
     def _reader(self, pipe, stream: str) -> None:
@@ -942,7 +1101,19 @@ class LambdaSim:
             self._exited = True
             self.exit_code = rc
             self._exit_time = time.perf_counter()
-            if not self._expected_exit and not self._stop:
+            if (self.managed_instances and not self._shutdown_sent and not self._sim_killed
+                    and not self._stop):
+                # LMI: any exit before SHUTDOWN, even with code 0 and after init/error or
+                # exit/error, is Extension.Crash: Lambda tears the whole environment down,
+                # with every invocation in flight (LMI execution environment page; emulator
+                # rapid/shutdown.go processTermination).
+                in_flight = sorted(self._in_flight)
+                self.crash = {"errorType": "Extension.Crash", "exit_code": rc, "phase": self._phase,
+                              "in_flight": in_flight}
+                self.violations.append(
+                    f"extension exited (code {rc}) before SHUTDOWN in phase {self._phase}: Extension.Crash, "
+                    f"the environment is torn down with {len(in_flight)} invocations in flight")
+            elif not self._expected_exit and not self._stop:
                 if not (self.init_errors or self.exit_errors):
                     self.violations.append(
                         f"extension exited unexpectedly (code {rc}) in phase {self._phase}")
@@ -959,6 +1130,7 @@ class LambdaSim:
 
     def _freeze_now(self) -> None:
         """Freeze the sandbox: wait for an in-flight delivery, then SIGSTOP the process group."""
+        assert not self.managed_instances, "Lambda Managed Instances never freeze"
         with self._cv:
             self._hold = True
             self._cv.wait_for(lambda: not self._delivering, timeout=self.freeze_wait_s)
@@ -996,6 +1168,20 @@ class LambdaSim:
             self._hold = False
             self._cv.notify_all()
 
+    def _flush_buffers(self, timeout_s: float) -> bool:
+        """Deliver everything buffered now, whatever timeoutMs says (the LMI emulator does
+        this before SHUTDOWN, bounded by 1 s). True if the buffer emptied in time."""
+        with self._cv:
+            self._flush_now = True
+            self._cv.notify_all()
+            try:
+                return self._cv.wait_for(
+                    lambda: self._exited or self._dest is None or not self._deliver_enabled
+                    or (not self._buf and self._pending_batch is None and not self._delivering),
+                    timeout=timeout_s)
+            finally:
+                self._flush_now = False
+
     def _give_next_event(self, payload: dict) -> int:
         """Answer the pending event/next; returns the next-call count to wait for afterwards."""
         body = json.dumps(payload, separators=(",", ":")).encode()
@@ -1020,14 +1206,21 @@ class LambdaSim:
         env = self._build_env()
 
         self._init_epoch = time.time()
-        self._emit("platform.initStart", {
-            "initializationType": "on-demand",
+        init_start = {
+            "initializationType": self.initialization_type,
             "phase": "init",
             "runtimeVersion": self.runtime_version,
             "runtimeVersionArn": f"arn:aws:lambda:{self.region}::runtime:{secrets.token_hex(32)}",
             "functionName": self.function_name,
             "functionVersion": self.function_version,
-        })
+        }
+        if self.managed_instances:
+            # emulator (LMI) interop/events_api.go InitStartData: the instance's id and memory (bytes)
+            d = _dt.datetime.now(_dt.timezone.utc)
+            init_start["instanceId"] = (f"{d:%Y/%m/%d}/{self.function_name}[{self.function_version}]"
+                                        f"{secrets.token_hex(16)}")
+            init_start["instanceMaxMemory"] = self.memory_mb * 1024 * 1024
+        self._emit("platform.initStart", init_start)
         self._t_exec = time.perf_counter()
         try:
             argv = [self.extension_path]
@@ -1061,7 +1254,7 @@ class LambdaSim:
                 else:
                     rec = text
                 self._emit("function", rec)
-            self._emit("platform.initRuntimeDone", {"initializationType": "on-demand", "phase": "init",
+            self._emit("platform.initRuntimeDone", {"initializationType": self.initialization_type, "phase": "init",
                                                     "status": "success"})
             self._wait(lambda: self.init_ms is not None, max(0.0, deadline - time.perf_counter()),
                        "the extension's first event/next (end of init)")
@@ -1073,7 +1266,7 @@ class LambdaSim:
                                          f"{errs[-1]['body']}" + self._tail()) from e
             raise
         self._init_duration_ms = self.init_ms
-        self._emit("platform.initReport", {"initializationType": "on-demand", "phase": "init",
+        self._emit("platform.initReport", {"initializationType": self.initialization_type, "phase": "init",
                                            "status": "success",
                                            "metrics": {"durationMs": round(self.init_ms, 3)}})
         self._phase = "ready"
@@ -1086,7 +1279,18 @@ class LambdaSim:
                runtime_done_delay_ms: Optional[float] = 0) -> InvokeResult:
         """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id.
         runtime_done_delay_ms: platform.runtimeDone is emitted this long after the function
-        ends (a late one); None: never (a missing one). Post-runtime is timed from the end."""
+        ends (a late one); None: never (a missing one). Post-runtime is timed from the end.
+
+        LMI: invoke_concurrent(1, log_lines, runtime_ms=...) and idle_ms of sleep; there
+        line_factory is called (i, line_id, request_id); spread_lines and
+        runtime_done_delay_ms do not apply."""
+        if self.managed_instances:
+            if spread_lines or runtime_done_delay_ms != 0:
+                raise SimError("spread_lines and runtime_done_delay_ms do not apply to Lambda Managed Instances")
+            res = self.invoke_concurrent(1, log_lines, runtime_ms=runtime_ms, line_factory=line_factory)[0]
+            if idle_ms:
+                time.sleep(idle_ms / 1000.0)
+            return res
         if self._phase != "ready":
             raise SimError(f"invoke() in phase {self._phase!r}")
         self._phase = "invoke"
@@ -1215,10 +1419,191 @@ class LambdaSim:
             time.sleep(idle_ms / 1000.0)
         return res
 
+    # ------------------------------------------- Lambda Managed Instances
+    def invoke_concurrent(self, n: int, log_lines: int = 10, *, concurrency: Optional[int] = None,
+                          runtime_ms: float = 0,
+                          line_kinds: tuple = LMI_LINE_KINDS,
+                          line_factory: Optional[Callable[[int, str, str], Any]] = None) -> list[InvokeResult]:
+        """LMI: n invocations, at most `concurrency` (default n) at once, their events
+        interleaved at random (seed=): platform.start, log_lines function lines,
+        [platform.runtimeDone,] platform.report each, in that order per invocation.
+        line_kinds cycles per line: "json" is the runtime logger's
+        {"timestamp","level","message","requestId"}, "text" a plain stdout line
+        (wrapped without requestId, see lmi_plain_lines). line_factory(i, line_id,
+        request_id) -> record (str or dict, must contain line_id) replaces them.
+        runtime_ms: an invocation lasts about that long (events paced to fit); 0: as
+        fast as the simulator produces. Returns the results in start order. No event
+        reaches the extension through the Extensions API (no INVOKE on LMI)."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        conc = max(1, min(n, concurrency or n))
+        per_inv = log_lines + 2 + (1 if self.lmi_runtime_done else 0)
+        rate = conc * per_inv / (runtime_ms / 1000.0) if runtime_ms > 0 else None
+        left = [n]
+
+        def new_invocation():
+            if left[0] == 0:
+                return None
+            left[0] -= 1
+            return self._lmi_invocation(log_lines, line_kinds, line_factory)
+
+        results, _, _, _ = self._lmi_drive(new_invocation, conc, rate)
+        order = {rid: i for i, rid in enumerate(self.request_ids)}
+        return sorted(results, key=lambda r: order[r.request_id])
+
+    def run_traffic(self, events_per_second: float, seconds: float, *, concurrency: int = 16,
+                    log_lines: int = 20, line_kinds: tuple = LMI_LINE_KINDS,
+                    line_factory: Optional[Callable[[int, str, str], Any]] = None) -> TrafficResult:
+        """LMI: steady traffic for `seconds`: `concurrency` invocations in flight (each
+        as in invoke_concurrent, log_lines lines), a new one starting as one ends,
+        every platform and function event paced to `events_per_second` in all.
+        Invocations still running at the end finish at the same pace. The result
+        says what rate was actually sustained (a slow producer would fake a pass)."""
+        if events_per_second <= 0 or seconds <= 0:
+            raise ValueError("events_per_second and seconds must be > 0")
+        t_stop = [None]
+
+        def new_invocation():
+            if t_stop[0] is None:
+                t_stop[0] = time.perf_counter() + seconds
+            elif time.perf_counter() >= t_stop[0]:
+                return None
+            return self._lmi_invocation(log_lines, line_kinds, line_factory)
+
+        results, events, elapsed, lag = self._lmi_drive(new_invocation, max(1, concurrency), events_per_second)
+        res = TrafficResult(invocations=len(results), events=events, seconds=elapsed,
+                            rate=events / elapsed if elapsed > 0 else float("inf"),
+                            target_rate=float(events_per_second), max_lag_ms=lag * 1000.0)
+        self.traffic_results.append(res)
+        return res
+
+    def _lmi_drive(self, new_invocation: Callable[[], Any], concurrency: int,
+                   rate: Optional[float]) -> tuple[list[InvokeResult], int, float, float]:
+        """Run invocation generators (one event per step) with up to `concurrency` in
+        flight, a random one stepping each time; paced to `rate` events/s if given.
+        Returns (results, events, seconds, max lag in s)."""
+        if not self.managed_instances:
+            raise SimError("concurrent invocations exist only on Lambda Managed Instances (managed_instances=True)")
+        if self._phase != "ready":
+            raise SimError(f"concurrent invocations in phase {self._phase!r}")
+        self._phase = "invoke"
+        rng = self._rng
+        active: list = []
+        results: list[InvokeResult] = []
+        events = 0
+        max_lag = 0.0
+        exhausted = False
+        t0 = time.perf_counter()
+        t_last = t0
+        try:
+            while True:
+                while not exhausted and len(active) < concurrency:
+                    g = new_invocation()
+                    if g is None:
+                        exhausted = True
+                    else:
+                        active.append(g)
+                if not active:
+                    break
+                if self._exited:
+                    with self._cv:
+                        self._cv.notify_all()
+                    raise ExtensionExited(
+                        f"extension exited (code {self.exit_code}) during concurrent invocations: "
+                        f"{(self.crash or {}).get('errorType', 'exit')}, "
+                        f"{len(active)} invocations in flight" + self._tail())
+                k = rng.randrange(len(active))
+                try:
+                    next(active[k])
+                except StopIteration as done:
+                    results.append(done.value)
+                    active[k] = active[-1]
+                    active.pop()
+                events += 1
+                t_last = time.perf_counter()
+                if rate:
+                    ahead = t0 + events / rate - t_last
+                    if ahead > 0.002:
+                        time.sleep(ahead)
+                    elif -ahead > max_lag:
+                        max_lag = -ahead
+        finally:
+            for g in active:
+                g.close()
+            self._phase = "ready"
+        return results, events, t_last - t0, max_lag
+
+    def _lmi_invocation(self, log_lines: int, line_kinds: tuple, line_factory):
+        """Generator: one LMI invocation, one event emitted per step; returns its InvokeResult."""
+        rid = self._new_id()
+        trace_value = (f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
+                       f"Parent={secrets.token_hex(8)};Sampled=1")
+        tracing = {"spanId": secrets.token_hex(8), "type": "X-Amzn-Trace-Id", "value": trace_value}
+        arn = f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
+        if self.function_version != "$LATEST":
+            arn += f":{self.function_version}"
+        with self._cv:
+            self.request_ids.append(rid)
+            self._in_flight.add(rid)
+        t0 = time.perf_counter()
+        epoch0 = time.time()
+        try:
+            # emulator (LMI) interop/events_api.go InvokeStartData
+            self._emit("platform.start", {"requestId": rid, "version": self.function_version,
+                                          "functionArn": arn, "tracing": tracing})
+            yield
+            wrapped = self.lmi_plain_lines == "wrapped"
+            for i in range(log_lines):
+                lid = self._new_id()
+                kind = line_kinds[i % len(line_kinds)]
+                if line_factory is not None:
+                    rec = line_factory(i, lid, rid)
+                else:
+                    text = _TEXT_TEMPLATES[i % len(_TEXT_TEMPLATES)](i, lid)
+                    if kind == "json":
+                        rec = {"timestamp": self._iso_now(), "level": "INFO", "message": text,
+                               self.lmi_request_id_key: rid}
+                    elif wrapped:
+                        rec = {"timestamp": self._iso_now(), "level": "INFO", "message": text}
+                    else:
+                        rec = text
+                with self._cv:
+                    self.function_line_ids.append(lid)
+                    self.line_origin[lid] = (rid, kind)
+                # every 5th line serialised ASCII-only, as in invoke()
+                self._emit("function", rec, ascii_escape=(i % 5 == 4))
+                yield
+            dur = (time.perf_counter() - t0) * 1000.0
+            spans = [
+                {"name": "responseLatency", "start": _iso_at(epoch0), "durationMs": round(dur * 0.9, 3)},
+                {"name": "responseDuration", "start": _iso_at(epoch0 + dur * 0.9 / 1000.0),
+                 "durationMs": round(dur * 0.1, 3)},
+            ]
+            if self.lmi_runtime_done:
+                self._emit("platform.runtimeDone", {"requestId": rid, "status": "success", "tracing": tracing,
+                                                    "spans": spans,
+                                                    "metrics": {"durationMs": round(dur, 3), "producedBytes": 17}})
+                yield
+            # emulator (LMI) interop/events_api.go ReportData: metrics carry durationMs only
+            self._emit("platform.report", {"requestId": rid, "status": "success",
+                                           "metrics": {"durationMs": round(dur, 3)},
+                                           "tracing": tracing, "spans": spans})
+        finally:
+            with self._cv:
+                self._in_flight.discard(rid)
+        res = InvokeResult(request_id=rid, post_runtime_ms=None, timed_out=False, runtime_ms=dur, duration_ms=dur)
+        self.invoke_results.append(res)
+        return res
+
     def shutdown(self, reason: str = "spindown") -> ShutdownResult:
-        """Shutdown phase: SHUTDOWN event, deadline, SIGKILL after it."""
+        """Shutdown phase: the runtime's exit (runtime_shutdown_ms), [a flush of
+        Lambda's telemetry buffers,] SHUTDOWN event, deadline, SIGKILL after it.
+        LMI: reason "spindown" or "failure"; after an Extension.Crash (sim.crash)
+        the environment is gone already and nothing more happens."""
         if self._phase in ("new", "done"):
             raise SimError(f"shutdown() in phase {self._phase!r}")
+        if self.managed_instances and reason not in LMI_SHUTDOWN_REASONS:
+            raise ValueError(f"Lambda Managed Instances shut down for {list(LMI_SHUTDOWN_REASONS)}, not {reason!r}")
         self._phase = "shutdown"
         with self._cv:
             self._expected_exit = True
@@ -1227,6 +1612,11 @@ class LambdaSim:
         deadline = t_start + self.shutdown_deadline_ms / 1000.0
         epoch_deadline_ms = int(time.time() * 1000) + self.shutdown_deadline_ms
         t_answer = None
+        if self.runtime_shutdown_ms > 0 and not self._exited:
+            # the runtime gets SIGTERM first; its exit takes this much of the deadline
+            time.sleep(max(0.0, min(self.runtime_shutdown_ms / 1000.0, deadline - time.perf_counter())))
+        if self.flush_before_shutdown and not self._exited:
+            self._flush_buffers(min(1.0, max(0.0, deadline - time.perf_counter())))
         if "SHUTDOWN" in self.registered_events and not self._exited:
             got = self._wait(lambda: self._next_waiting, max(0.0, deadline - time.perf_counter()),
                              "the extension to wait in event/next before SHUTDOWN",
@@ -1234,8 +1624,11 @@ class LambdaSim:
             if got:
                 with self._cv:
                     self._shutdown_mark = len(self.emitted)
-                self._give_next_event({"eventType": "SHUTDOWN", "shutdownReason": reason,
-                                       "deadlineMs": epoch_deadline_ms})
+                if self.managed_instances:  # emulator (LMI) rapi/model/agentevent.go field order
+                    event = {"eventType": "SHUTDOWN", "deadlineMs": epoch_deadline_ms, "shutdownReason": reason}
+                else:
+                    event = {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": epoch_deadline_ms}
+                self._give_next_event(event)
                 with self._cv:
                     self._shutdown_sent = True
                 t_answer = time.perf_counter()
@@ -1244,6 +1637,8 @@ class LambdaSim:
                            raise_on_exit=False)
         killed = False
         if not self._exited:
+            with self._cv:
+                self._sim_killed = True
             if "SHUTDOWN" in self.registered_events:
                 self._violation(f"extension did not exit within the shutdown deadline "
                                 f"({self.shutdown_deadline_ms} ms): SIGKILL")
@@ -1257,7 +1652,7 @@ class LambdaSim:
             self._cv.wait_for(lambda: not self._delivering, timeout=0.5)
             rc = self.exit_code
             exit_time = self._exit_time
-            if not killed and rc not in (0, None) and not self.exit_errors:
+            if not killed and rc not in (0, None) and not self.exit_errors and self.crash is None:
                 self.violations.append(f"extension exited with code {rc} after SHUTDOWN")
         shutdown_ms = (exit_time - t_answer) * 1000.0 if (t_answer is not None and exit_time) else None
         self._phase = "done"
@@ -1272,6 +1667,7 @@ class LambdaSim:
         if self._proc is not None and not self._exited:
             with self._cv:
                 self._expected_exit = True
+                self._sim_killed = True
             self._signal_group(signal.SIGCONT)
             self._frozen = False
             self._signal_group(signal.SIGKILL)
@@ -1309,6 +1705,7 @@ class LambdaSim:
         with self._cv:
             return {
                 "extension": self.extension_path,
+                "initialization_type": self.initialization_type,
                 "register_ms": r(self.register_ms),
                 "init_ms": r(self.init_ms),
                 "post_runtime_ms": [r(x) for x in self.post_runtime_ms],
@@ -1330,6 +1727,7 @@ class LambdaSim:
                 "init_errors": self.init_errors,
                 "exit_errors": self.exit_errors,
                 "violations": list(self.violations),
+                "crash": self.crash,
             }
 
 
@@ -1347,6 +1745,9 @@ def _main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--telemetry-mode", choices=("ok", "202", "404"), default="ok")
     ap.add_argument("--log-format", choices=("text", "json"), default="text")
     ap.add_argument("--no-freeze", action="store_true")
+    ap.add_argument("--managed-instances", action="store_true",
+                    help="Lambda Managed Instances: --invokes run concurrently, --concurrency at once")
+    ap.add_argument("--concurrency", type=int, default=None)
     ap.add_argument("--inherit-env", action="store_true")
     ap.add_argument("--echo", action="store_true", help="echo the extension's output to stderr")
     a = ap.parse_args(argv)
@@ -1357,15 +1758,20 @@ def _main(argv: Optional[list[str]] = None) -> int:
             ap.error(f"--env expects K=V, got {kv!r}")
         env[k] = v
     rc = 0
+    lmi = a.managed_instances
     with LambdaSim(a.extension, env, timeout_ms=a.timeout_ms, telemetry_mode=a.telemetry_mode,
-                   freeze=not a.no_freeze, log_format=a.log_format,
+                   freeze=None if lmi else not a.no_freeze, log_format="json" if lmi else a.log_format,
+                   managed_instances=lmi,
                    shutdown_deadline_ms=a.shutdown_deadline_ms, init_timeout_ms=a.init_timeout_ms,
                    inherit_env=a.inherit_env, echo_output=a.echo) as sim:
         error = None
         try:
             sim.start()
-            for _ in range(a.invokes):
-                sim.invoke(a.lines, runtime_ms=a.runtime_ms, idle_ms=a.idle_ms)
+            if lmi:
+                sim.invoke_concurrent(a.invokes, a.lines, concurrency=a.concurrency, runtime_ms=a.runtime_ms)
+            else:
+                for _ in range(a.invokes):
+                    sim.invoke(a.lines, runtime_ms=a.runtime_ms, idle_ms=a.idle_ms)
             sim.shutdown()
         except SimError as e:
             error = str(e)

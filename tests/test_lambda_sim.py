@@ -3,7 +3,10 @@
 The fake extension (generated into tmp_path; its file name is its registration
 name) registers, subscribes to the Telemetry API with a listener on port 0,
 logs everything it sees to a JSON-lines file and loops on event/next until
-SHUTDOWN. Its behaviour is steered by FAKE_* environment variables.
+SHUTDOWN. Its behaviour is steered by FAKE_* environment variables; with
+FAKE_LMI_AWARE it adapts to Lambda Managed Instances the way extensions that
+support them do (SHUTDOWN only and schema 2025-01-29 when the variable says
+LMI, or after a 403 on INVOKE when it is absent).
 """
 
 import base64
@@ -32,6 +35,7 @@ lock = threading.Lock()
 def log(kind, **kw):
     kw["k"] = kind
     kw["t"] = time.monotonic()
+    kw["w"] = time.time()
     with lock, open(OUT, "a") as f:
         f.write(json.dumps(kw) + "\n")
 
@@ -48,6 +52,7 @@ def call(method, path, body=None, headers=None):
 reports = set()
 cond = threading.Condition()
 fail_left = [int(os.environ.get("FAKE_FAIL_FIRST", "0"))]
+last_post = [time.monotonic()]
 
 
 class Listener(http.server.BaseHTTPRequestHandler):
@@ -67,6 +72,7 @@ class Listener(http.server.BaseHTTPRequestHandler):
             ids = [e["record"]["requestId"] for e in json.loads(body) if e["type"] == "platform.report"]
             with cond:
                 reports.update(ids)
+                last_post[0] = time.monotonic()
                 cond.notify_all()
         self.send_response(status)
         self.send_header("Content-Length", "0")
@@ -77,18 +83,40 @@ srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Listener)
 srv.daemon_threads = True
 threading.Thread(target=srv.serve_forever, daemon=True).start()
 
-st, hd, body = call("POST", "/2020-01-01/extension/register",
-                    json.dumps({"events": ["INVOKE", "SHUTDOWN"]}).encode(),
-                    {"Lambda-Extension-Name": NAME, "Lambda-Extension-Accept-Feature": "accountId",
-                     "Content-Type": "application/json"})
-log("register", status=st, body=body.decode())
+aware = bool(os.environ.get("FAKE_LMI_AWARE"))
+init_type = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE")
+lmi = aware and init_type == "lambda-managed-instances"
+log("env", init_type=init_type)
+
+
+def register(events):
+    st, hd, body = call("POST", "/2020-01-01/extension/register", json.dumps({"events": events}).encode(),
+                        {"Lambda-Extension-Name": NAME, "Lambda-Extension-Accept-Feature": "accountId",
+                         "Content-Type": "application/json"})
+    log("register", status=st, body=body.decode(), events=events)
+    return st, hd, body
+
+
+st, hd, body = register(["SHUTDOWN"] if lmi else ["INVOKE", "SHUTDOWN"])
+if st == 403 and aware and json.loads(body).get("errorType") == "Extension.InvalidEventType":
+    lmi = True  # fallback detection: only LMI refuses INVOKE
+    st, hd, body = register(["SHUTDOWN"])
 if st != 200:
     print("fake: register failed", st, body.decode(), file=sys.stderr, flush=True)
     sys.exit(1)
 eid = hd.get("Lambda-Extension-Identifier")
 
+if os.environ.get("FAKE_EXIT_AFTER"):
+    def exit_later():
+        time.sleep(float(os.environ["FAKE_EXIT_AFTER"]))
+        log("early_exit")
+        print("fake: leaving early", file=sys.stderr, flush=True)
+        os._exit(int(os.environ.get("FAKE_EXIT_CODE", "0")))
+    threading.Thread(target=exit_later, daemon=True).start()
+
 buffering = json.loads(os.environ.get("FAKE_BUFFERING") or '{"maxItems":1000,"maxBytes":262144,"timeoutMs":25}')
-sub = {"schemaVersion": "2022-12-13", "types": ["platform", "function", "extension"], "buffering": buffering,
+schema = os.environ.get("FAKE_SCHEMA") or ("2025-01-29" if lmi else "2022-12-13")
+sub = {"schemaVersion": schema, "types": ["platform", "function", "extension"], "buffering": buffering,
        "destination": {"protocol": "HTTP", "URI": "http://sandbox.localdomain:%d/tele" % srv.server_address[1]}}
 st, _, body = call("PUT", "/2022-07-01/telemetry", json.dumps(sub).encode(),
                    {"Lambda-Extension-Identifier": eid, "Content-Type": "application/json"})
@@ -99,6 +127,13 @@ print("fake: subscribed, status %d, café ✓" % st, file=sys.stderr, flush=True
 if os.environ.get("FAKE_NO_ID_NEXT"):
     st, _, body = call("GET", "/2020-01-01/extension/event/next")
     log("next_without_id", status=st, body=body.decode())
+
+if os.environ.get("FAKE_DOUBLE_NEXT"):
+    def second_next():
+        time.sleep(0.3)  # the first next is pending by then
+        st, _, body = call("GET", "/2020-01-01/extension/event/next", headers={"Lambda-Extension-Identifier": eid})
+        log("second_next", status=st, body=body.decode())
+    threading.Thread(target=second_next, daemon=True).start()
 
 last = None
 while True:
@@ -119,6 +154,12 @@ while True:
     left = ev["deadlineMs"] / 1000.0 - time.time() - 0.3
     with cond:
         cond.wait_for(lambda: not subscribed or last is None or last in reports, timeout=max(0.0, left))
+    if lmi:  # no "last invoke" to wait for: wait for a quiet listener instead
+        quiet = float(os.environ.get("FAKE_QUIET_S", "0.2"))
+        end = time.monotonic() + max(0.0, left)
+        with cond:
+            while time.monotonic() < end and time.monotonic() - last_post[0] < quiet:
+                cond.wait(0.02)
     log("exit", got_last_report=(last is None or last in reports))
     sys.exit(0)
 '''
@@ -343,3 +384,274 @@ def test_failed_posts_are_retried_and_overflow_is_reported(fake):
         assert acc == collections.Counter(sim.emitted)
     bodies = [base64.b64decode(e["body"]) for e in read_log(out) if e["k"] == "post"]
     assert bodies == sim.posted_bodies
+
+
+# ---------------------------------------------------------------- Lambda Managed Instances
+
+def lmi_sim(ext, out, **kw):
+    env = {"FAKE_OUT": out, "FAKE_LMI_AWARE": "1"}
+    env.update(kw.pop("env", {}))
+    return LambdaSim(ext, env, managed_instances=True, **kw)
+
+
+def received_events(sim) -> list:
+    return [json.loads(ev) for b in sim.posted_bodies for ev in split_events(b)]
+
+
+def test_lmi_options_are_checked_without_a_process(tmp_path):
+    with pytest.raises(ValueError, match="never freeze"):
+        LambdaSim("/bin/true", managed_instances=True, freeze=True)
+    with pytest.raises(ValueError, match="JSON"):
+        LambdaSim("/bin/true", managed_instances=True, log_format="text")
+    with pytest.raises(ValueError, match="600 ms"):
+        LambdaSim("/bin/true", managed_instances=True, runtime_shutdown_ms=700)
+    sim = LambdaSim("/bin/true", managed_instances=True, timeout_ms=300000)
+    assert sim.freeze is False and sim.log_format == "json" and sim.init_timeout_ms == 300000
+    assert LambdaSim("/bin/true", managed_instances=True).init_timeout_ms == 130000
+    # the default mode is what it was
+    d = LambdaSim("/bin/true")
+    assert d.freeze is True and d.log_format == "text" and d.init_timeout_ms == 10000
+    assert d.initialization_type == "on-demand"
+    with pytest.raises(SimError, match="Managed Instances"):
+        d.invoke_concurrent(2)
+
+
+def test_lmi_shutdown_only_registration_no_freeze_next_pends_until_shutdown(fake):
+    ext, out = fake
+    with lmi_sim(ext, out) as sim:
+        sim.start()
+        assert sim.register_attempts == [(200, {"events": ["SHUTDOWN"]})]
+        assert sim.registered_events == ["SHUTDOWN"]
+        assert sim.subscription["schemaVersion"] == "2025-01-29"
+        time.sleep(0.3)
+        assert proc_state(sim.pid) != "T" and sim.freeze_count == 0
+        sim.invoke_concurrent(4, log_lines=3)
+        time.sleep(0.2)
+        assert proc_state(sim.pid) != "T" and sim.freeze_count == 0
+        assert len(sim.next_call_times) == 1, "event/next stays pending: no event before SHUTDOWN"
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and not sd.killed
+        assert sim.violations == [] and sim.crash is None
+        assert sim.lost_before_shutdown == []
+    log = read_log(out)
+    assert next(e for e in log if e["k"] == "env")["init_type"] == "lambda-managed-instances"
+    events = [e["event"] for e in log if e["k"] == "event"]
+    assert len(events) == 1 and list(events[0]) == ["eventType", "deadlineMs", "shutdownReason"]
+    assert events[0]["eventType"] == "SHUTDOWN" and events[0]["shutdownReason"] == "spindown"
+    got = received_events(sim)
+    init = next(e["record"] for e in got if e["type"] == "platform.initStart")
+    assert init["initializationType"] == "lambda-managed-instances"
+    assert init["instanceId"] and init["instanceMaxMemory"] == 128 * 1024 * 1024
+    assert next(e["record"] for e in got if e["type"] == "platform.extension")["events"] == ["SHUTDOWN"]
+    assert all(e["record"]["initializationType"] == "lambda-managed-instances" for e in got
+               if e["type"] in ("platform.initRuntimeDone", "platform.initReport"))
+    # JSON log format: every function record is an object, the init line included
+    assert all(isinstance(e["record"], dict) for e in got if e["type"] == "function")
+
+
+def test_lmi_invoke_registration_is_refused_403_and_shutdown_only_works_after_it(fake):
+    """Without the variable (fallback detection): INVOKE gets the emulator's 403, the
+    extension stays unregistered and registers again for SHUTDOWN only."""
+    ext, out = fake
+    with lmi_sim(ext, out, lmi_init_type_env=False) as sim:
+        sim.start()
+        sim.invoke_concurrent(2, log_lines=2)
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and not sd.killed
+        # no violation: without the variable, asking is the only way to find out
+        assert sim.violations == [] and sim.crash is None
+        assert [s for s, _ in sim.register_attempts] == [403, 200]
+        assert sim.registered_events == ["SHUTDOWN"]
+    log = read_log(out)
+    assert next(e for e in log if e["k"] == "env")["init_type"] is None
+    regs = [e for e in log if e["k"] == "register"]
+    assert [r["status"] for r in regs] == [403, 200]
+    assert json.loads(regs[0]["body"]) == {"errorType": "Extension.InvalidEventType",
+                                           "errorMessage": "INVOKE: ErrorInvalidEventType"}
+
+
+def test_lmi_extension_that_insists_on_invoke_crashes_init(fake):
+    """An extension unaware of LMI (INVOKE + SHUTDOWN, exit on the 403) although the
+    variable told it: a violation, and its exit is Extension.Crash."""
+    ext, out = fake
+    with LambdaSim(ext, {"FAKE_OUT": out}, managed_instances=True, init_timeout_ms=5000) as sim:
+        with pytest.raises(ExtensionExited) as ei:
+            sim.start()
+        assert "register failed" in str(ei.value)
+        assert sim.register_attempts == [(403, {"events": ["INVOKE", "SHUTDOWN"]})]
+        assert any("InvalidEventType" in v for v in sim.violations)
+        assert any("Extension.Crash" in v for v in sim.violations)
+        assert sim.crash["errorType"] == "Extension.Crash" and sim.crash["phase"] == "init"
+        assert sim.crash["exit_code"] == 1
+
+
+def test_lmi_second_next_while_one_pends_is_refused_403(fake):
+    ext, out = fake
+    with lmi_sim(ext, out, env={"FAKE_DOUBLE_NEXT": "1"}) as sim:
+        sim.start()
+        time.sleep(0.6)
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and not sd.killed  # the first next still got SHUTDOWN
+        assert len(sim.violations) == 1 and "Extension.InvalidExtensionState" in sim.violations[0]
+    second = next(e for e in read_log(out) if e["k"] == "second_next")
+    assert second["status"] == 403
+    body = json.loads(second["body"])
+    assert body["errorType"] == "Extension.InvalidExtensionState"
+    assert body["errorMessage"].startswith("State transition from Ready to Ready failed")
+
+
+def test_lmi_subscription_needs_schema_2025_01_29(fake, tmp_path):
+    ext, out = fake
+    with lmi_sim(ext, out, env={"FAKE_SCHEMA": "2022-12-13"}) as sim:
+        sim.start()
+        sim.shutdown()
+        assert sim.subscription is None and sim.subscribe_attempts[0][0] == 400
+        assert any("schemaVersion '2022-12-13'" in v for v in sim.violations)
+    # the option for a Lambda that would accept the older versions too
+    out2 = str(tmp_path / "fake2.log")
+    with lmi_sim(ext, out2, env={"FAKE_SCHEMA": "2022-12-13"}, lmi_schema_versions=("2022-12-13", "2025-01-29")) as sim:
+        sim.start()
+        sim.shutdown()
+        assert sim.subscribe_attempts[0][0] == 200 and sim.violations == []
+
+
+def test_lmi_concurrent_invocations_interleave_and_every_event_arrives(fake):
+    ext, out = fake
+    with lmi_sim(ext, out, seed=7) as sim:
+        sim.start()
+        results = sim.invoke_concurrent(20, log_lines=12, concurrency=8)
+        assert [r.request_id for r in results] == sim.request_ids
+        assert all(r.post_runtime_ms is None and not r.timed_out for r in results)
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and not sd.killed and sim.violations == []
+        assert sim.lost_before_shutdown == [] and sim.dropped == []
+    log = read_log(out)
+    assert not any(e["k"] == "event" and e["event"]["eventType"] == "INVOKE" for e in log)
+    bodies = [base64.b64decode(e["body"]) for e in log if e["k"] == "post"]
+    assert bodies == sim.posted_bodies
+    got = received_events(sim)
+    inv = [e for e in got if e["type"] in ("platform.start", "platform.report")
+           or (e["type"] == "function" and e["record"]["message"].split()[1] in sim.line_origin)]
+    assert not any(e["type"] == "platform.runtimeDone" for e in got)
+    # which invocation each event belongs to: platform records and JSON lines say so;
+    # a plain line does not (the simulator knows it from the line id)
+    def rid_of(e):
+        rec = e["record"]
+        if e["type"] != "function":
+            return rec["requestId"]
+        lid = rec["message"].split()[1]
+        rid, kind = sim.line_origin[lid]
+        if kind == "json":
+            assert rec["requestId"] == rid and set(rec) == {"timestamp", "level", "message", "requestId"}
+        else:
+            assert set(rec) == {"timestamp", "level", "message"}
+        return rid
+    seq = [(rid_of(e), e["type"]) for e in inv]
+    assert len(seq) == 20 * 14
+    per = collections.defaultdict(list)
+    for pos, (rid, typ) in enumerate(seq):
+        per[rid].append((pos, typ))
+    assert set(per) == set(sim.request_ids)
+    for rid, evs in per.items():
+        types = [t for _, t in evs]
+        assert types == ["platform.start"] + ["function"] * 12 + ["platform.report"], (rid, types)
+    # interleaved: most invocations have another one's events between their start and report
+    spans = [(evs[0][0], evs[-1][0]) for evs in per.values()]
+    assert sum(b - a + 1 > 14 for a, b in spans) >= 10
+    assert max(sum(a <= p <= b for a, b in spans) for p in range(len(seq))) <= 8  # concurrency
+    kinds = collections.Counter(k for _, k in sim.line_origin.values())
+    assert kinds == {"json": 20 * 9, "text": 20 * 3}
+    reports = [e["record"] for e in got if e["type"] == "platform.report"]
+    assert all(set(r["metrics"]) == {"durationMs"} and r["status"] == "success" for r in reports)
+    starts = [e["record"] for e in got if e["type"] == "platform.start"]
+    assert all(s["functionArn"].endswith(":function:demo-fn") for s in starts)
+
+
+def test_lmi_unconfirmed_details_are_options(fake):
+    ext, out = fake
+    with lmi_sim(ext, out, lmi_runtime_done=True, lmi_plain_lines="string",
+                 lmi_request_id_key="AWSRequestId") as sim:
+        sim.start()
+        sim.invoke_concurrent(3, log_lines=4, line_kinds=("json", "text"))
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    got = received_events(sim)
+    assert sum(e["type"] == "platform.runtimeDone" for e in got) == 3
+    fn = [e["record"] for e in got if e["type"] == "function" and "init #" not in json.dumps(e["record"])]
+    assert len(fn) == 12
+    assert sum(isinstance(r, str) for r in fn) == 6
+    assert all(r["AWSRequestId"] in sim.request_ids for r in fn if isinstance(r, dict))
+
+
+@pytest.mark.timing
+def test_lmi_run_traffic_sustains_5000_events_per_second(fake):
+    ext, out = fake
+    with lmi_sim(ext, out, capture_extension_logs=False) as sim:
+        sim.start()
+        res = sim.run_traffic(5000, 2.0, concurrency=16, log_lines=20)
+        assert res.target_rate == 5000 and res.events >= 9500
+        assert res.rate >= 4750, res
+        assert res.invocations == len(sim.request_ids)
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and not sd.killed and sim.violations == []
+        assert sim.lost_before_shutdown == [], len(sim.lost_before_shutdown)
+        assert len(sim.delivered) >= res.events
+    assert sim.traffic_results == [res]
+
+
+def test_lmi_extension_exit_before_shutdown_tears_the_environment_down(fake):
+    ext, out = fake
+    with lmi_sim(ext, out, env={"FAKE_EXIT_AFTER": "0.5", "FAKE_EXIT_CODE": "0"}) as sim:
+        sim.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ExtensionExited) as ei:
+            sim.run_traffic(500, 10.0, concurrency=4)
+        assert time.perf_counter() - t0 < 3
+        assert "Extension.Crash" in str(ei.value) and "leaving early" in str(ei.value)
+        assert sim.crash["errorType"] == "Extension.Crash" and sim.crash["exit_code"] == 0
+        assert sim.crash["phase"] == "invoke" and 1 <= len(sim.crash["in_flight"]) <= 4
+        assert set(sim.crash["in_flight"]) <= set(sim.request_ids)
+        assert len(sim.violations) == 1 and "Extension.Crash" in sim.violations[0]
+        sd = sim.shutdown()  # the environment is gone already: nothing more happens
+        assert sd.exit_code == 0 and not sd.killed and sd.shutdown_ms is None
+        assert len(sim.violations) == 1
+
+
+def test_lmi_shutdown_deadline_counts_the_runtime_exit(fake):
+    """2 s in all from SIGTERM to the runtime: SHUTDOWN reaches the extension after the
+    runtime's exit, with the same deadlineMs; SIGKILL at it."""
+    ext, out = fake
+    with lmi_sim(ext, out, env={"FAKE_IGNORE_SHUTDOWN": "1"}, runtime_shutdown_ms=300) as sim:
+        sim.start()
+        with pytest.raises(ValueError):
+            sim.shutdown("timeout")
+        t0 = time.time()
+        sd = sim.shutdown("failure")
+        assert sd.killed and sd.exit_code == -9
+        assert 1550 <= sd.shutdown_ms < 2300  # SHUTDOWN answered -> SIGKILL
+        assert any("shutdown deadline" in v for v in sim.violations)
+    ev = next(e for e in read_log(out) if e["k"] == "event")
+    assert ev["event"]["shutdownReason"] == "failure"
+    assert 0.25 <= ev["w"] - t0 < 0.8
+    assert 1.9 <= ev["event"]["deadlineMs"] / 1000.0 - t0 <= 2.1
+
+
+def test_lmi_flush_before_shutdown_option_and_the_oracle(fake, tmp_path):
+    """Events held in Lambda's buffer (timeoutMs 30 s) at SHUTDOWN: the oracle reports
+    them lost unless Lambda flushes before SHUTDOWN, as the LMI emulator does."""
+    ext, out = fake
+    slow = json.dumps({"maxItems": 10000, "maxBytes": 1048576, "timeoutMs": 30000})
+    with lmi_sim(ext, out, env={"FAKE_BUFFERING": slow}, capture_extension_logs=False) as sim:
+        sim.start()
+        sim.invoke_concurrent(5, log_lines=5)
+        sim.shutdown()
+        lost = sim.lost_before_shutdown
+        assert len(lost) == len(sim.emitted) and sim.delivered == []
+    out2 = str(tmp_path / "fake2.log")
+    with lmi_sim(ext, out2, env={"FAKE_BUFFERING": slow}, capture_extension_logs=False,
+                 flush_before_shutdown=True) as sim:
+        sim.start()
+        sim.invoke_concurrent(5, log_lines=5)
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and sim.violations == []
+        assert sim.lost_before_shutdown == [] and len(sim.delivered) == len(sim.emitted)
