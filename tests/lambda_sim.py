@@ -1628,9 +1628,11 @@ class LambdaSim:
                     event = {"eventType": "SHUTDOWN", "deadlineMs": epoch_deadline_ms, "shutdownReason": reason}
                 else:
                     event = {"eventType": "SHUTDOWN", "shutdownReason": reason, "deadlineMs": epoch_deadline_ms}
-                self._give_next_event(event)
+                # Marked sent before it is handed over: an extension may exit
+                # the instant it reads SHUTDOWN, which is no crash.
                 with self._cv:
                     self._shutdown_sent = True
+                self._give_next_event(event)
                 t_answer = time.perf_counter()
                 self._wait(lambda: self._exited, max(0.0, deadline - time.perf_counter()),
                            "the extension to exit after SHUTDOWN", raise_on_timeout=False,

@@ -33,6 +33,14 @@ use crate::stats::Stats;
 /// `flush_timeout`s.
 const SEND_WINDOWS_WITHOUT_INVOKE: u32 = 2;
 
+/// Most requests tracked as open (Managed Instances): far above the
+/// concurrency one environment runs.
+const MAX_OPEN_REQUESTS: usize = 4096;
+
+/// Managed Instances, at SHUTDOWN: the quiet spell waited for beyond
+/// Lambda's buffering time.
+const QUIET_MARGIN: Duration = Duration::from_millis(50);
+
 /// Orders from the main thread.
 pub enum Control {
     /// An invocation started: the sandbox is thawed, sending resumes (what
@@ -70,6 +78,8 @@ enum Waiting {
         reply: Sender<()>,
     },
     Shutdown {
+        /// When SHUTDOWN came.
+        since: Instant,
         until: Instant,
         deadline: Instant,
         reply: Sender<()>,
@@ -99,6 +109,11 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
     invoke_deadline: Option<Instant>,
     last_runtime_done: Option<Box<str>>,
     last_report: Option<Box<str>>,
+    /// Managed Instances: requests started and not yet reported, oldest
+    /// first (what SHUTDOWN waits for).
+    open_requests: Vec<Box<str>>,
+    /// When the last telemetry delivery arrived.
+    last_delivery: Instant,
     /// Thawed time of the last metrics record, and records sent by then.
     last_metrics: (Duration, u64),
     /// Shutting down: retries are bounded by the deadline, not the budget.
@@ -184,6 +199,8 @@ impl<C: PutRecords> Dispatcher<C> {
             invoke_deadline: None,
             last_runtime_done: None,
             last_report: None,
+            open_requests: Vec::new(),
+            last_delivery: Instant::now(),
             last_metrics: (Duration::ZERO, 0),
             final_flush: false,
         }
@@ -249,6 +266,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 self.paused = false;
                 self.age.thaw();
                 self.waiting = Waiting::Shutdown {
+                    since: Instant::now(),
                     until: wait_until,
                     deadline,
                     reply,
@@ -336,16 +354,14 @@ impl<C: PutRecords> Dispatcher<C> {
                 false
             }
             Waiting::Shutdown {
+                since,
                 until,
                 deadline,
                 reply,
             } => {
-                let last_report_in = match &self.current_request {
-                    Some(id) => self.last_report.as_deref() == Some(id.as_str()),
-                    None => true,
-                };
-                if !last_report_in && Instant::now() < until {
+                if !self.last_telemetry_in(since) && Instant::now() < until {
                     self.waiting = Waiting::Shutdown {
+                        since,
                         until,
                         deadline,
                         reply,
@@ -357,6 +373,28 @@ impl<C: PutRecords> Dispatcher<C> {
                 true
             }
         }
+    }
+
+    /// Whether the last telemetry is in at SHUTDOWN (which came at `since`):
+    /// on default Lambda the current invoke's report. On Managed Instances
+    /// invocations run at once: the report of every one started, and a
+    /// quiet spell (see `quiet_until`).
+    fn last_telemetry_in(&self, since: Instant) -> bool {
+        match (self.model, &self.current_request) {
+            (Model::ManagedInstances, _) => {
+                self.open_requests.is_empty() && Instant::now() >= self.quiet_until(since)
+            }
+            (Model::Default, Some(id)) => self.last_report.as_deref() == Some(id.as_str()),
+            (Model::Default, None) => true,
+        }
+    }
+
+    /// Managed Instances: what Lambda still buffered at SHUTDOWN arrives
+    /// within its buffering time, so the last telemetry is in once that much
+    /// (and a margin) passed since SHUTDOWN and since the last delivery.
+    fn quiet_until(&self, since: Instant) -> Instant {
+        let quiet = Duration::from_millis(self.cfg.buffering.timeout_ms.into()) + QUIET_MARGIN;
+        since.max(self.last_delivery) + quiet
     }
 
     /// The invoke's end (its runtimeDone came if `done`): applies the flush
@@ -408,8 +446,15 @@ impl<C: PutRecords> Dispatcher<C> {
         let now = Instant::now();
         let mut t = Duration::from_secs(3600);
         match &self.waiting {
-            Waiting::RuntimeDone { until, .. } | Waiting::Shutdown { until, .. } => {
+            Waiting::RuntimeDone { until, .. } => {
                 t = t.min(until.saturating_duration_since(now));
+            }
+            Waiting::Shutdown { until, since, .. } => {
+                let mut wake = *until;
+                if self.model == Model::ManagedInstances {
+                    wake = wake.min(self.quiet_until(*since));
+                }
+                t = t.min(wake.saturating_duration_since(now));
             }
             Waiting::None => {}
         }
@@ -442,6 +487,7 @@ impl<C: PutRecords> Dispatcher<C> {
     }
 
     fn ingest(&mut self, delivery: Delivery) {
+        self.last_delivery = delivery.received;
         let queued_before = self.queue.len();
         for e in delivery.events {
             match e.kind {
@@ -451,7 +497,22 @@ impl<C: PutRecords> Dispatcher<C> {
                         self.history.duration(ms);
                     }
                 }
-                Kind::Report => self.last_report = e.request_id.clone(),
+                Kind::Report => {
+                    if let Some(id) = &e.request_id {
+                        self.open_requests.retain(|open| open != id);
+                    }
+                    self.last_report = e.request_id.clone();
+                }
+                Kind::Start if self.model == Model::ManagedInstances => {
+                    if let Some(id) = &e.request_id {
+                        if self.open_requests.len() >= MAX_OPEN_REQUESTS {
+                            // Reports lost (Lambda dropped them): forget the
+                            // oldest rather than grow.
+                            self.open_requests.remove(0);
+                        }
+                        self.open_requests.push(id.clone());
+                    }
+                }
                 Kind::LogsDropped => {
                     if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
                         self.stats.lambda_dropped_records.add(records);
