@@ -199,20 +199,20 @@ fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
     let environment = rng::Rng::from_os().hex(16);
     // Logged before `next` so that it appears in the function's init log.
     log::info!(
-        "forwarding {} telemetry to Kinesis stream {:?} via {} (flush {:?}, format {:?}, partition key {:?} {environment}, {}, schema {})",
+        "forwarding {} telemetry to Kinesis stream {:?} via {} ({}, schema {}, flush {:?}, format {:?}, partition key {:?} {environment})",
         cfg.types.names().join(","),
         match &cfg.stream {
             config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
         },
         config::redacted_url(&cfg.endpoint),
-        cfg.flush,
-        cfg.format,
-        cfg.partition_key,
         match model {
             Model::Default => "default Lambda",
             Model::ManagedInstances => "Lambda Managed Instances",
         },
         schema.unwrap_or("none"),
+        cfg.flush,
+        cfg.format,
+        cfg.partition_key,
     );
     // Ready: the first event/next goes out before any thread is started, so
     // the function's init is not kept waiting for them. Telemetry POSTed
