@@ -17,7 +17,8 @@ use crossbeam_channel::{never, select, Receiver, Sender};
 
 use crate::config::{Config, FlushMode};
 use crate::dispatch::age::BufferAge;
-use crate::dispatch::flush::{self, EndOfInvoke, History};
+use crate::dispatch::flush::{self, EndOfInvoke};
+use crate::dispatch::invocations::Invocations;
 use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{Next, Round};
 use crate::dispatch::send::Requests;
@@ -32,10 +33,6 @@ use crate::stats::Stats;
 /// Without an invoke deadline, background sends end after this many
 /// `flush_timeout`s.
 const SEND_WINDOWS_WITHOUT_INVOKE: u32 = 2;
-
-/// Most requests tracked as open (Managed Instances): far above the
-/// concurrency one environment runs.
-const MAX_OPEN_REQUESTS: usize = 4096;
 
 /// Managed Instances, at SHUTDOWN: the quiet spell waited for beyond
 /// Lambda's buffering time.
@@ -101,17 +98,10 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
     /// Lambda's own warnings already logged.
     reported: Reported,
     age: BufferAge,
-    history: History,
-    last_invoke: Option<Instant>,
+    invocations: Invocations,
     waiting: Waiting,
     paused: bool,
-    current_request: Option<String>,
     invoke_deadline: Option<Instant>,
-    last_runtime_done: Option<Box<str>>,
-    last_report: Option<Box<str>>,
-    /// Managed Instances: requests started and not yet reported, oldest
-    /// first (what SHUTDOWN waits for).
-    open_requests: Vec<Box<str>>,
     /// When the last telemetry delivery arrived.
     last_delivery: Instant,
     /// Thawed time of the last metrics record, and records sent by then.
@@ -189,17 +179,12 @@ impl<C: PutRecords> Dispatcher<C> {
             reported: Reported::default(),
             age,
             model,
-            history: History::default(),
-            last_invoke: None,
+            invocations: Invocations::new(model),
             waiting: Waiting::None,
             // On default Lambda paused until the first INVOKE: the main
             // thread calls next right after init without a handshake.
             paused,
-            current_request: None,
             invoke_deadline: None,
-            last_runtime_done: None,
-            last_report: None,
-            open_requests: Vec::new(),
             last_delivery: Instant::now(),
             last_metrics: (Duration::ZERO, 0),
             final_flush: false,
@@ -278,10 +263,7 @@ impl<C: PutRecords> Dispatcher<C> {
     fn resume(&mut self, request_id: String, deadline: Instant) {
         self.paused = false;
         self.age.thaw();
-        let now = Instant::now();
-        self.history.invoke(self.last_invoke.map(|t| now - t));
-        self.last_invoke = Some(now);
-        self.current_request = Some(request_id);
+        self.invocations.invoked(request_id);
         self.invoke_deadline = Some(deadline);
         self.requests.retrier().thawed();
     }
@@ -297,7 +279,7 @@ impl<C: PutRecords> Dispatcher<C> {
     ) {
         let then = flush::end_of_invoke(
             self.cfg.flush,
-            &self.history,
+            &self.invocations.history,
             self.cfg.flush_interval,
             self.cfg.max_delay,
             self.age.wall_age(),
@@ -336,7 +318,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 then,
                 reply,
             } => {
-                let done = self.last_runtime_done.as_deref() == Some(request_id.as_str());
+                let done = self.invocations.runtime_done(&request_id);
                 // With the buffer full we read no events, so runtimeDone
                 // cannot arrive: flush what we have instead of waiting.
                 if done || self.over_cap() || Instant::now() >= until {
@@ -380,13 +362,8 @@ impl<C: PutRecords> Dispatcher<C> {
     /// invocations run at once: the report of every one started, and a
     /// quiet spell (see `quiet_until`).
     fn last_telemetry_in(&self, since: Instant) -> bool {
-        match (self.model, &self.current_request) {
-            (Model::ManagedInstances, _) => {
-                self.open_requests.is_empty() && Instant::now() >= self.quiet_until(since)
-            }
-            (Model::Default, Some(id)) => self.last_report.as_deref() == Some(id.as_str()),
-            (Model::Default, None) => true,
-        }
+        self.invocations.all_reported()
+            && (self.model == Model::Default || Instant::now() >= self.quiet_until(since))
     }
 
     /// Managed Instances: what Lambda still buffered at SHUTDOWN arrives
@@ -490,46 +467,12 @@ impl<C: PutRecords> Dispatcher<C> {
         self.last_delivery = delivery.received;
         let queued_before = self.queue.len();
         for e in delivery.events {
-            match e.kind {
-                Kind::RuntimeDone => {
-                    self.last_runtime_done = e.request_id.clone();
-                    if let Some(ms) = telemetry::runtime_duration_ms(&e.json) {
-                        self.history.duration(ms);
-                    }
-                }
-                Kind::Report => {
-                    if let Some(id) = &e.request_id {
-                        self.open_requests.retain(|open| open != id);
-                    }
-                    self.last_report = e.request_id.clone();
-                }
-                Kind::Start if self.model == Model::ManagedInstances => {
-                    if let Some(id) = &e.request_id {
-                        if self.open_requests.len() >= MAX_OPEN_REQUESTS {
-                            // Reports lost (Lambda dropped them): forget the
-                            // oldest rather than grow.
-                            self.open_requests.remove(0);
-                        }
-                        self.open_requests.push(id.clone());
-                    }
-                }
-                Kind::LogsDropped => {
-                    if let Some((records, bytes)) = telemetry::logs_dropped(&e.json) {
-                        self.stats.lambda_dropped_records.add(records);
-                        self.stats.lambda_dropped_bytes.add(bytes);
-                        // Once at WARN: each log line is itself telemetry.
-                        let detail = format!("{records} records ({bytes} bytes) before delivering them: the sink or this extension fell behind; totals are in the metrics record");
-                        self.reported.warn(
-                            "platform.logsDropped",
-                            "Lambda dropped telemetry",
-                            &detail,
-                        );
-                    }
-                }
-                _ => {}
+            self.invocations.saw(&e);
+            if e.kind == Kind::LogsDropped {
+                self.lambda_dropped(&e.json);
             }
             let size = e.json.len();
-            let queued = match self.shaper.shape(e, self.current_request.as_deref()) {
+            let queued = match self.shaper.shape(e, self.invocations.current.as_deref()) {
                 Shaped::Filtered => {
                     self.stats.filtered_events.add(1);
                     false
@@ -559,11 +502,23 @@ impl<C: PutRecords> Dispatcher<C> {
         self.queue.release_body(added, delivery.body_bytes);
     }
 
+    /// Lambda reports (`platform.logsDropped`) telemetry it dropped.
+    fn lambda_dropped(&mut self, json: &str) {
+        if let Some((records, bytes)) = telemetry::logs_dropped(json) {
+            self.stats.lambda_dropped_records.add(records);
+            self.stats.lambda_dropped_bytes.add(bytes);
+            // Once at WARN: each log line is itself telemetry.
+            let detail = format!("{records} records ({bytes} bytes) before delivering them: the sink or this extension fell behind; totals are in the metrics record");
+            self.reported
+                .warn("platform.logsDropped", "Lambda dropped telemetry", &detail);
+        }
+    }
+
     /// Whether buffered data is sent by age now (periodic behaviour).
     fn periodic_now(&self) -> bool {
         let (mode, max_delay) = (self.cfg.flush, self.cfg.max_delay);
         let age = self.age.wall_age();
-        flush::periodic(mode, self.model, &self.history, max_delay, age)
+        flush::periodic(mode, self.model, &self.invocations.history, max_delay, age)
     }
 
     /// Whether the buffer holds as much as the memory cap allows.
@@ -588,7 +543,10 @@ impl<C: PutRecords> Dispatcher<C> {
         let context: Vec<(&str, &str)> =
             self.context.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let json = self.stats.metrics_event(&now, final_, &context);
-        let key = self.shaper.keys.key(None, self.current_request.as_deref());
+        let key = self
+            .shaper
+            .keys
+            .key(None, self.invocations.current.as_deref());
         self.queue.push(Record::new(json.into_bytes(), key));
         self.last_metrics = (self.age.thawed_now(), self.stats.records_sent.get());
     }

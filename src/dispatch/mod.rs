@@ -5,6 +5,7 @@
 pub mod age;
 pub mod dispatcher;
 pub mod flush;
+pub mod invocations;
 pub mod report;
 pub mod retry;
 pub mod send;
