@@ -24,7 +24,6 @@ mod base64;
 mod config;
 mod json;
 mod logging;
-mod md5;
 mod rng;
 mod slices;
 mod stats;

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::md5;
+use md5::{Digest, Md5};
 use crate::records::queue::{Limits, Queue, Record};
 
 /// The record format (`KINESIS_TELEMETRY_FORMAT`).
@@ -171,7 +171,7 @@ fn take_kpl(queue: &mut Queue, room: usize) -> Option<Wire> {
     let mut data = Vec::with_capacity(proto.len() + 20);
     data.extend_from_slice(&KPL_MAGIC);
     data.extend_from_slice(&proto);
-    data.extend_from_slice(&md5::digest(&proto));
+    data.extend_from_slice(&Md5::digest(&proto));
     Some(Wire {
         payload: Some(data),
         key: outer_key,
@@ -338,7 +338,7 @@ mod tests {
         let data = w.data();
         assert_eq!(data[..4], KPL_MAGIC);
         let proto = &data[4..data.len() - 16];
-        assert_eq!(data[data.len() - 16..], md5::digest(proto));
+        assert_eq!(data[data.len() - 16..], Md5::digest(proto)[..]);
         let f = fields(proto);
         let keys: Vec<String> = f
             .iter()
