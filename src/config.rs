@@ -220,6 +220,16 @@ settings! {
         accepts: Int { default: 1_000, min: 1, max: 300_000 },
         meaning: "Retry backoff cap.",
     };
+    PROBE_INTERVAL_MS = Setting {
+        var: "KINESIS_TELEMETRY_PROBE_INTERVAL_MS",
+        accepts: Int { default: 1_000, min: 1, max: 3_600_000 },
+        meaning: "While Kinesis refuses every request for a cause an operator can fix (records parked), the first wait before a probe request; it doubles after each refused probe.",
+    };
+    PROBE_MAX_MS = Setting {
+        var: "KINESIS_TELEMETRY_PROBE_MAX_MS",
+        accepts: Int { default: 60_000, min: 1, max: 3_600_000 },
+        meaning: "The longest wait between probes while records are parked.",
+    };
     CONNECT_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_CONNECT_TIMEOUT_MS",
         accepts: Int { default: 1_000, min: 10, max: 60_000 },
@@ -498,6 +508,9 @@ pub struct Config {
     pub metrics_interval: Option<Duration>,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// Parked records: the first wait before a probe, and the longest.
+    pub probe_interval: Duration,
+    pub probe_max: Duration,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// Pooled connections idle longer than this (freezes included) are not reused.
@@ -720,6 +733,8 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         metrics_interval: nonzero(r.millis(&METRICS_INTERVAL_MS)),
         backoff_base: r.millis(&BACKOFF_BASE_MS),
         backoff_cap: r.millis(&BACKOFF_CAP_MS),
+        probe_interval: r.millis(&PROBE_INTERVAL_MS),
+        probe_max: r.millis(&PROBE_MAX_MS),
         connect_timeout: r.millis(&CONNECT_TIMEOUT_MS),
         request_timeout: r.millis(&REQUEST_TIMEOUT_MS),
         connection_max_idle: r.millis(&CONNECTION_MAX_IDLE_MS),

@@ -79,6 +79,14 @@ counters! {
     dropped_rejected => "droppedRejected",
     /// Records still unsent when the shutdown deadline came.
     dropped_shutdown => "droppedShutdown",
+    /// Records kept (parked) while Kinesis refused every request for a cause
+    /// an operator can fix, still refused at SHUTDOWN: one counter per cause.
+    parked_requests => "parkedRequests",
+    dropped_access_denied => "droppedAccessDenied",
+    dropped_stream_not_found => "droppedStreamNotFound",
+    dropped_kms => "droppedKms",
+    dropped_credentials => "droppedCredentials",
+    dropped_signature => "droppedSignature",
     /// What Lambda reported dropping before it reached us (`platform.logsDropped`).
     lambda_dropped_records => "lambdaDroppedRecords",
     lambda_dropped_bytes => "lambdaDroppedBytes",

@@ -14,7 +14,7 @@ import pytest
 
 import emulators
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
-from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records
+from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records, shutdown_counters
 from fault_proxy import Faults, FaultProxy
 from lambda_sim import LambdaSim
 
@@ -95,7 +95,11 @@ def test_wrong_secret_is_refused_and_logged_clearly(ext_bin, moto):
     emulators.moto_disable_auth(moto)
     assert "SignatureDoesNotMatch" in err, err
     assert "AWS_SECRET_ACCESS_KEY" in err  # the log says what to check
-    assert err.count("ERROR PutRecords failed") == 1, err  # once, not per batch
+    assert err.count("ERROR PutRecords refused") == 1, err  # once, not per batch
+    # Parked (a secret can be fixed by a redeploy), never accepted: every
+    # record is counted under its cause at SHUTDOWN.
+    counters = shutdown_counters(err)
+    assert counters["droppedSignature"] == counters["eventsReceived"] + 1 > 1, counters
     assert moto.read_all(name) == []
 
 

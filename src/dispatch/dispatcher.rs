@@ -20,9 +20,10 @@ use crate::dispatch::age::BufferAge;
 use crate::dispatch::flush::{self, EndOfInvoke};
 use crate::dispatch::invocations::Invocations;
 use crate::dispatch::report::Reported;
-use crate::dispatch::retry::{Next, Round};
+use crate::dispatch::retry::{GaveUp, Next, Round};
 use crate::dispatch::send::Requests;
 use crate::kinesis::client::{KinesisClient, PutRecords};
+use crate::kinesis::error::Cause;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{self, Delivery, Kind};
 use crate::records::queue::{Queue, Record};
@@ -398,7 +399,9 @@ impl<C: PutRecords> Dispatcher<C> {
         self.flush_all(deadline);
         // The metrics record goes last, so it counts the final flush.
         self.enqueue_metrics(true);
-        self.flush_all(deadline);
+        if self.requests.parked().is_none() {
+            self.flush_all(deadline);
+        }
         self.drain_events();
         let left = self.queue.drain();
         // Deliveries answered 200 but still in the channel: ours, and lost
@@ -407,7 +410,22 @@ impl<C: PutRecords> Dispatcher<C> {
         for late in self.events.try_iter() {
             self.stats.dropped_shutdown.add(late.events.len() as u64);
         }
-        if !left.is_empty() {
+        if let (false, Some(cause)) = (left.is_empty(), self.requests.parked()) {
+            let counter = match cause {
+                Cause::AccessDenied => &self.stats.dropped_access_denied,
+                Cause::StreamNotFound => &self.stats.dropped_stream_not_found,
+                Cause::Kms => &self.stats.dropped_kms,
+                Cause::Credentials => &self.stats.dropped_credentials,
+                Cause::Signature => &self.stats.dropped_signature,
+            };
+            counter.add(left.len() as u64);
+            log::error!(
+                "shutdown: {} parked records ({} bytes) are lost: Kinesis still refused them ({cause:?}; last error: {})",
+                left.len(),
+                left.iter().map(Record::size).sum::<usize>(),
+                self.requests.last_error()
+            );
+        } else if !left.is_empty() {
             self.stats.dropped_shutdown.add(left.len() as u64);
             log::error!(
                 "shutdown deadline: {} records ({} bytes) could not be delivered in time and are lost (last error: {})",
@@ -601,6 +619,9 @@ impl<C: PutRecords> Dispatcher<C> {
     /// ends by `deadline`, or with `per_request` by `flush_timeout` after it
     /// starts (never past the `per_request` bound).
     fn send_due_until(&mut self, deadline: Instant, per_request: Option<Instant>) {
+        if !self.requests.probe_due() {
+            return; // parked: the probe is not due yet
+        }
         while !self.queue.is_empty() && Instant::now() < deadline {
             if !self.aged() && !self.full_request_due() {
                 return;
@@ -622,6 +643,11 @@ impl<C: PutRecords> Dispatcher<C> {
     /// the retrier gives up (then the rest waits for the next flush). The
     /// final flush gives up only when nothing can be sent.
     fn flush_all(&mut self, deadline: Instant) {
+        // Parked: no request before the probe is due (no post-runtime time),
+        // except the final flush's one last attempt.
+        if !self.final_flush && !self.requests.probe_due() {
+            return;
+        }
         self.requests.retrier().fresh_flush();
         loop {
             self.drain_events();
@@ -637,6 +663,10 @@ impl<C: PutRecords> Dispatcher<C> {
                 Next::Wait(wait) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     std::thread::sleep(wait.min(left));
+                }
+                next @ Next::GiveUp(GaveUp::Parked(_)) => {
+                    self.requests.retrier().hold(next);
+                    return;
                 }
                 Next::GiveUp(_) => return,
             }

@@ -451,3 +451,67 @@ fn on_managed_instances_data_goes_out_by_age_without_any_invoke() {
         assert_eq!(stats.dropped_shutdown.get(), 0);
     }
 }
+
+#[test]
+fn refused_for_a_fixable_cause_the_records_wait_and_probes_are_paced() {
+    // AccessDenied for the first three requests (the policy comes late).
+    let refused = Answer::Failed(answer_error("AccessDeniedException"));
+    let h = start(
+        &[
+            ("KINESIS_TELEMETRY_FLUSH", "end"),
+            ("KINESIS_TELEMETRY_PROBE_INTERVAL_MS", "100"),
+        ],
+        vec![refused.clone(), refused.clone(), refused],
+        Answer::Store,
+    );
+    let first = lines("p", 5);
+    h.invoke_with("r1", &first);
+    assert!(h.stored().is_empty());
+    // Invokes before the probe is due make no request at all.
+    let second = lines("q", 5);
+    h.invoke_with("r2", &second);
+    assert_eq!(
+        h.seen.lock().unwrap().requests,
+        1,
+        "no request before the probe is due"
+    );
+    // Later invokes probe (100 ms, then 200 ms) until one is accepted.
+    let mut sent = first.clone();
+    sent.extend(second.clone());
+    let until = Instant::now() + 5 * SEC;
+    let mut n = 0;
+    while telemetry(&h.stored()).len() < sent.len() && Instant::now() < until {
+        n += 1;
+        let more = lines(&format!("n{n}"), 1);
+        sent.extend(more.clone());
+        h.invoke_with(&format!("n{n}"), &more);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), sent, "all in order, none lost");
+    assert_eq!(stats.dropped_rejected.get(), 0);
+    assert_eq!(stats.parked_requests.get(), 3);
+    // 3 refused + 1 accepted probe + what followed: never a storm.
+    assert!(seen.requests <= 3 + n + 2, "{} requests", seen.requests);
+}
+
+#[test]
+fn still_refused_at_shutdown_the_records_are_counted_by_cause() {
+    let h = start(
+        &[("KINESIS_TELEMETRY_FLUSH", "end")],
+        vec![],
+        Answer::Failed(answer_error("ResourceNotFoundException")),
+    );
+    h.invoke_with("r1", &lines("s", 4));
+    let (seen, stats, took) = h.shutdown(2 * SEC);
+    assert!(seen.stored.is_empty());
+    // Four lines, their runtimeDone, the final metrics record.
+    assert_eq!(stats.dropped_stream_not_found.get(), 6);
+    assert_eq!(
+        stats.dropped_shutdown.get() + stats.dropped_rejected.get(),
+        0
+    );
+    // One request at the invoke's end, one last attempt at SHUTDOWN.
+    assert_eq!(seen.requests, 2);
+    assert!(took < SEC, "{took:?}");
+}

@@ -73,6 +73,9 @@ pub struct Policy {
     pub backoff_cap: Duration,
     /// Retry tokens (see `Budget`).
     pub budget: u32,
+    /// While parked: the first wait before a probe, doubling to `probe_max`.
+    pub probe_interval: Duration,
+    pub probe_max: Duration,
 }
 
 /// How one request (a round) ended, as far as retrying goes.
@@ -111,6 +114,9 @@ pub enum GaveUp {
     Attempts(u32),
     /// The retry budget is spent: the endpoint keeps failing.
     Budget,
+    /// Refused for a cause an operator can fix: the records stay, and one
+    /// probe request goes after this wait.
+    Parked(Duration),
 }
 
 /// Retry state across requests.
@@ -130,6 +136,8 @@ pub struct Retrier {
     resigned: bool,
     /// No background send before this (after a failed one).
     hold_until: Option<Instant>,
+    /// Parked: the wait before the next probe (`None`: not parked).
+    parked: Option<Duration>,
 }
 
 impl Retrier {
@@ -143,6 +151,7 @@ impl Retrier {
             after_thaw: false,
             resigned: false,
             hold_until: None,
+            parked: None,
         }
     }
 
@@ -160,8 +169,22 @@ impl Retrier {
             self.troubled_rounds = 0;
             self.failed_rounds = 0;
             self.hold_until = None;
+            self.parked = None;
             return Next::Go;
         };
+        if retry == Retry::Park {
+            // One probe per interval, the interval doubling: no storm, and
+            // the data is still there when the operator fixes the cause.
+            let p = self.policy;
+            let wait = self
+                .parked
+                .map_or(p.probe_interval, |d| d.saturating_mul(2))
+                .min(p.probe_max);
+            self.parked = Some(wait);
+            self.failed_rounds = 0;
+            self.troubled_rounds = 0;
+            return Next::GiveUp(GaveUp::Parked(wait));
+        }
         self.after_thaw = self.after_thaw && self.troubled_rounds == 0;
         self.troubled_rounds += 1;
         self.failed_rounds = if progress { 0 } else { self.failed_rounds + 1 };
@@ -194,8 +217,8 @@ impl Retrier {
         self.resigned = false;
     }
 
-    /// Whether a signature or credentials refusal is final: the second in a
-    /// row is (a wrong secret, not a skewed clock).
+    /// Whether a signature or credentials refusal is not worth an immediate
+    /// retry: the second in a row is (a wrong secret, not a skewed clock).
     pub fn refused_again(&mut self) -> bool {
         let again = self.resigned;
         self.resigned = !again;
@@ -204,9 +227,22 @@ impl Retrier {
 
     /// The sandbox thawed: connections from before the freeze may be dead,
     /// so a failure on one is retried at once rather than after a backoff.
+    /// (Parked records keep their probe time: a thaw is no reason to probe.)
     pub fn thawed(&mut self) {
-        self.hold_until = None;
+        if self.parked.is_none() {
+            self.hold_until = None;
+        }
         self.after_thaw = true;
+    }
+
+    /// Whether records are parked.
+    pub fn parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Whether sending may start now: not parked, or the probe is due.
+    pub fn probe_due(&self) -> bool {
+        self.parked.is_none() || self.hold_until.is_none_or(|t| Instant::now() >= t)
     }
 
     /// A flush starts: its backoff starts afresh, so an outage costs every
@@ -221,7 +257,7 @@ impl Retrier {
     pub fn hold(&mut self, next: Next) {
         let wait = match next {
             Next::Go => return,
-            Next::Wait(d) => d,
+            Next::Wait(d) | Next::GiveUp(GaveUp::Parked(d)) => d,
             Next::GiveUp(_) => self.policy.backoff_cap,
         };
         self.hold_until = Some(Instant::now() + wait);
@@ -297,6 +333,8 @@ mod tests {
             backoff_base: Duration::from_millis(10),
             backoff_cap: Duration::from_millis(1000),
             budget,
+            probe_interval: Duration::from_millis(100),
+            probe_max: Duration::from_millis(350),
         };
         Retrier::new(policy, Rng::seeded(7))
     }
@@ -427,5 +465,42 @@ mod tests {
         assert!(until >= before + Duration::from_millis(1000));
         r.thawed();
         assert_eq!(r.held_until(), None, "a thaw lifts the hold");
+    }
+
+    #[test]
+    fn parked_probes_at_growing_intervals_until_accepted() {
+        let mut r = retrier(3, 0);
+        let park = Round::Failed {
+            retry: Retry::Park,
+            progress: false,
+            blocked: false,
+        };
+        let ms = Duration::from_millis;
+        let waits: Vec<Next> = (0..4).map(|_| r.after(park, false)).collect();
+        let parked = |d| Next::GiveUp(GaveUp::Parked(d));
+        assert_eq!(
+            waits,
+            [
+                parked(ms(100)),
+                parked(ms(200)),
+                parked(ms(350)),
+                parked(ms(350))
+            ]
+        );
+        // Neither attempts nor an empty budget end parking; the final flush
+        // makes its one attempt and stops too.
+        assert_eq!(r.after(park, true), parked(ms(350)));
+        assert!(r.parked());
+        r.hold(parked(ms(350)));
+        assert!(!r.probe_due());
+        r.thawed();
+        assert!(!r.probe_due(), "a thaw does not bring the probe forward");
+        assert_eq!(r.after(Round::Done, false), Next::Go);
+        assert!(!r.parked() && r.probe_due());
+        assert_eq!(
+            r.after(park, false),
+            parked(ms(100)),
+            "a new cause starts afresh"
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::config::{Config, HashKeyMode};
 use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{GaveUp, Next, Policy, Retrier, Round};
 use crate::kinesis::client::{Outcome, PutRecords};
-use crate::kinesis::error::{Failure, Retry};
+use crate::kinesis::error::{Cause, Failure, Retry};
 use crate::kinesis::wire::{settle, RecordCodes};
 use crate::records::pack::{self, Format, Wire};
 use crate::records::queue::{Limits, Queue, Record};
@@ -31,6 +31,8 @@ pub struct Requests<C> {
     rng: Rng,
     /// The last retryable failure, for the logs when retries run out.
     last_error: Option<String>,
+    /// Why records are parked (`None`: they are not).
+    parked: Option<Cause>,
 }
 
 impl<C: PutRecords> Requests<C> {
@@ -40,6 +42,8 @@ impl<C: PutRecords> Requests<C> {
             backoff_base: cfg.backoff_base,
             backoff_cap: cfg.backoff_cap,
             budget: cfg.retry_budget,
+            probe_interval: cfg.probe_interval,
+            probe_max: cfg.probe_max,
         };
         Requests {
             client,
@@ -52,6 +56,7 @@ impl<C: PutRecords> Requests<C> {
             random_hash_keys: cfg.hash_key == HashKeyMode::Random,
             rng,
             last_error: None,
+            parked: None,
         }
     }
 
@@ -145,6 +150,12 @@ impl<C: PutRecords> Requests<C> {
     /// what it asks to resend back at the front of the queue.
     fn answered(&mut self, queue: &mut Queue, wires: Vec<Wire>, codes: RecordCodes) -> Round {
         self.retrier.answered();
+        if let Some(cause) = self.parked.take() {
+            log::info!(
+                "Kinesis accepts requests again ({cause:?} resolved): sending the {} parked records",
+                queue.len() + wires.len()
+            );
+        }
         let settled = settle(wires, codes);
         self.stats.kinesis_records.add(settled.stored as u64);
         self.stats.bytes_sent.add(settled.stored_bytes as u64);
@@ -185,7 +196,9 @@ impl<C: PutRecords> Requests<C> {
             self.reported.error(f.code(), &what, &detail);
             return Round::Done;
         }
-        if sent == Sent::No {
+        if retry == Retry::Park {
+            self.park(&f, members.len());
+        } else if sent == Sent::No {
             // Nothing went out (no credentials): retrying now cannot help;
             // the next flush tries again.
             self.reported
@@ -207,20 +220,46 @@ impl<C: PutRecords> Requests<C> {
         }
     }
 
+    /// Records stay buffered behind a refusal an operator can fix: says so
+    /// once per code, with what to do.
+    fn park(&mut self, f: &Failure, records: usize) {
+        self.stats.parked_requests.add(1);
+        if self.parked.is_none() {
+            log::debug!("parking {records} records behind {f}");
+        }
+        self.parked = Cause::of(f.code()).or(Some(Cause::Credentials));
+        let what = "PutRecords refused; records are kept and sent once a probe request is accepted";
+        let detail = format!("{f}; to fix: {}", f.advice());
+        self.reported.error(f.code(), what, &detail);
+    }
+
+    /// Why records are parked, if they are.
+    pub fn parked(&self) -> Option<Cause> {
+        self.parked
+    }
+
+    /// Whether sending may start now: not parked, or a probe is due.
+    pub fn probe_due(&self) -> bool {
+        self.retrier.probe_due()
+    }
+
     /// How to treat a whole-request failure. Signature refusals are re-signed
-    /// once (clock skew) and final the second time in a row (a wrong secret);
-    /// expired credentials are refreshed when they come from an endpoint.
+    /// once (clock skew), expired credentials refreshed when they come from
+    /// an endpoint; a second refusal in a row, or one while parked, parks.
     fn retry_for(&mut self, f: &Failure) -> Retry {
         let retry = f.retry();
         if !matches!(retry, Retry::Resign | Retry::RefreshCredentials) {
             return retry;
+        }
+        if self.retrier.parked() {
+            return Retry::Park; // one request per probe interval
         }
         if retry == Retry::RefreshCredentials && self.client.refresh_credentials() {
             log::info!("Kinesis answered {}: fetching new credentials", f.code());
             return retry;
         }
         if self.retrier.refused_again() {
-            return Retry::Never;
+            return Retry::Park;
         }
         retry
     }

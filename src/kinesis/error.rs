@@ -98,6 +98,10 @@ pub enum Retry {
     Resign,
     /// Credentials expired: refresh them, then retry.
     RefreshCredentials,
+    /// Refused for a cause an operator can fix while the environment lives
+    /// (a policy, the stream, the KMS key, credentials): keep the records
+    /// and probe now and then until a request is accepted.
+    Park,
     /// Retrying cannot help: the records are lost and counted.
     Never,
 }
@@ -144,10 +148,53 @@ pub fn classify(status: u16, code: &str) -> Retry {
         | "ServiceUnavailable"
         | "RequestTimeout"
         | "RequestTimeoutException" => Retry::Transient,
+        code if Cause::of(code).is_some() => Retry::Park,
         _ if status == 429 => Retry::Throttled,
         _ if status >= 500 => Retry::Transient,
         _ if status == 408 => Retry::Transient,
         _ => Retry::Never,
+    }
+}
+
+/// Why requests are parked: a refusal of the whole request that an operator
+/// can fix while the environment lives. Each has its own loss counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    /// The role lacks kinesis:PutRecords (a policy attached late).
+    AccessDenied,
+    /// The stream does not exist (yet) or is being updated.
+    StreamNotFound,
+    /// The stream's KMS key: access, disabled, not found, invalid state, opt-in.
+    Kms,
+    /// Credentials refused and not refreshable.
+    Credentials,
+    /// The signature refused again after re-signing.
+    Signature,
+}
+
+impl Cause {
+    /// The cause of a whole-request refusal with this code, if parkable.
+    pub fn of(code: &str) -> Option<Cause> {
+        Some(match code {
+            "AccessDeniedException" | "AccessDenied" => Cause::AccessDenied,
+            "ResourceNotFoundException" | "ResourceInUseException" => Cause::StreamNotFound,
+            "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSNotFoundException"
+            | "KMSInvalidStateException"
+            | "KMSOptInRequired" => Cause::Kms,
+            "ExpiredToken"
+            | "ExpiredTokenException"
+            | "InvalidClientTokenId"
+            | "UnrecognizedClientException" => Cause::Credentials,
+            "RequestExpired"
+            | "RequestTimeTooSkewed"
+            | "InvalidSignatureException"
+            | "SignatureDoesNotMatch"
+            | "IncompleteSignature"
+            | "RequestInTheFuture" => Cause::Signature,
+            _ => return None,
+        })
     }
 }
 
@@ -191,9 +238,14 @@ mod tests {
     fn classification() {
         assert_eq!(classify(400, "KMSThrottlingException"), Retry::Throttled);
         assert_eq!(classify(400, "LimitExceededException"), Retry::Throttled);
-        assert_eq!(classify(400, "AccessDeniedException"), Retry::Never);
+        assert_eq!(classify(400, "AccessDeniedException"), Retry::Park);
+        assert_eq!(classify(400, "ResourceNotFoundException"), Retry::Park);
         assert_eq!(classify(400, "ValidationException"), Retry::Never);
-        assert_eq!(classify(400, "KMSDisabledException"), Retry::Never);
+        assert_eq!(classify(400, "KMSDisabledException"), Retry::Park);
+        assert_eq!(classify(400, "KMSThrottlingException"), Retry::Throttled);
+        assert_eq!(Cause::of("KMSOptInRequired"), Some(Cause::Kms));
+        assert_eq!(Cause::of("SignatureDoesNotMatch"), Some(Cause::Signature));
+        assert_eq!(Cause::of("ValidationException"), None);
         assert_eq!(
             classify(400, "ExpiredTokenException"),
             Retry::RefreshCredentials

@@ -339,7 +339,7 @@ mod tests {
         );
         let Err(Failure::Answer(e)) = r else { panic!() };
         assert_eq!(e.code, "ResourceNotFoundException");
-        assert_eq!(classify(e.status, &e.code), Retry::Never);
+        assert_eq!(classify(e.status, &e.code), Retry::Park);
         assert!(Failure::Answer(e.clone())
             .advice()
             .contains("KINESIS_TELEMETRY_STREAM"));

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use md5::{Digest, Md5};
 use crate::records::queue::{Limits, Queue, Record};
+use md5::{Digest, Md5};
 
 /// The record format (`KINESIS_TELEMETRY_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,6 +5,8 @@
 
 use serde::Deserialize;
 
+use std::fmt::Write;
+
 use crate::config::{Config, PartitionKeyMode, Types, LEVELS};
 use crate::json::push_string;
 use crate::lambda::model::Model;
@@ -41,6 +43,8 @@ pub struct Shaper {
     logs_name_their_request: bool,
     /// Records carry their request (enrichment, or request partition keys).
     needs_request: bool,
+    /// Enveloped records shaped so far (their `id`s).
+    sequence: u64,
 }
 
 impl Shaper {
@@ -79,6 +83,7 @@ impl Shaper {
             invocation: None,
             logs_name_their_request: model == Model::ManagedInstances,
             needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request,
+            sequence: 0,
         }
     }
 
@@ -114,6 +119,15 @@ impl Shaper {
                 let mut s = String::with_capacity(head.len() + e.json.len() + 80);
                 s.push('{');
                 s.push_str(head);
+                // A stable identity: the same on every resend of this
+                // record, unique in the environment (README "Duplicates").
+                self.sequence += 1;
+                let _ = write!(
+                    s,
+                    "\"id\":\"{}-{}\",",
+                    self.keys.environment(),
+                    self.sequence
+                );
                 s.push_str("\"requestId\":");
                 match request {
                     Some(r) => push_string(&mut s, r),
@@ -260,6 +274,16 @@ mod tests {
             assert_eq!(v["accountId"], "1");
             assert_eq!(v["environmentId"], env_key.as_str());
         }
+        let ids: std::collections::HashSet<String> = out
+            .iter()
+            .map(|o| serde_json::from_str::<serde_json::Value>(o).unwrap()["id"].to_string())
+            .collect();
+        assert_eq!(ids.len(), out.len(), "one id per record");
+        assert!(
+            out[0].contains(&format!(r#""id":"{env_key}-1""#)),
+            "{}",
+            out[0]
+        );
         let req = |i: usize| {
             serde_json::from_str::<serde_json::Value>(&out[i]).unwrap()["requestId"].clone()
         };
