@@ -238,6 +238,9 @@ def test_huge_heads_are_not_held(ext_bin, kinesalite, what):
     assert m["refusedRequests"] == 1, m
 
 
+# Timing: the front door sheds requests slower than 250 ms; under parallel
+# load Lambda's own delivery can be that slow and be shed (then redelivered).
+@pytest.mark.timing
 def test_stalled_bodies_stay_within_the_bodies_in_flight_bound(ext_bin, kinesalite):
     """31 connections that each send just short of a 4 MiB body and stall (they held
     127 MiB before): at most 2 x KINESIS_TELEMETRY_MAX_BODY_BYTES of bodies is held
