@@ -188,7 +188,7 @@ settings! {
     ENRICH = Setting {
         var: "KINESIS_TELEMETRY_ENRICH",
         accepts: Word { default: "false", words: &["false", "true"] },
-        meaning: "Wrap each event in an envelope with function name, version, region, account id, environment id and request id",
+        meaning: "Wrap each event in an envelope with function name, version, region, account id, environment id, a record id and request id",
     };
     SHUTDOWN_WAIT_MS = Setting {
         var: "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
@@ -276,7 +276,7 @@ settings! {
     AWS_ENDPOINT_URL_KINESIS = Setting {
         var: "AWS_ENDPOINT_URL_KINESIS",
         accepts: Other {
-            default: "`https://kinesis.{region}.amazonaws.com` (`.com.cn` in China regions)",
+            default: "`https://kinesis.{region}.amazonaws.com` (`.com.cn` in China regions; FIPS, dual-stack and stream ARNs below)",
             range: "http(s) URL with an ASCII host (or `[IPv6]`) and an optional port 1–65535",
         },
         meaning: "Endpoint override (VPC endpoints, FIPS, local emulators).",
@@ -285,6 +285,16 @@ settings! {
         var: "AWS_ENDPOINT_URL",
         accepts: Other { default: "(unset)", range: "as `AWS_ENDPOINT_URL_KINESIS`" },
         meaning: "Used when `AWS_ENDPOINT_URL_KINESIS` is unset.",
+    };
+    AWS_USE_FIPS_ENDPOINT = Setting {
+        var: "AWS_USE_FIPS_ENDPOINT",
+        accepts: Word { default: "false", words: &["false", "true"] },
+        meaning: "Use the FIPS endpoint, resolved as the AWS SDKs do (an endpoint URL above wins).",
+    };
+    AWS_USE_DUALSTACK_ENDPOINT = Setting {
+        var: "AWS_USE_DUALSTACK_ENDPOINT",
+        accepts: Word { default: "false", words: &["false", "true"] },
+        meaning: "Use the dual-stack (IPv4 and IPv6) endpoint, resolved as the AWS SDKs do (an endpoint URL above wins).",
     };
     AWS_ACCESS_KEY_ID = Setting {
         var: "AWS_ACCESS_KEY_ID",
@@ -350,6 +360,11 @@ settings! {
         var: "AWS_LAMBDA_LOG_LEVEL",
         accepts: Other { default: "`INFO`", range: "`TRACE`…`FATAL`" },
         meaning: "Lambda's log level control, used when `RUST_LOG` is unset.",
+    };
+    AWS_LAMBDA_LOG_FORMAT = Setting {
+        var: "AWS_LAMBDA_LOG_FORMAT",
+        accepts: Other { default: "`Text`", range: "`Text`, `JSON`" },
+        meaning: "Lambda's log format control: with `JSON` the extension's own log lines are JSON objects (`timestamp`, `level`, `message`, `extension`).",
     };
 }
 
@@ -676,7 +691,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let region = region(&mut r, &stream);
     let request_bytes; // set in MAX_BYTES_PER_REQUEST's turn: MAX_RECORD_BYTES needs it
     let config = Config {
-        endpoint: endpoint(&mut r, &region),
+        endpoint: endpoint(&mut r, &region, &stream),
         stream,
         region,
         credentials: credentials_source(&mut r),
@@ -810,7 +825,7 @@ fn region(r: &mut Reader, stream: &StreamTarget) -> String {
     region
 }
 
-fn endpoint(r: &mut Reader, region: &str) -> String {
+fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {
     let set = [&AWS_ENDPOINT_URL_KINESIS, &AWS_ENDPOINT_URL]
         .into_iter()
         .find_map(|s| r.raw(s).map(|url| (s, url)));
@@ -826,8 +841,22 @@ fn endpoint(r: &mut Reader, region: &str) -> String {
                 String::new()
             }
         },
-        None if region.contains("cn-") => format!("https://kinesis.{region}.amazonaws.com.cn"),
-        None => format!("https://kinesis.{region}.amazonaws.com"),
+        None => {
+            let fips = r.word(&AWS_USE_FIPS_ENDPOINT) == "true";
+            let dual_stack = r.word(&AWS_USE_DUALSTACK_ENDPOINT) == "true";
+            match crate::kinesis::endpoint::resolve(region, stream, fips, dual_stack) {
+                Ok(url) => url,
+                Err(problem) => {
+                    let s = match dual_stack {
+                        true => &AWS_USE_DUALSTACK_ENDPOINT,
+                        false => &STREAM,
+                    };
+                    let value = r.raw(s);
+                    r.fail(s, value, problem);
+                    String::new()
+                }
+            }
+        }
     }
 }
 
@@ -1222,6 +1251,41 @@ mod tests {
         assert_eq!(c.stream, StreamTarget::Arn(arn.into()));
         let e = errors(&[("KINESIS_TELEMETRY_STREAM", "arn:aws:s3:::bucket")]);
         assert_eq!(e[0].var, "KINESIS_TELEMETRY_STREAM");
+    }
+
+    #[test]
+    fn fips_and_dual_stack_resolve_unless_an_endpoint_is_set() {
+        let c = from_env(&env(&[
+            ("AWS_USE_FIPS_ENDPOINT", "TRUE"),
+            ("AWS_REGION", "us-gov-west-1"),
+            ("AWS_USE_DUALSTACK_ENDPOINT", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(c.endpoint, "https://kinesis-fips.us-gov-west-1.api.aws");
+        let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/s";
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_STREAM", arn),
+            ("AWS_REGION", "eu-west-1"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            c.endpoint,
+            "https://123456789012.data-kinesis.eu-west-1.amazonaws.com"
+        );
+        let c = from_env(&env(&[
+            ("AWS_USE_FIPS_ENDPOINT", "true"),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567"),
+        ]))
+        .unwrap();
+        assert_eq!(c.endpoint, "http://127.0.0.1:4567", "an endpoint URL wins");
+        let e = errors(&[("AWS_USE_FIPS_ENDPOINT", "yes")]);
+        assert_eq!(e[0].var, "AWS_USE_FIPS_ENDPOINT");
+        let e = errors(&[
+            ("AWS_REGION", "us-iso-east-1"),
+            ("AWS_USE_DUALSTACK_ENDPOINT", "true"),
+        ]);
+        assert_eq!(e[0].var, "AWS_USE_DUALSTACK_ENDPOINT");
+        assert!(e[0].to_string().contains("no dual-stack"), "{}", e[0]);
     }
 
     #[test]

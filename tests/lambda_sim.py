@@ -1062,6 +1062,10 @@ class LambdaSim:
         })
         if self.managed_instances and not self.lmi_init_type_env:
             del env["AWS_LAMBDA_INITIALIZATION_TYPE"]
+        # Lambda's advanced logging controls: the log format reaches the
+        # extension's environment too (LMI forces JSON).
+        if self.log_format == "json":
+            env["AWS_LAMBDA_LOG_FORMAT"] = "JSON"
         for k, v in self.user_env.items():
             if v is None:
                 env.pop(k, None)

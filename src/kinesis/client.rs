@@ -72,6 +72,8 @@ pub struct KinesisClient {
     /// is an mmap, a page fault per page and an munmap with a TLB shootdown
     /// (musl's malloc maps large blocks directly).
     body: Vec<u8>,
+    /// The HTTP proxy requests go through, for error messages.
+    proxy: Option<String>,
 }
 
 /// Body buffers larger than this are released after the request instead of
@@ -118,6 +120,7 @@ impl KinesisClient {
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.connection_max_idle,
             body: Vec::new(),
+            proxy: proxy_for(&cfg.endpoint),
         }
     }
 
@@ -182,7 +185,10 @@ impl KinesisClient {
         let mut resp = match req.send(body) {
             Ok(r) => r,
             Err(e) => {
-                let failure = Failure::Transport(e.to_string());
+                let failure = Failure::Transport(match &self.proxy {
+                    Some(p) => format!("{e} (through the proxy {p})"),
+                    None => e.to_string(),
+                });
                 return match never_sent(&e) {
                     true => Outcome::Failed(failure),
                     false => Outcome::MaybeDelivered(failure),
@@ -212,6 +218,20 @@ impl KinesisClient {
             Err(f) => Outcome::Failed(f),
         }
     }
+}
+
+/// The HTTP proxy `PutRecords` to `endpoint` go through: ureq reads
+/// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (and lower-case forms) and
+/// `NO_PROXY` as curl does. Described without its credentials; `None` when
+/// no proxy applies. (The Extensions API and the listener never use one.)
+pub fn proxy_for(endpoint: &str) -> Option<String> {
+    let proxy = ureq::Proxy::try_from_env()?;
+    let uri: Uri = endpoint.parse().ok()?;
+    if proxy.is_no_proxy(&uri) {
+        return None;
+    }
+    let scheme = format!("{:?}", proxy.protocol()).to_ascii_lowercase();
+    Some(format!("{scheme}://{}:{}", proxy.host(), proxy.port()))
 }
 
 fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {

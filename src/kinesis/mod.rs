@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod credentials;
+pub mod endpoint;
 pub mod error;
 pub mod sigv4;
 pub mod wire;

@@ -1,0 +1,295 @@
+//! Which URL `PutRecords` goes to when none is configured: the AWS SDKs'
+//! endpoint rules for Kinesis (as of aws-sdk-go-v2's
+//! `service/kinesis/endpoints.go`), for the `aws`, `aws-cn`, `aws-us-gov`,
+//! `aws-iso` and `aws-iso-b` partitions, with `AWS_USE_FIPS_ENDPOINT` and
+//! `AWS_USE_DUALSTACK_ENDPOINT`. A configured endpoint URL wins over all of
+//! this (README "Configuration").
+
+use crate::config::StreamTarget;
+
+/// A partition's DNS suffixes.
+struct Partition {
+    name: &'static str,
+    dns: &'static str,
+    /// `None`: the partition has no dual-stack endpoints.
+    dual_stack: Option<&'static str>,
+}
+
+fn partition(region: &str) -> Partition {
+    let (name, dns, dual_stack) = if region.starts_with("cn-") {
+        (
+            "aws-cn",
+            "amazonaws.com.cn",
+            Some("api.amazonwebservices.com.cn"),
+        )
+    } else if region.starts_with("us-gov-") {
+        ("aws-us-gov", "amazonaws.com", Some("api.aws"))
+    } else if region.starts_with("us-isob-") {
+        ("aws-iso-b", "sc2s.sgov.gov", None)
+    } else if region.starts_with("us-iso-") {
+        ("aws-iso", "c2s.ic.gov", None)
+    } else {
+        ("aws", "amazonaws.com", Some("api.aws"))
+    };
+    Partition {
+        name,
+        dns,
+        dual_stack,
+    }
+}
+
+/// The endpoint URL for `region`, or why there is none.
+pub fn resolve(
+    region: &str,
+    stream: &StreamTarget,
+    fips: bool,
+    dual_stack: bool,
+) -> Result<String, String> {
+    let p = partition(region);
+    let suffix = match (dual_stack, p.dual_stack) {
+        (false, _) => p.dns,
+        (true, Some(ds)) => ds,
+        (true, None) => {
+            return Err(format!(
+                "AWS_USE_DUALSTACK_ENDPOINT is set but the {} partition ({region}) has no dual-stack endpoints",
+                p.name
+            ))
+        }
+    };
+    let fips_part = if fips { "-fips" } else { "" };
+    // A stream ARN sends data-plane calls to the stream's account endpoint
+    // (not in the ISO partitions). The host takes the client's region.
+    if let (StreamTarget::Arn(arn), false) = (stream, p.name.starts_with("aws-iso")) {
+        let account = arn_account(arn, p.name)?;
+        return Ok(format!(
+            "https://{account}.data-kinesis{fips_part}.{region}.{suffix}"
+        ));
+    }
+    // GovCloud's regional endpoints are FIPS endpoints already.
+    if fips && !dual_stack && p.name == "aws-us-gov" {
+        return Ok(format!("https://kinesis.{region}.{suffix}"));
+    }
+    Ok(format!("https://kinesis{fips_part}.{region}.{suffix}"))
+}
+
+/// The account id of a Kinesis stream ARN in `partition`.
+fn arn_account<'a>(arn: &'a str, partition: &str) -> Result<&'a str, String> {
+    let parts: Vec<&str> = arn.splitn(6, ':').collect();
+    let [_, arn_partition, _, _, account, _] = parts[..] else {
+        return Err(format!("the stream ARN {arn:?} cannot be parsed"));
+    };
+    if arn_partition != partition {
+        return Err(format!(
+            "the stream ARN is in partition {arn_partition} but AWS_REGION is in {partition}"
+        ));
+    }
+    if account.is_empty() || !account.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("the stream ARN {arn:?} has no valid account id"));
+    }
+    Ok(account)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(region: &str, fips: bool, ds: bool) -> String {
+        resolve(region, &StreamTarget::Name("s".into()), fips, ds).unwrap()
+    }
+
+    fn arn(region: &str, arn: &str, fips: bool, ds: bool) -> Result<String, String> {
+        resolve(region, &StreamTarget::Arn(arn.into()), fips, ds)
+    }
+
+    /// Cases from aws-sdk-go-v2's `service/kinesis/endpoints_test.go`
+    /// (TestEndpointCaseN), the SDKs' shared endpoint tests.
+    #[test]
+    fn regional_endpoints_as_the_sdks_resolve_them() {
+        let cases = [
+            (
+                "us-east-1",
+                false,
+                false,
+                "https://kinesis.us-east-1.amazonaws.com",
+            ), // 18
+            (
+                "us-east-1",
+                true,
+                false,
+                "https://kinesis-fips.us-east-1.amazonaws.com",
+            ), // 19
+            (
+                "us-east-1",
+                true,
+                true,
+                "https://kinesis-fips.us-east-1.api.aws",
+            ), // 26
+            (
+                "us-east-1",
+                false,
+                true,
+                "https://kinesis.us-east-1.api.aws",
+            ), // 27
+            (
+                "us-west-2",
+                true,
+                false,
+                "https://kinesis-fips.us-west-2.amazonaws.com",
+            ), // 25
+            (
+                "cn-north-1",
+                false,
+                false,
+                "https://kinesis.cn-north-1.amazonaws.com.cn",
+            ), // 28
+            (
+                "cn-northwest-1",
+                false,
+                false,
+                "https://kinesis.cn-northwest-1.amazonaws.com.cn",
+            ), // 29
+            (
+                "cn-north-1",
+                true,
+                true,
+                "https://kinesis-fips.cn-north-1.api.amazonwebservices.com.cn",
+            ), // 30
+            (
+                "cn-north-1",
+                true,
+                false,
+                "https://kinesis-fips.cn-north-1.amazonaws.com.cn",
+            ), // 31
+            (
+                "cn-north-1",
+                false,
+                true,
+                "https://kinesis.cn-north-1.api.amazonwebservices.com.cn",
+            ), // 32
+            (
+                "us-gov-east-1",
+                false,
+                false,
+                "https://kinesis.us-gov-east-1.amazonaws.com",
+            ), // 33
+            (
+                "us-gov-east-1",
+                true,
+                false,
+                "https://kinesis.us-gov-east-1.amazonaws.com",
+            ), // 34
+            (
+                "us-gov-west-1",
+                false,
+                false,
+                "https://kinesis.us-gov-west-1.amazonaws.com",
+            ), // 35
+            (
+                "us-gov-west-1",
+                true,
+                false,
+                "https://kinesis.us-gov-west-1.amazonaws.com",
+            ), // 36
+            (
+                "us-gov-east-1",
+                true,
+                true,
+                "https://kinesis-fips.us-gov-east-1.api.aws",
+            ), // 37
+            (
+                "us-gov-east-1",
+                false,
+                true,
+                "https://kinesis.us-gov-east-1.api.aws",
+            ), // 38
+            (
+                "us-iso-east-1",
+                true,
+                false,
+                "https://kinesis-fips.us-iso-east-1.c2s.ic.gov",
+            ), // 41
+        ];
+        for (region, fips, ds, want) in cases {
+            assert_eq!(name(region, fips, ds), want, "{region} fips={fips} ds={ds}");
+        }
+        let e = resolve(
+            "us-iso-east-1",
+            &StreamTarget::Name("s".into()),
+            false,
+            true,
+        );
+        assert!(e.unwrap_err().contains("no dual-stack"));
+    }
+
+    #[test]
+    fn stream_arns_go_to_the_account_data_endpoint() {
+        let a = "arn:aws:kinesis:us-east-1:123:stream/test-stream";
+        let cases = [
+            (
+                "us-east-1",
+                a,
+                false,
+                false,
+                "https://123.data-kinesis.us-east-1.amazonaws.com",
+            ), // 61
+            (
+                "us-east-1",
+                a,
+                true,
+                false,
+                "https://123.data-kinesis-fips.us-east-1.amazonaws.com",
+            ), // 62
+            (
+                "us-west-1",
+                "arn:aws:kinesis:us-west-1:123:stream/test-stream",
+                false,
+                true,
+                "https://123.data-kinesis.us-west-1.api.aws",
+            ), // 65
+            (
+                "us-east-1",
+                "arn:aws:kinesis:us-west-1:123:stream/testStream",
+                false,
+                false,
+                "https://123.data-kinesis.us-east-1.amazonaws.com",
+            ), // 67: the client's region
+            (
+                "cn-northwest-1",
+                "arn:aws-cn:kinesis:cn-northwest-1:123:stream/test-stream",
+                true,
+                true,
+                "https://123.data-kinesis-fips.cn-northwest-1.api.amazonwebservices.com.cn",
+            ), // 69
+            (
+                "us-iso-east-1",
+                "arn:aws-iso:kinesis:us-iso-east-1:123:stream/test-stream",
+                false,
+                false,
+                "https://kinesis.us-iso-east-1.c2s.ic.gov",
+            ), // 70: no account endpoints in ISO
+        ];
+        for (region, stream, fips, ds, want) in cases {
+            assert_eq!(
+                arn(region, stream, fips, ds).unwrap(),
+                want,
+                "{region} {stream}"
+            );
+        }
+        // 51: partitions must match
+        let e = arn(
+            "us-gov-west-1",
+            "arn:aws:kinesis:us-west-2:123456789012:stream/testStream",
+            false,
+            false,
+        );
+        assert!(e.unwrap_err().contains("partition aws"));
+        // 55: an account id is needed
+        let e = arn(
+            "us-east-1",
+            "arn:aws:kinesis:us-east-1::stream/testStream",
+            false,
+            false,
+        );
+        assert!(e.unwrap_err().contains("no valid account id"));
+    }
+}
