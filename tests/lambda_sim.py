@@ -1305,12 +1305,7 @@ class LambdaSim:
                        "the extension to wait in event/next before INVOKE")
         rid = str(uuid.uuid4())
         self.request_ids.append(rid)
-        trace_value = (f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
-                       f"Parent={secrets.token_hex(8)};Sampled=1")
-        tracing = {"spanId": secrets.token_hex(8), "type": "X-Amzn-Trace-Id", "value": trace_value}
-        arn = f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
-        if self.function_version != "$LATEST":
-            arn += f":{self.function_version}"
+        tracing, arn = self._tracing_and_arn()
         t0 = time.perf_counter()
         epoch0 = time.time()
         deadline_pc = t0 + self.timeout_ms / 1000.0
@@ -1321,7 +1316,7 @@ class LambdaSim:
                 "deadlineMs": int(epoch0 * 1000) + self.timeout_ms,
                 "requestId": rid,
                 "invokedFunctionArn": arn,
-                "tracing": {"type": "X-Amzn-Trace-Id", "value": trace_value},
+                "tracing": {"type": "X-Amzn-Trace-Id", "value": tracing["value"]},
             })
         self._emit("platform.start", {"requestId": rid, "version": self.function_version, "tracing": tracing})
 
@@ -1537,15 +1532,20 @@ class LambdaSim:
             self._phase = "ready"
         return results, events, t_last - t0, max_lag
 
-    def _lmi_invocation(self, log_lines: int, line_kinds: tuple, line_factory):
-        """Generator: one LMI invocation, one event emitted per step; returns its InvokeResult."""
-        rid = self._new_id()
+    def _tracing_and_arn(self) -> tuple[dict, str]:
+        """A fresh X-Ray tracing header, and the function's ARN (qualified unless $LATEST)."""
         trace_value = (f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};"
                        f"Parent={secrets.token_hex(8)};Sampled=1")
         tracing = {"spanId": secrets.token_hex(8), "type": "X-Amzn-Trace-Id", "value": trace_value}
         arn = f"arn:aws:lambda:{self.region}:{self.account_id}:function:{self.function_name}"
         if self.function_version != "$LATEST":
             arn += f":{self.function_version}"
+        return tracing, arn
+
+    def _lmi_invocation(self, log_lines: int, line_kinds: tuple, line_factory):
+        """Generator: one LMI invocation, one event emitted per step; returns its InvokeResult."""
+        rid = self._new_id()
+        tracing, arn = self._tracing_and_arn()
         with self._cv:
             self.request_ids.append(rid)
             self._in_flight.add(rid)
