@@ -286,6 +286,11 @@ settings! {
         accepts: Other { default: "(unset)", range: "as `AWS_ENDPOINT_URL_KINESIS`" },
         meaning: "Used when `AWS_ENDPOINT_URL_KINESIS` is unset.",
     };
+    AWS_CA_BUNDLE = Setting {
+        var: "AWS_CA_BUNDLE",
+        accepts: Other { default: "(unset)", range: "a readable PEM file" },
+        meaning: "Certificates trusted for Kinesis in addition to the built-in roots (a private CA, a TLS-inspecting proxy), as the AWS CLI and SDKs do.",
+    };
     AWS_USE_FIPS_ENDPOINT = Setting {
         var: "AWS_USE_FIPS_ENDPOINT",
         accepts: Word { default: "false", words: &["false", "true"] },
@@ -487,6 +492,9 @@ pub struct Config {
     pub region: String,
     /// Base URL of the Kinesis API, without a trailing slash.
     pub endpoint: String,
+    /// `AWS_CA_BUNDLE`: a PEM file whose certificates are trusted too (read
+    /// when the Kinesis client is made).
+    pub ca_bundle: Option<String>,
     pub credentials: CredentialsSource,
     pub types: Types,
     pub buffering: Buffering,
@@ -692,6 +700,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let request_bytes; // set in MAX_BYTES_PER_REQUEST's turn: MAX_RECORD_BYTES needs it
     let config = Config {
         endpoint: endpoint(&mut r, &region, &stream),
+        ca_bundle: ca_bundle(&mut r),
         stream,
         region,
         credentials: credentials_source(&mut r),
@@ -823,6 +832,23 @@ fn region(r: &mut Reader, stream: &StreamTarget) -> String {
         r.fail(&AWS_REGION, value, "an AWS region such as us-east-1");
     }
     region
+}
+
+/// `AWS_CA_BUNDLE`: only opened here (one syscall); read and parsed later,
+/// off the cold-start path.
+fn ca_bundle(r: &mut Reader) -> Option<String> {
+    let path = r.raw(&AWS_CA_BUNDLE)?;
+    match std::fs::File::open(&path) {
+        Ok(_) => Some(path),
+        Err(e) => {
+            r.fail(
+                &AWS_CA_BUNDLE,
+                Some(path),
+                format!("a readable PEM file ({e})"),
+            );
+            None
+        }
+    }
 }
 
 fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {

@@ -144,3 +144,113 @@ def test_a_dead_proxy_is_named_in_the_connection_errors(ext_bin, kinesalite):
     err = sim.stderr_text()
     assert f"(through the proxy http://127.0.0.1:{dead})" in err, err[-3000:]
     assert PROXY_PASSWORD not in err
+
+
+# ----------------------------------------------------------------------------- private CA
+
+class TlsTerminator:
+    """TLS in front of kinesalite (plain HTTP) with a certificate for `localhost`
+    issued by a private CA made by trustme; relays bytes both ways."""
+
+    def __init__(self, upstream_port: int, tmp_path):
+        import ssl
+        import threading
+
+        import trustme
+        self.ca = trustme.CA()
+        self.ca_file = tmp_path / "private-ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.ca_file))
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ca.issue_cert("localhost").configure_cert(ctx)
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        self.upstream = upstream_port
+        self.handshake_failures = 0
+        self.connections = 0
+
+        def pump(a, b):
+            try:
+                while data := a.recv(65536):
+                    b.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (a, b):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+        def serve():
+            while True:
+                try:
+                    raw, _ = self.lsock.accept()
+                except OSError:
+                    return
+                try:
+                    tls = ctx.wrap_socket(raw, server_side=True)
+                except (ssl.SSLError, OSError):
+                    self.handshake_failures += 1
+                    raw.close()
+                    continue
+                self.connections += 1
+                up = socket.create_connection(("127.0.0.1", self.upstream))
+                threading.Thread(target=pump, args=(tls, up), daemon=True).start()
+                threading.Thread(target=pump, args=(up, tls), daemon=True).start()
+
+        threading.Thread(target=serve, daemon=True).start()
+        self.endpoint = f"https://localhost:{self.port}"
+
+    def close(self):
+        self.lsock.close()
+
+
+@pytest.fixture
+def tls_kinesalite(kinesalite, tmp_path):
+    t = TlsTerminator(int(kinesalite.endpoint.rsplit(":", 1)[1]), tmp_path)
+    yield t
+    t.close()
+
+
+def test_a_private_ca_in_aws_ca_bundle_is_trusted(ext_bin, kinesalite, tls_kinesalite):
+    """Kinesis behind TLS with a private CA (a TLS-inspecting proxy, a private
+    endpoint): with AWS_CA_BUNDLE every line is delivered over TLS."""
+    sim, name = _run_through(ext_bin, kinesalite, AWS_ENDPOINT_URL_KINESIS=tls_kinesalite.endpoint,
+                             AWS_CA_BUNDLE=str(tls_kinesalite.ca_file))
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
+    assert_delivered_exactly_once(sim, recs)
+    assert tls_kinesalite.connections >= 1 and tls_kinesalite.handshake_failures == 0
+    assert "trusting its 1 certificates besides the built-in roots" in sim.stderr_text()
+
+
+def test_without_the_bundle_one_clear_certificate_error_and_an_honest_count(ext_bin, kinesalite, tls_kinesalite):
+    """The same endpoint without AWS_CA_BUNDLE: the handshake fails on the
+    unknown issuer; the extension says so, keeps running, exits 0, and counts
+    what it could not deliver."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=tls_kinesalite.endpoint,
+                  KINESIS_TELEMETRY_FLUSH="end")
+    with LambdaSim(ext_bin, env) as sim:
+        run_invokes(sim, 3, 4)
+        res = sim.shutdown()
+        assert res.exit_code == 0 and not res.killed, res
+    err = sim.stderr_text()
+    assert "UnknownIssuer" in err or "certificate" in err.lower(), err[-2000:]
+    assert tls_kinesalite.connections == 0 and tls_kinesalite.handshake_failures >= 1
+    assert kinesalite.read_all(name) == []
+    from delivery import shutdown_counters
+    counters = shutdown_counters(err)
+    assert counters["droppedShutdown"] == counters["eventsReceived"] + 1, counters
+
+
+def test_a_missing_ca_bundle_is_a_configuration_error_naming_the_path(ext_bin, kinesalite, tmp_path):
+    name, _ = new_stream(kinesalite)
+    missing = tmp_path / "no-such-bundle.pem"
+    with LambdaSim(ext_bin, ext_env(kinesalite, name, AWS_CA_BUNDLE=str(missing))) as sim:
+        run_invokes(sim, 1, 2)
+        res = sim.shutdown()
+        assert res.exit_code == 0, res
+    err = sim.stderr_text()
+    assert f'AWS_CA_BUNDLE="{missing}" is invalid: expected a readable PEM file' in err, err[-2000:]

@@ -10,12 +10,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use ureq::http::Uri;
 use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
-use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
+use ureq::unversioned::transport::{
+    ConnectProxyConnector, Connector, DefaultConnector, NextTimeout, TcpConnector,
+};
 
 use crate::config::{Config, StaticCredentials, StreamTarget};
 use crate::kinesis::credentials::Provider;
 use crate::kinesis::error::Failure;
 use crate::kinesis::sigv4;
+use crate::kinesis::tls::BundleTls;
 use crate::kinesis::wire::{self, RecordCodes};
 use crate::records::pack::Wire;
 
@@ -74,6 +77,8 @@ pub struct KinesisClient {
     body: Vec<u8>,
     /// The HTTP proxy requests go through, for error messages.
     proxy: Option<String>,
+    /// TLS with `AWS_CA_BUNDLE`'s certificates (`None`: ureq's own).
+    tls: Option<BundleTls>,
 }
 
 /// Body buffers larger than this are released after the request instead of
@@ -110,8 +115,18 @@ impl PutRecords for KinesisClient {
 
 impl KinesisClient {
     pub fn new(cfg: &Config) -> KinesisClient {
+        let tls = cfg.ca_bundle.as_deref().and_then(|path| match BundleTls::from_file(path) {
+            Ok((tls, n)) => {
+                log::info!("AWS_CA_BUNDLE={path}: trusting its {n} certificates besides the built-in roots");
+                Some(tls)
+            }
+            Err(e) => {
+                log::error!("AWS_CA_BUNDLE={path}: {e}; only the built-in roots are trusted (fix the file, or unset the variable)");
+                None
+            }
+        });
         KinesisClient {
-            agent: new_agent(cfg.connect_timeout, cfg.connection_max_idle),
+            agent: new_agent(cfg.connect_timeout, cfg.connection_max_idle, tls.clone()),
             url: format!("{}/", cfg.endpoint),
             region: cfg.region.clone(),
             credentials: Provider::new(cfg.credentials.clone()),
@@ -121,12 +136,13 @@ impl KinesisClient {
             max_idle: cfg.connection_max_idle,
             body: Vec::new(),
             proxy: proxy_for(&cfg.endpoint),
+            tls,
         }
     }
 
     /// Drops pooled connections, so the next attempt starts on a fresh one.
     fn reset_connections(&mut self) {
-        self.agent = new_agent(self.connect_timeout, self.max_idle);
+        self.agent = new_agent(self.connect_timeout, self.max_idle, self.tls.clone());
     }
 
     fn put(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
@@ -234,7 +250,7 @@ pub fn proxy_for(endpoint: &str) -> Option<String> {
     Some(format!("{scheme}://{}:{}", proxy.host(), proxy.port()))
 }
 
-fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {
+fn new_agent(connect_timeout: Duration, max_idle: Duration, tls: Option<BundleTls>) -> ureq::Agent {
     let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
@@ -248,7 +264,19 @@ fn new_agent(connect_timeout: Duration, max_idle: Duration) -> ureq::Agent {
             env!("CARGO_PKG_VERSION")
         ))
         .build();
-    ureq::Agent::with_parts(config, DefaultConnector::new(), CachingResolver::default())
+    match tls {
+        None => {
+            ureq::Agent::with_parts(config, DefaultConnector::new(), CachingResolver::default())
+        }
+        // ureq's default chain, with our TLS in place of its own.
+        Some(tls) => {
+            let connector =
+                ().chain(ConnectProxyConnector::default())
+                    .chain(TcpConnector::default())
+                    .chain(tls);
+            ureq::Agent::with_parts(config, connector, CachingResolver::default())
+        }
+    }
 }
 
 /// How long a resolved endpoint address is reused. The monotonic clock runs

@@ -6,4 +6,5 @@ pub mod credentials;
 pub mod endpoint;
 pub mod error;
 pub mod sigv4;
+pub mod tls;
 pub mod wire;
