@@ -167,3 +167,7 @@ if [[ -n $NICE ]] && nice -n "$NICE" true 2>/dev/null; then NICE_CMD=(nice -n "$
   --tools "$TOOLS" --bloat "$BLOAT" --build-info "$BUILD_INFO" \
   --perf-instructions "$PERF_INSN" --nice "" \
   --out "$B/results.json" --md "$B/results.md" "${ARGS[@]}"
+
+# 4. the picture of the headline figures (bench/chart.png, shown in the README)
+log "drawing bench/chart.png"
+"$B/chart.sh" "$B/results.json" "$B/chart.png" || log "chart not drawn (matplotlib unavailable?)"
