@@ -198,16 +198,12 @@ fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
     let environment = rng::Rng::from_os().hex(16);
     // Logged before `next` so that it appears in the function's init log.
     log::info!(
-        "forwarding {} telemetry to Kinesis stream {:?} via {}{} ({}, schema {}, flush {:?}, format {:?}, partition key {:?} {environment})",
+        "forwarding {} telemetry to Kinesis stream {:?} via {} ({}, schema {}, flush {:?}, format {:?}, partition key {:?} {environment})",
         cfg.types.names().join(","),
         match &cfg.stream {
             config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
         },
         config::redacted_url(&cfg.endpoint),
-        match kinesis::client::proxy_for(&cfg.endpoint) {
-            Some(p) => format!(" through the proxy {p}"),
-            None => String::new(),
-        },
         match model {
             Model::Default => "default Lambda",
             Model::ManagedInstances => "Lambda Managed Instances",

@@ -99,16 +99,16 @@ def run_invokes(sim: LambdaSim, invokes: int, lines: int, **kw) -> None:
         assert not r.timed_out, sim.stderr_text()
 
 
-def run_with_faults(ext_bin, emu, rule, invokes: int, lines: int, **env):
+def run_with_faults(ext_bin, emu, rule, invokes: int, lines: int, *, idle_ms: float = 0, **env):
     """A stream, the fault proxy in front of `emu` with `rule` (see Faults.rule), the
-    extension under the simulator for `invokes` invokes of `lines` lines and
-    SHUTDOWN, checked by delivery.assert_run_ok. Returns (sim, proxy, stream)."""
+    extension under the simulator for `invokes` invokes of `lines` lines (`idle_ms`
+    apart) and SHUTDOWN, checked by delivery.assert_run_ok. Returns (sim, proxy, stream)."""
     from delivery import assert_run_ok
     from fault_proxy import FaultProxy, Faults
     name, _ = new_stream(emu)
     with FaultProxy(emu.endpoint, Faults(rule=rule)) as proxy:
         with LambdaSim(ext_bin, ext_env(emu, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint, **env)) as sim:
-            run_invokes(sim, invokes, lines)
+            run_invokes(sim, invokes, lines, idle_ms=idle_ms)
             res = sim.shutdown()
         assert_run_ok(sim, res, proxy)
     return sim, proxy, name

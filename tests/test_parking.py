@@ -15,13 +15,10 @@ import time
 
 import pytest
 
-from conftest import ext_env, new_stream
+from conftest import ext_env, new_stream, run_with_faults
 from delivery import assert_run_ok, check_delivery, final_metrics, shutdown_counters
 from fault_proxy import RESET_AFTER_UPSTREAM, FaultProxy, Faults
 from lambda_sim import LambdaSim
-
-SPREAD = {"idle_ms": 250}  # invokes spread over several seconds
-
 
 def _for_seconds(seconds: float, entry):
     """A rule: `entry` for every request in the first `seconds`, then pass."""
@@ -30,16 +27,9 @@ def _for_seconds(seconds: float, entry):
 
 
 def _run(ext_bin, emu, rule, invokes: int, lines: int, **env):
-    name, _ = new_stream(emu)
-    with FaultProxy(emu.endpoint, Faults(rule=rule)) as proxy:
-        with LambdaSim(ext_bin, ext_env(emu, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint, **env)) as sim:
-            sim.start()
-            for _ in range(invokes):
-                sim.invoke(log_lines=lines, **SPREAD)
-            res = sim.shutdown()
-        assert_run_ok(sim, res, proxy)
-    recs = emu.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
-    return sim, proxy, recs
+    """run_with_faults with the invokes spread over several seconds; and the stream."""
+    sim, proxy, name = run_with_faults(ext_bin, emu, rule, invokes, lines, idle_ms=250, **env)
+    return sim, proxy, emu.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
 
 
 @pytest.mark.parametrize("code", ["AccessDeniedException", "ResourceNotFoundException"])
@@ -117,16 +107,8 @@ def test_record_ids_are_unique_and_equal_on_duplicates(ext_bin, kinesalite):
     those produce (what a consumer drops duplicates by)."""
     script = {3: RESET_AFTER_UPSTREAM, 6: RESET_AFTER_UPSTREAM, 9: "reset", 12: RESET_AFTER_UPSTREAM}
     rule = lambda i, headers: script.get(i)  # noqa: E731
-    name, _ = new_stream(kinesalite)
-    with FaultProxy(kinesalite.endpoint, Faults(rule=rule)) as proxy:
-        env = ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint, KINESIS_TELEMETRY_ENRICH="true",
-                      KINESIS_TELEMETRY_FLUSH="end")
-        with LambdaSim(ext_bin, env) as sim:
-            sim.start()
-            for _ in range(20):
-                sim.invoke(log_lines=10)
-            res = sim.shutdown()
-        assert_run_ok(sim, res, proxy)
+    sim, proxy, name = run_with_faults(ext_bin, kinesalite, rule, 20, 10, KINESIS_TELEMETRY_ENRICH="true",
+                                       KINESIS_TELEMETRY_FLUSH="end")
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
     by_id = collections.defaultdict(set)
     copies = collections.Counter()

@@ -125,6 +125,12 @@ impl KinesisClient {
                 None
             }
         });
+        // Worked out here, in the dispatcher thread after the first
+        // `event/next`, not on the cold-start path.
+        let proxy = proxy_for(&cfg.endpoint);
+        if let Some(p) = &proxy {
+            log::info!("PutRecords go through the proxy {p} (HTTPS_PROXY; NO_PROXY does not match the endpoint)");
+        }
         KinesisClient {
             agent: new_agent(cfg.connect_timeout, cfg.connection_max_idle, tls.clone()),
             url: format!("{}/", cfg.endpoint),
@@ -135,7 +141,7 @@ impl KinesisClient {
             connect_timeout: cfg.connect_timeout,
             max_idle: cfg.connection_max_idle,
             body: Vec::new(),
-            proxy: proxy_for(&cfg.endpoint),
+            proxy,
             tls,
         }
     }
@@ -240,7 +246,7 @@ impl KinesisClient {
 /// `ALL_PROXY`, `HTTPS_PROXY`, `HTTP_PROXY` (and lower-case forms) and
 /// `NO_PROXY` as curl does. Described without its credentials; `None` when
 /// no proxy applies. (The Extensions API and the listener never use one.)
-pub fn proxy_for(endpoint: &str) -> Option<String> {
+fn proxy_for(endpoint: &str) -> Option<String> {
     let proxy = ureq::Proxy::try_from_env()?;
     let uri: Uri = endpoint.parse().ok()?;
     if proxy.is_no_proxy(&uri) {
