@@ -27,6 +27,12 @@ invocations whose events interleave (``invoke_concurrent``, ``run_traffic``),
 and any extension exit before SHUTDOWN recorded as ``Extension.Crash`` (the
 environment is torn down with every invocation in flight: ``sim.crash``).
 
+With ``error_fraction=`` a chosen fraction of invocations ends in error, on
+either model, the same ones for the same ``seed``: ``platform.runtimeDone``
+(when there is one) and ``platform.report`` carry ``"status": "error"`` and
+``"errorType": "Runtime.HandlerError"``, the function writes one ``[ERROR]``
+line last, and ``sim.failed_request_ids`` / ``InvokeResult.failed`` say which.
+
 Protocol misbehaviour of the extension is answered the way Lambda answers it
 (4xx with ``{"errorType","errorMessage"}``) *and* recorded in
 ``sim.violations`` so tests can assert that list is empty.
@@ -120,6 +126,15 @@ BUFFERING_RANGES = {
     "maxBytes": (262144, 1048576),
     "timeoutMs": (25, 30000),
 }
+# A failed invocation (error_fraction, fail=): the function raised. Telemetry API
+# schema reference: platform.runtimeDone and platform.report carry a Status
+# (success | failure | error | timeout) and, when it is not success, an errorType.
+# The docs name no value for a handler's exception: the errorType is what the
+# runtime sends in Lambda-Runtime-Function-Error-Type, any string, "Category.Reason"
+# recommended (Runtime API page, invocation error). This one follows that advice.
+HANDLER_ERROR_TYPE = "Runtime.HandlerError"
+# Seed of the failure choice's generator: f(seed), apart from the interleaving one.
+_FAIL_SEED_MUL, _FAIL_SEED_ADD = 7919, 17
 
 P_REGISTER = "/2020-01-01/extension/register"
 P_NEXT = "/2020-01-01/extension/event/next"
@@ -158,6 +173,7 @@ class InvokeResult:
     timed_out: bool
     runtime_ms: float = 0.0  # measured platform.start -> platform.runtimeDone
     duration_ms: float = 0.0  # INVOKE answered -> extension's next (or deadline)
+    failed: bool = False  # the function ended in error (error_fraction / fail=)
 
 
 @dataclass
@@ -282,8 +298,19 @@ class LambdaSim:
         # sends SHUTDOWN (rapid/shutdown.go); real Lambda unconfirmed, so off by default
         # (the stricter reading: the extension must wait for late events itself).
         flush_before_shutdown: bool = False,
-        seed: Optional[int] = None,  # interleaving of concurrent invocations (LMI)
+        seed: Optional[int] = None,  # interleaving of concurrent invocations (LMI), failed invocations
+        # Fraction (0..1) of invocations that end in error (status "error", errorType
+        # Runtime.HandlerError, an [ERROR] line). Invocation k (0-based, in start order)
+        # fails iff the k-th random() of a generator seeded from `seed` (None: 0) is
+        # below it: the same invocations fail for the same seed, run after run.
+        error_fraction: float = 0.0,
     ) -> None:
+        try:
+            error_fraction = float(error_fraction)
+        except (TypeError, ValueError):
+            raise ValueError(f"error_fraction must be a number in [0, 1], not {error_fraction!r}") from None
+        if not 0.0 <= error_fraction <= 1.0:  # (NaN fails this too)
+            raise ValueError(f"error_fraction must be in [0, 1], not {error_fraction!r}")
         if managed_instances:
             if freeze:
                 raise ValueError("Lambda Managed Instances never freeze: freeze=True is not LMI")
@@ -344,6 +371,10 @@ class LambdaSim:
         self.flush_before_shutdown = flush_before_shutdown
         self.initialization_type = LMI_INIT_TYPE if managed_instances else "on-demand"
         self._rng = random.Random(seed)
+        self.error_fraction = error_fraction
+        # Which invocations fail: its own generator, so that the interleaving one (_rng)
+        # draws exactly what it drew before this option existed.
+        self._fail_rng = random.Random((seed or 0) * _FAIL_SEED_MUL + _FAIL_SEED_ADD)
         self._id_rng = random.Random()  # seeded from the OS: ids unique across simulators
         self._iso_cache: tuple[int, str] = (-1, "")
         region = self.user_env.get("AWS_REGION") or "us-east-1"
@@ -359,6 +390,7 @@ class LambdaSim:
         self.post_errors: list[str] = []
         self.function_line_ids: list[str] = []
         self.request_ids: list[str] = []
+        self.failed_request_ids: set[str] = set()  # invocations that ended in error
         self.violations: list[str] = []
         self.init_errors: list[dict] = []
         self.exit_errors: list[dict] = []
@@ -381,6 +413,7 @@ class LambdaSim:
         self.freeze_count = 0
         self.exit_code: Optional[int] = None
         # LMI: function line id -> (request id of the invocation that logged it, "json" | "text").
+        # On either model it also holds the [ERROR] line of every failed invocation.
         self.line_origin: dict[str, tuple[str, str]] = {}
         self.traffic_results: list[TrafficResult] = []
         # LMI: an extension exit before SHUTDOWN, which tears the environment down:
@@ -522,6 +555,38 @@ class LambdaSim:
                         raise SimTimeout(f"timed out after {timeout_s:.1f}s waiting for {what}" + self._tail())
                     return False
                 self._cv.wait(min(rem, 0.5))
+
+    # ------------------------------------------------------- failed invocations
+    def _choose_failure(self, rid: str, override: Optional[bool]) -> bool:
+        """Decide at its start whether invocation `rid` fails. Every invocation draws its
+        number, overridden or not, so invocation k always gets the k-th draw."""
+        with self._cv:
+            draw = self._fail_rng.random()
+            failed = draw < self.error_fraction if override is None else bool(override)
+            if failed:
+                self.failed_request_ids.add(rid)
+        return failed
+
+    @staticmethod
+    def _fail_chooser(fail: Optional[Callable[[int, str], bool]]) -> Callable[[str], Optional[bool]]:
+        """fail(index, request id) of one invoke_concurrent/run_traffic call as a function of
+        the request id; index counts that call's invocations in the order they start."""
+        if fail is None:
+            return lambda rid: None
+        started = [0]
+
+        def choose(rid: str) -> bool:
+            i = started[0]
+            started[0] += 1
+            return bool(fail(i, rid))
+        return choose
+
+    def _error_line(self, rid: str, lid: str, as_json: bool, rid_key: str = "requestId") -> Any:
+        """The function's last line when it failed: what a runtime writes for an exception."""
+        msg = f"{HANDLER_ERROR_TYPE}: simulated failure {lid}"
+        if as_json:
+            return {"timestamp": self._iso_now(), "level": "ERROR", "message": msg, rid_key: rid}
+        return f"[ERROR] {msg}"
 
     # ------------------------------------------------------------- telemetry
     def _iso_now(self) -> str:
@@ -1280,10 +1345,15 @@ class LambdaSim:
     def invoke(self, log_lines: int = 10, *, runtime_ms: float = 0, idle_ms: float = 0,
                line_factory: Optional[Callable[[int, str], Any]] = None,
                spread_lines: bool = False,
-               runtime_done_delay_ms: Optional[float] = 0) -> InvokeResult:
+               runtime_done_delay_ms: Optional[float] = 0,
+               fail: Optional[bool] = None) -> InvokeResult:
         """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id.
         runtime_done_delay_ms: platform.runtimeDone is emitted this long after the function
         ends (a late one); None: never (a missing one). Post-runtime is timed from the end.
+        fail: the invocation ends in error (True) or not (False); None: error_fraction decides.
+        A failed one writes one more function line last ("[ERROR] Runtime.HandlerError: ...",
+        a JSON object with level ERROR in the JSON log format), and its runtimeDone and
+        report carry status "error" and errorType (a timed-out report stays "timeout").
 
         LMI: invoke_concurrent(1, log_lines, runtime_ms=...) and idle_ms of sleep; there
         line_factory is called (i, line_id, request_id); spread_lines and
@@ -1291,7 +1361,8 @@ class LambdaSim:
         if self.managed_instances:
             if spread_lines or runtime_done_delay_ms != 0:
                 raise SimError("spread_lines and runtime_done_delay_ms do not apply to Lambda Managed Instances")
-            res = self.invoke_concurrent(1, log_lines, runtime_ms=runtime_ms, line_factory=line_factory)[0]
+            res = self.invoke_concurrent(1, log_lines, runtime_ms=runtime_ms, line_factory=line_factory,
+                                         fail=None if fail is None else (lambda i, rid: fail))[0]
             if idle_ms:
                 time.sleep(idle_ms / 1000.0)
             return res
@@ -1305,6 +1376,7 @@ class LambdaSim:
                        "the extension to wait in event/next before INVOKE")
         rid = str(uuid.uuid4())
         self.request_ids.append(rid)
+        failed = self._choose_failure(rid, fail)
         tracing, arn = self._tracing_and_arn()
         t0 = time.perf_counter()
         epoch0 = time.time()
@@ -1343,12 +1415,20 @@ class LambdaSim:
         rest = runtime_ms / 1000.0 - (time.perf_counter() - t0)
         if rest > 0:
             time.sleep(rest)
+        if failed:  # the exception's line, the function's last
+            lid = str(uuid.uuid4())
+            json_fmt = self.log_format == "json"
+            with self._cv:
+                self.function_line_ids.append(lid)
+                self.line_origin[lid] = (rid, "json" if json_fmt else "text")
+            self._emit("function", self._error_line(rid, lid, json_fmt))
         t_rd = time.perf_counter()
         runtime_dur = (t_rd - t0) * 1000.0
         produced = 17
-        runtime_done = lambda: self._emit("platform.runtimeDone", {  # noqa: E731
-            "requestId": rid,
-            "status": "success",
+        rd_record = {"requestId": rid, "status": "success"}
+        if failed:
+            rd_record.update(status="error", errorType=HANDLER_ERROR_TYPE)
+        rd_record.update({
             "tracing": tracing,
             "spans": [
                 {"name": "responseLatency", "start": _iso_at(epoch0), "durationMs": round(runtime_dur * 0.9, 3)},
@@ -1357,6 +1437,7 @@ class LambdaSim:
             ],
             "metrics": {"durationMs": round(runtime_dur, 3), "producedBytes": produced},
         })
+        runtime_done = lambda: self._emit("platform.runtimeDone", rd_record)  # noqa: E731
         if runtime_done_delay_ms == 0:
             runtime_done()
         elif runtime_done_delay_ms is not None:
@@ -1395,16 +1476,18 @@ class LambdaSim:
         if self._cold and self._init_duration_ms is not None:
             metrics["initDurationMs"] = round(self._init_duration_ms, 3)
         self._cold = False
-        report = {"requestId": rid, "status": "timeout" if timed_out else "success", "metrics": metrics,
-                  "tracing": tracing}
+        report = {"requestId": rid, "status": "timeout" if timed_out else "error" if failed else "success",
+                  "metrics": metrics, "tracing": tracing}
         if timed_out:
             report["errorType"] = "Sandbox.Timedout"
+        elif failed:
+            report["errorType"] = HANDLER_ERROR_TYPE
         with self._cv:
             if self.freeze and not timed_out:
                 self._hold = True  # the report waits for the thaw, like Lambda
             self._emit("platform.report", report)
         res = InvokeResult(request_id=rid, post_runtime_ms=post, timed_out=timed_out,
-                           runtime_ms=runtime_dur, duration_ms=duration)
+                           runtime_ms=runtime_dur, duration_ms=duration, failed=failed)
         self.invoke_results.append(res)
         if timed_out:
             # Lambda would reset the sandbox; the caller should shutdown(reason="timeout").
@@ -1422,7 +1505,8 @@ class LambdaSim:
     def invoke_concurrent(self, n: int, log_lines: int = 10, *, concurrency: Optional[int] = None,
                           runtime_ms: float = 0,
                           line_kinds: tuple = LMI_LINE_KINDS,
-                          line_factory: Optional[Callable[[int, str, str], Any]] = None) -> list[InvokeResult]:
+                          line_factory: Optional[Callable[[int, str, str], Any]] = None,
+                          fail: Optional[Callable[[int, str], bool]] = None) -> list[InvokeResult]:
         """LMI: n invocations, at most `concurrency` (default n) at once, their events
         interleaved at random (seed=): platform.start, log_lines function lines,
         [platform.runtimeDone,] platform.report each, in that order per invocation.
@@ -1432,19 +1516,25 @@ class LambdaSim:
         request_id) -> record (str or dict, must contain line_id) replaces them.
         runtime_ms: an invocation lasts about that long (events paced to fit); 0: as
         fast as the simulator produces. Returns the results in start order. No event
-        reaches the extension through the Extensions API (no INVOKE on LMI)."""
+        reaches the extension through the Extensions API (no INVOKE on LMI).
+        fail(index, request_id) -> bool says whether an invocation ends in error (index:
+        0.. in the order this call's invocations start); None: error_fraction decides.
+        A failed one logs one more JSON line last (level ERROR, with its request id)
+        and its report (and runtimeDone, lmi_runtime_done) carries status "error"
+        and errorType."""
         if n < 1:
             raise ValueError("n must be >= 1")
         conc = max(1, min(n, concurrency or n))
-        per_inv = log_lines + 2 + (1 if self.lmi_runtime_done else 0)
+        per_inv = log_lines + 2 + (1 if self.lmi_runtime_done else 0) + self.error_fraction
         rate = conc * per_inv / (runtime_ms / 1000.0) if runtime_ms > 0 else None
         left = [n]
+        choose = self._fail_chooser(fail)
 
         def new_invocation():
             if left[0] == 0:
                 return None
             left[0] -= 1
-            return self._lmi_invocation(log_lines, line_kinds, line_factory)
+            return self._lmi_invocation(log_lines, line_kinds, line_factory, choose)
 
         results, _, _, _ = self._lmi_drive(new_invocation, conc, rate)
         order = {rid: i for i, rid in enumerate(self.request_ids)}
@@ -1452,22 +1542,25 @@ class LambdaSim:
 
     def run_traffic(self, events_per_second: float, seconds: float, *, concurrency: int = 16,
                     log_lines: int = 20, line_kinds: tuple = LMI_LINE_KINDS,
-                    line_factory: Optional[Callable[[int, str, str], Any]] = None) -> TrafficResult:
+                    line_factory: Optional[Callable[[int, str, str], Any]] = None,
+                    fail: Optional[Callable[[int, str], bool]] = None) -> TrafficResult:
         """LMI: steady traffic for `seconds`: `concurrency` invocations in flight (each
         as in invoke_concurrent, log_lines lines), a new one starting as one ends,
         every platform and function event paced to `events_per_second` in all.
         Invocations still running at the end finish at the same pace. The result
-        says what rate was actually sustained (a slow producer would fake a pass)."""
+        says what rate was actually sustained (a slow producer would fake a pass).
+        fail: as in invoke_concurrent (None: error_fraction decides)."""
         if events_per_second <= 0 or seconds <= 0:
             raise ValueError("events_per_second and seconds must be > 0")
         t_stop = [None]
+        choose = self._fail_chooser(fail)
 
         def new_invocation():
             if t_stop[0] is None:
                 t_stop[0] = time.perf_counter() + seconds
             elif time.perf_counter() >= t_stop[0]:
                 return None
-            return self._lmi_invocation(log_lines, line_kinds, line_factory)
+            return self._lmi_invocation(log_lines, line_kinds, line_factory, choose)
 
         results, events, elapsed, lag = self._lmi_drive(new_invocation, max(1, concurrency), events_per_second)
         res = TrafficResult(invocations=len(results), events=events, seconds=elapsed,
@@ -1542,13 +1635,16 @@ class LambdaSim:
             arn += f":{self.function_version}"
         return tracing, arn
 
-    def _lmi_invocation(self, log_lines: int, line_kinds: tuple, line_factory):
-        """Generator: one LMI invocation, one event emitted per step; returns its InvokeResult."""
+    def _lmi_invocation(self, log_lines: int, line_kinds: tuple, line_factory,
+                        choose: Optional[Callable[[str], Optional[bool]]] = None):
+        """Generator: one LMI invocation, one event emitted per step; returns its InvokeResult.
+        choose(request_id) -> True/False/None (None: error_fraction) decides its failure."""
         rid = self._new_id()
         tracing, arn = self._tracing_and_arn()
         with self._cv:
             self.request_ids.append(rid)
             self._in_flight.add(rid)
+        failed = self._choose_failure(rid, choose(rid) if choose is not None else None)
         t0 = time.perf_counter()
         epoch0 = time.time()
         try:
@@ -1577,25 +1673,35 @@ class LambdaSim:
                 # every 5th line serialised ASCII-only, as in invoke()
                 self._emit("function", rec, ascii_escape=(i % 5 == 4))
                 yield
+            if failed:  # the exception's line, the function's last (the runtime's JSON logger)
+                lid = self._new_id()
+                with self._cv:
+                    self.function_line_ids.append(lid)
+                    self.line_origin[lid] = (rid, "json")
+                self._emit("function", self._error_line(rid, lid, True, self.lmi_request_id_key))
+                yield
             dur = (time.perf_counter() - t0) * 1000.0
             spans = [
                 {"name": "responseLatency", "start": _iso_at(epoch0), "durationMs": round(dur * 0.9, 3)},
                 {"name": "responseDuration", "start": _iso_at(epoch0 + dur * 0.9 / 1000.0),
                  "durationMs": round(dur * 0.1, 3)},
             ]
+            outcome = ({"status": "error", "errorType": HANDLER_ERROR_TYPE} if failed
+                       else {"status": "success"})
             if self.lmi_runtime_done:
-                self._emit("platform.runtimeDone", {"requestId": rid, "status": "success", "tracing": tracing,
+                self._emit("platform.runtimeDone", {"requestId": rid, **outcome, "tracing": tracing,
                                                     "spans": spans,
                                                     "metrics": {"durationMs": round(dur, 3), "producedBytes": 17}})
                 yield
             # emulator (LMI) interop/events_api.go ReportData: metrics carry durationMs only
-            self._emit("platform.report", {"requestId": rid, "status": "success",
+            self._emit("platform.report", {"requestId": rid, **outcome,
                                            "metrics": {"durationMs": round(dur, 3)},
                                            "tracing": tracing, "spans": spans})
         finally:
             with self._cv:
                 self._in_flight.discard(rid)
-        res = InvokeResult(request_id=rid, post_runtime_ms=None, timed_out=False, runtime_ms=dur, duration_ms=dur)
+        res = InvokeResult(request_id=rid, post_runtime_ms=None, timed_out=False, runtime_ms=dur, duration_ms=dur,
+                           failed=failed)
         self.invoke_results.append(res)
         return res
 
@@ -1717,6 +1823,7 @@ class LambdaSim:
                 "post_runtime_ms": [r(x) for x in self.post_runtime_ms],
                 "invokes": len(self.request_ids),
                 "invoke_timeouts": self.invoke_timeouts,
+                "failed_invocations": len(self.failed_request_ids),
                 "exit_code": sd.exit_code if sd else self.exit_code,
                 "killed": sd.killed if sd else None,
                 "shutdown_ms": r(sd.shutdown_ms) if sd else None,
@@ -1754,6 +1861,9 @@ def _main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--managed-instances", action="store_true",
                     help="Lambda Managed Instances: --invokes run concurrently, --concurrency at once")
     ap.add_argument("--concurrency", type=int, default=None)
+    ap.add_argument("--error-fraction", type=float, default=0.0,
+                    help="fraction of invocations that end in error (which ones: --seed)")
+    ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--inherit-env", action="store_true")
     ap.add_argument("--echo", action="store_true", help="echo the extension's output to stderr")
     a = ap.parse_args(argv)
@@ -1769,7 +1879,8 @@ def _main(argv: Optional[list[str]] = None) -> int:
                    freeze=None if lmi else not a.no_freeze, log_format="json" if lmi else a.log_format,
                    managed_instances=lmi,
                    shutdown_deadline_ms=a.shutdown_deadline_ms, init_timeout_ms=a.init_timeout_ms,
-                   inherit_env=a.inherit_env, echo_output=a.echo) as sim:
+                   inherit_env=a.inherit_env, echo_output=a.echo,
+                   error_fraction=a.error_fraction, seed=a.seed) as sim:
         error = None
         try:
             sim.start()

@@ -12,7 +12,9 @@ LMI, or after a 403 on INVOKE when it is absent).
 import base64
 import collections
 import json
+import math
 import os
+import random
 import stat
 import sys
 import time
@@ -21,7 +23,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lambda_sim import ExtensionExited, LambdaSim, SimError  # noqa: E402
+from lambda_sim import HANDLER_ERROR_TYPE, ExtensionExited, LambdaSim, SimError  # noqa: E402
 
 FAKE_SOURCE = r'''#!__PYTHON__
 import base64, http.server, json, os, sys, threading, time, urllib.error, urllib.request
@@ -655,3 +657,218 @@ def test_lmi_flush_before_shutdown_option_and_the_oracle(fake, tmp_path):
         sd = sim.shutdown()
         assert sd.exit_code == 0 and sim.violations == []
         assert sim.lost_before_shutdown == [] and len(sim.delivered) == len(sim.emitted)
+
+
+# ---------------------------------------------------------------- failed invocations
+
+def expected_failures(seed, fraction, n):
+    """The documented rule: invocation k fails iff the k-th random() of a generator
+    seeded with (seed or 0) * 7919 + 17 is below the fraction."""
+    rng = random.Random((seed or 0) * 7919 + 17)
+    return {k for k in range(n) if rng.random() < fraction}
+
+
+def failed_indices(sim):
+    return {i for i, rid in enumerate(sim.request_ids) if rid in sim.failed_request_ids}
+
+
+def line_id_of(record):
+    """The line id a function record carries: "line <id> ..." or "... simulated failure <id>"."""
+    text = record["message"] if isinstance(record, dict) else record
+    words = text.split()
+    return words[1] if words[0] == "line" else words[-1]
+
+
+def outcomes(events, typ):
+    """request id -> (status, errorType or None) of every `typ` record."""
+    return {e["record"]["requestId"]: (e["record"]["status"], e["record"].get("errorType"))
+            for e in events if e["type"] == typ}
+
+
+def assert_outcomes(sim, events, typ):
+    got = outcomes(events, typ)
+    assert set(got) == set(sim.request_ids), typ
+    for rid, outcome in got.items():
+        want = ("error", HANDLER_ERROR_TYPE) if rid in sim.failed_request_ids else ("success", None)
+        assert outcome == want, (typ, rid, outcome)
+
+
+def test_error_fraction_is_checked_without_a_process():
+    for bad in (-0.01, 1.01, float("nan"), "often", None):
+        with pytest.raises(ValueError, match="error_fraction"):
+            LambdaSim("/bin/true", error_fraction=bad)
+    assert LambdaSim("/bin/true").error_fraction == 0.0
+    assert LambdaSim("/bin/true", error_fraction=1).error_fraction == 1.0
+    # a generator of its own: the interleaving one draws what it drew before the option
+    sim = LambdaSim("/bin/true", managed_instances=True, seed=7, error_fraction=0.5)
+    assert sim._rng.random() == random.Random(7).random()
+
+
+def test_error_fraction_picks_the_same_invocations_for_the_same_seed(fake, tmp_path):
+    """200 LMI invocations at 0.1: the seed decides which fail, by the documented rule, so
+    two runs with one seed fail the same ones and another seed fails others; the count
+    is binomial (n=200, p=0.1: mean 20, sd 4.2)."""
+    ext, _ = fake
+    n, fraction = 200, 0.1
+    picked = {}
+    for run, seed in enumerate((11, 11, 12)):
+        out = str(tmp_path / f"fake-{run}.log")
+        with lmi_sim(ext, out, seed=seed, error_fraction=fraction, capture_extension_logs=False) as sim:
+            sim.start()
+            results = sim.invoke_concurrent(n, log_lines=1, concurrency=16)
+            sim.shutdown()
+            assert sim.violations == [] and sim.lost_before_shutdown == []
+        idx = failed_indices(sim)
+        assert idx == expected_failures(seed, fraction, n), seed
+        assert [r.failed for r in results] == [i in idx for i in range(n)]
+        assert_outcomes(sim, received_events(sim), "platform.report")
+        picked[run] = idx
+    assert picked[0] == picked[1]
+    assert picked[0] != picked[2]
+    sd = math.sqrt(n * fraction * (1 - fraction))
+    for idx in picked.values():
+        assert abs(len(idx) - n * fraction) <= 4 * sd, len(idx)
+
+
+def test_failed_invocations_on_default_lambda_report_error_and_log_an_error_line(fake, tmp_path):
+    """Text log format, freeze as usual: the seed picks the same invocations as on LMI
+    (by start order); a failed one's runtimeDone and report say status "error" with
+    errorType, and its last function line is the runtime's [ERROR] line."""
+    ext, out = fake
+    n, seed, fraction = 12, 5, 0.3
+    with LambdaSim(ext, {"FAKE_OUT": out}, seed=seed, error_fraction=fraction,
+                   capture_extension_logs=False) as sim:
+        sim.start()
+        results = [sim.invoke(2) for _ in range(n)]
+        sd = sim.shutdown()
+        assert sd.exit_code == 0 and sim.violations == []
+    idx = failed_indices(sim)
+    assert idx == expected_failures(seed, fraction, n) and 0 < len(idx) < n, idx
+    assert [r.failed for r in results] == [i in idx for i in range(n)]
+    assert all(not r.timed_out for r in results)
+    got = received_events(sim)
+    assert_outcomes(sim, got, "platform.runtimeDone")
+    assert_outcomes(sim, got, "platform.report")
+    # the [ERROR] line: one per failed invocation, registered, right before its runtimeDone
+    errors = [e["record"] for e in got if e["type"] == "function" and e["record"].startswith("[ERROR]")]
+    assert len(errors) == len(idx)
+    for rec in errors:
+        assert rec.startswith(f"[ERROR] {HANDLER_ERROR_TYPE}: simulated failure "), rec
+        lid = line_id_of(rec)
+        assert lid in sim.function_line_ids
+        rid, kind = sim.line_origin[lid]
+        assert rid in sim.failed_request_ids and kind == "text"
+    produced = [json.loads(b) for b in sim.produced]
+    for rid in sim.failed_request_ids:
+        at = next(i for i, e in enumerate(produced)
+                  if e["type"] == "platform.runtimeDone" and e["record"]["requestId"] == rid)
+        last = produced[at - 1]
+        assert last["type"] == "function" and sim.line_origin[line_id_of(last["record"])][0] == rid
+    assert set(sim.line_origin) == {line_id_of(r) for r in errors}
+    assert len(sim.function_line_ids) == 1 + n * 2 + len(idx)
+
+
+def test_fail_override_and_json_error_line_on_default_lambda(fake):
+    """fail= overrides the fraction either way; in the JSON log format the error line is
+    the runtime logger's object at level ERROR with the request id."""
+    ext, out = fake
+    with LambdaSim(ext, {"FAKE_OUT": out}, log_format="json", freeze=False, error_fraction=1.0,
+                   capture_extension_logs=False) as sim:
+        sim.start()
+        ok = sim.invoke(1, fail=False)
+        bad = sim.invoke(1, fail=True)
+        by_fraction = sim.invoke(1)
+        sim.shutdown()
+        assert sim.violations == []
+    assert (ok.failed, bad.failed, by_fraction.failed) == (False, True, True)
+    assert sim.failed_request_ids == {bad.request_id, by_fraction.request_id}
+    got = received_events(sim)
+    assert_outcomes(sim, got, "platform.runtimeDone")
+    assert_outcomes(sim, got, "platform.report")
+    errors = [e["record"] for e in got if e["type"] == "function" and e["record"].get("level") == "ERROR"]
+    assert [r["requestId"] for r in errors] == [bad.request_id, by_fraction.request_id]
+    for rec in errors:
+        assert set(rec) == {"timestamp", "level", "message", "requestId"}
+        assert rec["message"].startswith(f"{HANDLER_ERROR_TYPE}: simulated failure ")
+        assert sim.line_origin[line_id_of(rec)] == (rec["requestId"], "json")
+
+
+def test_lmi_failed_invocations_report_error_and_log_an_error_line(fake):
+    """LMI: no runtimeDone, the report says status "error" with errorType; the error line
+    is a JSON line with the request id, the invocation's last function line. fail(index,
+    request id) overrides the fraction, index in start order."""
+    ext, out = fake
+    with lmi_sim(ext, out, seed=3, error_fraction=1.0, capture_extension_logs=False) as sim:
+        sim.start()
+        res = sim.invoke_concurrent(12, log_lines=3, concurrency=4, fail=lambda i, rid: i % 3 != 0)
+        ok = sim.invoke(2, fail=False)
+        by_fraction = sim.invoke(2)
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    assert failed_indices(sim) == {i for i in range(12) if i % 3} | {13}
+    assert [r.failed for r in res] == [bool(i % 3) for i in range(12)]
+    assert not ok.failed and by_fraction.failed
+    got = received_events(sim)
+    assert not any(e["type"] == "platform.runtimeDone" for e in got)
+    assert_outcomes(sim, got, "platform.report")
+    seq = collections.defaultdict(list)
+    for e in got:
+        rec = e["record"]
+        if e["type"] in ("platform.start", "platform.report"):
+            seq[rec["requestId"]].append(e["type"])
+        elif e["type"] == "function" and line_id_of(rec) in sim.line_origin:
+            rid, _ = sim.line_origin[line_id_of(rec)]
+            seq[rid].append("error" if rec.get("level") == "ERROR" else "function")
+            if rec.get("level") == "ERROR":
+                assert rec["requestId"] == rid and set(rec) == {"timestamp", "level", "message", "requestId"}
+    for rid in sim.request_ids:
+        lines = 2 if rid in (ok.request_id, by_fraction.request_id) else 3
+        want = ["platform.start"] + ["function"] * lines
+        want += ["error"] if rid in sim.failed_request_ids else []
+        assert seq[rid] == want + ["platform.report"], (rid, seq[rid])
+
+
+def test_lmi_failures_with_runtime_done_and_in_traffic(fake):
+    """lmi_runtime_done: runtimeDone carries the error too; run_traffic takes fail= as
+    well; the error line uses lmi_request_id_key."""
+    ext, out = fake
+    with lmi_sim(ext, out, lmi_runtime_done=True, lmi_request_id_key="AWSRequestId",
+                 capture_extension_logs=False) as sim:
+        sim.start()
+        res = sim.run_traffic(3000, 0.3, concurrency=4, log_lines=2, fail=lambda i, rid: i % 2 == 1)
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    assert res.invocations == len(sim.request_ids) >= 10
+    assert failed_indices(sim) == {i for i in range(res.invocations) if i % 2}
+    got = received_events(sim)
+    assert_outcomes(sim, got, "platform.runtimeDone")
+    assert_outcomes(sim, got, "platform.report")
+    errors = [e["record"] for e in got if e["type"] == "function" and isinstance(e["record"], dict)
+              and e["record"].get("level") == "ERROR"]
+    assert sorted(r["AWSRequestId"] for r in errors) == sorted(sim.failed_request_ids)
+
+
+def test_error_fraction_zero_changes_nothing(fake, tmp_path):
+    """The default: every invocation succeeds on both models, nothing more is logged."""
+    ext, out = fake
+    with LambdaSim(ext, {"FAKE_OUT": out}, seed=1) as sim:
+        sim.start()
+        results = [sim.invoke(3) for _ in range(4)]
+        sim.shutdown()
+        assert sim.violations == []
+    out2 = str(tmp_path / "fake2.log")
+    with lmi_sim(ext, out2, seed=1, lmi_runtime_done=True) as lmi:
+        lmi.start()
+        results += lmi.invoke_concurrent(30, log_lines=3, concurrency=8)
+        lmi.shutdown()
+        assert lmi.violations == []
+    for s, lines in ((sim, 1 + 4 * 3), (lmi, 1 + 30 * 3)):
+        assert s.error_fraction == 0.0 and s.failed_request_ids == set()
+        got = received_events(s)
+        for typ in ("platform.runtimeDone", "platform.report"):
+            recs = [e["record"] for e in got if e["type"] == typ]
+            assert len(recs) == len(s.request_ids)
+            assert all(r["status"] == "success" and "errorType" not in r for r in recs), typ
+        assert not any("simulated failure" in json.dumps(e["record"]) for e in got if e["type"] == "function")
+        assert len(s.function_line_ids) == lines
+    assert sim.line_origin == {} and not any(r.failed for r in results)
