@@ -190,6 +190,32 @@ settings! {
         accepts: Word { default: "false", words: &["false", "true"] },
         meaning: "Wrap each event in an envelope with function name, version, region, account id, environment id, a record id and request id",
     };
+    SAMPLE_SUCCESS = Setting {
+        var: "KINESIS_TELEMETRY_SAMPLE_SUCCESS",
+        accepts: Other { default: "`1`", range: "a fraction from `0` to `1` (at most 6 decimals)" },
+        meaning: "Share of successful invocations whose function and extension log lines are forwarded; every line of an invocation that did not succeed is",
+    };
+    SAMPLE_HOLD_MS = Setting {
+        var: "KINESIS_TELEMETRY_SAMPLE_HOLD_MS",
+        accepts: Int { default: 60_000, min: 10, max: 900_000 },
+        meaning: "While sampling, the longest an invocation's lines wait for its outcome (thawed time) before they are forwarded anyway.",
+    };
+    REDACT = Setting {
+        var: "KINESIS_TELEMETRY_REDACT",
+        accepts: Other {
+            default: "(none)",
+            range: "comma-separated `aws-keys`, `bearer`, `jwt`, `email`, `card`, or `all`",
+        },
+        meaning: "Built-in rules whose matches in function and extension log records are replaced by `[REDACTED:<rule>]`",
+    };
+    REDACT_PATTERNS = Setting {
+        var: "KINESIS_TELEMETRY_REDACT_PATTERNS",
+        accepts: Other {
+            default: "(none)",
+            range: "a JSON array of regular expressions or `{\"name\": …, \"pattern\": …}` objects",
+        },
+        meaning: "Your own redaction rules, applied after the built-in ones",
+    };
     SHUTDOWN_WAIT_MS = Setting {
         var: "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
         accepts: Int { default: 500, min: 0, max: 1_500 },
@@ -513,6 +539,13 @@ pub struct Config {
     /// Index in `LEVELS` below which JSON log events are not forwarded.
     pub min_level: Option<usize>,
     pub enrich: bool,
+    /// Successful invocations whose log lines are forwarded, in millionths
+    /// (`records::sample::SCALE`: all, no sampling).
+    pub sample_success: u32,
+    /// How long held lines wait for their invocation's outcome.
+    pub sample_hold: Duration,
+    /// Redaction rules, compiled; `None`: off.
+    pub redact: Option<crate::records::redact::Redactor>,
     /// Longest wait for `platform.runtimeDone` after INVOKE; `None`: until the
     /// invoke deadline.
     pub runtime_done_timeout: Option<Duration>,
@@ -738,6 +771,9 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         platform_events: platform_events(&mut r),
         min_level: min_level(&mut r),
         enrich: r.word(&ENRICH) == "true",
+        sample_success: sample_success(&mut r),
+        sample_hold: r.millis(&SAMPLE_HOLD_MS),
+        redact: redactor(&mut r),
         runtime_done_timeout: nonzero(r.millis(&RUNTIME_DONE_TIMEOUT_MS)),
         flush_timeout: r.millis(&FLUSH_TIMEOUT_MS),
         max_records_per_request: r.int(&MAX_RECORDS_PER_REQUEST) as usize,
@@ -953,6 +989,75 @@ fn min_level(r: &mut Reader) -> Option<usize> {
     level
 }
 
+/// A fraction from 0 to 1, in millionths.
+fn sample_success(r: &mut Reader) -> u32 {
+    use crate::records::sample::SCALE;
+    let Some(v) = r.raw(&SAMPLE_SUCCESS) else {
+        return SCALE;
+    };
+    match v.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => (f * f64::from(SCALE)).round() as u32,
+        _ => {
+            r.fail(
+                &SAMPLE_SUCCESS,
+                Some(v),
+                "a fraction from 0 to 1, such as 0.1 (1: every invocation)",
+            );
+            SCALE
+        }
+    }
+}
+
+/// The built-in rules chosen and the user's patterns, compiled; `None`
+/// when neither is set.
+fn redactor(r: &mut Reader) -> Option<crate::records::redact::Redactor> {
+    use crate::records::redact::{parse_patterns, Redactor, BUILT_IN};
+    let mut built_in: Vec<&str> = Vec::new();
+    if let Some(v) = r.raw(&REDACT) {
+        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = name.to_ascii_lowercase();
+            match BUILT_IN.iter().find(|b| **b == name) {
+                Some(b) => built_in.push(b),
+                None if name == "all" => built_in.extend(BUILT_IN),
+                None => {
+                    r.fail(
+                        &REDACT,
+                        Some(v.clone()),
+                        format!("a comma-separated list of {}, or all", BUILT_IN.join(", ")),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    let patterns = match r.raw(&REDACT_PATTERNS).map(|v| (parse_patterns(&v), v)) {
+        None => Vec::new(),
+        Some((Ok(p), _)) => p,
+        Some((Err(expected), v)) => {
+            r.fail(&REDACT_PATTERNS, Some(v), expected);
+            Vec::new()
+        }
+    };
+    if built_in.is_empty() && patterns.is_empty() {
+        return None;
+    }
+    match Redactor::new(&built_in, &patterns) {
+        Ok(redactor) => Some(redactor),
+        Err(bad) => {
+            let v = r.raw(&REDACT_PATTERNS);
+            r.fail(
+                &REDACT_PATTERNS,
+                v,
+                format!(
+                    "valid regular expressions, but rule {:?} ({:?}) is not: {}",
+                    bad.name, bad.regex, bad.message
+                ),
+            );
+            None
+        }
+    }
+}
+
 /// Unset, the record limit follows a lowered request limit; set, it must fit in it.
 fn max_record_bytes(r: &mut Reader, request_bytes: u64) -> usize {
     let n = r.int_or(&MAX_RECORD_BYTES, MIB.min(request_bytes));
@@ -1146,6 +1251,45 @@ mod tests {
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
         from_env(&env(pairs)).unwrap_err().errors
+    }
+
+    #[test]
+    fn sampling_and_redaction_settings() {
+        let c = from_env(&env(&[])).unwrap();
+        assert_eq!(c.sample_success, crate::records::sample::SCALE);
+        assert!(c.redact.is_none(), "off by default");
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0.1"),
+            ("KINESIS_TELEMETRY_REDACT", "Email, card"),
+            ("KINESIS_TELEMETRY_REDACT_PATTERNS", r#"["a,b"]"#),
+        ]))
+        .unwrap();
+        assert_eq!(c.sample_success, 100_000);
+        assert_eq!(c.redact.unwrap().names(), ["email", "card", "pattern-1"]);
+        let all = from_env(&env(&[("KINESIS_TELEMETRY_REDACT", "all")])).unwrap();
+        assert_eq!(all.redact.unwrap().names().len(), 5);
+        for (var, bad) in [
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "1.5"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "10%"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "NaN"),
+            ("KINESIS_TELEMETRY_REDACT", "email,ssn"),
+            ("KINESIS_TELEMETRY_REDACT_PATTERNS", "acct-[0-9]+"),
+        ] {
+            let e = errors(&[(var, bad)]);
+            assert_eq!(e.len(), 1, "{var}={bad}");
+            assert_eq!(e[0].var, var);
+        }
+        // An invalid pattern: the error names it and the parser's message.
+        let e = errors(&[(
+            "KINESIS_TELEMETRY_REDACT_PATTERNS",
+            r#"["ok", "(unclosed"]"#,
+        )]);
+        let text = e[0].to_string();
+        assert!(
+            text.contains("pattern-2") && text.contains("(unclosed"),
+            "{text}"
+        );
+        assert!(text.contains("is not:"), "{text}");
     }
 
     #[test]

@@ -27,6 +27,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $( $(#[$doc])* pub $field: Counter, )*
+            /// Redactions per rule, when redaction is on (`redactions`).
+            pub redactions: std::sync::OnceLock<Vec<(String, Counter)>>,
         }
 
         impl Stats {
@@ -87,6 +89,16 @@ counters! {
     dropped_kms => "droppedKms",
     dropped_credentials => "droppedCredentials",
     dropped_signature => "droppedSignature",
+    /// Sampling (`KINESIS_TELEMETRY_SAMPLE_SUCCESS`): log lines of successful
+    /// invocations not forwarded, their size as records, and invocations.
+    sampled_out_lines => "sampledOutLines",
+    sampled_out_bytes => "sampledOutBytes",
+    sampled_out_invocations => "sampledOutInvocations",
+    /// Invocations the hash would have sampled out, kept because they failed.
+    kept_failed => "invocationsKeptFailed",
+    /// Held invocations forwarded without an outcome (hold time, buffer cap,
+    /// SHUTDOWN, or an outcome without a status).
+    forwarded_undecided => "invocationsForwardedUndecided",
     /// What Lambda reported dropping before it reached us (`platform.logsDropped`).
     lambda_dropped_records => "lambdaDroppedRecords",
     lambda_dropped_bytes => "lambdaDroppedBytes",
@@ -95,11 +107,14 @@ counters! {
 impl Stats {
     /// One line with every counter, for the shutdown log.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
+        let mut parts: Vec<String> = self
             .snapshot()
             .into_iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
+        for (rule, c) in self.redactions.get().into_iter().flatten() {
+            parts.push(format!("redactions.{rule}={}", c.get()));
+        }
         parts.join(" ")
     }
 
@@ -112,6 +127,13 @@ impl Stats {
         }
         for (k, v) in self.snapshot() {
             record.insert(k.into(), v.into());
+        }
+        if let Some(rules) = self.redactions.get() {
+            let per_rule: serde_json::Map<String, serde_json::Value> = rules
+                .iter()
+                .map(|(rule, c)| (rule.clone(), c.get().into()))
+                .collect();
+            record.insert("redactions".into(), per_rule.into());
         }
         // Envelope fields first, in the order Lambda's events use.
         format!(
@@ -146,5 +168,13 @@ mod tests {
             s.snapshot().len() + 2
         );
         assert!(s.summary().contains("recordsSent=3"));
+        // With redaction on: one counter per rule.
+        s.redactions
+            .set(vec![("email".into(), Counter::default())])
+            .unwrap();
+        s.redactions.get().unwrap()[0].1.add(4);
+        let e: serde_json::Value = serde_json::from_str(&s.metrics_event("t", true, &[])).unwrap();
+        assert_eq!(e["record"]["redactions"]["email"], 4);
+        assert!(s.summary().contains("redactions.email=4"));
     }
 }

@@ -27,6 +27,7 @@ use crate::kinesis::error::Cause;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{self, Delivery, Kind};
 use crate::records::queue::{Queue, Record};
+use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
 use crate::records::shape::{Shaped, Shaper};
 use crate::rng::Rng;
 use crate::stats::Stats;
@@ -96,6 +97,9 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
 
     queue: Queue,
     shaper: Shaper,
+    /// Outcome-aware sampling, when on: log lines held until their
+    /// invocation's outcome.
+    sampler: Option<Sampler>,
     /// Lambda's own warnings already logged.
     reported: Reported,
     age: BufferAge,
@@ -157,7 +161,10 @@ impl<C: PutRecords> Dispatcher<C> {
             environment,
             Rng::seeded(rng.next_u64()),
             &context,
+            stats.clone(),
         );
+        let sampler =
+            (cfg.sample_success < SCALE).then(|| Sampler::new(cfg.sample_success, cfg.sample_hold));
         // Never frozen on Managed Instances: sending runs from the start.
         let mut age = BufferAge::default();
         let paused = match model {
@@ -177,6 +184,7 @@ impl<C: PutRecords> Dispatcher<C> {
             context,
             queue: Queue::default(),
             shaper,
+            sampler,
             reported: Reported::default(),
             age,
             model,
@@ -200,6 +208,7 @@ impl<C: PutRecords> Dispatcher<C> {
             if !self.paused && matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. }) {
                 self.send_due();
             }
+            self.expire_holds();
             // Before blocking: the events that a send took in (it drains the
             // listener's channel first) may be the very ones a wait needs,
             // such as the runtimeDone ending the invoke. Nothing would wake
@@ -396,6 +405,13 @@ impl<C: PutRecords> Dispatcher<C> {
     /// of what could not be delivered by `deadline`.
     fn shut_down(&mut self, deadline: Instant) {
         self.final_flush = true;
+        self.drain_events();
+        // Lines still waiting for an outcome are forwarded, not lost.
+        if let Some(s) = &mut self.sampler {
+            for r in s.release_all() {
+                self.released(r);
+            }
+        }
         self.flush_all(deadline);
         // The metrics record goes last, so it counts the final flush.
         self.enqueue_metrics(true);
@@ -474,6 +490,9 @@ impl<C: PutRecords> Dispatcher<C> {
                     t = t.min(left);
                 }
             }
+            if let Some(due) = self.sampler.as_ref().and_then(Sampler::next_expiry) {
+                t = t.min(due.saturating_sub(self.age.thawed_now()));
+            }
             if let Some(oldest) = self.age.oldest_wall().filter(|_| self.periodic_now()) {
                 t = t.min((oldest + self.cfg.flush_interval).saturating_duration_since(now));
             }
@@ -486,19 +505,20 @@ impl<C: PutRecords> Dispatcher<C> {
         let queued_before = self.queue.len();
         for e in delivery.events {
             self.invocations.saw(&e);
-            if e.kind == Kind::LogsDropped {
-                self.lambda_dropped(&e.json);
+            match e.kind {
+                Kind::LogsDropped => self.lambda_dropped(&e.json),
+                Kind::RuntimeDone | Kind::Report => self.outcome(&e),
+                _ => {}
             }
             let size = e.json.len();
-            let queued = match self.shaper.shape(e, self.invocations.current.as_deref()) {
+            let current = self.invocations.current.as_deref();
+            let (shaped, owner) = self.shaper.shape(e, current);
+            let records = match shaped {
                 Shaped::Filtered => {
                     self.stats.filtered_events.add(1);
-                    false
+                    continue;
                 }
-                Shaped::Record(r) => {
-                    self.queue.push(r);
-                    true
-                }
+                Shaped::Record(r) => vec![r],
                 Shaped::Fragments(records) => {
                     self.stats.fragmented_events.add(1);
                     log::warn!(
@@ -506,18 +526,91 @@ impl<C: PutRecords> Dispatcher<C> {
                         self.cfg.max_record_bytes,
                         records.len()
                     );
+                    records
+                }
+            };
+            let route = match (&self.sampler, &owner) {
+                (Some(s), Some(id)) => s.route(id),
+                _ => Route::Forward,
+            };
+            match (route, &mut self.sampler, owner) {
+                (Route::Hold, Some(s), Some(id)) => {
+                    s.hold(&id, records, self.age.thawed_now(), delivery.received);
+                }
+                (Route::Drop, _, _) => {
+                    self.stats.sampled_out_lines.add(1);
+                    let bytes: usize = records.iter().map(Record::size).sum();
+                    self.stats.sampled_out_bytes.add(bytes as u64);
+                }
+                _ => {
                     for r in records {
                         self.queue.push(r);
                     }
-                    true
+                    self.age.arrived(delivery.received);
                 }
-            };
-            if queued {
-                self.age.arrived(delivery.received);
             }
         }
         let added = self.queue.len() - queued_before;
         self.queue.release_body(added, delivery.body_bytes);
+        self.relieve_holds();
+    }
+
+    /// An invocation's outcome (its runtimeDone or report): what becomes of
+    /// its held lines.
+    fn outcome(&mut self, e: &telemetry::Event) {
+        let (Some(s), Some(id)) = (&mut self.sampler, &e.request_id) else {
+            return;
+        };
+        let status = telemetry::status(&e.json);
+        if let Some(r) = s.outcome(id, Outcome::of(status.as_deref())) {
+            self.released(r);
+        }
+    }
+
+    /// Held lines leave the hold: forwarded, or counted as sampled out.
+    fn released(&mut self, r: Release) {
+        match r.why {
+            Why::SampledOut => {
+                self.stats.sampled_out_invocations.add(1);
+                self.stats.sampled_out_lines.add(r.lines);
+                self.stats.sampled_out_bytes.add(r.bytes);
+                return;
+            }
+            Why::Failed => self.stats.kept_failed.add(1),
+            Why::Undecided if r.lines > 0 => self.stats.forwarded_undecided.add(1),
+            Why::Undecided => {}
+        }
+        if !r.records.is_empty() {
+            for rec in r.records {
+                self.queue.push(rec);
+            }
+            self.age.arrived(r.arrived);
+        }
+    }
+
+    /// Holds past the maximum hold time are forwarded.
+    fn expire_holds(&mut self) {
+        let Some(s) = &mut self.sampler else {
+            return;
+        };
+        if s.next_expiry().is_some_and(|t| t <= self.age.thawed_now()) {
+            for r in s.expired(self.age.thawed_now()) {
+                self.released(r);
+            }
+        }
+    }
+
+    /// Held lines may fill half the buffer cap; past it the oldest holds
+    /// are forwarded, so the queue can always drain below the cap and the
+    /// listener (and the outcomes it brings) is never stopped by holds.
+    fn relieve_holds(&mut self) {
+        let half = self.cfg.buffer_limit_bytes / 2;
+        while self.sampler.as_ref().is_some_and(|s| s.bytes() > half) {
+            match self.sampler.as_mut().and_then(Sampler::release_oldest) {
+                Some(r) => self.released(r),
+                None => return,
+            }
+        }
     }
 
     /// Lambda reports (`platform.logsDropped`) telemetry it dropped.
@@ -541,7 +634,8 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// Whether the buffer holds as much as the memory cap allows.
     fn over_cap(&self) -> bool {
-        self.queue.bytes() >= self.cfg.buffer_limit_bytes
+        let held = self.sampler.as_ref().map_or(0, Sampler::bytes);
+        self.queue.bytes() + held >= self.cfg.buffer_limit_bytes
     }
 
     /// Moves whatever the listener has queued into our queue, without

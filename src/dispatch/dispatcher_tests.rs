@@ -515,3 +515,125 @@ fn still_refused_at_shutdown_the_records_are_counted_by_cause() {
     assert_eq!(seen.requests, 2);
     assert!(took < SEC, "{took:?}");
 }
+
+fn platform(ty: &str, id: &str, status: &str) -> String {
+    format!(
+        r#"{{"time":"2026-11-30T00:00:00.000Z","type":"platform.{ty}","record":{{"requestId":"{id}","status":"{status}"}}}}"#
+    )
+}
+
+/// JSON log lines naming their request (as on Managed Instances).
+fn named_lines(id: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"time":"2026-11-30T00:00:00.000Z","type":"function","record":{{"level":"INFO","requestId":"{id}","message":"{id}-{i}"}}}}"#
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn sampling_keeps_every_line_of_failed_invocations_and_drops_the_rest() {
+    let h = start(
+        &[
+            ("KINESIS_TELEMETRY_FLUSH", "end"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0"),
+        ],
+        vec![],
+        Answer::Store,
+    );
+    let mut failed_lines = Vec::new();
+    for i in 0..10 {
+        let id = format!("r{i}");
+        let status = if i % 3 == 0 { "error" } else { "success" };
+        let lines = lines(&id, 4);
+        if status != "success" {
+            failed_lines.extend(lines.iter().cloned());
+        }
+        let mut events = vec![platform("start", &id, "")];
+        events.extend(lines);
+        events.push(platform("runtimeDone", &id, status));
+        h.deliver(&events);
+        h.invoke(&id, true);
+    }
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), failed_lines);
+    let platform_events = seen
+        .stored
+        .iter()
+        .filter(|s| s.contains("platform."))
+        .count();
+    assert_eq!(platform_events, 20, "platform events are not sampled");
+    assert_eq!(stats.kept_failed.get(), 4);
+    assert_eq!(stats.sampled_out_invocations.get(), 6);
+    assert_eq!(stats.sampled_out_lines.get(), 24);
+    let bytes: usize = lines("r1", 4).iter().map(|l| l.len() + "env".len()).sum();
+    assert_eq!(stats.sampled_out_bytes.get(), 6 * bytes as u64);
+}
+
+#[test]
+fn lines_without_an_outcome_are_forwarded_at_shutdown() {
+    let h = start(
+        &[
+            ("KINESIS_TELEMETRY_FLUSH", "end"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0"),
+        ],
+        vec![],
+        Answer::Store,
+    );
+    let sent = lines("lost-outcome", 3);
+    let mut events = vec![platform("start", "r1", "")];
+    events.extend(sent.iter().cloned());
+    h.deliver(&events);
+    h.invoke("r1", false);
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), sent);
+    assert_eq!(stats.forwarded_undecided.get(), 1);
+    assert_eq!(stats.sampled_out_lines.get(), 0);
+}
+
+#[test]
+fn on_managed_instances_holds_end_by_report_or_by_hold_time() {
+    let h = start_in(
+        Model::ManagedInstances,
+        &[
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0"),
+            ("KINESIS_TELEMETRY_SAMPLE_HOLD_MS", "100"),
+            ("KINESIS_TELEMETRY_FLUSH_INTERVAL_MS", "10"),
+        ],
+        vec![],
+        Answer::Store,
+    );
+    // a and b interleave; a fails, b succeeds, c never reports.
+    let (a, b, c) = (
+        named_lines("a", 3),
+        named_lines("b", 3),
+        named_lines("c", 2),
+    );
+    let mut events = vec![platform("start", "a", ""), platform("start", "b", "")];
+    events.extend(a.iter().zip(&b).flat_map(|(x, y)| [x.clone(), y.clone()]));
+    events.push(platform("report", "b", "success"));
+    events.push(platform("report", "a", "timeout"));
+    events.push(platform("start", "c", ""));
+    events.extend(c.iter().cloned());
+    h.deliver(&events);
+    // A line of b arriving after its report follows the report's outcome.
+    h.deliver(&named_lines("b", 1));
+    // c's lines go out once held for 100 ms of (never frozen) time.
+    let until = Instant::now() + 5 * SEC;
+    while telemetry(&h.stored()).len() < 5 && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(h.stats.forwarded_undecided.get(), 1, "c by hold time");
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    let mut want = a.clone();
+    want.extend(c);
+    assert_eq!(telemetry(&seen.stored), want);
+    assert_eq!(stats.kept_failed.get(), 1);
+    assert_eq!(
+        stats.sampled_out_lines.get(),
+        4,
+        "b's three and its late one"
+    );
+}

@@ -185,6 +185,24 @@ pub fn runtime_duration_ms(json: &str) -> Option<f64> {
 }
 
 #[derive(Deserialize)]
+struct StatusHead<'a> {
+    #[serde(borrow)]
+    record: StatusRecord<'a>,
+}
+
+#[derive(Deserialize)]
+struct StatusRecord<'a> {
+    #[serde(borrow, default)]
+    status: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// `record.status` of a `platform.runtimeDone` or `platform.report` event
+/// (`success`, `error`, `failure`, `timeout`).
+pub fn status(json: &str) -> Option<std::borrow::Cow<'_, str>> {
+    serde_json::from_str::<StatusHead>(json).ok()?.record.status
+}
+
+#[derive(Deserialize)]
 struct DroppedHead {
     record: DroppedRecord,
 }

@@ -5,4 +5,6 @@
 pub mod pack;
 pub mod partition;
 pub mod queue;
+pub mod redact;
+pub mod sample;
 pub mod shape;

@@ -1,11 +1,13 @@
 //! From telemetry events to queued records: which events are forwarded
-//! (types, platform event names, minimum log level), the optional enrichment
-//! envelope, the partition key, and fragments for events too large for one
-//! record. Pure bookkeeping; the dispatcher owns when records are sent.
+//! (types, platform event names, minimum log level), redaction, the optional
+//! enrichment envelope, the partition key, and fragments for events too
+//! large for one record. Pure bookkeeping; the dispatcher owns when records
+//! are sent (and which sampled lines are held).
 
 use serde::Deserialize;
 
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::config::{Config, PartitionKeyMode, Types, LEVELS};
 use crate::json::push_string;
@@ -13,8 +15,11 @@ use crate::lambda::model::Model;
 use crate::lambda::telemetry::{log_request_id, Event, Kind};
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
+use crate::records::redact::Redactor;
+use crate::records::sample::SCALE;
 use crate::rng::Rng;
 use crate::slices::Text;
+use crate::stats::{Counter, Stats};
 
 /// What became of one event.
 pub enum Shaped {
@@ -41,8 +46,13 @@ pub struct Shaper {
     /// Invocations interleave (Managed Instances): a log line belongs to
     /// the request its own record names, not to the one in progress.
     logs_name_their_request: bool,
-    /// Records carry their request (enrichment, or request partition keys).
+    /// Records carry their request (enrichment, or request partition keys),
+    /// or sampling needs to know it.
     needs_request: bool,
+    /// Sampling is on: `shape` says which invocation a log line belongs to.
+    sampling: bool,
+    redact: Option<Redactor>,
+    stats: Arc<Stats>,
     /// Enveloped records shaped so far (their `id`s).
     sequence: u64,
 }
@@ -56,8 +66,10 @@ impl Shaper {
         environment: &str,
         mut rng: Rng,
         context: &[(&str, String)],
+        stats: Arc<Stats>,
     ) -> Shaper {
         let keys = Keys::new(cfg.partition_key, environment, Rng::seeded(rng.next_u64()));
+        let sampling = cfg.sample_success < SCALE;
         let envelope_head = cfg.enrich.then(|| {
             let mut head = String::new();
             for (k, v) in context
@@ -82,20 +94,27 @@ impl Shaper {
             rng,
             invocation: None,
             logs_name_their_request: model == Model::ManagedInstances,
-            needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request,
+            needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || sampling,
+            sampling,
+            redact: cfg.redact.clone().inspect(|r| {
+                let counters = r.names().into_iter().map(|n| (n, Counter::default()));
+                let _ = stats.redactions.set(counters.collect());
+            }),
+            stats,
             sequence: 0,
         }
     }
 
     /// Shapes one event; `current` is the invocation the lifecycle is in.
-    pub fn shape(&mut self, e: Event, current: Option<&str>) -> Shaped {
+    /// With sampling on, also says which invocation a log line belongs to.
+    pub fn shape(&mut self, e: Event, current: Option<&str>) -> (Shaped, Option<Box<str>>) {
         match e.kind {
             Kind::Start => self.invocation = e.request_id.clone(),
             Kind::RuntimeDone => self.invocation = None,
             _ => {}
         }
         if !self.wanted(&e) {
-            return Shaped::Filtered;
+            return (Shaped::Filtered, None);
         }
         // Platform events name their request; logs belong to the invocation
         // in progress, if any, or on Managed Instances to the one they name.
@@ -112,11 +131,27 @@ impl Shaper {
             _ => None,
         };
         let request = e.request_id.as_deref().or(inside);
+        let owner = match e.kind {
+            Kind::Function | Kind::Extension if self.sampling => inside.map(Box::from),
+            _ => None,
+        };
         let key = self.keys.key(request, current);
+        let json = match (&self.redact, e.kind) {
+            (Some(r), Kind::Function | Kind::Extension) => {
+                let counters = self.stats.redactions.get().map(Vec::as_slice);
+                let hit = &mut |i: usize| {
+                    if let Some((_, c)) = counters.and_then(|c| c.get(i)) {
+                        c.add(1);
+                    }
+                };
+                r.redact_event(&e.json, hit).map_or(e.json, Text::from)
+            }
+            _ => e.json,
+        };
         let data: Text = match &self.envelope_head {
-            None => e.json,
+            None => json,
             Some(head) => {
-                let mut s = String::with_capacity(head.len() + e.json.len() + 80);
+                let mut s = String::with_capacity(head.len() + json.len() + 80);
                 s.push('{');
                 s.push_str(head);
                 // A stable identity: the same on every resend of this
@@ -134,22 +169,18 @@ impl Shaper {
                     None => s.push_str("null"),
                 }
                 s.push_str(",\"event\":");
-                s.push_str(&e.json);
+                s.push_str(&json);
                 s.push('}');
                 Text::from(s)
             }
         };
         if data.len() + key.len() <= self.max_record_bytes {
-            return Shaped::Record(Record::new(data.into_bytes(), key));
+            return (Shaped::Record(Record::new(data.into_bytes(), key)), owner);
         }
         let rng = &mut self.rng;
         let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));
-        Shaped::Fragments(
-            parts
-                .into_iter()
-                .map(|p| Record::new(p, key.clone()))
-                .collect(),
-        )
+        let records = parts.into_iter().map(|p| Record::new(p, key.clone()));
+        (Shaped::Fragments(records.collect()), owner)
     }
 
     fn wanted(&self, e: &Event) -> bool {
@@ -220,6 +251,10 @@ mod tests {
         crate::config::from_env(&|k| m.get(k).map(|v| v.to_string())).unwrap()
     }
 
+    fn stats() -> Arc<Stats> {
+        Arc::new(Stats::default())
+    }
+
     fn events() -> Vec<Event> {
         split(
             br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
@@ -235,7 +270,7 @@ mod tests {
     fn forwarded(s: &mut Shaper) -> Vec<String> {
         events()
             .into_iter()
-            .filter_map(|e| match s.shape(e, None) {
+            .filter_map(|e| match s.shape(e, None).0 {
                 Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
                 Shaped::Fragments(_) | Shaped::Filtered => None,
             })
@@ -248,7 +283,7 @@ mod tests {
             ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "runtimeDone"),
             ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
         ]);
-        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
         let out = forwarded(&mut s);
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
@@ -263,7 +298,7 @@ mod tests {
             ("functionName", "fn".to_string()),
             ("accountId", "1".to_string()),
         ];
-        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &ctx);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &ctx, stats());
         let env_key = s.keys.environment().to_string();
         let out = forwarded(&mut s);
         let originals = events();
@@ -296,10 +331,10 @@ mod tests {
     #[test]
     fn oversized_events_are_fragmented() {
         let c = cfg(&[("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "1024")]);
-        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
         let big = format!(r#"[{{"type":"function","record":"{}"}}]"#, "x".repeat(5000));
         let e = split(big.as_bytes()).unwrap().remove(0);
-        match s.shape(e, None) {
+        match s.shape(e, None).0 {
             Shaped::Fragments(records) => {
                 assert!(records.len() >= 5);
                 assert!(records.iter().all(|r| r.size() <= 1024));
@@ -314,7 +349,14 @@ mod tests {
             ("KINESIS_TELEMETRY_ENRICH", "true"),
             ("KINESIS_TELEMETRY_PARTITION_KEY", "request"),
         ]);
-        let mut s = Shaper::new(&c, Model::ManagedInstances, "env", Rng::seeded(1), &[]);
+        let mut s = Shaper::new(
+            &c,
+            Model::ManagedInstances,
+            "env",
+            Rng::seeded(1),
+            &[],
+            stats(),
+        );
         // Two invocations interleave; there is no runtimeDone.
         let body = r#"[
             {"type":"platform.start","record":{"requestId":"a"}},
@@ -326,7 +368,7 @@ mod tests {
         let shaped: Vec<(String, String)> = split(body.as_bytes())
             .unwrap()
             .into_iter()
-            .map(|e| match s.shape(e, None) {
+            .map(|e| match s.shape(e, None).0 {
                 Shaped::Record(r) => {
                     let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
                     (v["requestId"].to_string(), r.key.to_string())

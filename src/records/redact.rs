@@ -1,0 +1,617 @@
+//! Redaction (`KINESIS_TELEMETRY_REDACT`, `_REDACT_PATTERNS`): secrets and
+//! personal data in function and extension log records replaced by
+//! `[REDACTED:<rule>]` before they leave the sandbox.
+//!
+//! Only string values change: a text record, or the string values of a JSON
+//! record (keys never), so a record stays valid JSON; a record with nothing
+//! to redact is kept byte for byte. Each rule first asks a cheap question of
+//! the text (is there an `@`, an `eyJ`, 13 digits...) and runs its regular
+//! expression only when the answer is yes.
+
+use std::borrow::Cow;
+
+use regex_lite::{Captures, Regex};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::json::push_string;
+
+/// The built-in rules, in the order they are applied (`all` means these).
+pub const BUILT_IN: [&str; 5] = ["aws-keys", "bearer", "jwt", "email", "card"];
+
+/// Characters of an AWS secret access key (base64 without padding).
+fn secret_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'/' || b == b'+'
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    AwsKeys,
+    Bearer,
+    Jwt,
+    Email,
+    Card,
+    Pattern,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: Box<str>,
+    /// `[REDACTED:<name>]`.
+    label: Box<str>,
+    kind: Kind,
+    re: Regex,
+}
+
+/// A rule the user wrote (`KINESIS_TELEMETRY_REDACT_PATTERNS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pattern {
+    pub name: String,
+    pub regex: String,
+}
+
+/// Why a pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPattern {
+    pub name: String,
+    pub regex: String,
+    pub message: String,
+}
+
+/// The rules in force, compiled once at start.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    rules: Vec<Rule>,
+}
+
+impl Redactor {
+    /// The chosen built-in rules (names from `BUILT_IN`) and the user's
+    /// patterns, applied in that order.
+    pub fn new(built_in: &[&str], patterns: &[Pattern]) -> Result<Redactor, BadPattern> {
+        let mut rules = Vec::new();
+        for name in BUILT_IN.iter().filter(|n| built_in.contains(n)) {
+            let (kind, re) = match *name {
+                "aws-keys" => (Kind::AwsKeys, r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
+                "bearer" => (Kind::Bearer, r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]+=*"),
+                "jwt" => (
+                    Kind::Jwt,
+                    r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+                ),
+                "email" => (
+                    Kind::Email,
+                    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+                ),
+                _ => (Kind::Card, r"\b[2-6](?:[ -]?[0-9]){12,18}\b"),
+            };
+            rules.push(Rule::new(
+                name,
+                kind,
+                Regex::new(re).expect("built-in rule"),
+            ));
+        }
+        for p in patterns {
+            let bad = |message: String| BadPattern {
+                name: p.name.clone(),
+                regex: p.regex.clone(),
+                message,
+            };
+            let re = Regex::new(&p.regex).map_err(|e| bad(e.to_string()))?;
+            if re.is_match("") {
+                return Err(bad(
+                    "it matches the empty string (it would redact between every character)".into(),
+                ));
+            }
+            rules.push(Rule::new(&p.name, Kind::Pattern, re));
+        }
+        Ok(Redactor { rules })
+    }
+
+    /// Rule names, in the order of the counters `redact_event` reports.
+    pub fn names(&self) -> Vec<String> {
+        self.rules.iter().map(|r| r.name.to_string()).collect()
+    }
+
+    /// The event with its `record`'s string values redacted, or `None` when
+    /// nothing matched (the event stays byte for byte). `hit(i)` is called
+    /// once per redaction by rule `i` (see `names`).
+    pub fn redact_event(&self, json: &str, hit: &mut dyn FnMut(usize)) -> Option<String> {
+        // Lambda's events always have a `record`; anything else is redacted
+        // whole (still only string values), never passed through unread.
+        let (start, end) = record_span(json).unwrap_or((0, json.len()));
+        let record = &json[start..end];
+        let ctx = Context {
+            has_key_id: self.rules.iter().any(|r| r.kind == Kind::AwsKeys)
+                && self.rules[0].re.is_match(record),
+            secret_name: false,
+        };
+        let redacted = self.redact_json(record, ctx, hit)?;
+        let mut out = String::with_capacity(json.len() + redacted.len() - record.len());
+        out.push_str(&json[..start]);
+        out.push_str(&redacted);
+        out.push_str(&json[end..]);
+        Some(out)
+    }
+
+    /// Redacts the string values of a JSON text (a string, or an object or
+    /// array); `None` when unchanged.
+    fn redact_json(&self, json: &str, ctx: Context, hit: &mut dyn FnMut(usize)) -> Option<String> {
+        let b = json.as_bytes();
+        let mut out: Option<String> = None;
+        let mut copied = 0; // `json[..copied]` is in `out`
+        let mut last_key_secret = false;
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] != b'"' {
+                i += 1;
+                continue;
+            }
+            let end = string_end(b, i);
+            let token = &json[i..end];
+            let mut after = end;
+            while after < b.len() && b[after].is_ascii_whitespace() {
+                after += 1;
+            }
+            let text: Cow<str> = if token.contains('\\') {
+                match serde_json::from_str::<String>(token) {
+                    Ok(s) => Cow::Owned(s),
+                    Err(_) => Cow::Borrowed(""),
+                }
+            } else {
+                Cow::Borrowed(&token[1..token.len() - 1])
+            };
+            if b.get(after) == Some(&b':') {
+                // A key: never changed, but it says what its value is.
+                last_key_secret = contains_ci(&text, "secret");
+            } else {
+                let ctx = Context {
+                    secret_name: last_key_secret,
+                    ..ctx
+                };
+                if let Some(new) = self.redact_text(&text, ctx, hit) {
+                    let o = out.get_or_insert_with(|| String::with_capacity(json.len() + 32));
+                    o.push_str(&json[copied..i]);
+                    push_string(o, &new);
+                    copied = end;
+                }
+                last_key_secret = false;
+            }
+            i = end;
+        }
+        let mut o = out?;
+        o.push_str(&json[copied..]);
+        Some(o)
+    }
+
+    /// Applies every rule to one string; `None` when none matched.
+    fn redact_text(&self, s: &str, ctx: Context, hit: &mut dyn FnMut(usize)) -> Option<String> {
+        let mut cur: Cow<str> = Cow::Borrowed(s);
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !rule.may_match(&cur, ctx) {
+                continue;
+            }
+            let mut hits = 0;
+            let replaced = match rule.kind {
+                Kind::Bearer => rule.re.replace_all(&cur, |c: &Captures| {
+                    hits += 1;
+                    format!("{}{}", &c[1], rule.label)
+                }),
+                Kind::Card => rule.re.replace_all(&cur, |c: &Captures| {
+                    if luhn(&c[0]) {
+                        hits += 1;
+                        rule.label.to_string()
+                    } else {
+                        c[0].to_string()
+                    }
+                }),
+                _ => rule.re.replace_all(&cur, |_: &Captures| {
+                    hits += 1;
+                    rule.label.to_string()
+                }),
+            };
+            let mut next = match (hits, replaced) {
+                (1.., Cow::Owned(s)) => Some(s),
+                _ => None,
+            };
+            if rule.kind == Kind::AwsKeys {
+                let text = next.as_deref().unwrap_or(&cur);
+                if let Some(s) = redact_secrets(text, ctx, &rule.label, &mut hits) {
+                    next = Some(s);
+                }
+            }
+            for _ in 0..hits {
+                hit(i);
+            }
+            if let Some(s) = next {
+                cur = Cow::Owned(s);
+            }
+        }
+        match cur {
+            Cow::Owned(s) => Some(s),
+            Cow::Borrowed(_) => None,
+        }
+    }
+}
+
+impl Rule {
+    fn new(name: &str, kind: Kind, re: Regex) -> Rule {
+        Rule {
+            name: name.into(),
+            label: format!("[REDACTED:{name}]").into(),
+            kind,
+            re,
+        }
+    }
+
+    /// A cheap test that rules out most text before the regex runs.
+    fn may_match(&self, s: &str, ctx: Context) -> bool {
+        match self.kind {
+            Kind::AwsKeys => {
+                ctx.has_key_id
+                    || ctx.secret_name
+                    || s.contains("AKIA")
+                    || s.contains("ASIA")
+                    || contains_ci(s, "secret")
+            }
+            Kind::Bearer => contains_ci(s, "bearer"),
+            Kind::Jwt => s.contains("eyJ"),
+            Kind::Email => s.contains('@'),
+            Kind::Card => s.bytes().filter(u8::is_ascii_digit).count() >= 13,
+            Kind::Pattern => true,
+        }
+    }
+}
+
+/// What a string's surroundings say about it.
+#[derive(Debug, Clone, Copy)]
+struct Context {
+    /// The record names an access key id somewhere.
+    has_key_id: bool,
+    /// The string is the value of a key that says `secret`.
+    secret_name: bool,
+}
+
+/// Secret access keys: a run of exactly 40 key characters with upper- and
+/// lower-case letters (so no hex digest), when the record has an access key
+/// id, the string is a `secret…` key's value, or the run follows a name
+/// with `secret` in it (`aws_secret_access_key = …`).
+fn redact_secrets(s: &str, ctx: Context, label: &str, hits: &mut usize) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i < b.len() {
+        if !secret_char(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && secret_char(b[i]) {
+            i += 1;
+        }
+        let run = &b[start..i];
+        let padded = b.get(i) == Some(&b'=');
+        let mixed =
+            run.iter().any(u8::is_ascii_uppercase) && run.iter().any(u8::is_ascii_lowercase);
+        if run.len() == 40
+            && !padded
+            && mixed
+            && (ctx.has_key_id || ctx.secret_name || named_secret(&s[..start]))
+        {
+            let o = out.get_or_insert_with(String::new);
+            o.push_str(&s[copied..start]);
+            o.push_str(label);
+            copied = i;
+            *hits += 1;
+        }
+    }
+    let mut o = out?;
+    o.push_str(&s[copied..]);
+    Some(o)
+}
+
+/// Whether `before` ends with a name containing `secret`, then quotes,
+/// spaces, `:` or `=` (what precedes a value in `key=value`, YAML, JSON).
+fn named_secret(before: &str) -> bool {
+    let t = before.trim_end_matches(|c: char| c.is_whitespace() || "\"':=".contains(c));
+    if t.len() == before.len() {
+        return false; // the run is glued to what precedes it
+    }
+    let name_start = t
+        .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+        .map_or(0, |p| p + 1);
+    contains_ci(&t[name_start..], "secret")
+}
+
+/// ASCII case-insensitive substring test.
+fn contains_ci(s: &str, needle: &str) -> bool {
+    s.as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle.as_bytes()))
+}
+
+/// The Luhn check of the digits in `s` (spaces and dashes ignored).
+fn luhn(s: &str) -> bool {
+    let mut sum = 0;
+    for (i, d) in s
+        .bytes()
+        .rev()
+        .filter(u8::is_ascii_digit)
+        .map(|c| u32::from(c - b'0'))
+        .enumerate()
+    {
+        sum += if i % 2 == 1 {
+            if d * 2 > 9 {
+                d * 2 - 9
+            } else {
+                d * 2
+            }
+        } else {
+            d
+        };
+    }
+    sum % 10 == 0
+}
+
+/// The end (one past the closing quote) of the JSON string starting at `i`.
+fn string_end(b: &[u8], i: usize) -> usize {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'\\' => j += 2,
+            b'"' => return j + 1,
+            _ => j += 1,
+        }
+    }
+    b.len()
+}
+
+/// Where the `record` value lies in an event.
+fn record_span(json: &str) -> Option<(usize, usize)> {
+    #[derive(Deserialize)]
+    struct Head<'a> {
+        #[serde(borrow)]
+        record: &'a RawValue,
+    }
+    let raw = serde_json::from_str::<Head>(json).ok()?.record.get();
+    let start = (raw.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+    (start + raw.len() <= json.len()).then_some((start, start + raw.len()))
+}
+
+/// Parses `KINESIS_TELEMETRY_REDACT_PATTERNS`: a JSON array whose items are
+/// a pattern (named `pattern-<n>`, from 1) or `{"name": …, "pattern": …}`.
+pub fn parse_patterns(value: &str) -> Result<Vec<Pattern>, String> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Bare(String),
+        Named { name: String, pattern: String },
+    }
+    let items: Vec<Item> = serde_json::from_str(value).map_err(|e| {
+        format!("a JSON array of patterns, such as [\"acct-[0-9]{{8}}\", {{\"name\": \"ssn\", \"pattern\": \"\\\\b[0-9]{{3}}-[0-9]{{2}}-[0-9]{{4}}\\\\b\"}}] (backslashes doubled, as JSON needs): {e}")
+    })?;
+    let mut out: Vec<Pattern> = Vec::new();
+    for (n, item) in items.into_iter().enumerate() {
+        let (name, regex) = match item {
+            Item::Bare(p) => (format!("pattern-{}", n + 1), p),
+            Item::Named { name, pattern } => (name, pattern),
+        };
+        let valid = !name.is_empty()
+            && name.len() <= 40
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid {
+            return Err(format!(
+                "rule names of 1 to 40 letters, digits, `-` or `_` (not {name:?})"
+            ));
+        }
+        if BUILT_IN.contains(&name.as_str()) || out.iter().any(|p| p.name == name) {
+            return Err(format!(
+                "a rule name used once and not a built-in rule's ({name:?})"
+            ));
+        }
+        out.push(Pattern { name, regex });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all() -> Redactor {
+        Redactor::new(&BUILT_IN, &[]).unwrap()
+    }
+
+    /// The redacted event (or the event unchanged) and hits per rule.
+    fn run(r: &Redactor, json: &str) -> (String, Vec<usize>) {
+        let mut hits = vec![0; r.names().len()];
+        let out = r
+            .redact_event(json, &mut |i| hits[i] += 1)
+            .unwrap_or_else(|| json.to_string());
+        (out, hits)
+    }
+
+    fn text_event(line: &str) -> String {
+        let mut s = String::from(r#"{"time":"2026-11-30T00:00:00Z","type":"function","record":"#);
+        push_string(&mut s, line);
+        s.push('}');
+        s
+    }
+
+    fn record_of(json: &str) -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(json).unwrap()["record"].clone()
+    }
+
+    #[test]
+    fn each_rule_redacts_its_examples() {
+        let r = all();
+        let cases = [
+            ("key AKIAIOSFODNN7EXAMPLE used", "key [REDACTED:aws-keys] used", 0),
+            ("ASIAY34FZKBOKMUTVV7A", "[REDACTED:aws-keys]", 0),
+            (
+                "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                "aws_secret_access_key = [REDACTED:aws-keys]",
+                0,
+            ),
+            (
+                "Authorization: Bearer abc.DEF-123_x~+/==",
+                "Authorization: Bearer [REDACTED:bearer]",
+                1,
+            ),
+            (
+                "token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U end",
+                "token [REDACTED:jwt] end",
+                2,
+            ),
+            ("mail jane.doe+x@mail.example.co.uk now", "mail [REDACTED:email] now", 3),
+            ("card 4111 1111 1111 1111 ok", "card [REDACTED:card] ok", 4),
+            ("card 5500-0000-0000-0004", "card [REDACTED:card]", 4),
+            ("amex 378282246310005.", "amex [REDACTED:card].", 4),
+        ];
+        for (line, want, rule) in cases {
+            let (out, hits) = run(&r, &text_event(line));
+            assert_eq!(record_of(&out), want, "{line}");
+            assert_eq!(hits[rule], 1, "{line}: {hits:?}");
+            assert_eq!(hits.iter().sum::<usize>(), 1, "{line}: {hits:?}");
+        }
+    }
+
+    #[test]
+    fn look_alikes_are_left_alone() {
+        let r = all();
+        for line in [
+            "plain line, nothing here",
+            "4111 1111 1111 1112 fails Luhn",
+            "epoch 1764460800123 ms and 17644608001234567",
+            "sha1 2fd4e1c67a2d28fced849ee1bb76e7391b93eb12 is hex",
+            "AKIA but short AKIA123",
+            "40 chars without a key or name wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "bearer",
+            "user@localhost",
+            "eyJ alone",
+            "caf\u{e9} \u{1F389} \"quoted\" \\ back",
+        ] {
+            let e = text_event(line);
+            let (out, hits) = run(&r, &e);
+            assert_eq!(out, e, "{line}");
+            assert!(hits.iter().all(|h| *h == 0), "{line}");
+        }
+    }
+
+    #[test]
+    fn json_records_keep_keys_order_and_other_values_byte_for_byte() {
+        let r = all();
+        let e = r#"{"time":"t","type":"function","record":{"zeta":"a@b.io","email":"keep key","n":[1,"x@y.org",{"AccessKeyId":"AKIAIOSFODNN7EXAMPLE","SecretAccessKey":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}],"u":"\u00e9"}}"#;
+        let (out, hits) = run(&r, e);
+        assert_eq!(
+            out,
+            r#"{"time":"t","type":"function","record":{"zeta":"[REDACTED:email]","email":"keep key","n":[1,"[REDACTED:email]",{"AccessKeyId":"[REDACTED:aws-keys]","SecretAccessKey":"[REDACTED:aws-keys]"}],"u":"\u00e9"}}"#
+        );
+        assert_eq!(hits, [2, 0, 0, 2, 0]);
+    }
+
+    #[test]
+    fn a_secret_next_to_a_key_id_anywhere_in_the_record() {
+        let r = all();
+        let e = r#"{"type":"function","record":{"id":"AKIAIOSFODNN7EXAMPLE","other":"wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}}"#;
+        let (out, _) = run(&r, e);
+        assert!(!out.contains("wJalr"), "{out}");
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded_before_matching() {
+        let r = all();
+        // "a\u0040b.io" is a@b.io spelled with an escape.
+        let e = r#"{"type":"extension","record":"to a\u0040b.io \"q\""}"#;
+        let (out, hits) = run(&r, e);
+        assert_eq!(record_of(&out), "to [REDACTED:email] \"q\"");
+        assert_eq!(hits[3], 1);
+    }
+
+    #[test]
+    fn user_patterns_apply_after_the_built_ins_with_their_names() {
+        let pats = parse_patterns(r#"["acct-[0-9]{4}", {"name":"ssn","pattern":"\\b[0-9]{3}-[0-9]{2}-[0-9]{4}\\b"}, "a,b"]"#).unwrap();
+        assert_eq!(pats[0].name, "pattern-1");
+        assert_eq!(pats[1].name, "ssn");
+        assert_eq!(pats[2].regex, "a,b", "commas survive");
+        let r = Redactor::new(&["email"], &pats).unwrap();
+        assert_eq!(r.names(), ["email", "pattern-1", "ssn", "pattern-3"]);
+        let (out, hits) = run(&r, &text_event("acct-1234 ssn 123-45-6789 x@y.io a,b"));
+        assert_eq!(
+            record_of(&out),
+            "[REDACTED:pattern-1] ssn [REDACTED:ssn] [REDACTED:email] [REDACTED:pattern-3]"
+        );
+        assert_eq!(hits, [1, 1, 1, 1]);
+    }
+
+    #[test]
+    fn bad_patterns_are_refused_with_the_parser_message() {
+        let e = Redactor::new(&[], &parse_patterns(r#"["ok", "[a-"]"#).unwrap()).unwrap_err();
+        assert_eq!(e.name, "pattern-2");
+        assert_eq!(e.regex, "[a-");
+        assert!(!e.message.is_empty());
+        let e = Redactor::new(&[], &parse_patterns(r#"["x*"]"#).unwrap()).unwrap_err();
+        assert!(e.message.contains("empty string"), "{}", e.message);
+        assert!(parse_patterns("acct-[0-9]+").is_err(), "not JSON");
+        assert!(parse_patterns(r#"[{"name":"email","pattern":"x"}]"#).is_err());
+        assert!(parse_patterns(r#"[{"name":"a b","pattern":"x"}]"#).is_err());
+        assert!(
+            parse_patterns(r#"[{"name":"n","pattern":"x"},{"name":"n","pattern":"y"}]"#).is_err()
+        );
+    }
+
+    #[test]
+    fn luhn_check() {
+        assert!(luhn("4111111111111111"));
+        assert!(luhn("79927398713"));
+        assert!(!luhn("79927398710"));
+    }
+
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let text = prop_oneof![
+            any::<String>(),
+            Just("AKIAIOSFODNN7EXAMPLE".to_string()),
+            Just("Bearer abc.def".to_string()),
+            Just("x@y.io".to_string()),
+            Just("4111-1111-1111-1111".to_string()),
+            "[a-z@. \\\\\"0-9-]{0,30}",
+        ];
+        let leaf = prop_oneof![
+            text.prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            Just(serde_json::Value::Null),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::vec(("[a-zA-Z@.\"\\\\]{0,8}", inner), 0..4)
+                    .prop_map(|kv| { serde_json::Value::Object(kv.into_iter().collect()) }),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn redaction_never_breaks_json_nor_touches_keys(record in json_value(), pretty in any::<bool>()) {
+            let r = Redactor::new(&BUILT_IN, &parse_patterns(r#"["[0-9]{3}"]"#).unwrap()).unwrap();
+            let rec = if pretty { serde_json::to_string_pretty(&record) } else { serde_json::to_string(&record) }.unwrap();
+            let e = format!(r#"{{"time":"t","type":"function","record":{rec}}}"#);
+            let (out, _) = run(&r, &e);
+            let v: serde_json::Value = serde_json::from_str(&out).expect("valid JSON");
+            prop_assert_eq!(&v["time"], "t");
+            fn keys(v: &serde_json::Value, acc: &mut Vec<String>) {
+                match v {
+                    serde_json::Value::Object(m) => for (k, x) in m { acc.push(k.clone()); keys(x, acc) },
+                    serde_json::Value::Array(a) => for x in a { keys(x, acc) },
+                    _ => {}
+                }
+            }
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            keys(&record, &mut before);
+            keys(&v["record"], &mut after);
+            prop_assert_eq!(before, after);
+        }
+    }
+}
