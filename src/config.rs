@@ -192,7 +192,7 @@ settings! {
     };
     SAMPLE_SUCCESS = Setting {
         var: "KINESIS_TELEMETRY_SAMPLE_SUCCESS",
-        accepts: Other { default: "`1`", range: "a fraction from `0` to `1` (at most 6 decimals)" },
+        accepts: Other { default: "`1`", range: "a fraction from `0` to `1` (to the millionth)" },
         meaning: "Share of successful invocations whose function and extension log lines are forwarded; every line of an invocation that did not succeed is",
     };
     SAMPLE_HOLD_MS = Setting {

@@ -152,10 +152,7 @@ def test_thousands_of_lines_beyond_the_hold_room_are_forwarded_not_lost(ext_bin,
     env = ext_env(kinesalite, name, KINESIS_TELEMETRY_SAMPLE_SUCCESS="0",
                   KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES=str(1024 * 1024))
     with LambdaSim(ext_bin, env, timeout_ms=20000) as sim:
-        sim.start()
-        for _ in range(3):
-            r = sim.invoke(log_lines=5000, fail=False)
-            assert not r.timed_out
+        run_invokes(sim, 3, 5000, fail=False)
         res = sim.shutdown()
     assert_clean_exit(sim, res)
     recs = kinesalite.read_all(name, expect=100, timeout=15)

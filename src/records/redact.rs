@@ -41,6 +41,8 @@ struct Rule {
     label: Box<str>,
     kind: Kind,
     re: Regex,
+    /// Text every match of a user's pattern starts with (see `literal_prefix`).
+    prefix: Option<Box<str>>,
 }
 
 /// A rule the user wrote (`KINESIS_TELEMETRY_REDACT_PATTERNS`).
@@ -101,7 +103,9 @@ impl Redactor {
                     "it matches the empty string (it would redact between every character)".into(),
                 ));
             }
-            rules.push(Rule::new(&p.name, Kind::Pattern, re));
+            let mut rule = Rule::new(&p.name, Kind::Pattern, re);
+            rule.prefix = literal_prefix(&p.regex).map(Box::from);
+            rules.push(rule);
         }
         Ok(Redactor { rules })
     }
@@ -119,9 +123,12 @@ impl Redactor {
         // whole (still only string values), never passed through unread.
         let (start, end) = record_span(json).unwrap_or((0, json.len()));
         let record = &json[start..end];
+        // (`aws-keys`, when chosen, is the first rule.)
+        let keys = self.rules.first().filter(|r| r.kind == Kind::AwsKeys);
         let ctx = Context {
-            has_key_id: self.rules.iter().any(|r| r.kind == Kind::AwsKeys)
-                && self.rules[0].re.is_match(record),
+            has_key_id: keys.is_some_and(|r| {
+                (record.contains("AKIA") || record.contains("ASIA")) && r.re.is_match(record)
+            }),
             secret_name: false,
         };
         let redacted = self.redact_json(record, ctx, hit)?;
@@ -190,27 +197,32 @@ impl Redactor {
                 continue;
             }
             let mut hits = 0;
-            let replaced = match rule.kind {
-                Kind::Bearer => rule.re.replace_all(&cur, |c: &Captures| {
-                    hits += 1;
-                    format!("{}{}", &c[1], rule.label)
-                }),
-                Kind::Card => rule.re.replace_all(&cur, |c: &Captures| {
-                    if luhn(&c[0]) {
-                        hits += 1;
-                        rule.label.to_string()
-                    } else {
-                        c[0].to_string()
-                    }
-                }),
-                _ => rule.re.replace_all(&cur, |_: &Captures| {
-                    hits += 1;
-                    rule.label.to_string()
-                }),
-            };
-            let mut next = match (hits, replaced) {
-                (1.., Cow::Owned(s)) => Some(s),
-                _ => None,
+            let mut next = match rule.kind {
+                // Matches lie inside windows found by hand; the regex runs
+                // on those few bytes, not on the whole string.
+                Kind::Email => rule.replace_in(&cur, &email_windows(&cur), &mut hits),
+                Kind::Card => rule.replace_in(&cur, &card_windows(&cur), &mut hits),
+                Kind::AwsKeys => {
+                    let w = literal_windows(&cur, &["AKIA", "ASIA"], false, |c| {
+                        c.is_ascii_uppercase() || c.is_ascii_digit()
+                    });
+                    rule.replace_in(&cur, &w, &mut hits)
+                }
+                Kind::Bearer => {
+                    let w = literal_windows(&cur, &["bearer"], true, |c| {
+                        c.is_ascii_alphanumeric()
+                            || c.is_ascii_whitespace()
+                            || b"._~+/-=".contains(&c)
+                    });
+                    rule.replace_in(&cur, &w, &mut hits)
+                }
+                Kind::Jwt => {
+                    let w = literal_windows(&cur, &["eyJ"], false, |c| {
+                        c.is_ascii_alphanumeric() || b"_-.".contains(&c)
+                    });
+                    rule.replace_in(&cur, &w, &mut hits)
+                }
+                Kind::Pattern => rule.replace_in(&cur, &[(0, cur.len())], &mut hits),
             };
             if rule.kind == Kind::AwsKeys {
                 let text = next.as_deref().unwrap_or(&cur);
@@ -239,7 +251,38 @@ impl Rule {
             label: format!("[REDACTED:{name}]").into(),
             kind,
             re,
+            prefix: None,
         }
+    }
+
+    /// Replaces the matches inside `windows` (sorted, apart) of `s`; `None`
+    /// when nothing matched. Adds the redactions made to `hits`.
+    fn replace_in(&self, s: &str, windows: &[(usize, usize)], hits: &mut usize) -> Option<String> {
+        let mut out: Option<String> = None;
+        let mut copied = 0;
+        for &(start, end) in windows {
+            let mut n = 0;
+            let replaced = self.re.replace_all(&s[start..end], |c: &Captures| {
+                if self.kind == Kind::Card && !luhn(&c[0]) {
+                    return c[0].to_string();
+                }
+                n += 1;
+                match self.kind {
+                    Kind::Bearer => format!("{}{}", &c[1], self.label),
+                    _ => self.label.to_string(),
+                }
+            });
+            if let (1.., Cow::Owned(r)) = (n, replaced) {
+                let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
+                o.push_str(&s[copied..start]);
+                o.push_str(&r);
+                copied = end;
+                *hits += n;
+            }
+        }
+        let mut o = out?;
+        o.push_str(&s[copied..]);
+        Some(o)
     }
 
     /// A cheap test that rules out most text before the regex runs.
@@ -256,7 +299,7 @@ impl Rule {
             Kind::Jwt => s.contains("eyJ"),
             Kind::Email => s.contains('@'),
             Kind::Card => s.bytes().filter(u8::is_ascii_digit).count() >= 13,
-            Kind::Pattern => true,
+            Kind::Pattern => self.prefix.as_deref().is_none_or(|p| s.contains(p)),
         }
     }
 }
@@ -320,6 +363,137 @@ fn named_secret(before: &str) -> bool {
         .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
         .map_or(0, |p| p + 1);
     contains_ci(&t[name_start..], "secret")
+}
+
+/// The literal text every match of `pattern` starts with, when that is plain
+/// to see (no alternation, no flags, leading literal characters not under a
+/// quantifier), of at least two characters: a string without it cannot match.
+fn literal_prefix(pattern: &str) -> Option<String> {
+    if pattern.contains('|') || pattern.contains("(?") {
+        return None;
+    }
+    let rest = pattern.trim_start_matches('^');
+    let mut chars = rest.strip_prefix("\\b").unwrap_or(rest).chars().peekable();
+    let mut lit = String::new();
+    while let Some(c) = chars.next() {
+        let c = match c {
+            '\\' => match chars.next() {
+                Some(e) if e.is_ascii_punctuation() => e,
+                _ => break, // a class (\d), an assertion (\b), an escape (\n)
+            },
+            c if c.is_ascii_alphanumeric() || " -_:=/@#,;'\"<>!%&~".contains(c) => c,
+            _ => break,
+        };
+        if matches!(chars.peek(), Some('?' | '*' | '+' | '{')) {
+            break; // this character may repeat or be absent
+        }
+        lit.push(c);
+    }
+    (lit.len() >= 2).then_some(lit)
+}
+
+/// One character before `start` and one after `end` (clamped), so that a
+/// regex's `\b` sees the same neighbours in a window as in the whole text.
+fn widen(s: &str, start: usize, end: usize) -> (usize, usize) {
+    let before = s[..start].chars().next_back().map_or(0, char::len_utf8);
+    let after = s[end..].chars().next().map_or(0, char::len_utf8);
+    (start - before, end + after)
+}
+
+/// Adds a window, merging it with the last one when they touch.
+fn push_window(windows: &mut Vec<(usize, usize)>, (start, end): (usize, usize)) {
+    match windows.last_mut() {
+        Some(last) if start <= last.1 => last.1 = last.1.max(end),
+        _ => windows.push((start, end)),
+    }
+}
+
+/// Where e-mail addresses can be: around each `@`, the characters a local
+/// part and a domain are made of.
+fn email_windows(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let local = |c: u8| c.is_ascii_alphanumeric() || b"._%+-".contains(&c);
+    let domain = |c: u8| c.is_ascii_alphanumeric() || c == b'.' || c == b'-';
+    let mut windows = Vec::new();
+    for at in b
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| **c == b'@')
+        .map(|(i, _)| i)
+    {
+        let start = b[..at]
+            .iter()
+            .rposition(|c| !local(*c))
+            .map_or(0, |p| p + 1);
+        let end = b[at + 1..]
+            .iter()
+            .position(|c| !domain(*c))
+            .map_or(b.len(), |p| at + 1 + p);
+        if start < at && end > at + 1 {
+            push_window(&mut windows, widen(s, start, end));
+        }
+    }
+    windows
+}
+
+/// Where a rule's matches can be: from each occurrence of one of `needles`
+/// (any case if `any_case`) over the bytes that `part` accepts.
+fn literal_windows(
+    s: &str,
+    needles: &[&str],
+    any_case: bool,
+    part: impl Fn(u8) -> bool,
+) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut found = Vec::new();
+    for needle in needles.iter().map(|n| n.as_bytes()) {
+        let mut from = 0;
+        while let Some(p) = b[from..].windows(needle.len()).position(|w| {
+            if any_case {
+                w.eq_ignore_ascii_case(needle)
+            } else {
+                w == needle
+            }
+        }) {
+            let start = from + p;
+            let end = b[start + needle.len()..]
+                .iter()
+                .position(|c| !part(*c))
+                .map_or(b.len(), |q| start + needle.len() + q);
+            found.push((start, end));
+            from = start + needle.len();
+        }
+    }
+    found.sort_unstable();
+    let mut windows = Vec::new();
+    for (start, end) in found {
+        push_window(&mut windows, widen(s, start, end));
+    }
+    windows
+}
+
+/// Where card numbers can be: runs of digits, spaces and dashes holding at
+/// least 13 digits.
+fn card_windows(s: &str) -> Vec<(usize, usize)> {
+    let b = s.as_bytes();
+    let mut windows = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut digits = 0;
+        while i < b.len() && (b[i].is_ascii_digit() || b[i] == b' ' || b[i] == b'-') {
+            digits += usize::from(b[i].is_ascii_digit());
+            i += 1;
+        }
+        if digits >= 13 {
+            push_window(&mut windows, widen(s, start, i));
+        }
+    }
+    windows
 }
 
 /// ASCII case-insensitive substring test.
@@ -560,6 +734,73 @@ mod tests {
         assert!(
             parse_patterns(r#"[{"name":"n","pattern":"x"},{"name":"n","pattern":"y"}]"#).is_err()
         );
+    }
+
+    #[test]
+    fn literal_prefixes_only_where_every_match_has_them() {
+        assert_eq!(literal_prefix("acct-[0-9]{8}").as_deref(), Some("acct-"));
+        assert_eq!(
+            literal_prefix("\\bref\\.id=[0-9]+").as_deref(),
+            Some("ref.id=")
+        );
+        assert_eq!(literal_prefix("^ssn:\\d+").as_deref(), Some("ssn:"));
+        assert_eq!(
+            literal_prefix("abc?d"),
+            Some("ab".into()),
+            "c may be absent"
+        );
+        for none in ["a|b", "(?i)acct", "x[0-9]", "\\d{3}", "ab*c", ".*"] {
+            assert_eq!(literal_prefix(none), None, "{none}");
+        }
+        // The prefix is only a filter: a string without it is not scanned.
+        let r = Redactor::new(&[], &parse_patterns(r#"["acct-[0-9]{4}"]"#).unwrap()).unwrap();
+        assert_eq!(run(&r, &text_event("ACCT-1234 acct-12")).1, [0]);
+        assert_eq!(run(&r, &text_event("x acct-1234")).1, [1]);
+    }
+
+    #[test]
+    fn windows_find_what_the_whole_string_finds() {
+        let r = all();
+        for (line, want) in [
+            (
+                "a@b.io@c.org x_y@z.com_ @@ a@ @b",
+                "[REDACTED:email]@c.org x_y@z.com_ @@ a@ @b",
+            ),
+            (
+                "é4111111111111111é 4111-1111-1111-1111x",
+                "é[REDACTED:card]é 4111-1111-1111-1111x",
+            ),
+            (
+                "to: ü@x.de, o'neil@mail.example.com",
+                "to: ü@x.de, o'[REDACTED:email]",
+            ),
+            (
+                "xAKIAIOSFODNN7EXAMPLE AKIAIOSFODNN7EXAMPLE",
+                "xAKIAIOSFODNN7EXAMPLE [REDACTED:aws-keys]",
+            ),
+            (
+                "BEARER  abc==, Authorization:Bearer jkl",
+                "BEARER  [REDACTED:bearer], Authorization:Bearer [REDACTED:bearer]",
+            ),
+        ] {
+            assert_eq!(record_of(&run(&r, &text_event(line)).0), want, "{line}");
+        }
+    }
+
+    proptest! {
+        /// Each rule's windows hold every match the rule finds in the whole
+        /// string (no `secret` can be spelled here, so aws-keys' secret-key
+        /// part stays out of it).
+        #[test]
+        fn windows_agree_with_the_whole_string(line in "[a@b.c_ 0-9eyJAKIS4BEARERbearer=+/é-]{0,80}") {
+            for name in BUILT_IN {
+                let r = Redactor::new(&[name], &[]).unwrap();
+                let ctx = Context { has_key_id: false, secret_name: false };
+                let windowed = r.redact_text(&line, ctx, &mut |_| {});
+                let whole = r.rules[0].replace_in(&line, &[(0, line.len())], &mut 0);
+                prop_assert_eq!(windowed, whole, "{}", name);
+            }
+        }
     }
 
     #[test]
