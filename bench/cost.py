@@ -17,6 +17,8 @@ only counts what the extension sends), and prints markdown tables:
      only for records between 25,000 and 25,600 bytes (or their multiples).
    - On-demand billed KB: each record rounded up to 1 KB (1,024 bytes).
    The final metrics record written at SHUTDOWN is counted too (once per run).
+   With --sampling-only: PUT payload units with KINESIS_TELEMETRY_SAMPLE_SUCCESS=0.1
+   at 1 % failing invocations against all lines, and post-runtime with both.
 2. Post-runtime time per flush mode at a steady rate (median/p90 past the first
    five invokes), requests per 1,000 invocations and delivery latency (the
    extension receiving an event -> the emulator accepting it).
@@ -62,12 +64,12 @@ def env_for(emu, stream, proxy, **extra):
     return env
 
 
-def one_run(ext, emu, invokes, lines, fmt, flush, **extra):
+def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
     stream = "cost-" + uuid.uuid4().hex[:8]
     emu.create_stream(stream, 1)
     with TimedProxy(emu.endpoint) as proxy:
         env = env_for(emu, stream, proxy, KINESIS_TELEMETRY_FORMAT=fmt, KINESIS_TELEMETRY_FLUSH=flush, **extra)
-        with LambdaSim(ext, env) as sim:
+        with LambdaSim(ext, env, **(sim_kw or {})) as sim:
             sim.start()
             for _ in range(invokes):
                 r = sim.invoke(log_lines=lines, **STEADY)
@@ -84,7 +86,7 @@ def one_run(ext, emu, invokes, lines, fmt, flush, **extra):
         arrived = proxy.arrivals(fmt)
     sent = collections.Counter(e for e in events if not is_own(e))
     missing = collections.Counter(sim.delivered) - sent
-    if missing:
+    if missing and "KINESIS_TELEMETRY_SAMPLE_SUCCESS" not in extra:
         print(f"WARNING: {fmt}/{flush}/N={lines}: {sum(missing.values())} delivered events not sent",
               file=sys.stderr)
     recv = received_at(sim)
@@ -137,6 +139,29 @@ def cost_table(ext, emu, invokes, flushes, line_counts, formats):
     return "\n".join(out)
 
 
+def sampling_table(ext, emu, invokes, line_counts, formats):
+    """KINESIS_TELEMETRY_SAMPLE_SUCCESS=0.1 with 1 % of invocations failing
+    (the simulator's seeded error_fraction) against no sampling, same seed."""
+    scale = 1000.0 / invokes
+    out = [f"Sampling: SAMPLE_SUCCESS=0.1, 1 % of invocations failing (seeded), default flush (adaptive); "
+           f"per 1,000 invocations (measured over {invokes}, x{scale:g}); post-runtime median past the first "
+           "five invokes.", "",
+           "| lines/invoke | format | PUT payload units, all lines | with sampling 0.1 | share | "
+           "MB sent, all / sampled | post-runtime median ms, all / sampled |",
+           "|---:|---|---:|---:|---:|---:|---:|"]
+    sim_kw = {"error_fraction": 0.01, "seed": 42}
+    for n in line_counts:
+        for fmt in formats:
+            off = one_run(ext, emu, invokes, n, fmt, "adaptive", sim_kw)
+            on = one_run(ext, emu, invokes, n, fmt, "adaptive", sim_kw, KINESIS_TELEMETRY_SAMPLE_SUCCESS="0.1")
+            share = on["put_units"] / off["put_units"] if off["put_units"] else 0
+            out.append(f"| {n} | {fmt} | {fmt_int(off['put_units'] * scale)} | {fmt_int(on['put_units'] * scale)} | "
+                       f"{share:.1%} | {off['bytes'] * scale / 1e6:.2f} / {on['bytes'] * scale / 1e6:.2f} | "
+                       f"{median(off['post'][5:]):.2f} / {median(on['post'][5:]):.2f} |")
+            print(f"  ran sampling N={n} {fmt}", file=sys.stderr)
+    return "\n".join(out)
+
+
 def modes_table(ext, emu, invokes, lines):
     scale = 1000.0 / invokes
     out = [f"Post-runtime per flush mode: json, {lines} lines/invoke, {invokes} invokes at the steady rate; "
@@ -166,10 +191,16 @@ def main() -> int:
     ap.add_argument("--formats", default="json,kpl,ndjson-gzip")
     ap.add_argument("--flush", default="adaptive,end", help="flush modes for the cost table")
     ap.add_argument("--skip-modes", action="store_true", help="no post-runtime table")
+    ap.add_argument("--sampling-only", action="store_true",
+                    help="only the sampling table (SAMPLE_SUCCESS=0.1 at 1 %% errors vs all lines)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         emu = emulators.start_kinesalite(tmp)
         try:
+            if a.sampling_only:
+                print(sampling_table(a.extension, emu, a.invokes, [int(x) for x in a.lines.split(",")],
+                                     a.formats.split(",")))
+                return 0
             print(cost_table(a.extension, emu, a.invokes, a.flush.split(","),
                              [int(x) for x in a.lines.split(",")], a.formats.split(",")))
             if not a.skip_modes:

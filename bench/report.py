@@ -144,6 +144,11 @@ def render(R: dict) -> str:
     row("throughput to the instant sink per CPU-second of the extension (events/s) ³",
         [mp(g(tp, k, "instant_sink", "events_per_cpu_s"), 0) for k in KINDS], "≥ 200,000",
         None if t is None else t >= B["events_per_s"])
+    for key, what in (("instant_sink_redact", "lines without secrets"),
+                      ("instant_sink_redact_hits", "every line with an e-mail address and a bearer token")):
+        if g(tp, "ours", key):
+            row(f"… with redaction on (`REDACT=all` + 1 pattern), {what}, per CPU-second (events/s)",
+                [mp(g(tp, "ours", key, "events_per_cpu_s"), 0)] + ["–"] * (len(KINDS) - 1))
     row("throughput to kinesalite, 1 core (events/s)", [mp(g(tp, k, "kinesalite", "events_per_s"), 0) for k in KINDS],
         f"(kinesalite alone: {fmt(g(R, 'kinesalite_capacity', 'records_per_s'), 0)} records/s)"
         if g(R, "kinesalite_capacity", "records_per_s") else "")
