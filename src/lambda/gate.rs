@@ -382,13 +382,19 @@ impl Shared {
 
     /// Sheds one connection to make room: the longest-idle one, else the
     /// request that began longest ago if at least `grace` ago (a delivery
-    /// in progress is fast; a slow one is a client holding the slot). Never
+    /// in progress is fast; a slow one is a client holding the slot), else
+    /// a connection idle for less than `grace`: one just accepted is idle
+    /// until its head arrives, and may be Lambda's, about to deliver. Never
     /// one that is forwarding.
     fn shed_oldest(slots: &mut Slots, grace: Duration) -> bool {
-        shed_first(slots, |s| match s.state {
-            State::Idle => true,
-            State::Reading => s.since.elapsed() >= grace,
-            State::Forwarding => false,
+        shed_first(slots, |s| {
+            let old = s.since.elapsed() >= grace;
+            match s.state {
+                State::Idle if old => Some(0),
+                State::Reading if old => Some(1),
+                State::Idle => Some(2),
+                State::Reading | State::Forwarding => None,
+            }
         })
     }
 
@@ -430,7 +436,7 @@ impl Shared {
     fn shed_slow_request(&self, me: u64) {
         let grace = self.limits.grace;
         let shed = shed_first(&mut lock(&self.slots), |s| {
-            s.id != me && s.state == State::Reading && s.since.elapsed() >= grace
+            (s.id != me && s.state == State::Reading && s.since.elapsed() >= grace).then_some(0)
         });
         if shed {
             self.count_shed("a slow request was shed to make room for body bytes");
@@ -449,17 +455,17 @@ impl Shared {
     }
 }
 
-/// Shuts down and forgets the first of the `eligible` slots: idle ones
-/// before the rest, oldest first. Its thread ends on its next read. The
+/// Shuts down and forgets the slot of the lowest `rank` (`None`: not to be
+/// shed), the oldest of that rank. Its thread ends on its next read. The
 /// caller counts it.
-fn shed_first(slots: &mut Slots, eligible: impl Fn(&Slot) -> bool) -> bool {
+fn shed_first(slots: &mut Slots, rank: impl Fn(&Slot) -> Option<u8>) -> bool {
     let pick = slots
         .list
         .iter()
         .enumerate()
-        .filter(|(_, s)| eligible(s))
-        .min_by_key(|(_, s)| (s.state != State::Idle, s.since))
-        .map(|(i, _)| i);
+        .filter_map(|(i, s)| rank(s).map(|r| (r, s.since, i)))
+        .min()
+        .map(|(_, _, i)| i);
     let Some(i) = pick else { return false };
     let slot = slots.list.swap_remove(i);
     let _ = slot.stream.shutdown(Shutdown::Both);
@@ -816,6 +822,53 @@ impl Connection<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_just_accepted_is_shed_last() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let long_ago = Instant::now() - Duration::from_secs(1);
+        let slots = |states: &[(State, Instant)]| Slots {
+            next_id: states.len() as u64,
+            list: states
+                .iter()
+                .enumerate()
+                .map(|(i, &(state, since))| Slot {
+                    id: i as u64,
+                    stream: TcpStream::connect(addr).unwrap(),
+                    state,
+                    since,
+                })
+                .collect(),
+        };
+        let grace = Duration::from_millis(250);
+        let shed = |states: &[(State, Instant)]| {
+            let mut s = slots(states);
+            let ids: Vec<u64> = s.list.iter().map(|x| x.id).collect();
+            if !Shared::shed_oldest(&mut s, grace) {
+                return None;
+            }
+            ids.into_iter()
+                .find(|id| s.list.iter().all(|x| x.id != *id))
+        };
+        let now = Instant::now();
+        // A slow request past its grace goes before a connection just accepted.
+        assert_eq!(
+            shed(&[(State::Idle, now), (State::Reading, long_ago)]),
+            Some(1)
+        );
+        // An old idle connection goes first of all.
+        assert_eq!(
+            shed(&[(State::Reading, long_ago), (State::Idle, long_ago)]),
+            Some(1)
+        );
+        // With nothing else to shed, the newest connection is not spared.
+        assert_eq!(shed(&[(State::Reading, now), (State::Idle, now)]), Some(1));
+        assert_eq!(
+            shed(&[(State::Reading, now), (State::Forwarding, long_ago)]),
+            None
+        );
+    }
 
     #[test]
     fn a_freeze_does_not_count_against_a_request() {
