@@ -136,18 +136,7 @@ impl Shaper {
             _ => None,
         };
         let key = self.keys.key(request, current);
-        let json = match (&self.redact, e.kind) {
-            (Some(r), Kind::Function | Kind::Extension) => {
-                let counters = self.stats.redactions.get().map(Vec::as_slice);
-                let hit = &mut |i: usize| {
-                    if let Some((_, c)) = counters.and_then(|c| c.get(i)) {
-                        c.add(1);
-                    }
-                };
-                r.redact_event(&e.json, hit).map_or(e.json, Text::from)
-            }
-            _ => e.json,
-        };
+        let json = self.redacted(e.kind, e.json);
         let data: Text = match &self.envelope_head {
             None => json,
             Some(head) => {
@@ -181,6 +170,21 @@ impl Shaper {
         let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));
         let records = parts.into_iter().map(|p| Record::new(p, key.clone()));
         (Shaped::Fragments(records.collect()), owner)
+    }
+
+    /// A function or extension event's JSON with redaction applied (the
+    /// same `Text` when redaction is off or nothing matched).
+    fn redacted(&self, kind: Kind, json: Text) -> Text {
+        let (Some(r), Kind::Function | Kind::Extension) = (&self.redact, kind) else {
+            return json;
+        };
+        let counters = self.stats.redactions.get().map(Vec::as_slice);
+        let hit = &mut |i: usize| {
+            if let Some((_, c)) = counters.and_then(|c| c.get(i)) {
+                c.add(1);
+            }
+        };
+        r.redact_event(&json, hit).map_or(json, Text::from)
     }
 
     fn wanted(&self, e: &Event) -> bool {
