@@ -544,8 +544,8 @@ pub struct Config {
     pub sample_success: u32,
     /// How long held lines wait for their invocation's outcome.
     pub sample_hold: Duration,
-    /// Redaction rules, compiled; `None`: off.
-    pub redact: Option<crate::records::redact::Redactor>,
+    /// Redaction rules, checked; `None`: off.
+    pub redact: Option<crate::records::redact::Rules>,
     /// Longest wait for `platform.runtimeDone` after INVOKE; `None`: until the
     /// invoke deadline.
     pub runtime_done_timeout: Option<Duration>,
@@ -773,7 +773,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         enrich: r.word(&ENRICH) == "true",
         sample_success: sample_success(&mut r),
         sample_hold: r.millis(&SAMPLE_HOLD_MS),
-        redact: redactor(&mut r),
+        redact: redaction_rules(&mut r),
         runtime_done_timeout: nonzero(r.millis(&RUNTIME_DONE_TIMEOUT_MS)),
         flush_timeout: r.millis(&FLUSH_TIMEOUT_MS),
         max_records_per_request: r.int(&MAX_RECORDS_PER_REQUEST) as usize,
@@ -1008,10 +1008,10 @@ fn sample_success(r: &mut Reader) -> u32 {
     }
 }
 
-/// The built-in rules chosen and the user's patterns, compiled; `None`
+/// The built-in rules chosen and the user's patterns, checked; `None`
 /// when neither is set.
-fn redactor(r: &mut Reader) -> Option<crate::records::redact::Redactor> {
-    use crate::records::redact::{parse_patterns, Redactor, BUILT_IN};
+fn redaction_rules(r: &mut Reader) -> Option<crate::records::redact::Rules> {
+    use crate::records::redact::{parse_patterns, Rules, BUILT_IN};
     let mut built_in: Vec<&str> = Vec::new();
     if let Some(v) = r.raw(&REDACT) {
         for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
@@ -1041,8 +1041,8 @@ fn redactor(r: &mut Reader) -> Option<crate::records::redact::Redactor> {
     if built_in.is_empty() && patterns.is_empty() {
         return None;
     }
-    match Redactor::new(&built_in, &patterns) {
-        Ok(redactor) => Some(redactor),
+    match Rules::new(&built_in, &patterns) {
+        Ok(rules) => Some(rules),
         Err(bad) => {
             let v = r.raw(&REDACT_PATTERNS);
             r.fail(

@@ -61,8 +61,8 @@ def test_text_lines_arrive_redacted_and_clean_lines_byte_for_byte(ext_bin, kines
     name, _ = new_stream(kinesalite)
     with LambdaSim(ext_bin, _env(kinesalite, name, fmt)) as sim:
         run_invokes(sim, 12, 9, line_factory=line)
-        run_invokes_plain = sim.invoke(log_lines=14)  # the simulator's own templates
-        assert not run_invokes_plain.timed_out
+        plain = sim.invoke(log_lines=14)  # the simulator's own templates
+        assert not plain.timed_out
         res = sim.shutdown()
     assert_clean_exit(sim, res)
     recs = kinesalite.read_all(name, expect=1, timeout=READ_TIMEOUT)

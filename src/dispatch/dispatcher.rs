@@ -513,12 +513,10 @@ impl<C: PutRecords> Dispatcher<C> {
             let size = e.json.len();
             let current = self.invocations.current.as_deref();
             let (shaped, owner) = self.shaper.shape(e, current);
-            let records = match shaped {
-                Shaped::Filtered => {
-                    self.stats.filtered_events.add(1);
-                    continue;
-                }
-                Shaped::Record(r) => vec![r],
+            match shaped {
+                Shaped::Filtered => self.stats.filtered_events.add(1),
+                // (no Vec for the one record of almost every event)
+                Shaped::Record(r) => self.place([r], owner, delivery.received),
                 Shaped::Fragments(records) => {
                     self.stats.fragmented_events.add(1);
                     log::warn!(
@@ -526,33 +524,40 @@ impl<C: PutRecords> Dispatcher<C> {
                         self.cfg.max_record_bytes,
                         records.len()
                     );
-                    records
-                }
-            };
-            let route = match (&self.sampler, &owner) {
-                (Some(s), Some(id)) => s.route(id),
-                _ => Route::Forward,
-            };
-            match (route, &mut self.sampler, owner) {
-                (Route::Hold, Some(s), Some(id)) => {
-                    s.hold(&id, records, self.age.thawed_now(), delivery.received);
-                }
-                (Route::Drop, _, _) => {
-                    self.stats.sampled_out_lines.add(1);
-                    let bytes: usize = records.iter().map(Record::size).sum();
-                    self.stats.sampled_out_bytes.add(bytes as u64);
-                }
-                _ => {
-                    for r in records {
-                        self.queue.push(r);
-                    }
-                    self.age.arrived(delivery.received);
+                    self.place(records, owner, delivery.received);
                 }
             }
         }
         let added = self.queue.len() - queued_before;
         self.queue.release_body(added, delivery.body_bytes);
         self.relieve_holds();
+    }
+
+    /// Where one event's records go: the queue; or with sampling, for a log
+    /// line of an invocation the hash does not keep, the hold (its outcome
+    /// not known yet) or nowhere (it succeeded).
+    fn place(
+        &mut self,
+        records: impl IntoIterator<Item = Record>,
+        owner: Option<Box<str>>,
+        received: Instant,
+    ) {
+        if let (Some(s), Some(id)) = (&mut self.sampler, owner) {
+            match s.route(&id) {
+                Route::Forward => {}
+                Route::Hold => return s.hold(&id, records, self.age.thawed_now(), received),
+                Route::Drop => {
+                    let bytes: usize = records.into_iter().map(|r| r.size()).sum();
+                    self.stats.sampled_out_lines.add(1);
+                    self.stats.sampled_out_bytes.add(bytes as u64);
+                    return;
+                }
+            }
+        }
+        for r in records {
+            self.queue.push(r);
+        }
+        self.age.arrived(received);
     }
 
     /// An invocation's outcome (its runtimeDone or report): what becomes of

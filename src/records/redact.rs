@@ -40,7 +40,8 @@ struct Rule {
     /// `[REDACTED:<name>]`.
     label: Box<str>,
     kind: Kind,
-    re: Regex,
+    /// `None` for the rules matched by hand.
+    re: Option<Regex>,
     /// Text every match of a user's pattern starts with (see `literal_prefix`).
     prefix: Option<Box<str>>,
 }
@@ -60,37 +61,46 @@ pub struct BadPattern {
     pub message: String,
 }
 
-/// The rules in force, compiled once at start.
-#[derive(Debug, Clone)]
-pub struct Redactor {
-    rules: Vec<Rule>,
+/// The regular expression that defines each built-in rule. `email` and
+/// `bearer` are matched by hand (`email_matches`, `bearer_tokens`: regex-lite
+/// needs ~7–10 µs per match), so theirs are compiled only by the tests that
+/// hold the hand matchers to them.
+fn definition(kind: Kind) -> &'static str {
+    match kind {
+        Kind::AwsKeys => r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b",
+        Kind::Bearer => r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]+=*",
+        Kind::Jwt => r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+        Kind::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        Kind::Card => r"\b[2-6](?:[ -]?[0-9]){12,18}\b",
+        Kind::Pattern => unreachable!("a user's pattern is its own definition"),
+    }
 }
 
-impl Redactor {
+fn kind_of(built_in: &str) -> Kind {
+    match built_in {
+        "aws-keys" => Kind::AwsKeys,
+        "bearer" => Kind::Bearer,
+        "jwt" => Kind::Jwt,
+        "email" => Kind::Email,
+        _ => Kind::Card,
+    }
+}
+
+/// The rules chosen, checked: what the configuration holds. Only the user's
+/// patterns are compiled here (an invalid one is a configuration error at
+/// start); the built-in ones never fail and are compiled by `Redactor::new`,
+/// on the dispatcher thread, off the cold-start path.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    built_in: Vec<&'static str>,
+    patterns: Vec<Rule>,
+}
+
+impl Rules {
     /// The chosen built-in rules (names from `BUILT_IN`) and the user's
     /// patterns, applied in that order.
-    pub fn new(built_in: &[&str], patterns: &[Pattern]) -> Result<Redactor, BadPattern> {
-        let mut rules = Vec::new();
-        for name in BUILT_IN.iter().filter(|n| built_in.contains(n)) {
-            let (kind, re) = match *name {
-                "aws-keys" => (Kind::AwsKeys, r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b"),
-                "bearer" => (Kind::Bearer, r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]+=*"),
-                "jwt" => (
-                    Kind::Jwt,
-                    r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
-                ),
-                "email" => (
-                    Kind::Email,
-                    r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-                ),
-                _ => (Kind::Card, r"\b[2-6](?:[ -]?[0-9]){12,18}\b"),
-            };
-            rules.push(Rule::new(
-                name,
-                kind,
-                Regex::new(re).expect("built-in rule"),
-            ));
-        }
+    pub fn new(built_in: &[&str], patterns: &[Pattern]) -> Result<Rules, BadPattern> {
+        let mut compiled = Vec::new();
         for p in patterns {
             let bad = |message: String| BadPattern {
                 name: p.name.clone(),
@@ -103,21 +113,60 @@ impl Redactor {
                     "it matches the empty string (it would redact between every character)".into(),
                 ));
             }
-            let mut rule = Rule::new(&p.name, Kind::Pattern, re);
+            let mut rule = Rule::new(&p.name, Kind::Pattern, Some(re));
             rule.prefix = literal_prefix(&p.regex).map(Box::from);
-            rules.push(rule);
+            compiled.push(rule);
         }
-        Ok(Redactor { rules })
+        Ok(Rules {
+            built_in: BUILT_IN
+                .into_iter()
+                .filter(|n| built_in.contains(n))
+                .collect(),
+            patterns: compiled,
+        })
     }
 
     /// Rule names, in the order of the counters `redact_event` reports.
     pub fn names(&self) -> Vec<String> {
+        let patterns = self.patterns.iter().map(|r| r.name.to_string());
+        self.built_in
+            .iter()
+            .map(|n| n.to_string())
+            .chain(patterns)
+            .collect()
+    }
+}
+
+/// The rules in force, compiled.
+#[derive(Debug, Clone)]
+pub struct Redactor {
+    rules: Vec<Rule>,
+}
+
+impl Redactor {
+    pub fn new(rules: &Rules) -> Redactor {
+        let built_in = rules.built_in.iter().map(|name| {
+            let kind = kind_of(name);
+            let re = match kind {
+                Kind::Email | Kind::Bearer => None,
+                _ => Some(Regex::new(definition(kind)).expect("built-in rule")),
+            };
+            Rule::new(name, kind, re)
+        });
+        Redactor {
+            rules: built_in.chain(rules.patterns.iter().cloned()).collect(),
+        }
+    }
+
+    /// Rule names, in the order of `hit`'s indexes (as `Rules::names`).
+    #[cfg(test)]
+    fn names(&self) -> Vec<String> {
         self.rules.iter().map(|r| r.name.to_string()).collect()
     }
 
     /// The event with its `record`'s string values redacted, or `None` when
     /// nothing matched (the event stays byte for byte). `hit(i)` is called
-    /// once per redaction by rule `i` (see `names`).
+    /// once per redaction by rule `i` (see `Rules::names`).
     pub fn redact_event(&self, json: &str, hit: &mut dyn FnMut(usize)) -> Option<String> {
         // Lambda's events always have a `record`; anything else is redacted
         // whole (still only string values), never passed through unread.
@@ -127,7 +176,8 @@ impl Redactor {
         let keys = self.rules.first().filter(|r| r.kind == Kind::AwsKeys);
         let ctx = Context {
             has_key_id: keys.is_some_and(|r| {
-                (record.contains("AKIA") || record.contains("ASIA")) && r.re.is_match(record)
+                (record.contains("AKIA") || record.contains("ASIA"))
+                    && r.re.as_ref().is_some_and(|re| re.is_match(record))
             }),
             secret_name: false,
         };
@@ -241,7 +291,7 @@ impl Redactor {
 }
 
 impl Rule {
-    fn new(name: &str, kind: Kind, re: Regex) -> Rule {
+    fn new(name: &str, kind: Kind, re: Option<Regex>) -> Rule {
         Rule {
             name: name.into(),
             label: format!("[REDACTED:{name}]").into(),
@@ -258,7 +308,8 @@ impl Rule {
         let mut copied = 0;
         for &(start, end) in windows {
             let mut n = 0;
-            let replaced = self.re.replace_all(&s[start..end], |c: &Captures| {
+            let re = self.re.as_ref().expect("a rule matched by regex");
+            let replaced = re.replace_all(&s[start..end], |c: &Captures| {
                 if self.kind == Kind::Card && !luhn(&c[0]) {
                     return c[0].to_string();
                 }
@@ -703,8 +754,21 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn new(built_in: &[&str], patterns: &[Pattern]) -> Result<Redactor, BadPattern> {
+        Rules::new(built_in, patterns).map(|r| Redactor::new(&r))
+    }
+
+    /// A built-in rule matched by its defining regex over the whole string.
+    fn by_regex(rule: &Rule) -> Rule {
+        Rule::new(
+            &rule.name,
+            rule.kind,
+            Some(Regex::new(definition(rule.kind)).unwrap()),
+        )
+    }
+
     fn all() -> Redactor {
-        Redactor::new(&BUILT_IN, &[]).unwrap()
+        new(&BUILT_IN, &[]).unwrap()
     }
 
     /// The redacted event (or the event unchanged) and hits per rule.
@@ -819,7 +883,7 @@ mod tests {
         assert_eq!(pats[0].name, "pattern-1");
         assert_eq!(pats[1].name, "ssn");
         assert_eq!(pats[2].regex, "a,b", "commas survive");
-        let r = Redactor::new(&["email"], &pats).unwrap();
+        let r = new(&["email"], &pats).unwrap();
         assert_eq!(r.names(), ["email", "pattern-1", "ssn", "pattern-3"]);
         let (out, hits) = run(&r, &text_event("acct-1234 ssn 123-45-6789 x@y.io a,b"));
         assert_eq!(
@@ -831,11 +895,11 @@ mod tests {
 
     #[test]
     fn bad_patterns_are_refused_with_the_parser_message() {
-        let e = Redactor::new(&[], &parse_patterns(r#"["ok", "[a-"]"#).unwrap()).unwrap_err();
+        let e = new(&[], &parse_patterns(r#"["ok", "[a-"]"#).unwrap()).unwrap_err();
         assert_eq!(e.name, "pattern-2");
         assert_eq!(e.regex, "[a-");
         assert!(!e.message.is_empty());
-        let e = Redactor::new(&[], &parse_patterns(r#"["x*"]"#).unwrap()).unwrap_err();
+        let e = new(&[], &parse_patterns(r#"["x*"]"#).unwrap()).unwrap_err();
         assert!(e.message.contains("empty string"), "{}", e.message);
         assert!(parse_patterns("acct-[0-9]+").is_err(), "not JSON");
         assert!(parse_patterns(r#"[{"name":"email","pattern":"x"}]"#).is_err());
@@ -862,7 +926,7 @@ mod tests {
             assert_eq!(literal_prefix(none), None, "{none}");
         }
         // The prefix is only a filter: a string without it is not scanned.
-        let r = Redactor::new(&[], &parse_patterns(r#"["acct-[0-9]{4}"]"#).unwrap()).unwrap();
+        let r = new(&[], &parse_patterns(r#"["acct-[0-9]{4}"]"#).unwrap()).unwrap();
         assert_eq!(run(&r, &text_event("ACCT-1234 acct-12")).1, [0]);
         assert_eq!(run(&r, &text_event("x acct-1234")).1, [1]);
     }
@@ -933,10 +997,10 @@ mod tests {
         #[test]
         fn hand_matchers_agree_with_the_regexes(line in pieces()) {
             for name in ["email", "bearer"] {
-                let r = Redactor::new(&[name], &[]).unwrap();
+                let r = new(&[name], &[]).unwrap();
                 let ctx = Context { has_key_id: false, secret_name: false };
                 let by_hand = r.redact_text(&line, ctx, &mut |_| {});
-                let by_regex = r.rules[0].replace_in(&line, &[(0, line.len())], &mut 0);
+                let by_regex = by_regex(&r.rules[0]).replace_in(&line, &[(0, line.len())], &mut 0);
                 prop_assert_eq!(by_hand, by_regex, "{}", name);
             }
         }
@@ -947,10 +1011,10 @@ mod tests {
         #[test]
         fn windows_agree_with_the_whole_string(line in pieces()) {
             for name in BUILT_IN {
-                let r = Redactor::new(&[name], &[]).unwrap();
+                let r = new(&[name], &[]).unwrap();
                 let ctx = Context { has_key_id: false, secret_name: false };
                 let windowed = r.redact_text(&line, ctx, &mut |_| {});
-                let whole = r.rules[0].replace_in(&line, &[(0, line.len())], &mut 0);
+                let whole = by_regex(&r.rules[0]).replace_in(&line, &[(0, line.len())], &mut 0);
                 prop_assert_eq!(windowed, whole, "{}", name);
             }
         }
@@ -1000,7 +1064,7 @@ mod tests {
     proptest! {
         #[test]
         fn redaction_never_breaks_json_nor_touches_keys(record in json_value(), pretty in any::<bool>()) {
-            let r = Redactor::new(&BUILT_IN, &parse_patterns(r#"["[0-9]{3}"]"#).unwrap()).unwrap();
+            let r = new(&BUILT_IN, &parse_patterns(r#"["[0-9]{3}"]"#).unwrap()).unwrap();
             let rec = if pretty { serde_json::to_string_pretty(&record) } else { serde_json::to_string(&record) }.unwrap();
             let e = format!(r#"{{"time":"t","type":"function","record":{rec}}}"#);
             let (out, _) = run(&r, &e);

@@ -180,7 +180,7 @@ impl Sampler {
     pub fn hold(
         &mut self,
         request_id: &str,
-        records: Vec<Record>,
+        records: impl IntoIterator<Item = Record>,
         now: Duration,
         arrived: Instant,
     ) {

@@ -96,9 +96,11 @@ impl Shaper {
             logs_name_their_request: model == Model::ManagedInstances,
             needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || sampling,
             sampling,
-            redact: cfg.redact.clone().inspect(|r| {
-                let counters = r.names().into_iter().map(|n| (n, Counter::default()));
+            // Compiled here, on the dispatcher thread: off the cold-start path.
+            redact: cfg.redact.as_ref().map(|rules| {
+                let counters = rules.names().into_iter().map(|n| (n, Counter::default()));
                 let _ = stats.redactions.set(counters.collect());
+                Redactor::new(rules)
             }),
             stats,
             sequence: 0,
