@@ -35,9 +35,10 @@ mod properties;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Sender};
 
 use config::Config;
+use dispatch::backlog::Backlog;
 use dispatch::dispatcher::{Control, Dispatcher};
 use lambda::extensions_api::{self, ExtensionsApi, LifecycleEvent, Subscription};
 use lambda::model::{self, Model};
@@ -50,8 +51,6 @@ const DEFAULT_NAME: &str = "kinesis-telemetry-extension";
 const INVOKE_MARGIN: Duration = Duration::from_millis(100);
 /// Time kept free before the shutdown deadline (Lambda SIGKILLs at it).
 const SHUTDOWN_MARGIN: Duration = Duration::from_millis(200);
-/// Telemetry POSTs the listener may queue ahead of the dispatcher.
-const CHANNEL_BATCHES: usize = 4;
 
 fn main() {
     // Lambda's runtime init waits for every extension to register: do it
@@ -309,17 +308,20 @@ fn start_threads(
 ) -> Threads {
     let stats = Arc::new(Stats::default());
     let unanswered = Arc::new(gate::Unanswered::default());
-    let (events_tx, events_rx) = bounded(CHANNEL_BATCHES);
+    // Unbounded in count, bounded in bytes: the backlog holds the listener
+    // back only at the memory cap, never while the dispatcher is sending.
+    let (events_tx, events_rx) = unbounded();
+    let backlog = Arc::new(Backlog::new(cfg.buffer_limit_bytes));
     let (control, control_rx) = bounded(1);
     {
-        let (stats, unanswered) = (stats.clone(), unanswered.clone());
+        let (stats, unanswered, backlog) = (stats.clone(), unanswered.clone(), backlog.clone());
         let max_body = cfg.max_body_bytes;
         spawn("listener", move || {
             let limits = gate::Limits::new(max_body);
             let inner = {
                 let stats = stats.clone();
                 gate::Inner::new(move || {
-                    listener::start(events_tx.clone(), max_body, stats.clone())
+                    listener::start(events_tx.clone(), backlog.clone(), max_body, stats.clone())
                 })
             };
             gate::serve(sockets, inner, limits, stats, unanswered)
@@ -334,6 +336,7 @@ fn start_threads(
                 events_rx,
                 control_rx,
                 stats,
+                backlog,
                 context,
                 &environment,
             )

@@ -29,6 +29,9 @@ macro_rules! counters {
             $( $(#[$doc])* pub $field: Counter, )*
             /// Redactions per rule, when redaction is on (`redactions`).
             pub redactions: std::sync::OnceLock<Vec<(String, Counter)>>,
+            /// The dispatcher's timed wake-ups (not in the metrics record:
+            /// the tests count them across idle spells).
+            pub wakeups: Counter,
         }
 
         impl Stats {

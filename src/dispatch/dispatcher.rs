@@ -10,6 +10,7 @@
 //! at each step is decided in `flush`; how events become records, in `shape`
 //! and `pack`.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,15 +18,17 @@ use crossbeam_channel::{never, select, Receiver, Sender};
 
 use crate::config::{Config, FlushMode};
 use crate::dispatch::age::BufferAge;
+use crate::dispatch::backlog::Backlog;
 use crate::dispatch::flush::{self, EndOfInvoke};
 use crate::dispatch::invocations::Invocations;
 use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{GaveUp, Next, Round};
 use crate::dispatch::send::Requests;
+use crate::dispatch::timers::{self, MetricsTimer, SendState};
 use crate::kinesis::client::{KinesisClient, PutRecords};
 use crate::kinesis::error::Cause;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{self, Delivery, Kind};
+use crate::lambda::telemetry::{self, Delivery, Event, Kind};
 use crate::records::queue::{Queue, Record};
 use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
 use crate::records::shape::{Shaped, Shaper};
@@ -39,6 +42,14 @@ const SEND_WINDOWS_WITHOUT_INVOKE: u32 = 2;
 /// Managed Instances, at SHUTDOWN: the quiet spell waited for beyond
 /// Lambda's buffering time.
 const QUIET_MARGIN: Duration = Duration::from_millis(50);
+
+/// At most one WARN line a minute about fragmented events.
+const FRAGMENT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Events are shaped (filters, redaction, envelope) in slices of at most
+/// this much CPU time between looks at the main thread's orders, so that
+/// no amount of work holds an invoke (README "Delivery guarantees").
+const SHAPE_SLICE: Duration = Duration::from_millis(2);
 
 /// Orders from the main thread.
 pub enum Control {
@@ -109,21 +120,40 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
     invoke_deadline: Option<Instant>,
     /// When the last telemetry delivery arrived.
     last_delivery: Instant,
-    /// Thawed time of the last metrics record, and records sent by then.
-    last_metrics: (Duration, u64),
     /// Shutting down: retries are bounded by the deadline, not the budget.
     final_flush: bool,
+    /// Deliveries taken whose events are not shaped yet, oldest first, and
+    /// their body bytes (they count against the memory cap).
+    unshaped: VecDeque<Unshaped>,
+    unshaped_bytes: usize,
+    /// The memory cap shared with the listener.
+    backlog: Arc<Backlog>,
+    /// The periodic metrics record.
+    metrics: MetricsTimer,
+    /// Fragmented events since the last WARN about them, and when that was.
+    fragments_unlogged: (u64, Option<Instant>),
+}
+
+/// A delivery taken from the listener, its events not all shaped yet.
+struct Unshaped {
+    events: std::vec::IntoIter<Event>,
+    received: Instant,
+    body_bytes: usize,
+    /// Records its events added to the queue so far.
+    queued: usize,
 }
 
 impl Dispatcher {
     /// `context`: `(name, value)` pairs identifying the environment in
     /// metrics records (function name, version, account).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: Config,
         model: Model,
         events: Receiver<Delivery>,
         control: Receiver<Control>,
         stats: Arc<Stats>,
+        backlog: Arc<Backlog>,
         context: Vec<(&'static str, String)>,
         environment: &str,
     ) -> Dispatcher {
@@ -135,6 +165,7 @@ impl Dispatcher {
             events,
             control,
             stats,
+            backlog,
             context,
             environment,
         )
@@ -151,6 +182,7 @@ impl<C: PutRecords> Dispatcher<C> {
         events: Receiver<Delivery>,
         control: Receiver<Control>,
         stats: Arc<Stats>,
+        backlog: Arc<Backlog>,
         mut context: Vec<(&'static str, String)>,
         environment: &str,
     ) -> Dispatcher<C> {
@@ -180,6 +212,7 @@ impl<C: PutRecords> Dispatcher<C> {
             control,
             requests: Requests::new(&cfg, client, stats.clone(), rng),
             stats,
+            metrics: MetricsTimer::new(cfg.metrics_interval),
             cfg,
             context,
             queue: Queue::default(),
@@ -195,8 +228,11 @@ impl<C: PutRecords> Dispatcher<C> {
             paused,
             invoke_deadline: None,
             last_delivery: Instant::now(),
-            last_metrics: (Duration::ZERO, 0),
             final_flush: false,
+            unshaped: VecDeque::new(),
+            unshaped_bytes: 0,
+            backlog,
+            fragments_unlogged: (0, None),
         }
     }
 
@@ -205,10 +241,11 @@ impl<C: PutRecords> Dispatcher<C> {
         self.requests.warm_up();
         let no_events = never();
         loop {
-            if !self.paused && matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. }) {
+            if self.send_next().is_some_and(|t| t <= Instant::now()) {
                 self.send_due();
             }
             self.expire_holds();
+            self.write_metrics_if_due();
             // Before blocking: the events that a send took in (it drains the
             // listener's channel first) may be the very ones a wait needs,
             // such as the runtimeDone ending the invoke. Nothing would wake
@@ -221,19 +258,29 @@ impl<C: PutRecords> Dispatcher<C> {
             // Lambda buffers (and reports drops) instead of us growing.
             let full = self.over_cap();
             let events = if full { &no_events } else { &self.events };
-            let timeout = self.next_timer();
+            // Events to shape: only look for orders and deliveries.
+            let timeout = if self.unshaped.is_empty() {
+                self.next_timer()
+            } else {
+                Duration::ZERO
+            };
             select! {
                 recv(self.control) -> msg => match msg {
                     Ok(c) => self.handle(c),
                     Err(_) => return,
                 },
                 recv(events) -> msg => match msg {
-                    Ok(batch) => self.ingest(batch),
+                    Ok(batch) => self.take(batch),
                     // The listener is gone; keep serving the main thread.
                     Err(_) => self.events = never(),
                 },
-                default(timeout) => {}
+                default(timeout) => {
+                    if !timeout.is_zero() {
+                        self.stats.wakeups.add(1);
+                    }
+                }
             }
+            self.shape_unshaped(Instant::now() + SHAPE_SLICE, false);
         }
     }
 
@@ -248,7 +295,7 @@ impl<C: PutRecords> Dispatcher<C> {
             } => {
                 let runtime_done = wait_runtime_done.then(|| request_id.clone());
                 self.resume(request_id, deadline);
-                if matches!(self.waiting, Waiting::None) {
+                if self.send_next().is_some_and(|t| t <= Instant::now()) {
                     self.send_due();
                 }
                 self.pause_after_invoke(runtime_done, wait_until, deadline, reply);
@@ -406,7 +453,8 @@ impl<C: PutRecords> Dispatcher<C> {
     fn shut_down(&mut self, deadline: Instant) {
         self.final_flush = true;
         self.drain_events();
-        // Lines still waiting for an outcome are forwarded, not lost.
+        // Lines still waiting for an outcome are forwarded, not lost (and
+        // lines shaped from now on are not held: see `place`).
         if let Some(s) = &mut self.sampler {
             for r in s.release_all() {
                 self.released(r);
@@ -415,11 +463,18 @@ impl<C: PutRecords> Dispatcher<C> {
         self.flush_all(deadline);
         // The metrics record goes last, so it counts the final flush.
         self.enqueue_metrics(true);
-        if self.requests.parked().is_none() {
-            self.flush_all(deadline);
-        }
+        self.flush_all(deadline);
         self.drain_events();
         let left = self.queue.drain();
+        // Events not even shaped by the deadline: lost like the rest (one
+        // record each, as far as the count goes).
+        let unshaped: usize = self.unshaped.iter().map(|u| u.events.len()).sum();
+        self.unshaped.clear();
+        self.unshaped_bytes = 0;
+        if unshaped > 0 {
+            log::error!("shutdown deadline: {unshaped} events were not even processed in time (too much CPU work per event: redaction patterns?)");
+            self.stats.dropped_shutdown.add(unshaped as u64);
+        }
         // Deliveries answered 200 but still in the channel: ours, and lost
         // with the rest. (Once this thread ends, the channel is closed and
         // the listener answers 503.)
@@ -452,85 +507,155 @@ impl<C: PutRecords> Dispatcher<C> {
         }
     }
 
-    /// When the loop must wake up by itself.
+    /// When the loop must wake up by itself: the earliest time any wake-up
+    /// source is due (see `timers`). Each is re-armed or cleared by the step
+    /// that serves it, so none stays in the past while nothing can be done.
     fn next_timer(&self) -> Duration {
         let now = Instant::now();
-        let mut t = Duration::from_secs(3600);
-        match &self.waiting {
-            Waiting::RuntimeDone { until, .. } => {
-                t = t.min(until.saturating_duration_since(now));
+        let mut wake: Option<Instant> = match &self.waiting {
+            Waiting::RuntimeDone { until, .. } => Some(*until),
+            Waiting::Shutdown { until, since, .. } => Some(match self.model {
+                Model::ManagedInstances => (*until).min(self.quiet_until(*since)),
+                Model::Default => *until,
+            }),
+            Waiting::None => None,
+        };
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
             }
-            Waiting::Shutdown { until, since, .. } => {
-                let mut wake = *until;
-                if self.model == Model::ManagedInstances {
-                    wake = wake.min(self.quiet_until(*since));
-                }
-                t = t.min(wake.saturating_duration_since(now));
-            }
-            Waiting::None => {}
-        }
+        };
+        at(self.send_next());
         if !self.paused {
-            let held = self.requests.held_until();
-            if let Some(after) = held {
-                t = t.min(after.saturating_duration_since(now));
-            }
-            // `send_due` stops at its time limit even with full requests
-            // left; nothing else may wake us (the listener may have finished
-            // posting): go round again at once, or when the backoff ends.
-            let sending = matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. })
-                && self.invoke_deadline.is_none_or(|d| now < d);
-            if sending && held.is_none() && self.full_request_due() {
-                t = Duration::ZERO;
-            }
-            if let Some(every) = self.cfg.metrics_interval {
-                t = t.min((self.last_metrics.0 + every).saturating_sub(self.age.thawed_now()));
-            }
-            if self.cfg.flush == FlushMode::Batch {
-                if let Some(left) = self.age.thawed_until(self.cfg.batch_max_age) {
-                    t = t.min(left);
-                }
-            }
-            if let Some(due) = self.sampler.as_ref().and_then(Sampler::next_expiry) {
-                t = t.min(due.saturating_sub(self.age.thawed_now()));
-            }
-            if let Some(oldest) = self.age.oldest_wall().filter(|_| self.periodic_now()) {
-                t = t.min((oldest + self.cfg.flush_interval).saturating_duration_since(now));
-            }
+            // Thawed time runs with wall time while not paused.
+            let thawed = self.age.thawed_now();
+            let in_thawed = |due: Duration| now + due.saturating_sub(thawed);
+            at(self.metrics.due(self.stats.events.get()).map(in_thawed));
+            at(self
+                .sampler
+                .as_ref()
+                .and_then(Sampler::next_expiry)
+                .map(in_thawed));
         }
-        t
+        wake.map_or(Duration::from_secs(3600), |w| {
+            w.saturating_duration_since(now)
+        })
     }
 
-    fn ingest(&mut self, delivery: Delivery) {
+    /// When the next background request may start (`None`: not until
+    /// something changes). The one place that decides it: the loop's wake-up
+    /// and `send_due_until` both ask here.
+    fn send_next(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let sending = matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. });
+        let state = SendState {
+            may_send: !self.paused && sending && self.invoke_deadline.is_none_or(|d| now < d),
+            queued: !self.queue.is_empty(),
+            full: self.full_request_due(),
+            aged_at: self.aged_at(now),
+            // Parked: the hold is the probe's time.
+            held_until: self.requests.held_until(),
+        };
+        timers::next_send(state, now)
+    }
+
+    /// A delivery from the listener: the lifecycle takes note of its
+    /// platform events at once (a runtimeDone ends an invoke's wait however
+    /// much work is ahead of it); its events are shaped later, in order
+    /// (`shape_unshaped`).
+    fn take(&mut self, delivery: Delivery) {
+        self.backlog.taken(delivery.body_bytes);
         self.last_delivery = delivery.received;
-        let queued_before = self.queue.len();
-        for e in delivery.events {
-            self.invocations.saw(&e);
-            match e.kind {
-                Kind::LogsDropped => self.lambda_dropped(&e.json),
-                Kind::RuntimeDone | Kind::Report => self.outcome(&e),
-                _ => {}
-            }
-            let size = e.json.len();
-            let current = self.invocations.current.as_deref();
-            let (shaped, owner) = self.shaper.shape(e, current);
-            match shaped {
-                Shaped::Filtered => self.stats.filtered_events.add(1),
-                // (no Vec for the one record of almost every event)
-                Shaped::Record(r) => self.place([r], owner, delivery.received),
-                Shaped::Fragments(records) => {
-                    self.stats.fragmented_events.add(1);
-                    log::warn!(
-                        "an event of {size} bytes exceeds KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}); sent as {} fragment records",
-                        self.cfg.max_record_bytes,
-                        records.len()
-                    );
-                    self.place(records, owner, delivery.received);
+        for e in &delivery.events {
+            self.invocations.saw(e);
+        }
+        self.unshaped_bytes += delivery.body_bytes;
+        self.unshaped.push_back(Unshaped {
+            events: delivery.events.into_iter(),
+            received: delivery.received,
+            body_bytes: delivery.body_bytes,
+            queued: 0,
+        });
+        self.publish_held();
+    }
+
+    /// Shapes events taken, oldest first, until none is left or `until`
+    /// (checked after each event); with `enough`, also once a whole request
+    /// is queued.
+    fn shape_unshaped(&mut self, until: Instant, enough: bool) {
+        if self.unshaped.is_empty() {
+            return;
+        }
+        while let Some(u) = self.unshaped.front_mut() {
+            let received = u.received;
+            match u.events.next() {
+                Some(e) => {
+                    let before = self.queue.len();
+                    self.shape(e, received);
+                    let added = self.queue.len().saturating_sub(before);
+                    if let Some(u) = self.unshaped.front_mut() {
+                        u.queued += added;
+                    }
+                }
+                None => {
+                    let done = self.unshaped.pop_front().expect("front exists");
+                    self.unshaped_bytes -= done.body_bytes;
+                    let added = done.queued.min(self.queue.len());
+                    self.queue.release_body(added, done.body_bytes);
+                    self.relieve_holds();
+                    continue;
                 }
             }
+            if Instant::now() >= until || (enough && self.requests.full_request(&self.queue)) {
+                break;
+            }
         }
-        let added = self.queue.len() - queued_before;
-        self.queue.release_body(added, delivery.body_bytes);
-        self.relieve_holds();
+        self.publish_held();
+    }
+
+    /// Tells the listener how much the dispatcher holds (the memory cap).
+    fn publish_held(&self) {
+        self.backlog.holding(self.held_bytes());
+    }
+
+    /// One event: what it tells of sampling and Lambda's drops, then its
+    /// records, queued (or held, or sampled out).
+    fn shape(&mut self, e: Event, received: Instant) {
+        match e.kind {
+            Kind::LogsDropped => self.lambda_dropped(&e.json),
+            Kind::RuntimeDone | Kind::Report => self.outcome(&e),
+            _ => {}
+        }
+        let size = e.json.len();
+        let current = self.invocations.current.as_deref();
+        let (shaped, owner) = self.shaper.shape(e, current);
+        match shaped {
+            Shaped::Filtered => self.stats.filtered_events.add(1),
+            // (no Vec for the one record of almost every event)
+            Shaped::Record(r) => self.place([r], owner, received),
+            Shaped::Fragments(records) => {
+                self.stats.fragmented_events.add(1);
+                self.fragmented(size, records.len());
+                self.place(records, owner, received);
+            }
+        }
+    }
+
+    /// An event was split into `parts` fragment records: counted always,
+    /// logged at WARN once a minute at most (each log line is itself
+    /// telemetry).
+    fn fragmented(&mut self, size: usize, parts: usize) {
+        let (count, last) = &mut self.fragments_unlogged;
+        *count += 1;
+        if last.is_some_and(|t| t.elapsed() < FRAGMENT_LOG_EVERY) {
+            return;
+        }
+        log::warn!(
+            "{count} event(s) exceeded KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}) and were sent as fragment records (the last: {size} bytes in {parts} fragments); at most one such line a minute, totals in fragmentedEvents",
+            self.cfg.max_record_bytes,
+        );
+        *count = 0;
+        *last = Some(Instant::now());
     }
 
     /// Where one event's records go: the queue; or with sampling, for a log
@@ -545,6 +670,8 @@ impl<C: PutRecords> Dispatcher<C> {
         if let (Some(s), Some(id)) = (&mut self.sampler, owner) {
             match s.route(&id) {
                 Route::Forward => {}
+                // SHUTDOWN: no outcome will come in time; forwarded.
+                Route::Hold if self.final_flush => {}
                 Route::Hold => return s.hold(&id, records, self.age.thawed_now(), received),
                 Route::Drop => {
                     let bytes: usize = records.into_iter().map(|r| r.size()).sum();
@@ -639,16 +766,21 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// Whether the buffer holds as much as the memory cap allows.
     fn over_cap(&self) -> bool {
-        let held = self.sampler.as_ref().map_or(0, Sampler::bytes);
-        self.queue.bytes() + held >= self.cfg.buffer_limit_bytes
+        self.held_bytes() >= self.cfg.buffer_limit_bytes
     }
 
-    /// Moves whatever the listener has queued into our queue, without
-    /// waiting and without passing the memory cap.
+    /// What the dispatcher holds: queued, held for sampling, not yet shaped.
+    fn held_bytes(&self) -> usize {
+        let held = self.sampler.as_ref().map_or(0, Sampler::bytes);
+        self.queue.bytes() + held + self.unshaped_bytes
+    }
+
+    /// Takes whatever the listener has handed over, without waiting and
+    /// without passing the memory cap.
     fn drain_events(&mut self) {
         while !self.over_cap() {
             match self.events.try_recv() {
-                Ok(batch) => self.ingest(batch),
+                Ok(batch) => self.take(batch),
                 Err(_) => break,
             }
         }
@@ -665,26 +797,26 @@ impl<C: PutRecords> Dispatcher<C> {
             .keys
             .key(None, self.invocations.current.as_deref());
         self.queue.push(Record::new(json.into_bytes(), key));
-        self.last_metrics = (self.age.thawed_now(), self.stats.records_sent.get());
+        // It ages like telemetry, so the flush policy sends it on time.
+        self.age.arrived(Instant::now());
+        self.metrics
+            .served(self.age.thawed_now(), self.stats.events.get());
     }
 
-    /// Background sending while thawed: full batches, batches past their
-    /// age (batch mode), anything over the memory cap, and periodic metrics
-    /// while records are flowing.
-    fn send_due(&mut self) {
-        if let Some(every) = self.cfg.metrics_interval {
-            let (at, sent) = self.last_metrics;
-            if self.age.thawed_now() >= at + every && self.stats.records_sent.get() > sent {
-                self.enqueue_metrics(false);
-            }
-        }
-        if self
-            .requests
-            .held_until()
-            .is_some_and(|t| Instant::now() < t)
+    /// The periodic metrics record, when due (thawed, telemetry flowing).
+    fn write_metrics_if_due(&mut self) {
+        if !self.paused
+            && self
+                .metrics
+                .is_due(self.age.thawed_now(), self.stats.events.get())
         {
-            return;
+            self.enqueue_metrics(false);
         }
+    }
+
+    /// Background sending while thawed (when `send_next` says so): full
+    /// batches, batches past their age, anything over the memory cap.
+    fn send_due(&mut self) {
         // A window of `flush_timeout` for starting requests; each request
         // gets its own `flush_timeout`, bounded only by the invoke's end, so
         // the window's end never cuts one short (a cut request is a false
@@ -703,14 +835,20 @@ impl<C: PutRecords> Dispatcher<C> {
         self.requests.full_request(&self.queue) || self.over_cap()
     }
 
-    /// Whether the buffered data is old enough to be sent.
-    fn aged(&self) -> bool {
+    /// When the buffered data is old enough to be sent by age (`None`:
+    /// empty, or age alone does not send it now).
+    fn aged_at(&self, now: Instant) -> Option<Instant> {
         match self.cfg.flush {
+            // (thawed time runs with wall time while sending)
             FlushMode::Batch => self
                 .age
                 .thawed_until(self.cfg.batch_max_age)
-                .is_some_and(|left| left.is_zero()),
-            _ => self.periodic_now() && self.age.wall_age() >= self.cfg.flush_interval,
+                .map(|left| now + left),
+            _ if self.periodic_now() => self
+                .age
+                .oldest_wall()
+                .map(|oldest| oldest + self.cfg.flush_interval),
+            _ => None,
         }
     }
 
@@ -721,8 +859,10 @@ impl<C: PutRecords> Dispatcher<C> {
         if !self.requests.probe_due() {
             return; // parked: the probe is not due yet
         }
-        while !self.queue.is_empty() && Instant::now() < deadline {
-            if !self.aged() && !self.full_request_due() {
+        while Instant::now() < deadline {
+            self.drain_events();
+            self.shape_unshaped(deadline, true);
+            if self.send_next().is_none_or(|t| t > Instant::now()) {
                 return;
             }
             let request_deadline = per_request.map_or(deadline, |hard| {
@@ -750,6 +890,7 @@ impl<C: PutRecords> Dispatcher<C> {
         self.requests.retrier().fresh_flush();
         loop {
             self.drain_events();
+            self.shape_unshaped(deadline, true);
             if self.queue.is_empty() || Instant::now() >= deadline {
                 return;
             }
@@ -760,8 +901,12 @@ impl<C: PutRecords> Dispatcher<C> {
             {
                 Next::Go => {}
                 Next::Wait(wait) => {
+                    // No sleeping into the deadline: a try after it is none.
                     let left = deadline.saturating_duration_since(Instant::now());
-                    std::thread::sleep(wait.min(left));
+                    if wait >= left {
+                        return;
+                    }
+                    std::thread::sleep(wait);
                 }
                 next @ Next::GiveUp(GaveUp::Parked(_)) => {
                     self.requests.retrier().hold(next);
@@ -775,10 +920,12 @@ impl<C: PutRecords> Dispatcher<C> {
     /// Sends one request's worth from the front of the queue.
     fn send_one(&mut self, deadline: Instant) -> Round {
         self.drain_events();
+        self.shape_unshaped(deadline, true);
         let round = self.requests.send_one(&mut self.queue, deadline);
         if self.queue.is_empty() {
             self.age.emptied();
         }
+        self.publish_held();
         round
     }
 }

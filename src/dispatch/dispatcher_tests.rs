@@ -137,6 +137,7 @@ fn start_in(
         events_rx,
         control_rx,
         stats.clone(),
+        Arc::new(crate::dispatch::backlog::Backlog::new(1 << 30)),
         Vec::new(),
         "env",
     );
@@ -511,9 +512,82 @@ fn still_refused_at_shutdown_the_records_are_counted_by_cause() {
         stats.dropped_shutdown.get() + stats.dropped_rejected.get(),
         0
     );
-    // One request at the invoke's end, one last attempt at SHUTDOWN.
-    assert_eq!(seen.requests, 2);
-    assert!(took < SEC, "{took:?}");
+    // One request at the invoke's end; at SHUTDOWN tries at 0, 100, 300,
+    // 700, 1,100, 1,500 ms (waits 100, 200, 400...) until the deadline,
+    // and never past it.
+    assert!(
+        (5..=10).contains(&seen.requests),
+        "{} requests",
+        seen.requests
+    );
+    assert!(took <= 2 * SEC, "{took:?}");
+}
+
+#[test]
+fn a_refusal_that_ends_during_shutdown_loses_nothing() {
+    for code in [
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "ExpiredTokenException",
+    ] {
+        // Refused at the invoke's end and for the first two tries at
+        // SHUTDOWN (t = 0 and 100 ms), accepted from t = 300 ms.
+        let refused = Answer::Failed(answer_error(code));
+        let h = start(
+            &[("KINESIS_TELEMETRY_FLUSH", "end")],
+            vec![refused.clone(), refused.clone(), refused.clone(), refused],
+            Answer::Store,
+        );
+        let sent = lines("s", 4);
+        h.invoke_with("r1", &sent);
+        let (seen, stats, took) = h.shutdown(2 * SEC);
+        assert_eq!(telemetry(&seen.stored), sent, "{code}: every line, once");
+        let lost = stats.dropped_shutdown.get()
+            + stats.dropped_stream_not_found.get()
+            + stats.dropped_access_denied.get()
+            + stats.dropped_credentials.get()
+            + stats.dropped_signature.get();
+        assert_eq!(lost, 0, "{code}");
+        assert!(took < SEC, "{code}: done once delivered, {took:?}");
+    }
+}
+
+#[test]
+fn an_idle_managed_instance_does_not_wake_while_nothing_is_due() {
+    let h = start_in(
+        Model::ManagedInstances,
+        &[
+            ("KINESIS_TELEMETRY_METRICS_INTERVAL_MS", "50"),
+            ("KINESIS_TELEMETRY_FLUSH_INTERVAL_MS", "20"),
+        ],
+        vec![],
+        Answer::Store,
+    );
+    let sent = named_lines("r1", 5);
+    h.deliver(&sent);
+    let until = Instant::now() + 5 * SEC;
+    while telemetry(&h.stored()).len() < sent.len() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Traffic is over: the metrics record of its interval, then nothing.
+    std::thread::sleep(Duration::from_millis(150));
+    let before = h.stats.wakeups.get();
+    // Idle for 10 metrics intervals.
+    std::thread::sleep(Duration::from_millis(500));
+    let woke = h.stats.wakeups.get() - before;
+    assert!(
+        woke <= 1,
+        "{woke} wake-ups in an idle spell of 10 intervals"
+    );
+    let (seen, _, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), sent);
+    let metrics = seen
+        .stored
+        .iter()
+        .filter(|r| r.contains(crate::stats::METRICS_TYPE))
+        .count();
+    // The interval with traffic, and the final one: none for idle intervals.
+    assert!((1..=3).contains(&metrics), "{metrics} metrics records");
 }
 
 fn platform(ty: &str, id: &str, status: &str) -> String {
@@ -636,4 +710,49 @@ fn on_managed_instances_holds_end_by_report_or_by_hold_time() {
         4,
         "b's three and its late one"
     );
+}
+
+#[test]
+fn cpu_work_never_holds_an_invoke_past_the_flush_bound() {
+    // 100 user patterns and 5,000 lines: far more redaction work than one
+    // flush bound (300 ms) allows in a debug build.
+    let patterns: Vec<String> = (0..100)
+        .map(|i| format!("\"[0-9a-f]{{3}}[0-9]tok-{i}\""))
+        .collect();
+    let patterns = format!("[{}]", patterns.join(","));
+    let h = start(
+        &[
+            ("KINESIS_TELEMETRY_FLUSH", "end"),
+            ("KINESIS_TELEMETRY_FLUSH_TIMEOUT_MS", "300"),
+            ("KINESIS_TELEMETRY_REDACT_PATTERNS", &patterns),
+        ],
+        vec![],
+        Answer::Store,
+    );
+    let sent: Vec<String> = (0..10)
+        .flat_map(|b| lines(&format!("b{b}-padding-padding-padding-padding"), 500))
+        .collect();
+    for chunk in sent.chunks(500) {
+        h.deliver(chunk);
+    }
+    h.deliver(&[runtime_done("r1")]);
+    let took = h.invoke("r1", true);
+    assert!(took < Duration::from_millis(1000), "invoke held {took:?}");
+    // What was not processed in time waits, and goes out in later thaws.
+    let until = Instant::now() + 60 * SEC;
+    let mut n = 0;
+    while telemetry(&h.stored()).len() < sent.len() && Instant::now() < until {
+        n += 1;
+        let id = format!("n{n}");
+        h.deliver(&[runtime_done(&id)]);
+        let took = h.invoke(&id, true);
+        assert!(
+            took < Duration::from_millis(1000),
+            "invoke {n} held {took:?}"
+        );
+    }
+    assert!(n > 0, "all was done inside the first flush bound: no test");
+    let (seen, stats, _) = h.shutdown(2 * SEC);
+    assert_eq!(telemetry(&seen.stored), sent, "every line, once, in order");
+    assert_eq!(stats.dropped_shutdown.get(), 0);
 }

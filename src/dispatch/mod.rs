@@ -1,11 +1,14 @@
 //! The dispatcher thread and its parts: when to send (flush), how old the
-//! buffer is (age), how to retry (retry), and which failures were logged
+//! buffer is (age), when to wake (timers), the memory cap shared with the
+//! listener (backlog), how to retry (retry), and which failures were logged
 //! (report).
 
 pub mod age;
+pub mod backlog;
 pub mod dispatcher;
 pub mod flush;
 pub mod invocations;
 pub mod report;
 pub mod retry;
 pub mod send;
+pub mod timers;

@@ -15,6 +15,23 @@ const TIMEOUT_COST: u32 = 10;
 /// Tokens a successful request earns back.
 const SUCCESS_REFUND: u32 = 1;
 
+/// The shutdown flush tries refused (parked) and unsendable records again
+/// after these waits, doubling: the deadline's 1.8 s are spent on delivery,
+/// so a refusal or outage that ends inside them loses nothing.
+const FINAL_FIRST_WAIT: Duration = Duration::from_millis(100);
+const FINAL_MAX_WAIT: Duration = Duration::from_millis(400);
+
+/// The shutdown flush's wait before its `tries`-th try again of records
+/// that a refusal parked or that could not be sent at all: 100, 200, 400,
+/// 400... ms. (Throttling and transport failures keep the usual backoff,
+/// which is shorter.)
+pub fn final_wait(tries: u32) -> Duration {
+    let exp = tries.saturating_sub(1).min(8);
+    FINAL_FIRST_WAIT
+        .saturating_mul(1 << exp)
+        .min(FINAL_MAX_WAIT)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     tokens: u32,
@@ -138,6 +155,8 @@ pub struct Retrier {
     hold_until: Option<Instant>,
     /// Parked: the wait before the next probe (`None`: not parked).
     parked: Option<Duration>,
+    /// Tries again in a row by the shutdown flush (see `final_wait`).
+    final_tries: u32,
 }
 
 impl Retrier {
@@ -152,6 +171,7 @@ impl Retrier {
             resigned: false,
             hold_until: None,
             parked: None,
+            final_tries: 0,
         }
     }
 
@@ -170,8 +190,17 @@ impl Retrier {
             self.failed_rounds = 0;
             self.hold_until = None;
             self.parked = None;
+            self.final_tries = 0;
             return Next::Go;
         };
+        if final_flush && (retry == Retry::Park || blocked) {
+            // SHUTDOWN: no probe interval, the deadline bounds the tries.
+            if retry == Retry::Park {
+                self.parked = Some(self.parked.unwrap_or(self.policy.probe_interval));
+            }
+            self.final_tries += 1;
+            return Next::Wait(final_wait(self.final_tries));
+        }
         if retry == Retry::Park {
             // One probe per interval, the interval doubling: no storm, and
             // the data is still there when the operator fixes the cause.
@@ -390,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_sendable_gives_up_even_in_the_final_flush() {
+    fn nothing_sendable_waits_for_the_next_flush_or_tries_again_at_shutdown() {
         let mut r = retrier(1000, 1000);
         let blocked = Round::Failed {
             retry: Retry::Transient,
@@ -398,7 +427,10 @@ mod tests {
             blocked: true,
         };
         assert_eq!(r.after(blocked, false), Next::GiveUp(GaveUp::Blocked));
-        assert_eq!(r.after(blocked, true), Next::GiveUp(GaveUp::Blocked));
+        // SHUTDOWN: the credentials may come back inside the window.
+        let ms = Duration::from_millis;
+        let waits: Vec<Next> = (0..4).map(|_| r.after(blocked, true)).collect();
+        assert_eq!(waits, [100, 200, 400, 400].map(|w| Next::Wait(ms(w))));
         // The final flush otherwise never gives up, budget or not.
         let mut r = retrier(1, 0);
         for _ in 0..20 {
@@ -487,9 +519,11 @@ mod tests {
                 parked(ms(350))
             ]
         );
-        // Neither attempts nor an empty budget end parking; the final flush
-        // makes its one attempt and stops too.
-        assert_eq!(r.after(park, true), parked(ms(350)));
+        // Neither attempts nor an empty budget end parking. The final flush
+        // tries again after short, doubling waits (its deadline bounds them),
+        // and the records stay parked (the cause, if they are lost).
+        let finals: Vec<Next> = (0..4).map(|_| r.after(park, true)).collect();
+        assert_eq!(finals, [100, 200, 400, 400].map(|w| Next::Wait(ms(w))));
         assert!(r.parked());
         r.hold(parked(ms(350)));
         assert!(!r.probe_due());

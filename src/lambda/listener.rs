@@ -5,8 +5,9 @@
 //!
 //! It answers 200 to every POST it has taken responsibility for, even one it
 //! could not parse (a 4xx would only make Lambda redeliver the same bytes). It
-//! answers after the events are queued, so when the dispatcher falls behind
-//! the full channel slows the answers down and Lambda buffers, then drops and
+//! answers as soon as the events are handed over, whatever the dispatcher
+//! is doing (a slow Kinesis request included); only when memory is at its
+//! cap (`Backlog`) does the answer wait, and Lambda buffers, then drops and
 //! reports `platform.logsDropped`, instead of this process growing.
 
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -16,6 +17,7 @@ use std::time::SystemTime;
 use crossbeam_channel::Sender;
 use tiny_http::{Request, Response, Server};
 
+use crate::dispatch::backlog::Backlog;
 use crate::lambda::telemetry::{self, Delivery, Event};
 use crate::stats::Stats;
 
@@ -28,6 +30,7 @@ pub const READER_STACK: usize = 128 * 1024;
 /// else in the sandbox can reach the server around the front door.
 pub fn start(
     tx: Sender<Delivery>,
+    backlog: Arc<Backlog>,
     max_body: usize,
     stats: Arc<Stats>,
 ) -> std::io::Result<UnixStream> {
@@ -54,7 +57,7 @@ pub fn start(
         .stack_size(READER_STACK)
         .spawn(move || loop {
             match server.recv() {
-                Ok(request) => serve(request, &tx, max_body, &stats),
+                Ok(request) => serve(request, &tx, &backlog, max_body, &stats),
                 Err(e) => log::warn!("telemetry listener: {e}"),
             }
         })?;
@@ -70,7 +73,13 @@ fn private_socket(path: &std::path::Path) -> std::io::Result<(Server, UnixStream
     Ok((server.map_err(std::io::Error::other)?, conn?))
 }
 
-fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &Stats) {
+fn serve(
+    mut request: Request,
+    tx: &Sender<Delivery>,
+    backlog: &Backlog,
+    max_body: usize,
+    stats: &Stats,
+) {
     let received = std::time::Instant::now();
     let (events, body_bytes) = read_events(&mut request, max_body, stats);
     if !events.is_empty() {
@@ -80,6 +89,8 @@ fn serve(mut request: Request, tx: &Sender<Delivery>, max_body: usize, stats: &S
             events,
             body_bytes,
         };
+        // Waits only while memory is at its cap (see `Backlog`).
+        backlog.admit(body_bytes);
         if tx.send(delivery).is_err() {
             // The dispatcher has finished (shutdown): these came after the
             // final flush (such as our own last log lines). Not taken, so not
