@@ -234,7 +234,7 @@ settings! {
     METRICS_INTERVAL_MS = Setting {
         var: "KINESIS_TELEMETRY_METRICS_INTERVAL_MS",
         accepts: Int { default: 60_000, min: 0, max: 86_400_000 },
-        meaning: "Also write the metrics record this often while records are flowing; 0: only at shutdown.",
+        meaning: "Also write the metrics record this often while telemetry is flowing (none for an idle interval, and no wake-up either); 0: only at shutdown.",
     };
     BACKOFF_BASE_MS = Setting {
         var: "KINESIS_TELEMETRY_BACKOFF_BASE_MS",

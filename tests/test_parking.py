@@ -2,7 +2,8 @@
 AccessDenied (a policy attached late), ResourceNotFound (a stream still being
 created), expired credentials that cannot be refreshed. The records are kept
 (parked) and one probe request goes at growing intervals until one is
-accepted; at SHUTDOWN one last attempt, then what is left is counted by cause.
+accepted; at SHUTDOWN they are tried again after 100, 200, 400, 400... ms
+until the deadline (issue 21), then what is left is counted by cause.
 Through the fault proxy in front of kinesalite; the oracle is what the
 simulator emitted."""
 
@@ -15,7 +16,9 @@ import time
 
 import pytest
 
-from conftest import ext_env, new_stream, run_with_faults
+import threading
+
+from conftest import ext_env, new_stream, run_invokes, run_with_faults
 from delivery import assert_run_ok, check_delivery, final_metrics, shutdown_counters
 from fault_proxy import RESET_AFTER_UPSTREAM, FaultProxy, Faults
 from lambda_sim import LambdaSim
@@ -91,8 +94,9 @@ def test_access_denied_all_run_no_storm_no_wait_counted_by_cause(ext_bin, kinesa
     parked = statistics.median(sim.post_runtime_ms[10:])
     working = statistics.median(ref.post_runtime_ms[10:])
     assert parked <= working + 5, (parked, working)
-    # ~6 s of invokes: probes at 1, 2, 4 s doubling, plus SHUTDOWN's last attempt
-    assert len(proxy.puts) <= 8, len(proxy.puts)
+    # ~6 s of invokes: probes at 1, 2, 4 s doubling; then SHUTDOWN's tries at
+    # 0, 100, 300, 700, 1,100, 1,500 ms (and one for the metrics record)
+    assert len(proxy.puts) <= 8 + 8, len(proxy.puts)
     assert max(sim.peak_rss_kb) < 2 * 1024 + 8 * 1024, max(sim.peak_rss_kb)
     counters = shutdown_counters(sim.stderr_text())
     assert counters["droppedAccessDenied"] == counters["eventsReceived"] + 1, counters  # + the metrics record
@@ -124,3 +128,71 @@ def test_record_ids_are_unique_and_equal_on_duplicates(ext_bin, kinesalite):
     assert all(n == 1 for n in events.values()), "an event under two ids"
     assert any(n > 1 for n in copies.values()), "duplicates should exist and share their id"
     assert len(by_id) >= len(sim.delivered), (len(by_id), len(sim.delivered))
+
+
+def _until_after_shutdown(entry, after_s: float, shutdown: dict):
+    """A rule: `entry` for every request until `after_s` after SHUTDOWN was
+    sent (the test sets shutdown["at"] just before it), then pass."""
+    def rule(i, headers):
+        at = shutdown.get("at")
+        return entry if at is None or time.perf_counter() < at + after_s else None
+    return rule
+
+
+def _run_into_shutdown(ext_bin, emu, rule, shutdown: dict):
+    """10 invokes × 50 lines through the fault proxy with `rule`; SHUTDOWN with
+    shutdown["at"] (perf_counter) set just before it."""
+    name, _ = new_stream(emu)
+    with FaultProxy(emu.endpoint, Faults(rule=rule)) as proxy:
+        with LambdaSim(ext_bin, ext_env(emu, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                                        KINESIS_TELEMETRY_FLUSH="end")) as sim:
+            run_invokes(sim, 10, 50)
+            shutdown["at"] = time.perf_counter()
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+    recs = emu.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
+    return sim, res, proxy, recs
+
+
+@pytest.mark.parametrize("code", ["AccessDeniedException", "ResourceNotFoundException",
+                                  "KMSAccessDeniedException", "ExpiredTokenException",
+                                  "InvalidSignatureException"])
+def test_a_refusal_that_ends_300_ms_after_shutdown_loses_nothing(ext_bin, kinesalite, code):
+    """Every parking cause, refused from the first request until 300 ms after
+    SHUTDOWN: the shutdown flush keeps trying inside its deadline, so every
+    line is on the stream once, nothing is counted lost, and the extension
+    exits before the deadline. (Before issue 21: one attempt, then 0 of 500
+    lines.)"""
+    shutdown = {}
+    sim, res, proxy, recs = _run_into_shutdown(
+        ext_bin, kinesalite, _until_after_shutdown((400, code), 0.3, shutdown), shutdown)
+    check_delivery(sim, recs, proxy)
+    assert len(sim.delivered) >= 500
+    m = final_metrics(recs)
+    assert m is not None, "the final metrics record is on the stream too"
+    lost = {k: v for k, v in m.items() if k.startswith("dropped") and v}
+    assert not lost, lost
+    assert res.exit_code == 0 and res.shutdown_ms < 2000, res
+    refused_at_shutdown = [p for p in proxy.puts if p.error == code and p.t_start >= shutdown["at"]]
+    assert refused_at_shutdown, "no refusal after SHUTDOWN: the test did not test the window"
+
+
+def test_an_outage_that_ends_500_ms_after_shutdown_loses_nothing(ext_bin, kinesalite):
+    """The endpoint refuses connections from the last invokes until 500 ms
+    after SHUTDOWN: every line on the stream, exit before the deadline."""
+    name, _ = new_stream(kinesalite)
+    with FaultProxy(kinesalite.endpoint, Faults()) as proxy:
+        with LambdaSim(ext_bin, ext_env(kinesalite, name, AWS_ENDPOINT_URL_KINESIS=proxy.endpoint,
+                                        KINESIS_TELEMETRY_FLUSH="end")) as sim:
+            run_invokes(sim, 7, 50)
+            proxy.stop_listening()
+            for _ in range(3):
+                assert not sim.invoke(log_lines=50).timed_out
+            threading.Timer(0.5, proxy.start_listening).start()
+            res = sim.shutdown()
+        assert_run_ok(sim, res, proxy)
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
+    check_delivery(sim, recs, proxy)
+    m = final_metrics(recs)
+    assert m is not None and m["droppedShutdown"] == 0, m
+    assert res.exit_code == 0 and res.shutdown_ms < 2000, res

@@ -709,7 +709,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 return;
             }
             Why::Failed => self.stats.kept_failed.add(1),
-            Why::Undecided if r.lines > 0 => self.stats.forwarded_undecided.add(1),
+            Why::Undecided if r.first_undecided => self.stats.forwarded_undecided.add(1),
             Why::Undecided => {}
         }
         if !r.records.is_empty() {

@@ -97,6 +97,10 @@ pub struct Release {
     pub bytes: u64,
     /// When the first of them arrived.
     pub arrived: Instant,
+    /// `Undecided`: the first such release of this invocation (what
+    /// `invocationsForwardedUndecided` counts: its later lines may be held
+    /// and released again).
+    pub first_undecided: bool,
 }
 
 /// One invocation's held lines, in one growing buffer (not one allocation
@@ -135,6 +139,7 @@ impl Held {
             lines: self.lines,
             bytes: self.bytes as u64,
             arrived: self.arrived,
+            first_undecided: false,
         }
     }
 }
@@ -145,9 +150,50 @@ pub struct Sampler {
     held: HashMap<Box<str>, Held>,
     /// Bytes held, as the buffer cap counts them.
     bytes: usize,
-    /// Outcomes seen (true: forward the late lines), oldest first.
-    recent: HashMap<Box<str>, bool>,
-    recent_order: VecDeque<Box<str>>,
+    /// Outcomes seen (true: forward the late lines).
+    recent: Remembered<bool>,
+    /// Invocations whose lines were forwarded without an outcome.
+    undecided: Remembered<()>,
+}
+
+/// Values for the last `RECENT_OUTCOMES` request ids (bounded memory).
+struct Remembered<V> {
+    map: HashMap<Box<str>, V>,
+    order: VecDeque<Box<str>>,
+}
+
+impl<V> Remembered<V> {
+    fn new() -> Remembered<V> {
+        Remembered {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<&V> {
+        self.map.get(id)
+    }
+
+    /// Remembers `id`, forgetting the oldest past the bound; false when it
+    /// was remembered already (the value is then left as it was).
+    fn insert(&mut self, id: &str, v: V) -> bool {
+        if self.map.contains_key(id) {
+            return false;
+        }
+        if self.order.len() >= RECENT_OUTCOMES {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.map.insert(id.into(), v);
+        self.order.push_back(id.into());
+        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.len()
+    }
 }
 
 impl Sampler {
@@ -159,8 +205,8 @@ impl Sampler {
             max_hold,
             held: HashMap::new(),
             bytes: 0,
-            recent: HashMap::new(),
-            recent_order: VecDeque::new(),
+            recent: Remembered::new(),
+            undecided: Remembered::new(),
         }
     }
 
@@ -208,23 +254,17 @@ impl Sampler {
     /// hash keeps it, or its outcome came before); else what becomes of its
     /// held lines (possibly none).
     pub fn outcome(&mut self, request_id: &str, outcome: Outcome) -> Option<Release> {
-        if keeps(self.threshold, request_id) || self.recent.contains_key(request_id) {
+        if keeps(self.threshold, request_id)
+            || !self.recent.insert(request_id, outcome != Outcome::Success)
+        {
             return None;
         }
-        if self.recent_order.len() >= RECENT_OUTCOMES {
-            if let Some(old) = self.recent_order.pop_front() {
-                self.recent.remove(&old);
-            }
-        }
-        self.recent
-            .insert(request_id.into(), outcome != Outcome::Success);
-        self.recent_order.push_back(request_id.into());
         let why = match outcome {
             Outcome::Success => Why::SampledOut,
             Outcome::Failed => Why::Failed,
             Outcome::Unknown => Why::Undecided,
         };
-        Some(match self.take(request_id) {
+        let mut release = match self.take(request_id) {
             Some(h) => h.release(why),
             None => Release {
                 why,
@@ -232,8 +272,13 @@ impl Sampler {
                 lines: 0,
                 bytes: 0,
                 arrived: Instant::now(),
+                first_undecided: false,
             },
-        })
+        };
+        if why == Why::Undecided && release.lines > 0 {
+            release.first_undecided = self.undecided.insert(request_id, ());
+        }
+        Some(release)
     }
 
     fn take(&mut self, request_id: &str) -> Option<Held> {
@@ -285,10 +330,15 @@ impl Sampler {
     }
 
     fn release_ids(&mut self, ids: Vec<Box<str>>) -> Vec<Release> {
-        ids.into_iter()
-            .filter_map(|id| self.take(&id))
-            .map(|h| h.release(Why::Undecided))
-            .collect()
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(h) = self.take(&id) {
+                let mut r = h.release(Why::Undecided);
+                r.first_undecided = r.lines > 0 && self.undecided.insert(&id, ());
+                out.push(r);
+            }
+        }
+        out
     }
 }
 
@@ -415,7 +465,33 @@ mod tests {
             s.outcome(&id, Outcome::Success);
         }
         assert_eq!(s.recent.len(), RECENT_OUTCOMES);
-        assert_eq!(s.recent_order.len(), RECENT_OUTCOMES);
+        assert_eq!(s.recent.order.len(), RECENT_OUTCOMES);
+    }
+
+    #[test]
+    fn an_invocation_released_undecided_again_and_again_counts_once() {
+        let mut s = Sampler::new(0, Duration::from_millis(100));
+        let id = not_kept(0).next().unwrap();
+        let t0 = Instant::now();
+        let mut firsts = 0;
+        for round in 0..5u64 {
+            let now = Duration::from_millis(200 * round);
+            s.hold(&id, rec("x"), now, t0);
+            // Released by time, by the cap, or at SHUTDOWN: each time its
+            // later lines are held anew.
+            let out = match round % 3 {
+                0 => s.expired(now + Duration::from_millis(100)),
+                1 => s.release_oldest().into_iter().collect(),
+                _ => s.release_all(),
+            };
+            assert_eq!(out.len(), 1);
+            firsts += usize::from(out[0].first_undecided);
+        }
+        assert_eq!(firsts, 1, "one invocation, counted once");
+        // An outcome without a status, for lines of another invocation.
+        let other = not_kept(0).nth(1).unwrap();
+        s.hold(&other, rec("y"), Duration::ZERO, t0);
+        assert!(s.outcome(&other, Outcome::Unknown).unwrap().first_undecided);
     }
 
     #[test]
