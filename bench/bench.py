@@ -44,7 +44,7 @@ import os
 import time
 import traceback
 
-from suite import callgrind, cpu, drain, flush, machine, profile, rss, size, startup, throughput, timeline
+from suite import answer, callgrind, cpu, drain, flush, machine, profile, rss, size, startup, throughput, timeline
 from suite.common import loadavg, log
 from suite.context import Bench
 
@@ -61,6 +61,7 @@ SECTIONS = {
     "profile": profile,
     "flush": flush,
     "drain": drain,
+    "answer": answer,
     "throughput": throughput,
 }
 

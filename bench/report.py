@@ -247,6 +247,21 @@ def render(R: dict) -> str:
               f"{fmt(g(dr, 'instant_sink', f, 'records_at_sink', 'median'), 0)} |")
         w("")
 
+    an = R.get("answer", {})
+    if an:
+        w("### Answer time of a delivery\n")
+        w(f"A Telemetry API POST → its 200 ({an.get('posts')} POSTs per size, one keep-alive connection, "
+          "Managed Instances so the dispatcher sends in the background). *idle*: instant sink; *busy*: "
+          f"another client keeps 1,000-event bodies coming while every PutRecords takes "
+          f"{an.get('slow_sink_ms')} ms (fault proxy in front of the instant sink).\n")
+        w("| events per body | idle p50 | idle p99 | busy p50 | busy p99 |")
+        w("|---:|---:|---:|---:|---:|")
+        for size in ("1", "100", "1000"):
+            o = g(an, "ours")
+            w(f"| {size} | {fmt(g(o, 'idle', size, 'p50_ms'))} ms | {fmt(g(o, 'idle', size, 'p99_ms'))} ms | "
+              f"{fmt(g(o, 'busy', size, 'p50_ms'))} ms | {fmt(g(o, 'busy', size, 'p99_ms'))} ms |")
+        w("")
+
     if tp:
         w("### Throughput\n")
         w(f"{tp.get('method', '')}. Instant sink's own capacity: "

@@ -4,7 +4,7 @@
 #
 #   bench/run.sh [--quick] [--only SECTIONS] [--skip SECTIONS]
 #
-# Sections (comma-separated): startup,size,timeline,rss,cpu,callgrind,profile,flush,drain,throughput
+# Sections (comma-separated): startup,size,timeline,rss,cpu,callgrind,profile,flush,drain,answer,throughput
 # --quick: fewer runs per figure (a smoke test of the suite, not for figures).
 #
 # What it does:
