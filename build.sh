@@ -210,14 +210,16 @@ case "${1:-layer}" in
     log "end-to-end tests (pytest, real emulators; arm64 under qemu-user) and template checks"
     # Every test has a time limit (a hang fails that test, not the whole run),
     # skips are listed (-rs) and fail the run (tests/conftest.py). Tests that
-    # assert on durations (marker `timing`) run afterwards, one at a time, away
-    # from the contention of parallel workers on 2 cores.
+    # assert on durations (marker `timing`) and the soak tier (marker `soak`:
+    # idle spells, CPU per idle second, flat resources; about 1.5 min) run
+    # afterwards, one at a time, away from the contention of parallel workers
+    # on 2 cores.
     export EXTENSION_BIN="$PWD/${STAGE[x86_64]}/extensions/$NAME"
     export EXTENSION_BIN_ARM64="$PWD/${STAGE[arm64]}/extensions/$NAME"
     local_args=(-q -rs -p no:cacheprovider --timeout "${PYTEST_TIMEOUT:-300}")
-    "$PY" -m pytest tests -n "${PYTEST_WORKERS:-4}" -m "not timing" "${local_args[@]}" "${@:2}"
-    log "timing tests (one at a time)"
-    "$PY" -m pytest tests -m timing "${local_args[@]}" "${@:2}"
+    "$PY" -m pytest tests -n "${PYTEST_WORKERS:-4}" -m "not timing and not soak" "${local_args[@]}" "${@:2}"
+    log "timing and soak tests (one at a time)"
+    "$PY" -m pytest tests -m "timing or soak" "${local_args[@]}" "${@:2}"
     ;;
   *)
     echo "usage: $0 [layer|demo|test|bench]" >&2

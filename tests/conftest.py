@@ -23,6 +23,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "timing: asserts on durations; run on its own, not among parallel workers "
                    "(build.sh runs these after the rest, one at a time)")
+    config.addinivalue_line(
+        "markers", "soak: long, quiet runs asserting flat resources and idle CPU read from /proc "
+                   "(build.sh runs these with the timing tests, one at a time)")
 
 
 _SKIPPED: list[str] = []

@@ -33,6 +33,20 @@ either model, the same ones for the same ``seed``: ``platform.runtimeDone``
 ``"errorType": "Runtime.HandlerError"``, the function writes one ``[ERROR]``
 line last, and ``sim.failed_request_ids`` / ``InvokeResult.failed`` say which.
 
+What AWS's own runtime interface emulator does in LMI mode, where it differs from
+real Lambda or real Lambda is silent (shared/docs/managed-instances.md, last
+section), is available as options, defaults unchanged (``RIE_LMI`` bundles the
+first three): function lines as strings, the logger's JSON lines as JSON text
+inside a string (``lmi_plain_lines="string"``, ``lmi_json_lines="string"``); a
+batch that is ready while the last is unanswered dropped and reported as
+``platform.logsDropped`` (``busy_batches="drop"``; real Lambda, the default,
+holds it: one batch in flight either way); the extension run as uid 993 / gid
+990 (``run_as=RIE_UID_GID``, root only); merged and empty lines from workers
+sharing stdout (``merged_lines=``); a worker pool whose exhaustion refuses
+invocations with ``400 Runtime.Unavailable`` (``max_concurrency=``).
+``sim.resources()`` reads the process's RSS, open files, threads and CPU time
+from /proc; ``sim.sample_resources()`` records them over time.
+
 Protocol misbehaviour of the extension is answered the way Lambda answers it
 (4xx with ``{"errorType","errorMessage"}``) *and* recorded in
 ``sim.violations`` so tests can assert that list is empty.
@@ -95,6 +109,9 @@ __all__ = [
     "InvokeResult",
     "TrafficResult",
     "ShutdownResult",
+    "Resources",
+    "RIE_LMI",
+    "RIE_UID_GID",
     "SimError",
     "SimTimeout",
     "ExtensionExited",
@@ -118,6 +135,23 @@ LMI_INIT_TIMEOUT_MIN_MS = 130000
 # Function log lines of a concurrent invocation: 3 JSON lines of the runtime's
 # logger (with requestId) for 1 plain stdout line (without one).
 LMI_LINE_KINDS = ("json", "json", "json", "text")
+# AWS's runtime interface emulator in LMI mode (shared/docs/managed-instances.md, last
+# section; emulator supervisor/local/process.go): runtime and extensions run as this
+# uid/gid, with no supplementary groups.
+RIE_UID_GID = (993, 990)
+# Its telemetry subscriber keeps one batch in flight and drops the next one when it is
+# ready before the last was answered (emulator aws-lambda-rie/internal/telemetry/
+# internal/subscriber.go sendCurrentBatchAsync): the logsDropped reason it gives.
+BUSY_DROP_REASON = ("Some logs were dropped because the downstream consumer is slower "
+                    "than the logs production rate")
+CAP_DROP_REASON = "Consumer seems to have fallen behind as it has not acknowledged receipt of logs."
+# What the emulator's LMI mode does where real Lambda's documented behaviour differs or
+# is silent: LambdaSim(..., managed_instances=True, **RIE_LMI). Function lines as
+# strings (plain and JSON alike), a batch ready while one is in flight dropped, and a
+# worker per concurrent invocation (max_concurrency: more at once get
+# 400 Runtime.Unavailable). run_as=RIE_UID_GID and merged_lines are separate (root
+# only; a fraction of your choice).
+RIE_LMI = {"lmi_plain_lines": "string", "lmi_json_lines": "string", "busy_batches": "drop"}
 TELEMETRY_TYPES = ("platform", "function", "extension")
 EXTENSION_EVENTS = ("INVOKE", "SHUTDOWN")
 BUFFERING_DEFAULTS = {"maxItems": 10000, "maxBytes": 262144, "timeoutMs": 1000}
@@ -185,6 +219,17 @@ class TrafficResult:
     rate: float  # events / seconds: the rate actually sustained
     target_rate: float
     max_lag_ms: float  # how far the producer fell behind its schedule at worst
+
+
+@dataclass
+class Resources:
+    """The extension process as /proc shows it at one moment (sim.resources())."""
+    t: float  # perf_counter when read
+    rss_kb: int  # VmRSS
+    fds: int  # entries of /proc/PID/fd
+    threads: int  # entries of /proc/PID/task
+    cpu_ticks: int  # utime + stime of /proc/PID/stat (clock ticks, SC_CLK_TCK a second)
+    cpu_ns: Optional[int]  # sum of the threads' /proc/PID/task/*/schedstat run time (ns); None if absent
 
 
 @dataclass
@@ -304,6 +349,29 @@ class LambdaSim:
         # fails iff the k-th random() of a generator seeded from `seed` (None: 0) is
         # below it: the same invocations fail for the same seed, run after run.
         error_fraction: float = 0.0,
+        # --- what AWS's runtime interface emulator does (see RIE_LMI) ---------
+        # JSON logger lines on LMI: "object" (real Lambda's JSON log format) or "string",
+        # the line's JSON text as a string record, as the emulator sends it (a request
+        # id then sits inside a string).
+        lmi_json_lines: str = "object",
+        # A batch ready while the last one is still unanswered: "hold" it until the
+        # answer (real Lambda) or "drop" it, reported as platform.logsDropped in the
+        # next batch (the emulator). Either way one batch is in flight at a time.
+        busy_batches: str = "hold",
+        # Run the extension as (uid, gid) with no supplementary groups (the emulator:
+        # RIE_UID_GID); needs the simulator to run as root.
+        run_as: Optional[tuple] = None,
+        # LMI: concurrent workers share one stdout pipe, and a runtime that writes a
+        # line's text and its newline in two writes lets another worker's line in
+        # between: this fraction (0..1) of function lines is followed by the next line
+        # any other invocation writes in the same record (a merged line), then an empty
+        # record (the late newline). Function lines must be strings (lmi_plain_lines
+        # and lmi_json_lines "string").
+        merged_lines: float = 0.0,
+        # LMI: the number of runtime workers (the emulator's AWS_LAMBDA_MAX_CONCURRENCY).
+        # An invocation that finds none idle is refused at once, 400
+        # Runtime.Unavailable, with no telemetry (sim.unavailable); None: no limit.
+        max_concurrency: Optional[int] = None,
     ) -> None:
         try:
             error_fraction = float(error_fraction)
@@ -311,6 +379,30 @@ class LambdaSim:
             raise ValueError(f"error_fraction must be a number in [0, 1], not {error_fraction!r}") from None
         if not 0.0 <= error_fraction <= 1.0:  # (NaN fails this too)
             raise ValueError(f"error_fraction must be in [0, 1], not {error_fraction!r}")
+        if lmi_json_lines not in ("object", "string"):
+            raise ValueError("lmi_json_lines must be 'object' or 'string'")
+        if busy_batches not in ("hold", "drop"):
+            raise ValueError("busy_batches must be 'hold' (real Lambda) or 'drop' (the emulator)")
+        if run_as is not None:
+            if (not isinstance(run_as, (tuple, list)) or len(run_as) != 2
+                    or not all(isinstance(x, int) and x >= 0 for x in run_as)):
+                raise ValueError(f"run_as must be (uid, gid), not {run_as!r}")
+            if os.geteuid() != 0:
+                raise ValueError(f"run_as={tuple(run_as)!r} needs the simulator to run as root (euid {os.geteuid()})")
+        try:
+            merged_lines = float(merged_lines)
+        except (TypeError, ValueError):
+            raise ValueError(f"merged_lines must be a number in [0, 1], not {merged_lines!r}") from None
+        if not 0.0 <= merged_lines <= 1.0:
+            raise ValueError(f"merged_lines must be in [0, 1], not {merged_lines!r}")
+        if merged_lines and not (managed_instances and lmi_plain_lines == "string" and lmi_json_lines == "string"):
+            raise ValueError("merged_lines needs managed_instances=True with lmi_plain_lines and "
+                             "lmi_json_lines 'string' (lines are merged as text)")
+        if max_concurrency is not None:
+            if not managed_instances:
+                raise ValueError("max_concurrency (Runtime.Unavailable) is a Lambda Managed Instances option")
+            if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int) or max_concurrency < 1:
+                raise ValueError(f"max_concurrency must be an integer >= 1, not {max_concurrency!r}")
         if managed_instances:
             if freeze:
                 raise ValueError("Lambda Managed Instances never freeze: freeze=True is not LMI")
@@ -372,6 +464,14 @@ class LambdaSim:
         self.initialization_type = LMI_INIT_TYPE if managed_instances else "on-demand"
         self._rng = random.Random(seed)
         self.error_fraction = error_fraction
+        self.lmi_json_lines = lmi_json_lines
+        self.busy_batches = busy_batches
+        self.run_as = tuple(run_as) if run_as is not None else None
+        self.merged_lines = merged_lines
+        self.max_concurrency = max_concurrency
+        # Which lines merge: a generator of its own (the others draw what they drew before).
+        self._merge_rng = random.Random((seed or 0) * 104729 + 3)
+        self._partial: Optional[tuple[str, str]] = None  # (request id, text) written without its newline
         # Which invocations fail: its own generator, so that the interleaving one (_rng)
         # draws exactly what it drew before this option existed.
         self._fail_rng = random.Random((seed or 0) * _FAIL_SEED_MUL + _FAIL_SEED_ADD)
@@ -420,6 +520,15 @@ class LambdaSim:
         # {"errorType": "Extension.Crash", "exit_code", "phase", "in_flight": [request ids]}.
         self.crash: Optional[dict] = None
         self.shutdown_result: Optional[ShutdownResult] = None
+        # busy_batches="drop": batches dropped because one was in flight (each a list of events).
+        self.busy_dropped_batches: list[list[bytes]] = []
+        # merged_lines: records that carry two lines, and the empty records of late newlines.
+        self.merged_records: list[str] = []
+        self.empty_records = 0
+        # max_concurrency: request ids of invocations refused 400 Runtime.Unavailable.
+        self.unavailable: list[str] = []
+        # sample_resources(): (perf_counter, Resources) every period, while it runs.
+        self.resource_samples: list[Resources] = []
         self.port: Optional[int] = None
         self.pid: Optional[int] = None
 
@@ -462,6 +571,7 @@ class LambdaSim:
         self._pending_batch: Optional[list[bytes]] = None
         self._drop_records = 0
         self._drop_bytes = 0
+        self._drop_reason = CAP_DROP_REASON
         self._conn: Optional[http.client.HTTPConnection] = None
         self._out_chunks: list[str] = []
         self._server: Optional[http.server.ThreadingHTTPServer] = None
@@ -632,6 +742,7 @@ class LambdaSim:
             self.dropped.append(old)
             self._drop_records += 1
             self._drop_bytes += len(old)
+            self._drop_reason = CAP_DROP_REASON
         # Wake the delivery loop only when a batch may have become ready other than by
         # time (it times the oldest event's timeoutMs itself): at a few thousand events a
         # second, a wake-up per event costs the producer more than the event.
@@ -651,6 +762,10 @@ class LambdaSim:
     def _batch_ready(self, now: float) -> bool:
         if self._drop_records and "platform" in self._sub_types:
             return True
+        return self._buf_ready(now)
+
+    def _buf_ready(self, now: float) -> bool:
+        """The buffered events make a batch (by count, size or the oldest one's age)."""
         if not self._buf:
             return False
         if self._flush_now:
@@ -665,7 +780,7 @@ class LambdaSim:
         if self._drop_records:
             if "platform" in self._sub_types:
                 ev = self._make_event("platform.logsDropped", {
-                    "reason": "Consumer seems to have fallen behind as it has not acknowledged receipt of logs.",
+                    "reason": self._drop_reason,
                     "droppedRecords": self._drop_records,
                     "droppedBytes": self._drop_bytes,
                 })
@@ -675,6 +790,12 @@ class LambdaSim:
                 size += len(ev)
             self._drop_records = 0
             self._drop_bytes = 0
+        return self._take_events(items, size)
+
+    def _take_events(self, items: Optional[list[bytes]] = None, size: int = 0) -> list[bytes]:
+        """Buffered events, oldest first, appended to `items` (of `size` bytes) up to
+        maxItems and maxBytes."""
+        items = [] if items is None else items
         bf = self._buffering
         while self._buf and len(items) < bf["maxItems"]:
             b = self._buf[0][1]
@@ -743,6 +864,8 @@ class LambdaSim:
                     self._cv.wait(max(0.001, min(wait, 0.5)))
                 batch = self._pending_batch
                 self._delivering = True
+                if self.busy_batches == "drop":
+                    self._cv.notify_all()  # the drop loop watches the batch that forms meanwhile
             body = b"[" + b",".join(batch) + b"]"
             status = None
             err = None
@@ -772,6 +895,28 @@ class LambdaSim:
                     retry_at = time.perf_counter() + backoff / 1000.0
                     backoff = min(backoff * 2, backoff_max)
                 self._cv.notify_all()
+
+    def _busy_drop_loop(self) -> None:
+        """busy_batches="drop": while a POST is in flight, a batch that becomes ready
+        (full, or its oldest event timeoutMs old) is dropped, not held, and counted for
+        the platform.logsDropped that starts the next batch (the emulator's subscriber
+        keeps one batch in flight and has nowhere to put a second one)."""
+        with self._cv:
+            while not self._stop:
+                wait = 0.5
+                if self._delivering and not self._hold and not self._exited:
+                    now = time.perf_counter()
+                    if self._buf_ready(now):
+                        items = self._take_events()
+                        self.dropped.extend(items)
+                        self.busy_dropped_batches.append(items)
+                        self._drop_records += len(items)
+                        self._drop_bytes += sum(len(b) for b in items)
+                        self._drop_reason = BUSY_DROP_REASON
+                        continue
+                    if self._buf:
+                        wait = self._buffering["timeoutMs"] / 1000.0 - (now - self._buf[0][0])
+                self._cv.wait(max(0.001, min(wait, 0.5)))
 
     # ------------------------------------------------------------ HTTP server
     def _make_handler(self):
@@ -1272,6 +1417,8 @@ class LambdaSim:
         self.port = self._server.server_address[1]
         self._spawn_thread(self._server.serve_forever, 0.1, name="api")
         self._spawn_thread(self._delivery_loop, name="telemetry")
+        if self.busy_batches == "drop":
+            self._spawn_thread(self._busy_drop_loop, name="busy-drop")
         env = self._build_env()
 
         self._init_epoch = time.time()
@@ -1293,16 +1440,29 @@ class LambdaSim:
         self._t_exec = time.perf_counter()
         try:
             argv = [self.extension_path]
+            creds: dict = {}
             if self.hosts_file:
-                # the same process (unshare and sh exec), with a private /etc/hosts
-                argv = ["unshare", "--mount", "sh", "-c", 'mount --bind "$1" /etc/hosts && exec "$0"',
+                # the same process (unshare and sh exec), with a private /etc/hosts;
+                # with run_as, the mount is made as root and setpriv drops to the uid
+                drop = ""
+                if self.run_as:
+                    drop = (f"setpriv --reuid={self.run_as[0]} --regid={self.run_as[1]} "
+                            f"--clear-groups ")
+                argv = ["unshare", "--mount", "sh", "-c", f'mount --bind "$1" /etc/hosts && exec {drop}"$0"',
                         self.extension_path, os.path.abspath(self.hosts_file)]
+            elif self.run_as:
+                creds = {"user": self.run_as[0], "group": self.run_as[1], "extra_groups": []}
             self._proc = subprocess.Popen(
                 argv, env=env, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=self._limit_open_files if self.open_files else None)
+                preexec_fn=self._limit_open_files if self.open_files else None, **creds)
         except OSError as e:
-            raise SimError(f"cannot execute extension {self.extension_path}: {e}") from e
+            who = ""
+            if self.run_as:
+                who = (f" as uid {self.run_as[0]} / gid {self.run_as[1]} (run_as): every directory on "
+                       f"its path must be searchable (o+x) and the file readable and executable (o+rx) "
+                       f"by that user")
+            raise SimError(f"cannot execute extension {self.extension_path}{who}: {e}") from e
         self.pid = self._proc.pid
         self._finalizer = weakref.finalize(self, _kill_group, self._proc.pid, self._proc_state)
         self._spawn_thread(self._reader, self._proc.stdout, "stdout", name="stdout")
@@ -1318,7 +1478,7 @@ class LambdaSim:
                 lid = str(uuid.uuid4())
                 self.function_line_ids.append(lid)
                 text = f"line {lid} init #{i} cold start: loading handler café ☕"
-                if self.log_format == "json":
+                if self.log_format == "json" and not (self.managed_instances and self.lmi_plain_lines == "string"):
                     rec: Any = {"timestamp": _iso_now(), "level": "INFO", "message": text}
                 else:
                     rec = text
@@ -1585,14 +1745,26 @@ class LambdaSim:
         events = 0
         max_lag = 0.0
         exhausted = False
+        workers = self.max_concurrency
+        fill_due = True  # with workers: callers refused come back when an invocation ends
         t0 = time.perf_counter()
         t_last = t0
         try:
             while True:
-                while not exhausted and len(active) < concurrency:
+                arrivals = (concurrency - len(active)
+                            if not exhausted and (workers is None or fill_due) else 0)
+                fill_due = False
+                for _ in range(arrivals):  # callers not waiting on an invocation invoke
                     g = new_invocation()
                     if g is None:
                         exhausted = True
+                        break
+                    if workers is not None and len(active) >= workers:
+                        # emulator (LMI) invoke/invoke_router.go: no idle runtime, refused
+                        # at once with 400 Runtime.Unavailable; nothing reaches telemetry
+                        g.close()
+                        with self._cv:
+                            self.unavailable.append(self._new_id())
                     else:
                         active.append(g)
                 if not active:
@@ -1611,6 +1783,7 @@ class LambdaSim:
                     results.append(done.value)
                     active[k] = active[-1]
                     active.pop()
+                    fill_due = True
                 events += 1
                 t_last = time.perf_counter()
                 if rate:
@@ -1622,6 +1795,7 @@ class LambdaSim:
         finally:
             for g in active:
                 g.close()
+            self._end_partial()
             self._phase = "ready"
         return results, events, t_last - t0, max_lag
 
@@ -1663,6 +1837,8 @@ class LambdaSim:
                     if kind == "json":
                         rec = {"timestamp": self._iso_now(), "level": "INFO", "message": text,
                                self.lmi_request_id_key: rid}
+                        if self.lmi_json_lines == "string":  # the logger's line, as text
+                            rec = json.dumps(rec, ensure_ascii=False)
                     elif wrapped:
                         rec = {"timestamp": self._iso_now(), "level": "INFO", "message": text}
                     else:
@@ -1671,15 +1847,19 @@ class LambdaSim:
                     self.function_line_ids.append(lid)
                     self.line_origin[lid] = (rid, kind)
                 # every 5th line serialised ASCII-only, as in invoke()
-                self._emit("function", rec, ascii_escape=(i % 5 == 4))
+                self._emit_line(rid, rec, ascii_escape=(i % 5 == 4))
                 yield
             if failed:  # the exception's line, the function's last (the runtime's JSON logger)
                 lid = self._new_id()
                 with self._cv:
                     self.function_line_ids.append(lid)
                     self.line_origin[lid] = (rid, "json")
-                self._emit("function", self._error_line(rid, lid, True, self.lmi_request_id_key))
+                rec = self._error_line(rid, lid, True, self.lmi_request_id_key)
+                if self.lmi_json_lines == "string":
+                    rec = json.dumps(rec, ensure_ascii=False)
+                self._emit_line(rid, rec)
                 yield
+            self._end_partial(rid)  # its newline is written before the invocation ends
             dur = (time.perf_counter() - t0) * 1000.0
             spans = [
                 {"name": "responseLatency", "start": _iso_at(epoch0), "durationMs": round(dur * 0.9, 3)},
@@ -1704,6 +1884,96 @@ class LambdaSim:
                            failed=failed)
         self.invoke_results.append(res)
         return res
+
+    def _emit_line(self, rid: str, rec: Any, ascii_escape: bool = False) -> None:
+        """A function line of invocation `rid` (LMI), merged with another worker's line
+        when merged_lines says its newline comes in a second write (see the option)."""
+        if not self.merged_lines or not isinstance(rec, str):
+            self._emit("function", rec, ascii_escape=ascii_escape)
+            return
+        if self._partial is not None:
+            owner, text = self._partial
+            self._partial = None
+            if owner != rid:  # another worker's line lands between the text and its newline
+                merged = text + rec
+                self._emit("function", merged)
+                self._emit("function", "")
+                with self._cv:
+                    self.merged_records.append(merged)
+                    self.empty_records += 1
+                return
+            self._emit("function", text)  # one worker writes one line at a time
+        if self._merge_rng.random() < self.merged_lines:
+            self._partial = (rid, rec)
+        else:
+            self._emit("function", rec, ascii_escape=ascii_escape)
+
+    def _end_partial(self, rid: Optional[str] = None) -> None:
+        """The line `rid` (None: any) left without its newline gets it: alone on its record."""
+        if self._partial is not None and (rid is None or self._partial[0] == rid):
+            _, text = self._partial
+            self._partial = None
+            self._emit("function", text)
+
+    def resources(self) -> Optional[Resources]:
+        """RSS, open files, threads and CPU time of the extension process, from /proc
+        (None once it has exited). Reading does not disturb it, frozen or not."""
+        if self._proc is None or self._exited:
+            return None
+        base = f"/proc/{self._proc.pid}"
+        try:
+            t = time.perf_counter()
+            rss = 0
+            with open(f"{base}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss = int(line.split()[1])
+                        break
+            with open(f"{base}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+            fds = len(os.listdir(f"{base}/fd"))
+            tasks = os.listdir(f"{base}/task")
+            cpu_ns: Optional[int] = 0
+            for tid in tasks:
+                try:
+                    with open(f"{base}/task/{tid}/schedstat") as f:
+                        cpu_ns += int(f.read().split()[0])
+                except FileNotFoundError:  # a thread that just ended
+                    continue
+                except (OSError, ValueError, IndexError):
+                    cpu_ns = None
+                    break
+            return Resources(t=t, rss_kb=rss, fds=fds, threads=len(tasks), cpu_ticks=ticks, cpu_ns=cpu_ns)
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def sample_resources(self, period_s: float = 0.1) -> Callable[[], list[Resources]]:
+        """Read resources() every period_s into sim.resource_samples, from a thread of its
+        own, until the extension exits or the returned stop() is called (stop returns
+        the samples)."""
+        stop = threading.Event()
+
+        def loop():
+            while not stop.is_set() and not self._stop:
+                r = self.resources()
+                if r is None:
+                    if self._exited:
+                        return
+                else:
+                    with self._cv:
+                        self.resource_samples.append(r)
+                stop.wait(period_s)
+        t = threading.Thread(target=loop, name="lambdasim-resources", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+        def stopper() -> list[Resources]:
+            stop.set()
+            t.join(timeout=2.0)
+            with self._cv:
+                return list(self.resource_samples)
+        return stopper
 
     def shutdown(self, reason: str = "spindown") -> ShutdownResult:
         """Shutdown phase: the runtime's exit (runtime_shutdown_ms), [a flush of

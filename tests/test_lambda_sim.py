@@ -23,7 +23,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from lambda_sim import HANDLER_ERROR_TYPE, ExtensionExited, LambdaSim, SimError  # noqa: E402
+from lambda_sim import (  # noqa: E402
+    BUSY_DROP_REASON, HANDLER_ERROR_TYPE, RIE_LMI, RIE_UID_GID, ExtensionExited, LambdaSim, SimError)
 
 FAKE_SOURCE = r'''#!__PYTHON__
 import base64, http.server, json, os, sys, threading, time, urllib.error, urllib.request
@@ -65,6 +66,9 @@ class Listener(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        log("post_start")
+        if os.environ.get("FAKE_SLOW_POST_S"):  # a listener slow to answer
+            time.sleep(float(os.environ["FAKE_SLOW_POST_S"]))
         status = 200
         if fail_left[0] > 0:
             fail_left[0] -= 1
@@ -88,7 +92,7 @@ threading.Thread(target=srv.serve_forever, daemon=True).start()
 aware = bool(os.environ.get("FAKE_LMI_AWARE"))
 init_type = os.environ.get("AWS_LAMBDA_INITIALIZATION_TYPE")
 lmi = aware and init_type == "lambda-managed-instances"
-log("env", init_type=init_type)
+log("env", init_type=init_type, uid=os.getuid(), gid=os.getgid(), groups=os.getgroups())
 
 
 def register(events):
@@ -167,9 +171,9 @@ while True:
 '''
 
 
-def make_fake(tmp_path, name="fake-ext"):
+def make_fake(tmp_path, name="fake-ext", python=None):
     path = tmp_path / name
-    path.write_text(FAKE_SOURCE.replace("__PYTHON__", sys.executable))
+    path.write_text(FAKE_SOURCE.replace("__PYTHON__", python or sys.executable))
     path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
     return str(path)
 
@@ -872,3 +876,174 @@ def test_error_fraction_zero_changes_nothing(fake, tmp_path):
         assert not any("simulated failure" in json.dumps(e["record"]) for e in got if e["type"] == "function")
         assert len(s.function_line_ids) == lines
     assert sim.line_origin == {} and not any(r.failed for r in results)
+
+
+# ------------------------------------------- what AWS's runtime interface emulator does
+
+def test_emulator_options_are_checked_without_a_process():
+    for bad in ({"lmi_json_lines": "dict"}, {"busy_batches": "queue"}, {"run_as": (993,)},
+                {"run_as": ("993", 990)}, {"merged_lines": 1.5}, {"merged_lines": "often"},
+                {"merged_lines": 0.1},  # lines still objects
+                {"max_concurrency": 0}, {"max_concurrency": True}):
+        with pytest.raises(ValueError):
+            LambdaSim("/bin/true", managed_instances=True, **bad)
+    with pytest.raises(ValueError, match="Managed Instances"):
+        LambdaSim("/bin/true", max_concurrency=4)
+    sim = LambdaSim("/bin/true", managed_instances=True, merged_lines=0.1, max_concurrency=4, **RIE_LMI)
+    assert sim.busy_batches == "drop" and sim.lmi_json_lines == "string"
+    d = LambdaSim("/bin/true", managed_instances=True)  # defaults: what real Lambda does
+    assert (d.busy_batches, d.lmi_json_lines, d.lmi_plain_lines, d.run_as, d.merged_lines,
+            d.max_concurrency) == ("hold", "object", "wrapped", None, 0.0, None)
+
+
+def test_lmi_string_records_carry_json_and_request_ids(fake):
+    """The emulator's records: every function line a string; the logger's JSON lines
+    are JSON text inside that string, with the request id."""
+    ext, out = fake
+    with lmi_sim(ext, out, **RIE_LMI) as sim:
+        sim.start()
+        sim.invoke_concurrent(6, log_lines=8, concurrency=3, fail=lambda i, rid: i == 0)
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    fn = [e["record"] for e in received_events(sim) if e["type"] == "function"]
+    assert fn and all(isinstance(r, str) for r in fn)
+    inner = [json.loads(r) for r in fn if r.startswith("{")]
+    assert len(inner) == 6 * 6 + 1  # 3 JSON lines in 4, and the failed one's ERROR line
+    assert all(v["requestId"] in sim.request_ids for v in inner)
+    assert sum(v["level"] == "ERROR" for v in inner) == 1
+
+
+def _in_flight_max(log):
+    """Most POSTs the fake had open at once (post_start .. post)."""
+    n = top = 0
+    for e in log:
+        if e["k"] == "post_start":
+            n += 1
+            top = max(top, n)
+        elif e["k"] == "post":
+            n -= 1
+    return top
+
+
+@pytest.mark.parametrize("mode", ["hold", "drop"])
+def test_one_batch_in_flight_the_next_held_or_dropped(fake, mode):
+    """A listener that takes 300 ms to answer: one POST at a time either way; real
+    Lambda holds the batch that forms meanwhile (nothing lost), the emulator drops it
+    and says so in platform.logsDropped of the next batch."""
+    ext, out = fake
+    with lmi_sim(ext, out, busy_batches=mode, capture_extension_logs=False,
+                 env={"FAKE_SLOW_POST_S": "0.3"}) as sim:
+        sim.start()
+        for _ in range(4):
+            sim.invoke_concurrent(4, log_lines=5)
+            time.sleep(0.1)
+        sim.invoke_concurrent(1, log_lines=1)
+        time.sleep(0.6)  # the last batch goes out and carries the count of the dropped
+        sim.shutdown()
+        assert sim.violations == []
+    assert _in_flight_max(read_log(out)) == 1
+    got = received_events(sim)
+    drops = [e["record"] for e in got if e["type"] == "platform.logsDropped"]
+    if mode == "hold":
+        assert sim.lost_before_shutdown == [] and sim.dropped == [] and drops == []
+        return
+    assert sim.busy_dropped_batches, "no batch was ready while one was in flight"
+    assert all(d["reason"] == BUSY_DROP_REASON for d in drops) and drops
+    assert sum(d["droppedRecords"] for d in drops) == len(sim.dropped)
+    assert sum(d["droppedBytes"] for d in drops) == sum(len(b) for b in sim.dropped)
+    assert sorted(sim.lost_before_shutdown) == sorted(sim.dropped)
+    assert set(sim.delivered).isdisjoint(sim.dropped)
+
+
+def test_run_as_the_emulator_uid_and_gid(tmp_path_factory):
+    """run_as=(993, 990): the extension runs as that user, with no supplementary
+    groups (the simulator runs as root); a path it cannot reach is named."""
+    if os.geteuid() != 0:
+        pytest.skip("run_as needs root (CI runs as root)")
+    import tempfile
+    d = tempfile.mkdtemp(prefix="lambdasim-uid-")
+    try:
+        os.chmod(d, 0o777)
+        # a script read and run by that user, with an interpreter it can reach (the
+        # virtualenv's may link into root's home)
+        python = "/usr/bin/python3" if os.access("/usr/bin/python3", os.X_OK) else sys.executable
+        ext = make_fake(__import__("pathlib").Path(d), python=python)
+        os.chmod(ext, 0o755)
+        out = os.path.join(d, "fake.log")
+        with lmi_sim(ext, out, run_as=RIE_UID_GID) as sim:
+            sim.start()
+            sim.invoke_concurrent(3, log_lines=3)
+            sd = sim.shutdown()
+            assert sd.exit_code == 0 and sim.violations == [] and sim.lost_before_shutdown == []
+        env = next(e for e in read_log(out) if e["k"] == "env")
+        assert (env["uid"], env["gid"], env["groups"]) == (993, 990, [])
+        hidden = tmp_path_factory.mktemp("hidden")  # 0700, root's
+        os.chmod(hidden, 0o700)
+        ext2 = make_fake(hidden)
+        with LambdaSim(ext2, {"FAKE_OUT": out}, run_as=RIE_UID_GID) as sim:
+            with pytest.raises(SimError, match="uid 993.*o\\+x"):
+                sim.start()
+    finally:
+        import shutil
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def test_merged_lines_from_concurrent_workers(fake):
+    """merged_lines: a line written without its newline takes the next line of another
+    invocation into its record, and its newline comes alone (an empty record). Every
+    line is still there once, in one record or another."""
+    ext, out = fake
+    with lmi_sim(ext, out, merged_lines=0.2, seed=3, **RIE_LMI) as sim:
+        sim.start()
+        sim.invoke_concurrent(30, log_lines=6, concurrency=6)
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    fn = [e["record"] for e in received_events(sim) if e["type"] == "function"]
+    assert len(sim.merged_records) >= 10 and fn.count("") == sim.empty_records == len(sim.merged_records)
+    for m in sim.merged_records:
+        assert m in fn and m.count("line ") >= 2, m
+    text = "\n".join(fn)
+    lids = [lid for lid in sim.function_line_ids if lid in sim.line_origin]
+    assert len(lids) == 30 * 6 and all(text.count(lid) == 1 for lid in lids)
+    # the two halves of a merged record come from different invocations
+    for m in sim.merged_records[:5]:
+        owners = {sim.line_origin[lid][0] for lid in lids if lid in m}
+        assert len(owners) == 2, m
+
+
+def test_no_idle_worker_is_runtime_unavailable(fake):
+    """max_concurrency workers: callers beyond them are refused at once
+    (Runtime.Unavailable), with no telemetry; at most that many run at once."""
+    ext, out = fake
+    with lmi_sim(ext, out, max_concurrency=3, seed=5) as sim:
+        sim.start()
+        res = sim.invoke_concurrent(40, log_lines=4, concurrency=5)
+        sim.shutdown()
+        assert sim.violations == [] and sim.lost_before_shutdown == []
+    assert sim.unavailable and len(res) + len(sim.unavailable) == 40
+    assert len(res) == len(sim.request_ids)
+    got = received_events(sim)
+    text = "".join(json.dumps(e) for e in got)
+    assert not any(rid in text for rid in sim.unavailable)
+    seq = [e["record"]["requestId"] for e in got if e["type"] in ("platform.start", "platform.report")]
+    running = top = 0
+    for i, rid in enumerate(seq):
+        running += 1 if rid not in seq[:i] else -1
+        top = max(top, running)
+    assert top <= 3
+
+
+def test_resources_are_read_from_proc(fake):
+    ext, out = fake
+    with lmi_sim(ext, out) as sim:
+        sim.start()
+        r = sim.resources()
+        assert r.rss_kb > 1000 and r.fds >= 3 and r.threads >= 2 and r.cpu_ticks >= 0
+        assert r.cpu_ns is None or r.cpu_ns > 0
+        stop = sim.sample_resources(0.02)
+        sim.invoke_concurrent(20, log_lines=5, concurrency=4)
+        time.sleep(0.2)
+        samples = stop()
+        assert len(samples) >= 5 and samples == sorted(samples, key=lambda s: s.t)
+        sim.shutdown()
+    assert sim.resources() is None
