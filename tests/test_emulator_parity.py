@@ -67,8 +67,6 @@ def test_string_records_with_json_inside_every_line_once(ext_bin, kinesalite):
     assert sum(r.startswith('{"timestamp"') for r in fn) >= 1500  # JSON text inside strings
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21 item 7: the extension reads a request id from object "
-                                       "records only, not from JSON text inside a string record")
 def test_request_id_inside_a_string_record_is_the_records_request(ext_bin, kinesalite):
     """With the envelope and request partition keys, a JSON line that arrives as a
     string names its request as an object record does (the doc: handle objects and

@@ -96,7 +96,20 @@ struct LogRecord<'a> {
 /// Instances invocations interleave, so this is the only way to tell.
 pub fn log_request_id(json: &str) -> Option<Box<str>> {
     let head = serde_json::from_str::<Head>(json).ok()?;
-    let record = serde_json::from_str::<LogRecord>(head.record?.get()).ok()?;
+    let raw = head.record?.get();
+    // A JSON line may arrive as a string holding its JSON text (AWS's
+    // runtime interface emulator on Managed Instances): the same fields.
+    let text: String;
+    let record = if raw.starts_with('"') {
+        text = serde_json::from_str::<String>(raw).ok()?;
+        if !text.trim_start().starts_with('{') {
+            return None;
+        }
+        &text
+    } else {
+        raw
+    };
+    let record = serde_json::from_str::<LogRecord>(record).ok()?;
     record
         .request_id
         .or(record.aws_request_id)
@@ -311,6 +324,13 @@ mod tests {
         assert_eq!(id(none), None);
         assert_eq!(id(r#"{"type":"function","record":{"requestId":""}}"#), None);
         assert_eq!(id("42"), None);
+        // JSON text inside a string record (AWS's emulator on Managed
+        // Instances): the same request id.
+        let inside = r#"{"type":"function","record":"{\"timestamp\":\"t\",\"requestId\":\"r-4\",\"message\":\"m\"}\n"}"#;
+        assert_eq!(id(inside).as_deref(), Some("r-4"));
+        let broken =
+            r#"{"type":"function","record":"{\"requestId\":\"r-5\", merged with another line"}"#;
+        assert_eq!(id(broken), None, "merged lines are forwarded, just unnamed");
     }
     use std::time::{Duration, UNIX_EPOCH};
 
