@@ -8,7 +8,10 @@
 //! and a test holds the README's configuration table to it. Parsing takes
 //! a lookup function instead of reading the process environment so that it can
 //! be tested without touching global state. Every problem is collected (not
-//! just the first) and names the variable, the bad value and what is accepted.
+//! just the first) and names the variable, the bad value and what is accepted;
+//! a value that is not UTF-8 is one too (`from_env_os`), never read as unset.
+//! It also owns reading the files settings name (`read_file`): regular files
+//! only, bounded in size, never a blocking open.
 
 use std::fmt;
 use std::time::Duration;
@@ -66,6 +69,9 @@ macro_rules! settings {
         /// Every setting, in the order of the README's configuration table.
         #[cfg_attr(not(test), allow(dead_code))] // read by tests only
         pub const SETTINGS: &[Setting] = &[$($name),*];
+        /// Every setting's variable: what the binary needs of `SETTINGS`
+        /// at run time (not the texts for people).
+        const VARIABLES: &[&str] = &[$($name.var),*];
     };
 }
 
@@ -278,7 +284,11 @@ settings! {
     };
     MAX_BODY_BYTES = Setting {
         var: "KINESIS_TELEMETRY_MAX_BODY_BYTES",
-        accepts: Int { default: 4 * MIB, min: 256 * 1024, max: 64 * MIB },
+        accepts: Int {
+            default: 4 * MIB,
+            min: largest_batch(262_144, 1000),
+            max: 64 * MIB,
+        },
         meaning: "Largest Telemetry API POST body read.",
     };
     STRICT = Setting {
@@ -400,6 +410,22 @@ settings! {
 }
 
 const MIB: u64 = 1024 * 1024;
+
+/// Bytes Lambda adds around each record of a batch, rounded up: the
+/// envelope `{"time":"…","type":"…","record":…}` (83 bytes with a 24-byte
+/// time and the longest type name known, `platform.telemetrySubscription`)
+/// and the comma between events.
+const EVENT_ENVELOPE_BYTES: u64 = 128;
+
+/// The largest Telemetry API body Lambda may POST with this buffering:
+/// "anticipate receiving payloads as large as `2 * maxBytes +
+/// metadataBytes`", where Lambda adds metadata to each record (Lambda
+/// Developer Guide, telemetry-api, "Configuring memory usage and
+/// buffering"), for at most `maxItems` records. A smaller body limit
+/// refuses Lambda's own batches, and Lambda drops what it cannot deliver.
+pub const fn largest_batch(max_bytes: u64, max_items: u64) -> u64 {
+    2 * max_bytes + max_items * EVENT_ENVELOPE_BYTES
+}
 
 /// Which stream to write to: Kinesis accepts either field in `PutRecords`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -721,6 +747,91 @@ impl Reader<'_> {
     }
 }
 
+/// The HTTP proxy variables, read for `PutRecords` in this order (ureq's).
+pub const PROXY_VARS: [&str; 6] = [
+    "ALL_PROXY",
+    "all_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+];
+
+/// The hosts that bypass the proxy, the first one set (see
+/// `kinesis::client::NoProxy`).
+pub const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
+
+/// Every variable the extension reads: the settings and the proxy ones.
+fn every_variable() -> impl Iterator<Item = &'static str> {
+    VARIABLES
+        .iter()
+        .copied()
+        .chain(PROXY_VARS)
+        .chain(NO_PROXY_VARS)
+}
+
+/// Reads and validates the whole configuration from the process
+/// environment (see `from_env_os`).
+pub fn from_process_env() -> Result<Config, ConfigErrors> {
+    from_env_os(&|k| std::env::var_os(k))
+}
+
+/// As `from_env`, from values that need not be UTF-8: one that is not
+/// (`std::env::var` calls it absent) is an error naming its variable, for
+/// every variable the extension reads, instead of the setting silently
+/// falling back to its default (a `KINESIS_TELEMETRY_REDACT` that would
+/// turn redaction off, say).
+pub fn from_env_os(
+    get: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+) -> Result<Config, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = every_variable()
+        .filter_map(|var| {
+            let value = get(var)?;
+            value.to_str().is_none().then(|| not_utf8(var, &value))
+        })
+        .collect();
+    let parsed = from_env(&|k| get(k).and_then(|v| v.into_string().ok()));
+    match parsed {
+        Ok(config) if errors.is_empty() => Ok(config),
+        Ok(config) => Err(ConfigErrors {
+            errors,
+            strict: config.strict,
+        }),
+        Err(e) => {
+            // A variable that is not UTF-8 reads as unset: what that leads
+            // to ("is not set") is not news.
+            let reported: Vec<String> = errors.iter().map(|e| e.var.clone()).collect();
+            errors.extend(e.errors.into_iter().filter(|e| !reported.contains(&e.var)));
+            Err(ConfigErrors {
+                errors,
+                strict: e.strict,
+            })
+        }
+    }
+}
+
+/// The error for a value that is not UTF-8: shown with U+FFFD for the bad
+/// bytes, unless it may hold a secret.
+fn not_utf8(var: &str, value: &std::ffi::OsStr) -> ConfigError {
+    use std::os::unix::ffi::OsStrExt;
+    let secret = [
+        &AWS_ACCESS_KEY_ID,
+        &AWS_SECRET_ACCESS_KEY,
+        &AWS_SESSION_TOKEN,
+        &AWS_CONTAINER_AUTHORIZATION_TOKEN,
+    ]
+    .iter()
+    .any(|s| s.var == var)
+        || PROXY_VARS.contains(&var);
+    let lossy = String::from_utf8_lossy(value.as_bytes());
+    ConfigError {
+        var: var.to_string(),
+        value: Some(redacted_url(&lossy).into_owned()),
+        expected: "UTF-8 text (a byte is not UTF-8)".into(),
+        secret,
+    }
+}
+
 /// Reads and validates the whole configuration.
 pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut r = Reader {
@@ -731,6 +842,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
     let stream = stream(&mut r);
     let region = region(&mut r, &stream);
     let request_bytes; // set in MAX_BYTES_PER_REQUEST's turn: MAX_RECORD_BYTES needs it
+    let buffering; // set in the BUFFER_* settings' turn: MAX_BODY_BYTES needs it
     let config = Config {
         endpoint: endpoint(&mut r, &region, &stream),
         ca_bundle: ca_bundle(&mut r),
@@ -738,10 +850,13 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         region,
         credentials: credentials_source(&mut r),
         types: types(&mut r),
-        buffering: Buffering {
-            max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
-            max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
-            timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
+        buffering: {
+            buffering = Buffering {
+                max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
+                max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
+                timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
+            };
+            buffering
         },
         schema_version: match r.word(&SCHEMA_VERSION) {
             "auto" => None,
@@ -799,7 +914,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigEr
         request_timeout: r.millis(&REQUEST_TIMEOUT_MS),
         connection_max_idle: r.millis(&CONNECTION_MAX_IDLE_MS),
         buffer_limit_bytes: r.int_or(&BUFFER_LIMIT_BYTES, default_buffer_limit(get)) as usize,
-        max_body_bytes: r.int(&MAX_BODY_BYTES) as usize,
+        max_body_bytes: max_body_bytes(&mut r, buffering),
         strict: matches!(r.word(&STRICT), "true" | "1" | "yes"),
     };
     if r.errors.is_empty() {
@@ -870,20 +985,112 @@ fn region(r: &mut Reader, stream: &StreamTarget) -> String {
     region
 }
 
-/// `AWS_CA_BUNDLE`: only opened here (one syscall); read and parsed later,
-/// off the cold-start path.
+/// `AWS_CA_BUNDLE`: only checked here (a stat, an open, an fstat: no
+/// read); read and parsed later, off the cold-start path.
 fn ca_bundle(r: &mut Reader) -> Option<String> {
     let path = r.raw(&AWS_CA_BUNDLE)?;
-    match std::fs::File::open(&path) {
+    match open_regular(&path, CA_BUNDLE_MAX_BYTES) {
         Ok(_) => Some(path),
-        Err(e) => {
+        Err(problem) => {
             r.fail(
                 &AWS_CA_BUNDLE,
                 Some(path),
-                format!("a readable PEM file ({e})"),
+                format!("a readable PEM file ({problem})"),
             );
             None
         }
+    }
+}
+
+/// The most read of `AWS_CA_BUNDLE`: five times the Mozilla bundle
+/// (~220 KB), and the certificates parsed from it stay in memory.
+pub const CA_BUNDLE_MAX_BYTES: u64 = 1 << 20;
+
+/// The most read of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the token
+/// goes in an HTTP header (a service account token is ~1 KB).
+pub const TOKEN_FILE_MAX_BYTES: u64 = 64 << 10;
+
+/// Why a file named by a setting cannot be read.
+#[derive(Debug)]
+pub enum FileProblem {
+    /// It cannot be found, opened or read.
+    Io(std::io::Error),
+    /// A directory, FIFO, socket or device: reading one may block start-up
+    /// (a FIFO without a writer) or never end (`/dev/zero`).
+    NotRegular(&'static str),
+    /// Larger than the most the extension reads of it.
+    TooLarge { bytes: u64, limit: u64 },
+}
+
+impl fmt::Display for FileProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FileProblem::Io(e) => write!(f, "{e}"),
+            FileProblem::NotRegular(kind) => write!(f, "a {kind}, not a regular file"),
+            FileProblem::TooLarge { bytes, limit } => {
+                write!(f, "{bytes} bytes or more, over the {limit}-byte limit")
+            }
+        }
+    }
+}
+
+impl From<std::io::Error> for FileProblem {
+    fn from(e: std::io::Error) -> FileProblem {
+        FileProblem::Io(e)
+    }
+}
+
+/// Reads the regular file at `path`, of at most `limit` bytes, without
+/// ever blocking (see `open_regular`), and stops at `limit + 1` bytes
+/// should it grow meanwhile.
+pub fn read_file(path: &str, limit: u64) -> Result<Vec<u8>, FileProblem> {
+    use std::io::Read;
+    let (file, len) = open_regular(path, limit)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    match bytes.len() as u64 {
+        n if n > limit => Err(FileProblem::TooLarge { bytes: n, limit }),
+        _ => Ok(bytes),
+    }
+}
+
+/// `O_NONBLOCK` (Linux on x86_64 and aarch64, the targets built): an open
+/// that cannot block, whatever the path names by the time it is opened.
+const O_NONBLOCK: i32 = 0o4000;
+
+/// Opens the regular file at `path` if it has at most `limit` bytes, with
+/// its length. The path is looked at (stat) before it is opened: opening a
+/// FIFO blocks until a writer comes, opening a device may do anything. The
+/// open is non-blocking and what was opened is looked at again (fstat),
+/// should the path have changed in between.
+fn open_regular(path: &str, limit: u64) -> Result<(std::fs::File, u64), FileProblem> {
+    use std::os::unix::fs::OpenOptionsExt;
+    regular_within(&std::fs::metadata(path)?, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NONBLOCK)
+        .open(path)?;
+    let len = regular_within(&file.metadata()?, limit)?;
+    Ok((file, len))
+}
+
+/// A regular file's length, if within `limit`.
+fn regular_within(meta: &std::fs::Metadata, limit: u64) -> Result<u64, FileProblem> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    let kind = match () {
+        _ if t.is_file() => None,
+        _ if t.is_dir() => Some("directory"),
+        _ if t.is_fifo() => Some("FIFO"),
+        _ if t.is_socket() => Some("socket"),
+        _ if t.is_char_device() => Some("character device"),
+        _ if t.is_block_device() => Some("block device"),
+        _ => Some("special file"),
+    };
+    match (kind, meta.len()) {
+        (Some(kind), _) => Err(FileProblem::NotRegular(kind)),
+        (None, bytes) if bytes > limit => Err(FileProblem::TooLarge { bytes, limit }),
+        (None, bytes) => Ok(bytes),
     }
 }
 
@@ -1069,6 +1276,41 @@ fn max_record_bytes(r: &mut Reader, request_bytes: u64) -> usize {
         );
     }
     n as usize
+}
+
+/// The body limit must take Lambda's largest batch for the subscription's
+/// buffering (`largest_batch`): a smaller one is refused, naming the
+/// buffering settings it depends on, rather than raised behind the user's
+/// back (it bounds memory, which is why someone lowered it).
+fn max_body_bytes(r: &mut Reader, buffering: Buffering) -> usize {
+    let Accepts::Int { default, max, .. } = MAX_BODY_BYTES.accepts else {
+        unreachable!("an Int setting")
+    };
+    let (bytes, items) = (
+        u64::from(buffering.max_bytes),
+        u64::from(buffering.max_items),
+    );
+    let needed = largest_batch(bytes, items);
+    let Some(v) = r.raw(&MAX_BODY_BYTES) else {
+        return default as usize; // above the largest batch of any buffering (a test checks)
+    };
+    match v.parse::<u64>() {
+        Ok(n) if (needed..=max).contains(&n) => return n as usize,
+        Ok(n) if n < needed => r.fail(
+            &MAX_BODY_BYTES,
+            Some(v),
+            format!(
+                "at least {needed} = 2 × {} ({bytes}) + {EVENT_ENVELOPE_BYTES} × {} ({items}), Lambda's largest batch: Lambda drops the batches refused (raise it, or lower those two)",
+                BUFFER_MAX_BYTES.var, BUFFER_MAX_ITEMS.var
+            ),
+        ),
+        _ => r.fail(
+            &MAX_BODY_BYTES,
+            Some(v),
+            format!("an integer from {needed} to {max}"),
+        ),
+    }
+    default as usize
 }
 
 /// What is wrong with an endpoint URL, if anything: an http(s) scheme, a
@@ -1290,6 +1532,181 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("is not:"), "{text}");
+    }
+
+    #[test]
+    fn a_body_limit_below_lambdas_largest_batch_is_refused_naming_both() {
+        // 1 MiB buffers: Lambda may POST 2 × 1 MiB + 128 B × 1000 events.
+        let e = errors(&[
+            ("KINESIS_TELEMETRY_BUFFER_MAX_BYTES", "1048576"),
+            ("KINESIS_TELEMETRY_MAX_BODY_BYTES", "1048576"),
+        ]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert_eq!(e[0].var, MAX_BODY_BYTES.var);
+        let text = e[0].to_string();
+        for needed in [
+            "at least 2225152",
+            BUFFER_MAX_BYTES.var,
+            BUFFER_MAX_ITEMS.var,
+            "(1048576)",
+            "(1000)",
+        ] {
+            assert!(text.contains(needed), "{needed}: {text}");
+        }
+        // The old documented minimum, with the default buffering.
+        let e = errors(&[("KINESIS_TELEMETRY_MAX_BODY_BYTES", "262144")]);
+        assert!(e[0].to_string().contains("at least 652288"), "{}", e[0]);
+        // More items per batch need more room.
+        let e = errors(&[
+            ("KINESIS_TELEMETRY_BUFFER_MAX_ITEMS", "10000"),
+            ("KINESIS_TELEMETRY_MAX_BODY_BYTES", "652288"),
+        ]);
+        assert!(e[0].to_string().contains("at least 1804288"), "{}", e[0]);
+        // The smallest safe limit is accepted; so is the default with the
+        // largest buffering Lambda allows.
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_BUFFER_MAX_BYTES", "1048576"),
+            ("KINESIS_TELEMETRY_MAX_BODY_BYTES", "2225152"),
+        ]))
+        .unwrap();
+        assert_eq!(c.max_body_bytes, 2_225_152);
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_BUFFER_MAX_BYTES", "1048576"),
+            ("KINESIS_TELEMETRY_BUFFER_MAX_ITEMS", "10000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
+        let Accepts::Int { default, min, .. } = MAX_BODY_BYTES.accepts else {
+            panic!()
+        };
+        assert!(default >= largest_batch(1_048_576, 10_000));
+        assert_eq!(min, largest_batch(262_144, 1000), "the README's minimum");
+        // Above the range: the range, with this buffering's minimum.
+        let e = errors(&[("KINESIS_TELEMETRY_MAX_BODY_BYTES", "99999999999")]);
+        assert!(
+            e[0].to_string().contains("from 652288 to 67108864"),
+            "{}",
+            e[0]
+        );
+    }
+
+    /// `env` with raw bytes for one variable.
+    fn env_os(
+        var: &'static str,
+        bytes: &'static [u8],
+    ) -> impl Fn(&str) -> Option<std::ffi::OsString> {
+        use std::os::unix::ffi::OsStrExt;
+        let base = env(&[]);
+        move |k: &str| {
+            if k == var {
+                Some(std::ffi::OsStr::from_bytes(bytes).to_os_string())
+            } else {
+                base(k).map(Into::into)
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_naming_its_variable() {
+        for var in every_variable() {
+            let e = from_env_os(&env_os(var, b"all\xff-secretpart")).unwrap_err();
+            let named: Vec<&ConfigError> = e.errors.iter().filter(|e| e.var == var).collect();
+            assert_eq!(named.len(), 1, "{var}: {e}");
+            let text = named[0].to_string();
+            assert!(text.contains("not UTF-8"), "{var}: {text}");
+            let secret = [
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+                "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            ]
+            .contains(&var)
+                || PROXY_VARS.contains(&var);
+            assert_eq!(text.contains("secretpart"), !secret, "{var}: {text}");
+        }
+        // The value redaction would have silently lost: no configuration.
+        let e = from_env_os(&env_os("KINESIS_TELEMETRY_REDACT", b"aws-keys\xff")).unwrap_err();
+        assert_eq!(e.errors.len(), 1, "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("KINESIS_TELEMETRY_REDACT=\"aws-keys\u{fffd}\" is invalid"),
+            "{e}"
+        );
+        // Strict mode still counts, and the other errors are all there.
+        let strict = |k: &str| match k {
+            "KINESIS_TELEMETRY_STRICT" => Some("true".into()),
+            "KINESIS_TELEMETRY_FLUSH" => Some("sometimes".into()),
+            k => env_os("KINESIS_TELEMETRY_MIN_LEVEL", b"\xfe")(k),
+        };
+        let e = from_env_os(&strict).unwrap_err();
+        assert!(e.strict);
+        assert_eq!(e.errors.len(), 2, "{e}");
+        // UTF-8 values read as before.
+        assert!(from_env_os(&|k| env(&[])(k).map(Into::into)).is_ok());
+    }
+
+    /// A fresh scratch directory.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("kte-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn files_are_read_within_bounds_and_never_block() {
+        let dir = scratch("files");
+        let small = dir.join("small.pem");
+        std::fs::write(&small, b"0123456789").unwrap();
+        let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+        assert_eq!(read_file(&path(&small), 10).unwrap(), b"0123456789");
+        assert!(matches!(
+            read_file(&path(&small), 9),
+            Err(FileProblem::TooLarge {
+                bytes: 10,
+                limit: 9
+            })
+        ));
+        assert!(matches!(
+            read_file(&path(&dir), 1 << 20),
+            Err(FileProblem::NotRegular("directory"))
+        ));
+        assert!(matches!(
+            read_file("/dev/zero", 1 << 20),
+            Err(FileProblem::NotRegular("character device"))
+        ));
+        assert!(matches!(
+            read_file(&path(&dir.join("missing")), 10),
+            Err(FileProblem::Io(_))
+        ));
+        // A FIFO without a writer: refused at once (an open would block).
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let e = read_file(&path(&fifo), 10).unwrap_err();
+        assert_eq!(e.to_string(), "a FIFO, not a regular file");
+        // AWS_CA_BUNDLE is checked at start, naming the variable and why.
+        for (bad, why) in [
+            (path(&fifo), "FIFO"),
+            ("/dev/zero".to_string(), "character device"),
+            (path(&dir), "directory"),
+        ] {
+            let e = errors(&[("AWS_CA_BUNDLE", bad.as_str())]);
+            assert_eq!(e[0].var, "AWS_CA_BUNDLE");
+            let text = e[0].to_string();
+            assert!(
+                text.contains("a readable PEM file") && text.contains(why),
+                "{text}"
+            );
+        }
+        let big = dir.join("big.pem");
+        let f = std::fs::File::create(&big).unwrap();
+        f.set_len(CA_BUNDLE_MAX_BYTES + 1).unwrap();
+        let e = errors(&[("AWS_CA_BUNDLE", path(&big).as_str())]);
+        assert!(e[0].to_string().contains("over the 1048576"), "{}", e[0]);
+        let c = from_env(&env(&[("AWS_CA_BUNDLE", path(&small).as_str())])).unwrap();
+        assert_eq!(c.ca_bundle, Some(path(&small)));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn main() {
         model,
         failures: 0,
     };
-    let cfg = match config::from_env(&|k| std::env::var(k).ok()) {
+    let cfg = match config::from_process_env() {
         Ok(cfg) => cfg,
         Err(errors) => lambda.config_failed(&errors.to_string(), errors.strict),
     };
@@ -137,11 +137,14 @@ impl Lambda {
             if let Err(e) = self.api.init_error("Extension.ConfigInvalid", problem) {
                 log::error!("{e}");
             }
-            if self.model == Model::Default {
-                std::process::exit(1);
-            }
-            // On Managed Instances any exit is a crash of the environment:
-            // Lambda ends it after the init error; wait for that instead.
+            // After init/error the extension should exit (Extensions API),
+            // on Managed Instances too: its `event/next` is refused from then
+            // on (403 InvalidExtensionState), and Lambda ends the init when
+            // the extension exits, with the error reported first, not
+            // Extension.Crash (emulator, LMI: rapi/handler/agentiniterror.go
+            // keeps the first fatal error, rapid/shutdown.go ends the init
+            // flow on the exit). No invocation has run yet: none is lost.
+            std::process::exit(1);
         } else {
             log::error!(
                 "invalid configuration: {problem}. No telemetry will be sent until this is fixed; the function runs normally (set KINESIS_TELEMETRY_STRICT=true to fail init instead)"

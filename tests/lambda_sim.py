@@ -25,7 +25,23 @@ no freeze ever, ``event/next`` pending until SHUTDOWN, telemetry schema
 ``platform.report`` whose metrics carry only ``durationMs``, concurrent
 invocations whose events interleave (``invoke_concurrent``, ``run_traffic``),
 and any extension exit before SHUTDOWN recorded as ``Extension.Crash`` (the
-environment is torn down with every invocation in flight: ``sim.crash``).
+environment is torn down with every invocation in flight: ``sim.crash``) but
+one: an exit after ``init/error`` during init, which ends the init with the
+error the extension reported (``sim.init_failed``), as the Extensions API asks.
+
+On both models ``init/error`` during init is final, as in AWS's runtime
+interface emulator (``core/externalagent_states.go``: the InitError state
+allows nothing): a later ``event/next`` is answered 403
+``Extension.InvalidExtensionState`` and recorded as a violation (the extension
+should exit), and init never completes without the exit (``start()`` raises
+``ExtensionInitError`` once the extension exits, or at the init timeout).
+On LMI the exit is not ``Extension.Crash``: the emulator keeps the first fatal
+error, the reported one (``rapi/handler/agentiniterror.go``,
+``appctx.StoreFirstFatalError``), and ends the init flow when the extension
+exits (``rapid/shutdown.go`` ``processTermination``); no invocation has run.
+
+Environment values given as ``bytes`` are passed as they are (values need not
+be UTF-8).
 
 With ``error_fraction=`` a chosen fraction of invocations ends in error, on
 either model, the same ones for the same ``seed``: ``platform.runtimeDone``
@@ -519,6 +535,9 @@ class LambdaSim:
         # LMI: an extension exit before SHUTDOWN, which tears the environment down:
         # {"errorType": "Extension.Crash", "exit_code", "phase", "in_flight": [request ids]}.
         self.crash: Optional[dict] = None
+        # The error type of an init/error reported during init, once the extension
+        # exited after it: the init failed with it (either model).
+        self.init_failed: Optional[str] = None
         self.shutdown_result: Optional[ShutdownResult] = None
         # busy_batches="drop": batches dropped because one was in flight (each a list of events).
         self.busy_dropped_batches: list[list[bytes]] = []
@@ -540,6 +559,7 @@ class LambdaSim:
         self._phase = "new"  # new | init | ready | invoke | shutdown | done
         self._ext_id: Optional[str] = None
         self._init_done = False
+        self._init_error_state = False  # init/error during init: nothing else is allowed
         self._t_exec: Optional[float] = None
         self._init_epoch: Optional[float] = None
         self._init_duration_ms: Optional[float] = None
@@ -1099,6 +1119,13 @@ class LambdaSim:
         if not self._check_id(h, method, path):
             return
         with self._cv:
+            if self._init_error_state:
+                # Emulator core/externalagent_states.go: InitError is a terminal state.
+                self.violations.append("event/next after init/error (the extension should exit)")
+                return self._error(h, method, path, 403, "Extension.InvalidExtensionState",
+                                   f"State transition from InitError to Ready failed for extension "
+                                   f"{self._ext_id}. Error: state transition is not allowed",
+                                   violation=False)
             if self._next_waiting:
                 if self.managed_instances:
                     # Emulator (LMI) core/externalagent_states.go: Ready -> Ready is not allowed.
@@ -1152,6 +1179,9 @@ class LambdaSim:
         if not self._check_id(h, method, path):
             return
         self._record_error(h, body, self.init_errors, "init/error")
+        with self._cv:
+            if not self._init_done:
+                self._init_error_state = True
         self._reply(h, method, path, 202, {"status": "OK"})
 
     def _h_exit_error(self, h, method, path, body) -> None:
@@ -1280,7 +1310,7 @@ class LambdaSim:
             if v is None:
                 env.pop(k, None)
             else:
-                env[k] = str(v)
+                env[k] = v if isinstance(v, bytes) else str(v)
         env["AWS_LAMBDA_RUNTIME_API"] = f"127.0.0.1:{self.port}"
         self._env_init_type = env.get("AWS_LAMBDA_INITIALIZATION_TYPE")
         return env
@@ -1315,7 +1345,11 @@ class LambdaSim:
             self._exited = True
             self.exit_code = rc
             self._exit_time = time.perf_counter()
-            if (self.managed_instances and not self._shutdown_sent and not self._sim_killed
+            if self._init_error_state and not self._init_done:
+                # The init fails with the error reported (either model; on LMI not
+                # Extension.Crash: see the module docstring).
+                self.init_failed = self.init_errors[0]["error_type"]
+            elif (self.managed_instances and not self._shutdown_sent and not self._sim_killed
                     and not self._stop):
                 # LMI: any exit before SHUTDOWN, even with code 0 and after init/error or
                 # exit/error, is Extension.Crash: Lambda tears the whole environment down,

@@ -4,6 +4,8 @@ must never reach a log, answers from Kinesis that cannot be used."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes, run_with_faults
@@ -79,3 +81,61 @@ def test_an_error_without_code_says_what_answered(ext_bin, kinesalite):
     lines = [l for l in sim.stderr_text().splitlines() if "ERROR" in l and "HTTP400" in l]
     assert len(lines) == 1, sim.stderr_text()[-2000:]
     assert "no error code" in lines[0] and "AWS_ENDPOINT_URL_KINESIS" in lines[0], lines[0]
+
+
+# ----------------------------------------- fail-closed inputs (issue 22, item 5)
+
+SECRET_KEY = "AKIAIOSFODNN7EXAMPLE"
+
+
+def test_a_setting_that_is_not_utf8_is_a_configuration_error_naming_it(ext_bin, kinesalite):
+    """KINESIS_TELEMETRY_REDACT with a byte that is not UTF-8 (set through the
+    environment as bytes) used to read as unset: redaction off, every key on the
+    stream. Now it is a configuration error naming the variable: nothing is sent."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_REDACT=b"aws-keys,\xff")
+    with LambdaSim(ext_bin, env) as sim:
+        run_invokes(sim, 3, 5, line_factory=lambda i, lid: f"line {lid} key={SECRET_KEY}")
+        res = sim.shutdown()
+        assert_clean_exit(sim, res)
+    err = sim.stderr_text()
+    line = next((l for l in err.splitlines() if "invalid configuration" in l), "")
+    assert 'KINESIS_TELEMETRY_REDACT="aws-keys,\ufffd" is invalid' in line and "not UTF-8" in line, err[-2000:]
+    assert kinesalite.read_all(name) == []
+
+
+def _fifo(tmp_path):
+    path = tmp_path / "bundle.fifo"
+    os.mkfifo(path)
+    return str(path)
+
+
+def _huge(tmp_path):
+    path = tmp_path / "huge.pem"
+    with open(path, "wb") as f:
+        f.truncate(150 * 1024 * 1024)  # sparse: 150 MB without the disk space
+    return str(path)
+
+
+@pytest.mark.parametrize("make,why", [
+    (_fifo, "a FIFO, not a regular file"),
+    (lambda tmp_path: "/dev/zero", "a character device, not a regular file"),
+    (_huge, "157286400 bytes or more, over the 1048576-byte limit"),
+    (lambda tmp_path: str(tmp_path), "a directory, not a regular file"),
+], ids=["fifo", "dev-zero", "150-MB", "directory"])
+def test_a_ca_bundle_that_cannot_be_read_safely_is_refused_at_start(ext_bin, kinesalite, tmp_path, make, why):
+    """AWS_CA_BUNDLE naming a FIFO (which blocked start-up until the init timed out),
+    /dev/zero (read without end), a 150 MB file (274 MB of RSS) or a directory: a
+    configuration error at start naming the variable, the path and why; init is not
+    held up, memory stays small, the function runs."""
+    name, _ = new_stream(kinesalite)
+    path = make(tmp_path)
+    with LambdaSim(ext_bin, ext_env(kinesalite, name, AWS_CA_BUNDLE=path)) as sim:
+        run_invokes(sim, 2, 3)
+        res = sim.shutdown()
+        assert_clean_exit(sim, res)
+    assert sim.init_ms < 2000, sim.init_ms
+    assert max(sim.peak_rss_kb) < 16 * 1024, sim.peak_rss_kb
+    err = sim.stderr_text()
+    line = next((l for l in err.splitlines() if "invalid configuration" in l), "")
+    assert f'AWS_CA_BUNDLE="{path}" is invalid: expected a readable PEM file ({why})' in line, err[-2000:]

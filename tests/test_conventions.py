@@ -130,6 +130,31 @@ def test_no_proxy_matching_the_endpoint_bypasses_the_proxy(ext_bin, kinesalite, 
     assert "through the proxy" not in sim.stderr_text()
 
 
+@pytest.mark.parametrize("no_proxy", ["127.0.0.0/8", "10.0.0.0/8, 127.0.0.1/32", "{host}:{port}", "http://{host}:{port}/"],
+                         ids=["cidr", "cidr-list", "host-port", "url"])
+def test_no_proxy_cidr_ranges_host_port_and_urls_bypass_the_proxy(ext_bin, kinesalite, http_proxy, no_proxy):
+    """NO_PROXY as the AWS SDKs read it (issue 22, item 9): a CIDR range covering the
+    endpoint's address (ureq ignored those and sent through the proxy), and the
+    host:port and URL forms; nothing goes through the proxy, every line arrives."""
+    host, port = kinesalite.endpoint.split("://", 1)[1].rsplit(":", 1)
+    sim, name = _run_through(ext_bin, kinesalite, HTTPS_PROXY=http_proxy.url,
+                             NO_PROXY=no_proxy.format(host=host, port=port))
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
+    assert_delivered_exactly_once(sim, recs)
+    assert http_proxy.tunnels_to(int(port)) == 0, http_proxy.log_path.read_text()[-2000:]
+    assert "through the proxy" not in sim.stderr_text()
+
+
+def test_no_proxy_for_another_port_still_goes_through_the_proxy(ext_bin, kinesalite, http_proxy):
+    """A host:port entry holds for that port only (as Go and botocore read it)."""
+    host, port = kinesalite.endpoint.split("://", 1)[1].rsplit(":", 1)
+    sim, name = _run_through(ext_bin, kinesalite, HTTPS_PROXY=http_proxy.url,
+                             NO_PROXY=f"{host}:{int(port) + 1}")
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=10)
+    assert_delivered_exactly_once(sim, recs)
+    assert f"through the proxy http://127.0.0.1:{http_proxy.port}" in sim.stderr_text()
+
+
 def test_a_dead_proxy_is_named_in_the_connection_errors(ext_bin, kinesalite):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

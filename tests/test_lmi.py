@@ -15,7 +15,7 @@ import pytest
 
 from conftest import assert_clean_exit, ext_env, new_stream
 from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records
-from lambda_sim import LambdaSim
+from lambda_sim import ExtensionInitError, LambdaSim
 from stream_check import assert_exactly_once, events_of
 from test_formats import _lid
 
@@ -113,12 +113,12 @@ def _taken_port():
     return s, s.getsockname()[1]
 
 
-@pytest.mark.parametrize("case", ["invalid", "missing-stream", "port-taken", "strict"])
+@pytest.mark.parametrize("case", ["invalid", "missing-stream", "port-taken"])
 def test_bad_configuration_never_ends_the_environment(ext_bin, kinesalite, case):
-    """Invalid settings, no stream, an unusable listener port, even strict mode:
-    on LMI an exit is Extension.Crash, so the extension logs the problem (naming
-    the variable), stays registered, lets every invocation run and leaves only
-    at SHUTDOWN, with exit 0."""
+    """Invalid settings, no stream, an unusable listener port: on LMI an exit is
+    Extension.Crash, so the extension logs the problem (naming the variable),
+    stays registered, lets every invocation run and leaves only at SHUTDOWN,
+    with exit 0. (Strict mode fails the init on purpose: see below.)"""
     name, _ = new_stream(kinesalite)
     held = None
     env = ext_env(kinesalite, name)
@@ -132,23 +132,10 @@ def test_bad_configuration_never_ends_the_environment(ext_bin, kinesalite, case)
         held, port = _taken_port()
         env["KINESIS_TELEMETRY_LISTENER_PORT"] = str(port)
         named = "KINESIS_TELEMETRY_LISTENER_PORT"
-    else:
-        env["KINESIS_TELEMETRY_FLUSH"] = "sometimes"
-        env["KINESIS_TELEMETRY_STRICT"] = "true"
-        named = "KINESIS_TELEMETRY_FLUSH"
     try:
         with _lmi(ext_bin, env) as sim:
-            if case == "strict":
-                # Strict mode fails init on purpose (the user asked for it);
-                # the extension must still not exit before SHUTDOWN.
-                try:
-                    sim.start()
-                except Exception:  # noqa: BLE001 - the simulator reports the init error
-                    pass
-                assert [e["error_type"] for e in sim.init_errors] == ["Extension.ConfigInvalid"], sim.init_errors
-            else:
-                sim.start()
-                sim.invoke_concurrent(10, log_lines=5, concurrency=4)
+            sim.start()
+            sim.invoke_concurrent(10, log_lines=5, concurrency=4)
             res = sim.shutdown()
             assert sim.crash is None, sim.crash
             assert res.exit_code == 0 and not res.killed, (res, sim.stderr_text()[-2000:])
@@ -156,6 +143,25 @@ def test_bad_configuration_never_ends_the_environment(ext_bin, kinesalite, case)
     finally:
         if held:
             held.close()
+
+
+def test_strict_mode_reports_the_init_error_and_exits(ext_bin, kinesalite):
+    """Strict mode on LMI: after init/error the extension exits (the Extensions API
+    asks it to). It used to keep calling event/next, refused with 403
+    InvalidExtensionState every 2 s or more, holding the init until its timeout
+    (130 s or more on LMI). The exit ends the init with the error reported, not
+    Extension.Crash (the simulator plays AWS's emulator here: see lambda_sim)."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="sometimes", KINESIS_TELEMETRY_STRICT="true")
+    with _lmi(ext_bin, env, init_timeout_ms=15000) as sim:
+        with pytest.raises(ExtensionInitError):
+            sim.start()
+        assert [e["error_type"] for e in sim.init_errors] == ["Extension.ConfigInvalid"], sim.init_errors
+        assert "KINESIS_TELEMETRY_FLUSH" in sim.init_errors[0]["json"]["errorMessage"]
+        assert sim.exit_code is not None, "still running after init/error"
+        assert sim._exit_time - sim.init_errors[0]["time"] < 2.0
+        assert sim.init_failed == "Extension.ConfigInvalid" and sim.crash is None, (sim.init_failed, sim.crash)
+        assert sim.violations == [], sim.violations
 
 
 def test_a_refused_schema_version_is_tried_once_with_the_other(ext_bin, kinesalite):

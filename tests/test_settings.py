@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes, run_with_faults
 from delivery import READ_TIMEOUT, assert_run_ok, check_delivery, final_metrics, shutdown_counters
 from fault_proxy import HANG, Faults, FaultProxy
-from lambda_sim import LambdaSim
+from lambda_sim import ExtensionInitError, LambdaSim
 from test_listener_hostile import listener_port, post
 
 
@@ -272,3 +272,69 @@ def test_connect_timeout_bounds_a_blackholed_endpoint(ext_bin, kinesalite):
     assert all(150 <= p <= 1000 for p in post[1:]), post
     counters = shutdown_counters(sim.stderr_text())
     assert counters["droppedShutdown"] == len(sim.delivered) + 1, (counters, len(sim.delivered))
+
+
+# ------------------------------------------------- the body limit and Lambda's batches (issue 22, item 4)
+
+ONE_MIB = 1048576
+# Lambda's largest buffering: 1 MiB and 10,000 events a batch.
+BIG_BUFFERS = {"KINESIS_TELEMETRY_BUFFER_MAX_BYTES": str(ONE_MIB),
+               "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS": "10000",
+               "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS": "1000"}
+# 2 x BUFFER_MAX_BYTES + 128 bytes per event x BUFFER_MAX_ITEMS: config::largest_batch.
+SMALLEST_SAFE_BODY = 2 * ONE_MIB + 128 * 10000
+
+
+def _line(i: int, lid: str) -> str:
+    """~190-byte events: 1 MiB of them and the commas between them make a body over
+    1 MiB (the simulator batches as Lambda does, up to maxBytes of events)."""
+    return f"line {lid} #{i} " + "x" * 60
+
+
+@pytest.mark.parametrize("body,big,strict", [
+    (str(ONE_MIB), True, False),
+    ("262144", False, True),
+], ids=["equal-to-the-buffer", "old-documented-minimum-strict"])
+def test_a_body_limit_lambdas_batches_can_exceed_is_refused_naming_both(ext_bin, kinesalite, body, big, strict):
+    """MAX_BODY_BYTES below Lambda's largest batch for the subscription's buffering
+    (2 x maxBytes + envelopes: the simulator's batches of 1 MiB of events are already
+    over 1 MiB of body) refused Lambda's normal batches, and Lambda dropped them. Now it
+    is a configuration error naming both settings and the smallest limit that works:
+    the extension idles (or, strict, fails the init) and never refuses a batch."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_MAX_BODY_BYTES=body, **(BIG_BUFFERS if big else {}))
+    if strict:
+        env["KINESIS_TELEMETRY_STRICT"] = "true"
+    with LambdaSim(ext_bin, env) as sim:
+        if strict:
+            with pytest.raises(ExtensionInitError):
+                sim.start()
+            assert [e["error_type"] for e in sim.init_errors] == ["Extension.ConfigInvalid"]
+            text = sim.init_errors[0]["json"]["errorMessage"]
+            assert sim.init_failed == "Extension.ConfigInvalid" and sim.violations == [], sim.violations
+        else:
+            run_invokes(sim, 2, 9000, line_factory=_line)
+            assert_clean_exit(sim, sim.shutdown(), pushback=True)
+            assert sim.subscription is None
+            text = next((l for l in sim.stderr_text().splitlines() if "invalid configuration" in l), "")
+    needed = SMALLEST_SAFE_BODY if big else 2 * 262144 + 128 * 1000
+    for part in (f'KINESIS_TELEMETRY_MAX_BODY_BYTES="{body}"', f"at least {needed}",
+                 "KINESIS_TELEMETRY_BUFFER_MAX_BYTES", "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS"):
+        assert part in text, (part, text)
+    assert kinesalite.read_all(name) == []
+
+
+def test_the_smallest_body_limit_accepted_takes_lambdas_largest_batches(ext_bin, kinesalite):
+    """The smallest MAX_BODY_BYTES accepted with Lambda's largest buffering: the
+    batches of the run above (bodies over 1 MiB) are all taken, every line reaches the
+    stream once (the final report too: the shutdown wait covers the 1 s buffering)."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_MAX_BODY_BYTES=str(SMALLEST_SAFE_BODY),
+                  KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS="1500", **BIG_BUFFERS)
+    with LambdaSim(ext_bin, env) as sim:
+        run_invokes(sim, 2, 9000, line_factory=_line)
+        res = sim.shutdown()
+        assert_clean_exit(sim, res)
+    assert max(len(b) for b in sim.posted_bodies) > ONE_MIB, "no batch over 1 MiB: the test proves nothing"
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
+    check_delivery(sim, recs)

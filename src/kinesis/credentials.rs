@@ -110,21 +110,14 @@ impl Provider {
         };
         let token = match (token, token_file) {
             (Some(t), _) => Some(t),
-            (None, Some(path)) => Some(
-                std::fs::read_to_string(&path)
-                    .map_err(|e| {
-                        CredentialsError(format!(
-                            "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE={path}: {e}"
-                        ))
-                    })?
-                    .trim()
-                    .to_string(),
-            ),
+            (None, Some(path)) => Some(read_token_file(&path)?),
             (None, None) => None,
         };
         let agent = self.agent.get_or_insert_with(|| {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
+                // NO_PROXY read as for PutRecords (as the AWS SDKs read it).
+                .proxy(crate::kinesis::client::proxy_for(&url))
                 .timeout_global(Some(FETCH_TIMEOUT))
                 .build()
                 .into()
@@ -166,6 +159,19 @@ struct ContainerCredentials {
 }
 
 /// Parses the endpoint's JSON answer.
+/// The token in `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, read at each fetch
+/// (it may be rotated) within `config::read_file`'s bounds: a regular file
+/// of at most `TOKEN_FILE_MAX_BYTES`, UTF-8, never a blocking open.
+fn read_token_file(path: &str) -> Result<String, CredentialsError> {
+    let var = crate::config::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.var;
+    let bytes = crate::config::read_file(path, crate::config::TOKEN_FILE_MAX_BYTES)
+        .map_err(|e| CredentialsError(format!("{var}={path}: {e}")))?;
+    match String::from_utf8(bytes) {
+        Ok(token) => Ok(token.trim().to_string()),
+        Err(_) => Err(CredentialsError(format!("{var}={path}: not UTF-8 text"))),
+    }
+}
+
 pub fn parse_container_credentials(
     body: &[u8],
 ) -> Result<(StaticCredentials, Option<SystemTime>), String> {
@@ -205,6 +211,37 @@ mod tests {
             1_764_107_648
         );
         assert!(parse_container_credentials(b"{}").is_err());
+    }
+
+    #[test]
+    fn a_token_file_that_cannot_be_read_safely_is_an_error_naming_the_variable() {
+        let dir = std::env::temp_dir().join(format!("kte-token-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  tok-123\n").unwrap();
+        assert_eq!(read_token_file(file.to_str().unwrap()).unwrap(), "tok-123");
+        let fifo = dir.join("fifo");
+        assert!(std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success()));
+        for (path, why) in [
+            (fifo.to_str().unwrap(), "FIFO"),
+            ("/dev/zero", "character device"),
+        ] {
+            let e = read_token_file(path).unwrap_err().to_string();
+            assert!(
+                e.contains("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE=") && e.contains(why),
+                "{e}"
+            );
+        }
+        std::fs::write(&file, vec![b'x'; 64 * 1024 + 1]).unwrap();
+        assert!(read_token_file(file.to_str().unwrap()).is_err());
+        std::fs::write(&file, b"\xff").unwrap();
+        let e = read_token_file(file.to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("not UTF-8"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

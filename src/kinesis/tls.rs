@@ -3,7 +3,9 @@
 //! AWS CLI and SDKs do (a TLS-inspecting proxy's or a private CA's). ureq's
 //! own TLS connector takes either its built-in roots or a given list, not
 //! both, so with a bundle this connector wraps connections instead; without
-//! one ureq's default is used unchanged.
+//! one ureq's default is used unchanged. The bundle is read with
+//! `config::read_file`'s bounds (a regular file, 1 MiB at most, no blocking
+//! open).
 
 use std::io::{Read, Write};
 use std::sync::Arc;
@@ -23,9 +25,11 @@ pub struct BundleTls {
 
 impl BundleTls {
     /// Reads the bundle at `path` (once, when the Kinesis client is made:
-    /// after the first `event/next`, not on the cold-start path).
+    /// after the first `event/next`, not on the cold-start path): a regular
+    /// file of at most `CA_BUNDLE_MAX_BYTES`, opened without blocking.
     pub fn from_file(path: &str) -> Result<(BundleTls, usize), String> {
-        let pem = std::fs::read(path).map_err(|e| e.to_string())?;
+        let pem = crate::config::read_file(path, crate::config::CA_BUNDLE_MAX_BYTES)
+            .map_err(|e| e.to_string())?;
         BundleTls::new(&pem)
     }
 
