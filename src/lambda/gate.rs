@@ -1,12 +1,13 @@
-//! The telemetry listener's front door: it owns the subscribed port, and
-//! only complete, well-formed `POST /` deliveries pass it on their way to
+//! The telemetry listener's front door: it owns the subscribed port (bound
+//! on the addresses `hosts` finds for `sandbox.localdomain`, without DNS),
+//! and only complete, well-formed `POST /` deliveries pass it on their way to
 //! tiny_http (`listener`). Anything in the sandbox can connect here, so every
 //! resource a client can make us hold is bounded (README "What the listener
 //! bounds"):
 //!
-//! - connections: at most `Limits::connections`; past it the one whose
-//!   request (or idle wait) began longest ago is shed, or the newcomer gets
-//!   a 503. The accepting thread only accepts, sheds and spawns: it never
+//! - connections: at most `Limits::connections`; past it one is shed in
+//!   the order of `shed_rank` (strangers before connections that carried
+//!   a delivery; idle, then slow), or the newcomer gets a 503. The accepting thread only accepts, sheds and spawns: it never
 //!   reads from or waits on a client, and survives every accept error
 //!   (`EMFILE` under Lambda's 1,024-file limit included);
 //! - a request head: at most `head_bytes` (431 past it), decided on before
@@ -23,18 +24,17 @@
 //! answer, which comes after the events are queued, goes back to the client.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::lambda::hosts::{self, Source, SANDBOX_HOST};
 use crate::lambda::local_http::find;
 use crate::lambda::request_head::{self, Body, Refusal};
 use crate::stats::Stats;
 
-/// The host name Lambda delivers telemetry to.
-const SANDBOX_HOST: &str = "sandbox.localdomain";
 /// How long one read waits before the request's clock is checked.
 const TICK: Duration = Duration::from_millis(500);
 /// A read that took longer than this waited through a freeze.
@@ -80,31 +80,20 @@ impl Limits {
     }
 }
 
-/// Binds the port on every address `sandbox.localdomain` resolves to
-/// (Lambda delivers there); on loopback when the name does not resolve (a
-/// local run). Port 0 means any free port; returns the port.
+/// Binds the port on the addresses `/etc/hosts` gives `sandbox.localdomain`
+/// (Lambda delivers there), else on loopback and, if this machine has it,
+/// Lambda's telemetry address (`hosts`: no DNS query either way). Port 0
+/// means any free port; returns the port.
 pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
-    let addrs = match (SANDBOX_HOST, 0).to_socket_addrs() {
-        Ok(found) => {
-            let mut ips: Vec<IpAddr> = Vec::new();
-            for a in found {
-                if !ips.contains(&a.ip()) {
-                    ips.push(a.ip());
-                }
-            }
-            ips
-        }
-        Err(_) => Vec::new(),
-    };
-    let addrs = if addrs.is_empty() {
-        log::debug!("{SANDBOX_HOST} does not resolve: listening on 127.0.0.1 (a local run)");
-        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-    } else {
-        addrs
-    };
+    let addrs = hosts::sandbox_addresses();
+    if addrs.from == Source::Fallback {
+        log::debug!(
+            "{SANDBOX_HOST} is not in /etc/hosts: listening on 127.0.0.1 (a local run; Lambda names it there)"
+        );
+    }
     let mut sockets = Vec::new();
     let mut port = port;
-    for ip in addrs {
+    for ip in addrs.ips {
         match TcpListener::bind((ip, port)) {
             Ok(s) => {
                 if port == 0 {
@@ -117,6 +106,9 @@ pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
             }
             Err(e) if sockets.is_empty() => {
                 return Err(format!("cannot listen on {ip} port {port}: {e}"));
+            }
+            Err(e) if addrs.from == Source::Fallback => {
+                log::debug!("telemetry listener: not also on {ip} port {port}: {e}");
             }
             Err(e) => log::warn!("telemetry listener: cannot also listen on {ip} port {port}: {e}"),
         }
