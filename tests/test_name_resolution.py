@@ -34,7 +34,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 FLOOR_SRC = HERE.parent / "bench/baselines/floor/src/main.rs"
 DNS_ADDRESS = "127.0.0.53"
-RUNS = 11
+RUNS = 21
 # The do-nothing extension's exec -> first next, times this, bounds ours.
 BUDGET = 1.5
 
@@ -66,6 +66,12 @@ def floor_bin(tmp_path_factory) -> str:
     return str(out)
 
 
+def lower_quartile(ms: list[float]) -> float:
+    """The figure compared: on a shared machine scheduling noise only adds
+    time, and a median of runs 5-20 ms apart still moves by a third."""
+    return statistics.quantiles(ms, n=4)[0]
+
+
 def run_in_namespaces(tmp_path: Path, hosts_text: str, job: dict) -> dict:
     """Runs this file's driver in new network and mount namespaces with
     `hosts_text` as /etc/hosts and a blackholed resolver; returns its report."""
@@ -93,15 +99,16 @@ def run_in_namespaces(tmp_path: Path, hosts_text: str, job: dict) -> dict:
 def test_cold_start_makes_no_dns_query_and_deliveries_arrive(ext_bin, floor_bin, tmp_path, case):
     """With or without a hosts entry, loopback only and a DNS server that never
     answers: no query names the sandbox, exec -> first next is within 1.5 x
-    the floor's (medians of 11, interleaved), the listener is where the hosts
+    the floor's (lower quartiles of 21, interleaved), the listener is where the hosts
     file says (else loopback), and every event delivered is on the stream."""
     hosts_text, sandbox, listening = CASES[case]
     r = run_in_namespaces(tmp_path, hosts_text, {"ext": ext_bin, "floor": floor_bin, "sandbox": sandbox})
     assert r["error"] is None, r["error"]
-    assert r["dns_queries"] == [], f"the extension asked DNS: {r['dns_queries']}"
-    ext, floor = statistics.median(r["ext_ms"]), statistics.median(r["floor_ms"])
-    assert ext <= BUDGET * floor, (f"exec -> first next {ext:.1f} ms, floor {floor:.1f} ms (median of {RUNS}): "
-                                   f"over {BUDGET} x; runs {r['ext_ms']} / {r['floor_ms']}")
+    ext, floor = lower_quartile(r["ext_ms"]), lower_quartile(r["floor_ms"])
+    assert r["dns_queries"] == [], (f"{len(r['dns_queries'])} DNS queries for {set(r['dns_queries'])} in "
+                                    f"{RUNS + 1} starts; exec -> first next {ext:.1f} ms, floor {floor:.1f} ms")
+    assert ext <= BUDGET * floor, (f"exec -> first next {ext:.1f} ms, floor {floor:.1f} ms (lower quartiles "
+                                   f"of {RUNS}): over {BUDGET} x; runs {r['ext_ms']} / {r['floor_ms']}")
     assert set(r["listening"]) == listening, r["listening"]
     assert r["delivered"] > 0, r
 

@@ -5,9 +5,10 @@
 //!
 //! Lambda delivers telemetry to `http://sandbox.localdomain:PORT`. Inside
 //! Lambda the name is the sandbox's own telemetry interface (`telemetry1_sb`,
-//! 169.254.79.130/30 in every public dump of a sandbox's interfaces; New
-//! Relic's extension hard-codes that address as its fallback), named in the
-//! sandbox's `/etc/hosts`. Local emulators (AWS's runtime interface emulator
+//! 169.254.79.130/30 in public dumps of a sandbox's interfaces; New Relic's
+//! extension hard-codes that address as its fallback), named in the
+//! sandbox's `/etc/hosts` (no public copy of that file was found: hence the
+//! second fallback address). Local emulators (AWS's runtime interface emulator
 //! on Managed Instances, this repository's simulator) deliver to 127.0.0.1
 //! whatever the name. So: the hosts file's addresses when it names
 //! `sandbox.localdomain`; otherwise loopback, plus Lambda's telemetry
