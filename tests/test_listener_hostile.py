@@ -293,3 +293,46 @@ def test_slow_loris_clients_do_not_stall_deliveries(ext_bin, kinesalite, load):
     check_delivery(sim, recs)
     assert max(sim.post_runtime_ms) < 1000, sim.post_runtime_ms
     assert peak < 32 * 1024, peak
+
+
+def lambdas_connection(sim: LambdaSim):
+    """The simulator's kept-alive connection to the listener (its local
+    address), once every event emitted so far is delivered; None if it has none."""
+    deadline = time.monotonic() + 10
+    while sim.undelivered or not sim.delivery_log:
+        assert time.monotonic() < deadline, "the simulator's deliveries did not finish"
+        time.sleep(0.01)
+    conn = sim._conn  # the simulator's own HTTP connection (it reconnects when one breaks)
+    return None if conn is None or conn.sock is None else conn.sock.getsockname()
+
+
+def test_lambdas_kept_alive_connection_is_shed_after_every_stranger(ext_bin, kinesalite):
+    """Lambda's connection, kept alive and idle between deliveries (longer than
+    the 250 ms grace), then 32 slow strangers against 16 slots: strangers are
+    shed, Lambda's connection is not (the same one carries every later delivery;
+    it used to be shed first, as the longest idle, and Lambda reconnected)."""
+    name, _ = new_stream(kinesalite)
+    with LambdaSim(ext_bin, ext_env(kinesalite, name, KINESIS_TELEMETRY_FLUSH="end"),
+                   freeze=False) as sim:
+        sim.start()
+        sim.invoke(log_lines=5)
+        before = lambdas_connection(sim)
+        assert before is not None, "the simulator keeps its connection alive"
+        time.sleep(0.3)  # idle past the grace time, as between invokes
+        loris = SlowLoris(listener_port(sim), 10, 12, 10)
+        try:
+            deadline = time.monotonic() + 10
+            while len(loris.socks) + sum(loris.errors.values()) < 32:
+                assert time.monotonic() < deadline, (loris.sent, loris.errors)
+                time.sleep(0.02)
+            for _ in range(3):
+                assert not sim.invoke(log_lines=10).timed_out
+            after = lambdas_connection(sim)
+            errors = list(sim.post_errors)
+            res, recs = finish(sim, kinesalite, name)
+        finally:
+            loris.close()
+    assert after == before, f"Lambda's connection was replaced: {before} -> {after}"
+    assert errors == [], errors
+    assert final_metrics(recs)["shedConnections"] >= 32 - 15, final_metrics(recs)
+    check_delivery(sim, recs)

@@ -77,7 +77,9 @@ def open_fds(pid: int) -> int:
     (b"POST / HTTP/1.1\r\nContent-Length: 18446744073709551616\r\n\r\n", b"", 400),
     (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"fffffffffffffff\r\nab", 413),
     (b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n", b"0\r\n\r\n", 501),
-], ids=["post-isize-max", "get-usize-max", "length-overflow", "chunk-huge", "smuggling"])
+    # RFC 9112: a chunk size is hex digits only; a sign is how parsers are told apart
+    (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"+2\r\n[]\r\n0\r\n\r\n", 400),
+], ids=["post-isize-max", "get-usize-max", "length-overflow", "chunk-huge", "smuggling", "chunk-size-signed"])
 def test_hostile_lengths_are_refused_and_the_process_lives(ext_bin, kinesalite, head, body, want):
     """Lengths that made tiny_http allocate without bound (an abort) or panic:
     refused from the head alone, answered at once, and the extension lives."""

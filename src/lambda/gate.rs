@@ -1,12 +1,13 @@
-//! The telemetry listener's front door: it owns the subscribed port, and
-//! only complete, well-formed `POST /` deliveries pass it on their way to
+//! The telemetry listener's front door: it owns the subscribed port (bound
+//! on the addresses `hosts` finds for `sandbox.localdomain`, without DNS),
+//! and only complete, well-formed `POST /` deliveries pass it on their way to
 //! tiny_http (`listener`). Anything in the sandbox can connect here, so every
 //! resource a client can make us hold is bounded (README "What the listener
 //! bounds"):
 //!
-//! - connections: at most `Limits::connections`; past it the one whose
-//!   request (or idle wait) began longest ago is shed, or the newcomer gets
-//!   a 503. The accepting thread only accepts, sheds and spawns: it never
+//! - connections: at most `Limits::connections`; past it one is shed in
+//!   the order of `shed_rank` (strangers before connections that carried
+//!   a delivery; idle, then slow), or the newcomer gets a 503. The accepting thread only accepts, sheds and spawns: it never
 //!   reads from or waits on a client, and survives every accept error
 //!   (`EMFILE` under Lambda's 1,024-file limit included);
 //! - a request head: at most `head_bytes` (431 past it), decided on before
@@ -23,18 +24,17 @@
 //! answer, which comes after the events are queued, goes back to the client.
 
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, Shutdown, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::lambda::hosts::{self, Source, SANDBOX_HOST};
 use crate::lambda::local_http::find;
 use crate::lambda::request_head::{self, Body, Refusal};
 use crate::stats::Stats;
 
-/// The host name Lambda delivers telemetry to.
-const SANDBOX_HOST: &str = "sandbox.localdomain";
 /// How long one read waits before the request's clock is checked.
 const TICK: Duration = Duration::from_millis(500);
 /// A read that took longer than this waited through a freeze.
@@ -80,31 +80,20 @@ impl Limits {
     }
 }
 
-/// Binds the port on every address `sandbox.localdomain` resolves to
-/// (Lambda delivers there); on loopback when the name does not resolve (a
-/// local run). Port 0 means any free port; returns the port.
+/// Binds the port on the addresses `/etc/hosts` gives `sandbox.localdomain`
+/// (Lambda delivers there), else on loopback and, if this machine has it,
+/// Lambda's telemetry address (`hosts`: no DNS query either way). Port 0
+/// means any free port; returns the port.
 pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
-    let addrs = match (SANDBOX_HOST, 0).to_socket_addrs() {
-        Ok(found) => {
-            let mut ips: Vec<IpAddr> = Vec::new();
-            for a in found {
-                if !ips.contains(&a.ip()) {
-                    ips.push(a.ip());
-                }
-            }
-            ips
-        }
-        Err(_) => Vec::new(),
-    };
-    let addrs = if addrs.is_empty() {
-        log::debug!("{SANDBOX_HOST} does not resolve: listening on 127.0.0.1 (a local run)");
-        vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
-    } else {
-        addrs
-    };
+    let addrs = hosts::sandbox_addresses();
+    if addrs.from == Source::Fallback {
+        log::debug!(
+            "{SANDBOX_HOST} is not in /etc/hosts: listening on 127.0.0.1 (a local run; Lambda names it there)"
+        );
+    }
     let mut sockets = Vec::new();
     let mut port = port;
-    for ip in addrs {
+    for ip in addrs.ips {
         match TcpListener::bind((ip, port)) {
             Ok(s) => {
                 if port == 0 {
@@ -117,6 +106,9 @@ pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
             }
             Err(e) if sockets.is_empty() => {
                 return Err(format!("cannot listen on {ip} port {port}: {e}"));
+            }
+            Err(e) if addrs.from == Source::Fallback => {
+                log::debug!("telemetry listener: not also on {ip} port {port}: {e}");
             }
             Err(e) => log::warn!("telemetry listener: cannot also listen on {ip} port {port}: {e}"),
         }
@@ -249,8 +241,69 @@ struct Slot {
     id: u64,
     /// A handle to shut the connection down with when it is shed.
     stream: TcpStream,
+    standing: Standing,
+}
+
+/// What the shedding order looks at in a connection.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
     state: State,
+    /// When the state began.
     since: Instant,
+    /// It has carried a delivery tiny_http took (2xx): Lambda's, most
+    /// likely, kept alive between deliveries.
+    trusted: bool,
+}
+
+/// What a connection is shed to make room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A new connection (or, out of files, anything at all).
+    Slot,
+    /// Body bytes for another request.
+    Body,
+}
+
+/// Where a connection stands in the shedding order at `now`: the lowest
+/// rank goes first, the oldest among equals; `None`: not shed. Every
+/// stranger goes before any trusted connection, so Lambda's kept-alive
+/// connection, idle between deliveries, is not taken for an abandoned one
+/// while slow strangers hold the other slots; a trusted one is still shed
+/// when only trusted ones are left (trust is earned by one valid delivery,
+/// which anything in the sandbox can send). Within each: a connection idle
+/// for at least `grace`, then a request begun at least `grace` ago (a
+/// delivery in progress is fast; a slow one is a client holding the slot),
+/// then (for a slot) one idle for less than `grace` (one just accepted is
+/// idle until its head arrives, and may be Lambda's, about to deliver).
+/// Body room is made from slow requests only. Never one forwarding.
+fn shed_rank(s: Standing, now: Instant, grace: Duration, room: Room) -> Option<u8> {
+    let old = now.saturating_duration_since(s.since) >= grace;
+    let rank = match (s.state, room) {
+        (State::Idle, Room::Slot) if old => 0,
+        (State::Reading, _) if old => 1,
+        (State::Idle, Room::Slot) => 2,
+        _ => return None,
+    };
+    Some(if s.trusted { rank + 3 } else { rank })
+}
+
+/// The connection to shed first (an index into `standings`; `None` ones
+/// are not candidates), if any may be.
+fn pick(
+    standings: impl IntoIterator<Item = Option<Standing>>,
+    now: Instant,
+    grace: Duration,
+    room: Room,
+) -> Option<usize> {
+    standings
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let s = s?;
+            Some((shed_rank(s, now, grace, room)?, s.since, i))
+        })
+        .min()
+        .map(|(_, _, i)| i)
 }
 
 #[derive(Default)]
@@ -351,7 +404,7 @@ impl Shared {
     fn take_slot(&self, handle: TcpStream) -> Result<u64, TcpStream> {
         let mut slots = lock(&self.slots);
         if slots.list.len() >= self.limits.connections {
-            if !Self::shed_oldest(&mut slots, self.limits.grace) {
+            if !shed_first(&mut slots, self.limits.grace, Room::Slot, None) {
                 return Err(handle);
             }
             self.count_shed("the oldest connection was shed for a new one");
@@ -361,8 +414,11 @@ impl Shared {
         slots.list.push(Slot {
             id,
             stream: handle,
-            state: State::Idle,
-            since: Instant::now(),
+            standing: Standing {
+                state: State::Idle,
+                since: Instant::now(),
+                trusted: false,
+            },
         });
         Ok(id)
     }
@@ -378,24 +434,6 @@ impl Shared {
             }
         }
         None
-    }
-
-    /// Sheds one connection to make room: the longest-idle one, else the
-    /// request that began longest ago if at least `grace` ago (a delivery
-    /// in progress is fast; a slow one is a client holding the slot), else
-    /// a connection idle for less than `grace`: one just accepted is idle
-    /// until its head arrives, and may be Lambda's, about to deliver. Never
-    /// one that is forwarding.
-    fn shed_oldest(slots: &mut Slots, grace: Duration) -> bool {
-        shed_first(slots, |s| {
-            let old = s.since.elapsed() >= grace;
-            match s.state {
-                State::Idle if old => Some(0),
-                State::Reading if old => Some(1),
-                State::Idle => Some(2),
-                State::Reading | State::Forwarding => None,
-            }
-        })
     }
 
     fn count_shed(&self, why: &str) {
@@ -425,19 +463,21 @@ impl Shared {
             "telemetry listener: accepting a connection failed: {e} ({open} connections open); shedding the oldest and trying again (counted as acceptErrors)"
         );
         // Out of file descriptors (or memory): make room, and do not spin.
-        if Self::shed_oldest(&mut lock(&self.slots), Duration::ZERO) {
+        if shed_first(&mut lock(&self.slots), Duration::ZERO, Room::Slot, None) {
             self.count_shed("the process is out of resources");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 
     /// Sheds the request (other than `me`'s) that began longest ago, if at
-    /// least the grace time ago.
+    /// least the grace time ago (a stranger's before a trusted one's).
     fn shed_slow_request(&self, me: u64) {
-        let grace = self.limits.grace;
-        let shed = shed_first(&mut lock(&self.slots), |s| {
-            (s.id != me && s.state == State::Reading && s.since.elapsed() >= grace).then_some(0)
-        });
+        let shed = shed_first(
+            &mut lock(&self.slots),
+            self.limits.grace,
+            Room::Body,
+            Some(me),
+        );
         if shed {
             self.count_shed("a slow request was shed to make room for body bytes");
         }
@@ -445,8 +485,15 @@ impl Shared {
 
     fn set_state(&self, id: u64, state: State) {
         if let Some(s) = lock(&self.slots).list.iter_mut().find(|s| s.id == id) {
-            s.state = state;
-            s.since = Instant::now();
+            s.standing.state = state;
+            s.standing.since = Instant::now();
+        }
+    }
+
+    /// The connection has carried a delivery tiny_http took.
+    fn trust(&self, id: u64) {
+        if let Some(s) = lock(&self.slots).list.iter_mut().find(|s| s.id == id) {
+            s.standing.trusted = true;
         }
     }
 
@@ -455,18 +502,17 @@ impl Shared {
     }
 }
 
-/// Shuts down and forgets the slot of the lowest `rank` (`None`: not to be
-/// shed), the oldest of that rank. Its thread ends on its next read. The
-/// caller counts it.
-fn shed_first(slots: &mut Slots, rank: impl Fn(&Slot) -> Option<u8>) -> bool {
-    let pick = slots
+/// Shuts down and forgets the connection first in the shedding order
+/// (`shed_rank`), other than `except`, if any may be shed. Its thread ends
+/// on its next read. The caller counts it.
+fn shed_first(slots: &mut Slots, grace: Duration, room: Room, except: Option<u64>) -> bool {
+    let standings = slots
         .list
         .iter()
-        .enumerate()
-        .filter_map(|(i, s)| rank(s).map(|r| (r, s.since, i)))
-        .min()
-        .map(|(_, _, i)| i);
-    let Some(i) = pick else { return false };
+        .map(|s| (Some(s.id) != except).then_some(s.standing));
+    let Some(i) = pick(standings, Instant::now(), grace, room) else {
+        return false;
+    };
     let slot = slots.list.swap_remove(i);
     let _ = slot.stream.shutdown(Shutdown::Both);
     true
@@ -624,6 +670,9 @@ impl Connection<'_> {
                 503
             }
         };
+        if (200..300).contains(&status) {
+            self.shared.trust(self.id);
+        }
         drop(body);
         drop(held);
         let written = self.write(&answer(status, admitted.close));
@@ -823,51 +872,124 @@ impl Connection<'_> {
 mod tests {
     use super::*;
 
+    const GRACE: Duration = Duration::from_millis(250);
+
+    /// Which of `list` (state, age in ms, trusted) is shed first, at a
+    /// fake "now" 10 s after a fake start.
+    fn first(list: &[(State, u64, bool)], room: Room) -> Option<usize> {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        let standings = list.iter().map(|&(state, age_ms, trusted)| {
+            Some(Standing {
+                state,
+                since: now - Duration::from_millis(age_ms),
+                trusted,
+            })
+        });
+        pick(standings, now, GRACE, room)
+    }
+
+    use State::{Forwarding, Idle, Reading};
+
     #[test]
-    fn a_connection_just_accepted_is_shed_last() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let long_ago = Instant::now() - Duration::from_secs(1);
-        let slots = |states: &[(State, Instant)]| Slots {
-            next_id: states.len() as u64,
-            list: states
-                .iter()
-                .enumerate()
-                .map(|(i, &(state, since))| Slot {
-                    id: i as u64,
-                    stream: TcpStream::connect(addr).unwrap(),
-                    state,
-                    since,
-                })
-                .collect(),
-        };
-        let grace = Duration::from_millis(250);
-        let shed = |states: &[(State, Instant)]| {
-            let mut s = slots(states);
-            let ids: Vec<u64> = s.list.iter().map(|x| x.id).collect();
-            if !Shared::shed_oldest(&mut s, grace) {
-                return None;
-            }
-            ids.into_iter()
-                .find(|id| s.list.iter().all(|x| x.id != *id))
-        };
-        let now = Instant::now();
+    fn a_connection_just_accepted_is_shed_last_among_strangers() {
         // A slow request past its grace goes before a connection just accepted.
         assert_eq!(
-            shed(&[(State::Idle, now), (State::Reading, long_ago)]),
+            first(&[(Idle, 0, false), (Reading, 1000, false)], Room::Slot),
             Some(1)
         );
         // An old idle connection goes first of all.
         assert_eq!(
-            shed(&[(State::Reading, long_ago), (State::Idle, long_ago)]),
+            first(&[(Reading, 1000, false), (Idle, 1000, false)], Room::Slot),
             Some(1)
         );
         // With nothing else to shed, the newest connection is not spared.
-        assert_eq!(shed(&[(State::Reading, now), (State::Idle, now)]), Some(1));
         assert_eq!(
-            shed(&[(State::Reading, now), (State::Forwarding, long_ago)]),
+            first(&[(Reading, 0, false), (Idle, 0, false)], Room::Slot),
+            Some(1)
+        );
+        // Never a young request nor a delivery being forwarded.
+        assert_eq!(
+            first(
+                &[(Reading, 0, false), (Forwarding, 9000, false)],
+                Room::Slot
+            ),
             None
         );
+        // The oldest among equals.
+        assert_eq!(
+            first(
+                &[(Idle, 300, false), (Idle, 900, false), (Idle, 600, false)],
+                Room::Slot
+            ),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn lambdas_connection_is_shed_after_every_stranger() {
+        // Lambda's kept-alive connection, idle for seconds between deliveries,
+        // against strangers of every kind: each stranger goes first.
+        let lambda = (Idle, 5000, true);
+        for stranger in [
+            (Idle, 1000, false),
+            (Reading, 1000, false),
+            (Idle, 0, false),
+        ] {
+            assert_eq!(
+                first(&[lambda, stranger], Room::Slot),
+                Some(1),
+                "{stranger:?}"
+            );
+            assert_eq!(
+                first(&[stranger, lambda], Room::Slot),
+                Some(0),
+                "{stranger:?}"
+            );
+        }
+        // Slow strangers holding every other slot: one of them goes, the
+        // oldest slow request once no stranger is idle.
+        let mut full = vec![lambda];
+        full.extend((0..15).map(|i| (Reading, 300 + i * 100, false)));
+        assert_eq!(first(&full, Room::Slot), Some(15));
+        // Besides it, only strangers that may not be shed yet (young
+        // requests): it goes. Anything in the sandbox can earn trust with one
+        // delivery, so trust orders the shedding, it never exempts.
+        assert_eq!(first(&[lambda, (Reading, 0, false)], Room::Slot), Some(0));
+        // Among trusted ones the same order holds.
+        let slow_trusted = (Reading, 1000, true);
+        assert_eq!(first(&[slow_trusted, lambda], Room::Slot), Some(1));
+        assert_eq!(first(&[(Idle, 0, true), slow_trusted], Room::Slot), Some(1));
+        assert_eq!(first(&[(Forwarding, 9000, true)], Room::Slot), None);
+    }
+
+    #[test]
+    fn body_room_is_made_from_slow_requests_strangers_first() {
+        let room = Room::Body;
+        assert_eq!(
+            first(&[(Idle, 9000, false), (Reading, 100, false)], room),
+            None
+        );
+        assert_eq!(
+            first(&[(Reading, 9000, true), (Reading, 300, false)], room),
+            Some(1)
+        );
+        assert_eq!(
+            first(&[(Reading, 9000, true), (Idle, 300, false)], room),
+            Some(0)
+        );
+        // `except` (the asking request itself) is no candidate.
+        let t0 = Instant::now();
+        let me = Standing {
+            state: Reading,
+            since: t0,
+            trusted: false,
+        };
+        assert_eq!(pick([None, Some(me)], t0 + GRACE, GRACE, room), Some(1));
+        assert_eq!(pick([Some(me), None], t0 + GRACE, GRACE, room), Some(0));
+        assert_eq!(pick([None::<Standing>], t0 + GRACE, GRACE, room), None);
+        // A "now" before `since` (clocks read on two threads) is age zero.
+        assert_eq!(shed_rank(me, t0 - GRACE, GRACE, Room::Slot), None);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 pub mod extensions_api;
 pub mod gate;
+pub mod hosts;
 pub mod listener;
 pub mod local_http;
 pub mod model;

@@ -145,11 +145,13 @@ fn parse_length(v: &str) -> Option<u64> {
     v.parse().ok()
 }
 
-/// The size line of a chunk (`1a2b;ext=1`): its size, if well-formed.
+/// The size line of a chunk (`1a2b;ext=1`): its size, if well-formed. The
+/// size is hex digits only (RFC 9112 `chunk-size = 1*HEXDIG`: no sign, no
+/// `0x`, nothing before it); only blanks may follow it, before `;`.
 pub fn chunk_size(line: &[u8]) -> Option<u64> {
     let line = std::str::from_utf8(line).ok()?;
-    let hex = line.split(';').next()?.trim_matches([' ', '\t']);
-    if hex.is_empty() || hex.len() > 15 {
+    let hex = line.split(';').next()?.trim_end_matches([' ', '\t']);
+    if hex.is_empty() || hex.len() > 15 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     u64::from_str_radix(hex, 16).ok()
@@ -246,5 +248,10 @@ mod tests {
         assert_eq!(chunk_size(b"FFFFFFFFFFFFFFFF"), None);
         assert_eq!(chunk_size(b""), None);
         assert_eq!(chunk_size(b"zz"), None);
+        assert_eq!(chunk_size(b"1a ;x"), Some(26));
+        // from_str_radix alone takes a sign: RFC 9112 allows hex digits only.
+        for bad in [&b"+5"[..], b"-0", b"+0", b" 5", b"0x5", b"5 5", b"\t1a"] {
+            assert_eq!(chunk_size(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 }
