@@ -22,6 +22,7 @@ mod kinesis;
 // Shared by the stages.
 mod base64;
 mod config;
+mod files;
 mod json;
 mod logging;
 mod rng;

@@ -160,11 +160,11 @@ struct ContainerCredentials {
 
 /// Parses the endpoint's JSON answer.
 /// The token in `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, read at each fetch
-/// (it may be rotated) within `config::read_file`'s bounds: a regular file
+/// (it may be rotated) within `files::read_file`'s bounds: a regular file
 /// of at most `TOKEN_FILE_MAX_BYTES`, UTF-8, never a blocking open.
 fn read_token_file(path: &str) -> Result<String, CredentialsError> {
     let var = crate::config::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.var;
-    let bytes = crate::config::read_file(path, crate::config::TOKEN_FILE_MAX_BYTES)
+    let bytes = crate::files::read_file(path, crate::config::TOKEN_FILE_MAX_BYTES)
         .map_err(|e| CredentialsError(format!("{var}={path}: {e}")))?;
     match String::from_utf8(bytes) {
         Ok(token) => Ok(token.trim().to_string()),

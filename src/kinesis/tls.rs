@@ -4,7 +4,7 @@
 //! own TLS connector takes either its built-in roots or a given list, not
 //! both, so with a bundle this connector wraps connections instead; without
 //! one ureq's default is used unchanged. The bundle is read with
-//! `config::read_file`'s bounds (a regular file, 1 MiB at most, no blocking
+//! `files::read_file`'s bounds (a regular file, 1 MiB at most, no blocking
 //! open).
 
 use std::io::{Read, Write};
@@ -28,7 +28,7 @@ impl BundleTls {
     /// after the first `event/next`, not on the cold-start path): a regular
     /// file of at most `CA_BUNDLE_MAX_BYTES`, opened without blocking.
     pub fn from_file(path: &str) -> Result<(BundleTls, usize), String> {
-        let pem = crate::config::read_file(path, crate::config::CA_BUNDLE_MAX_BYTES)
+        let pem = crate::files::read_file(path, crate::config::CA_BUNDLE_MAX_BYTES)
             .map_err(|e| e.to_string())?;
         BundleTls::new(&pem)
     }

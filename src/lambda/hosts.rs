@@ -14,23 +14,18 @@
 //! `sandbox.localdomain`; otherwise loopback, plus Lambda's telemetry
 //! address if this machine has it (a bind that fails at once elsewhere).
 //!
-//! The file is read bounded: opened without blocking (a FIFO cannot hold
-//! start-up), only a regular file, at most `MAX_BYTES`.
+//! The file is read with `files`' bounds: opened without blocking (a FIFO
+//! cannot hold start-up), only a regular file, at most `MAX_BYTES`.
 
-use std::fs::File;
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::unix::fs::OpenOptionsExt;
 
 /// The host name Lambda delivers telemetry to.
 pub const SANDBOX_HOST: &str = "sandbox.localdomain";
 /// The address of Lambda's sandbox telemetry interface (see module comment).
 pub const LAMBDA_TELEMETRY_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::new(169, 254, 79, 130));
 const HOSTS: &str = "/etc/hosts";
-/// More than any real hosts file; what is past it is not read.
+/// More than any real hosts file: a larger one is not read (fallback).
 const MAX_BYTES: u64 = 64 * 1024;
-/// `O_NONBLOCK` (the same value on x86_64 and aarch64 Linux).
-const O_NONBLOCK: i32 = 0o4000;
 
 /// Where the listener's addresses came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +46,8 @@ pub struct Addresses {
 
 /// The addresses for `sandbox.localdomain`, from `/etc/hosts` alone.
 pub fn sandbox_addresses() -> Addresses {
-    let text = match read_bounded(HOSTS) {
-        Ok(t) => t,
+    let text = match crate::files::read_file(HOSTS, MAX_BYTES) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
         Err(why) => {
             log::debug!("{HOSTS} not read ({why})");
             String::new()
@@ -96,32 +91,6 @@ pub fn lookup(text: &str, name: &str) -> Vec<IpAddr> {
         }
     }
     found
-}
-
-/// A small regular file's text (lossy UTF-8), at most `MAX_BYTES`, never
-/// waiting on the file (a FIFO or device is refused, not read). Past the
-/// bound, the part of a line that was cut is dropped.
-fn read_bounded(path: &str) -> Result<String, String> {
-    let file = File::options()
-        .read(true)
-        .custom_flags(O_NONBLOCK)
-        .open(path)
-        .map_err(|e| e.to_string())?;
-    let meta = file.metadata().map_err(|e| e.to_string())?;
-    if !meta.is_file() {
-        return Err("not a regular file".into());
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
-    if bytes.len() as u64 > MAX_BYTES {
-        log::debug!("{path} is over {MAX_BYTES} bytes: read up to there");
-        bytes.truncate(MAX_BYTES as usize);
-        let end = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        bytes.truncate(end);
-    }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -179,36 +148,5 @@ fe80::1%eth0 sandbox.localdomain
                 from: Source::Hosts
             }
         );
-    }
-
-    #[test]
-    fn the_file_is_read_bounded_and_never_waited_on() {
-        let dir = std::env::temp_dir().join(format!("hosts-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        // Over the bound: the cut line is dropped, whole lines kept.
-        let big = dir.join("big");
-        let mut text = String::from("127.0.0.9 sandbox.localdomain\n");
-        while text.len() < MAX_BYTES as usize - 10 {
-            text.push_str("10.1.1.1 filler\n");
-        }
-        text.push_str("127.0.0.7 sandbox.localdomain\n");
-        std::fs::write(&big, &text).unwrap();
-        let read = read_bounded(big.to_str().unwrap()).unwrap();
-        assert!(read.len() as u64 <= MAX_BYTES && read.ends_with('\n'));
-        assert_eq!(lookup(&read, SANDBOX_HOST), ips(&["127.0.0.9"]));
-        // A FIFO would block a plain open until a writer comes.
-        let fifo = dir.join("fifo");
-        let status = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert_eq!(
-            read_bounded(fifo.to_str().unwrap()),
-            Err("not a regular file".into())
-        );
-        assert!(read_bounded(dir.to_str().unwrap()).is_err());
-        assert!(read_bounded("/nonexistent/hosts").is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
