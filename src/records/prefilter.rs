@@ -79,11 +79,12 @@ impl Set {
         s
     }
 
-    /// How much finding one of these bytes says: 8 bits for one byte value,
-    /// nothing for any byte.
-    fn bits(&self) -> f32 {
-        let n: u32 = self.0.iter().map(|w| w.count_ones()).sum();
-        8.0 - (n.max(1) as f32).log2()
+    /// How much finding one of these bytes says, in quarter bits: 32 for
+    /// one byte value (8 bits), nothing for any byte.
+    fn bits(&self) -> u32 {
+        let n: u32 = self.0.iter().map(|w| w.count_ones()).sum::<u32>().max(1);
+        // log2(n) in quarter bits, rounded down: ilog2 of n^4.
+        32 - u64::from(n).pow(4).ilog2()
     }
 }
 
@@ -105,9 +106,6 @@ struct Info {
     nullable: bool,
     /// Every match is exactly this run (an assertion: the empty run).
     fixed: Option<Seq>,
-    /// Every match starts / ends with these.
-    pre: Seq,
-    suf: Seq,
     /// Every match contains one of these (empty: nothing known).
     need: Vec<Seq>,
 }
@@ -118,8 +116,6 @@ impl Info {
             return Info {
                 nullable: false,
                 fixed: None,
-                pre: seq[..MAX_FACTOR].to_vec(),
-                suf: seq[seq.len() - MAX_FACTOR..].to_vec(),
                 need: vec![best_window(&seq)],
             };
         }
@@ -130,8 +126,6 @@ impl Info {
             } else {
                 vec![best_window(&seq)]
             },
-            pre: seq.clone(),
-            suf: seq.clone(),
             fixed: Some(seq),
         }
     }
@@ -141,17 +135,15 @@ impl Info {
         Info {
             nullable: false,
             fixed: None,
-            pre: vec![],
-            suf: vec![],
             need: vec![],
         }
     }
 }
 
 /// The weakest alternative's worth (what finding the factor says).
-fn score(need: &[Seq]) -> f32 {
-    let worth = |s: &Seq| s.iter().map(Set::bits).sum::<f32>();
-    need.iter().map(worth).reduce(f32::min).unwrap_or(0.0)
+fn score(need: &[Seq]) -> u32 {
+    let worth = |s: &Seq| s.iter().map(Set::bits).sum::<u32>();
+    need.iter().map(worth).min().unwrap_or(0)
 }
 
 /// The most telling `MAX_FACTOR` positions of a run.
@@ -159,8 +151,8 @@ fn best_window(seq: &[Set]) -> Seq {
     let n = seq.len().min(MAX_FACTOR);
     let start = (0..=seq.len() - n)
         .max_by(|&a, &b| {
-            let f = |i: usize| seq[i..i + n].iter().map(Set::bits).sum::<f32>();
-            f(a).total_cmp(&f(b)).then(b.cmp(&a))
+            let f = |i: usize| seq[i..i + n].iter().map(Set::bits).sum::<u32>();
+            f(a).cmp(&f(b)).then(b.cmp(&a))
         })
         .unwrap_or(0);
     seq[start..start + n].to_vec()
@@ -170,27 +162,6 @@ fn concat(parts: Vec<Info>) -> Info {
     let nullable = parts.iter().all(|p| p.nullable);
     if parts.iter().all(|p| p.fixed.is_some()) {
         return Info::run(parts.into_iter().flat_map(|p| p.fixed.unwrap()).collect());
-    }
-    let mut pre = Vec::new();
-    for p in &parts {
-        match &p.fixed {
-            Some(f) => pre.extend_from_slice(f),
-            None => {
-                pre.extend_from_slice(&p.pre);
-                break;
-            }
-        }
-    }
-    let mut suf = Vec::new();
-    for p in parts.iter().rev() {
-        let (end, stop) = match &p.fixed {
-            Some(f) => (f, false),
-            None => (&p.suf, true),
-        };
-        suf.splice(0..0, end.iter().copied());
-        if stop {
-            break;
-        }
     }
     let mut best: Vec<Seq> = vec![];
     let mut consider = |need: Vec<Seq>| {
@@ -203,12 +174,11 @@ fn concat(parts: Vec<Info>) -> Info {
         match p.fixed {
             Some(f) => run.extend(f),
             None => {
-                run.extend_from_slice(&p.pre);
                 if !run.is_empty() {
                     consider(vec![best_window(&run)]);
                 }
                 consider(p.need);
-                run = p.suf;
+                run.clear();
             }
         }
         if run.len() > MAX_FIXED {
@@ -219,14 +189,9 @@ fn concat(parts: Vec<Info>) -> Info {
     if !run.is_empty() {
         consider(vec![best_window(&run)]);
     }
-    pre.truncate(MAX_FIXED);
-    let cut = suf.len().saturating_sub(MAX_FIXED);
-    suf.drain(..cut);
     Info {
         nullable,
         fixed: None,
-        pre,
-        suf,
         need: best,
     }
 }
@@ -236,30 +201,6 @@ fn alternate(branches: Vec<Info>) -> Info {
         return branches.into_iter().next().unwrap();
     }
     let nullable = branches.iter().any(|b| b.nullable);
-    let merge = |seqs: Vec<&[Set]>, from_end: bool| -> Seq {
-        let n = seqs.iter().map(|s| s.len()).min().unwrap_or(0);
-        (0..n)
-            .map(|i| {
-                seqs.iter()
-                    .map(|s| if from_end { s[s.len() - n + i] } else { s[i] })
-                    .fold(Set::EMPTY, Set::union)
-            })
-            .collect()
-    };
-    let fixed: Option<Vec<&Seq>> = branches.iter().map(|b| b.fixed.as_ref()).collect();
-    if let Some(f) = fixed.filter(|f| f.iter().all(|s| s.len() == f[0].len())) {
-        let mut info = Info::run(merge(f.iter().map(|s| s.as_slice()).collect(), false));
-        // The merged run is a weaker factor than the branches' own.
-        let own: Vec<Seq> = branches.iter().flat_map(|b| b.need.clone()).collect();
-        if branches.iter().all(|b| !b.need.is_empty())
-            && own.len() <= MAX_ALTERNATIVES
-            && score(&own) > score(&info.need)
-        {
-            info.need = own;
-        }
-        info.nullable = nullable;
-        return info;
-    }
     let need: Vec<Seq> = if branches.iter().all(|b| !b.need.is_empty()) {
         branches.iter().flat_map(|b| b.need.clone()).collect()
     } else {
@@ -268,8 +209,6 @@ fn alternate(branches: Vec<Info>) -> Info {
     Info {
         nullable,
         fixed: None,
-        pre: merge(branches.iter().map(|b| b.pre.as_slice()).collect(), false),
-        suf: merge(branches.iter().map(|b| b.suf.as_slice()).collect(), true),
         need: if need.len() <= MAX_ALTERNATIVES {
             need
         } else {
@@ -326,7 +265,7 @@ pub fn analyse(pattern: &str) -> Option<Analysis> {
     if p.i != p.c.len() {
         return None;
     }
-    let factor = if info.need.iter().all(|s| s.iter().any(|x| x.bits() > 0.0)) {
+    let factor = if info.need.iter().all(|s| s.iter().any(|x| x.bits() > 0)) {
         info.need
     } else {
         vec![]
@@ -418,15 +357,11 @@ impl Parser {
 
     fn number(&mut self) -> Option<u32> {
         self.skip_spaces();
-        let start = self.i;
-        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+        let mut n: Option<u32> = None;
+        while let Some(d) = self.peek().and_then(|c| c.to_digit(10)) {
+            n = n.unwrap_or(0).checked_mul(10)?.checked_add(d);
             self.i += 1;
         }
-        let n = self.c[start..self.i]
-            .iter()
-            .collect::<String>()
-            .parse()
-            .ok();
         self.skip_spaces();
         n
     }
@@ -483,18 +418,15 @@ impl Parser {
     /// The byte of a one-character escape (`\n`, `\*`, `\x41`...), or `None`.
     fn escaped_char(&mut self, e: char) -> Option<char> {
         let hex = |p: &mut Parser, digits: usize| -> Option<char> {
-            let s: String = if p.eat('{') {
-                let mut s = String::new();
-                loop {
-                    match p.next()? {
-                        '}' => break s,
-                        c => s.push(c),
-                    }
+            let braced = p.eat('{');
+            let mut v: u32 = 0;
+            for _ in 0..if braced { 9 } else { digits } {
+                match p.next()? {
+                    '}' if braced => return char::from_u32(v),
+                    c => v = v.checked_mul(16)? + c.to_digit(16)?,
                 }
-            } else {
-                (0..digits).map(|_| p.next()).collect::<Option<String>>()?
-            };
-            char::from_u32(u32::from_str_radix(s.trim(), 16).ok()?)
+            }
+            (!braced).then(|| char::from_u32(v))?
         };
         Some(match e {
             'a' => '\x07',
@@ -811,8 +743,12 @@ mod tests {
             ["_07=[16][16][16][16][16][16][16][16][16][16][16][16]"]
         );
         assert_eq!(factor("foo|barbaz"), ["foo", "barbaz"]);
-        assert_eq!(factor("(?:ab|cd)ef"), ["[2][2]ef"]);
-        assert_eq!(factor("x+yz"), ["xyz"]);
+        assert_eq!(factor("(?:ab|cd)ef"), ["ab", "cd"]);
+        assert_eq!(
+            factor("x+yz"),
+            ["yz"],
+            "(what a repetition starts or ends with is not used)"
+        );
         assert_eq!(factor("ab?c"), ["a"]);
         assert_eq!(factor("caf\u{e9}"), ["caf\u{c3}\u{a9}"]);
         assert_eq!(factor(r"id\x3D\d"), ["id=\\d"]);
