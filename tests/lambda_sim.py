@@ -505,6 +505,7 @@ class LambdaSim:
         self.delivery_log: list[tuple[float, list[bytes]]] = []  # (perf_counter, batch)
         self.post_errors: list[str] = []
         self.function_line_ids: list[str] = []
+        self.extension_line_ids: list[str] = []  # invoke(line_type="extension")'s lines
         self.request_ids: list[str] = []
         self.failed_request_ids: set[str] = set()  # invocations that ended in error
         self.violations: list[str] = []
@@ -1540,8 +1541,11 @@ class LambdaSim:
                line_factory: Optional[Callable[[int, str], Any]] = None,
                spread_lines: bool = False,
                runtime_done_delay_ms: Optional[float] = 0,
-               fail: Optional[bool] = None) -> InvokeResult:
+               fail: Optional[bool] = None, line_type: str = "function") -> InvokeResult:
         """One invocation. line_factory(i, line_id) -> record (str or dict) must contain line_id.
+        line_type="extension": the invocation's lines are emitted as `extension` events, as
+        Lambda sends what another extension in the environment logs (their ids go to
+        extension_line_ids, not function_line_ids); the failure line stays a function line.
         runtime_done_delay_ms: platform.runtimeDone is emitted this long after the function
         ends (a late one); None: never (a missing one). Post-runtime is timed from the end.
         fail: the invocation ends in error (True) or not (False); None: error_fraction decides.
@@ -1552,7 +1556,11 @@ class LambdaSim:
         LMI: invoke_concurrent(1, log_lines, runtime_ms=...) and idle_ms of sleep; there
         line_factory is called (i, line_id, request_id); spread_lines and
         runtime_done_delay_ms do not apply."""
+        if line_type not in ("function", "extension"):
+            raise ValueError("line_type must be 'function' or 'extension'")
         if self.managed_instances:
+            if line_type != "function":
+                raise SimError("line_type='extension' is not simulated on Lambda Managed Instances")
             if spread_lines or runtime_done_delay_ms != 0:
                 raise SimError("spread_lines and runtime_done_delay_ms do not apply to Lambda Managed Instances")
             res = self.invoke_concurrent(1, log_lines, runtime_ms=runtime_ms, line_factory=line_factory,
@@ -1589,7 +1597,7 @@ class LambdaSim:
         records = []
         for i in range(log_lines):
             lid = str(uuid.uuid4())
-            self.function_line_ids.append(lid)
+            (self.function_line_ids if line_type == "function" else self.extension_line_ids).append(lid)
             if line_factory is not None:
                 rec = line_factory(i, lid)
             else:
@@ -1603,7 +1611,7 @@ class LambdaSim:
         for i, rec in enumerate(records):
             # every 4th line is serialised ASCII-only (\u00e9, surrogate pairs): byte-exact
             # forwarding must keep either spelling as it came.
-            self._emit("function", rec, ascii_escape=(i % 4 == 3))
+            self._emit(line_type, rec, ascii_escape=(i % 4 == 3))
             if per_line:
                 time.sleep(per_line)
         rest = runtime_ms / 1000.0 - (time.perf_counter() - t0)

@@ -301,6 +301,25 @@ def test_json_log_format_and_no_freeze(fake):
     assert len(inv) == 16 and all(set(f) == {"timestamp", "level", "message", "requestId"} for f in inv)
 
 
+def test_line_type_extension_emits_the_lines_as_another_extension_s(fake):
+    """invoke(line_type="extension"): the invocation's lines arrive as `extension` events
+    (what another extension in the environment logs), text or JSON records as given."""
+    ext, out = fake
+    with LambdaSim(ext, {"FAKE_OUT": out}, freeze=False) as sim:
+        sim.start()
+        sim.invoke(4, line_type="extension", line_factory=lambda i, lid: f"ext line {lid}")
+        sim.invoke(2, line_type="extension", line_factory=lambda i, lid: {"message": lid})
+        with pytest.raises(ValueError):
+            sim.invoke(1, line_type="platform")
+        sim.shutdown()
+    received = [json.loads(ev) for b in sim.posted_bodies for ev in split_events(b)]
+    ids = sim.extension_line_ids
+    assert len(ids) == 6 and not set(ids) & set(sim.function_line_ids)
+    for lid in ids:
+        got = [p for p in received if lid in json.dumps(p["record"])]
+        assert [p["type"] for p in got] == ["extension"], got
+
+
 def test_wrong_extension_name_is_refused_403(fake):
     ext, out = fake
     with LambdaSim(ext, {"FAKE_OUT": out, "FAKE_NAME": "not-my-file-name"}, init_timeout_ms=5000) as sim:

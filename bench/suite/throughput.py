@@ -55,6 +55,12 @@ def run(b):
         assert all(h != e for h, e in zip(hits, events))
         hits_body = batches_of(hits, 1000)[0]
         variants = {"instant_sink_redact": (body, redact), "instant_sink_redact_hits": (hits_body, redact)}
+        # Cost per user pattern (issue 22): 1, 10 and 100 patterns on the same lines
+        # (the mix of src/records/redact.rs's redaction_cost micro-benchmark).
+        for n in (1, 10, 100):
+            variants[f"instant_sink_redact_patterns_{n}"] = (body, {
+                "KINESIS_TELEMETRY_REDACT": "all",
+                "KINESIS_TELEMETRY_REDACT_PATTERNS": json.dumps(_bench_patterns(n))})
         plan = [("ours", "instant_sink", b.n(300_000, 100_000), b.n(5, 1)),
                 ("ours", "kinesalite", b.n(20_000, 10_000), b.n(3, 1)),
                 ("rust-sdk", "instant_sink", b.n(100_000, 20_000), b.n(3, 1)),
@@ -86,8 +92,17 @@ def run(b):
                      "waits for runtimeDone, and a 1 GiB buffer cap); time from the first POST until the sink "
                      "has every event (this extension: all but the last partial request, which `end` keeps "
                      "for runtimeDone); redaction rows: KINESIS_TELEMETRY_REDACT=all and one pattern, on the "
-                     "same lines and on lines that each carry an e-mail address and a bearer token")
+                     "same lines and on lines that each carry an e-mail address and a bearer token; "
+                     "redact_patterns_N: REDACT=all and N user patterns (no line matches)")
     b.R["throughput"] = res
+
+
+def _bench_patterns(n):
+    """A quarter each: a leading literal, an inner literal, a case-blind literal,
+    classes around digits (as redact.rs's bench_patterns(n, mixed=true))."""
+    kinds = [lambda i: f"acct{i:02}-[0-9]{{8}}", lambda i: rf"\b[a-z]+_{i:02}=[0-9a-f]{{12}}\b",
+             lambda i: rf"(?i)token{i:02}:\s*\w+", lambda i: f"[A-Z]{{3}}{i:02}[0-9]{{6}}"]
+    return [{"name": f"p{i}", "pattern": kinds[i % 4](i)} for i in range(n)]
 
 
 def _summary(n, rows):

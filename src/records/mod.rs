@@ -4,6 +4,7 @@
 
 pub mod pack;
 pub mod partition;
+pub mod prefilter;
 pub mod queue;
 pub mod redact;
 pub mod sample;
