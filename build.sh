@@ -106,8 +106,8 @@ build_layers() {
     targets+=(--target "${RUST_TARGET[$arch]}")
   done
   # ring's C parts need a C compiler for each musl target. x86_64: plain gcc works
-  # when musl-gcc (Debian musl-tools) is absent. arm64: Debian's cross gcc; the
-  # link itself is rust-lld (.cargo/config.toml).
+  # when musl-gcc (Debian musl-tools) is absent. arm64: Debian's cross gcc. Both
+  # link with rust-lld (.cargo/config.toml).
   if ! command -v musl-gcc >/dev/null; then
     export CC_x86_64_unknown_linux_musl="${CC_x86_64_unknown_linux_musl:-gcc}"
   fi

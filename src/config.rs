@@ -28,7 +28,23 @@ pub struct Setting {
     /// What is accepted, and the default: the README's Default and Range.
     pub accepts: Accepts,
     /// What it does, in one line: the README's Meaning starts with it.
-    pub meaning: &'static str,
+    pub meaning: Meaning,
+}
+
+/// A setting's meaning: text for people, which only the tests read (the
+/// README check), so the binary does not carry it (~5 KB).
+#[derive(Debug, Clone, Copy)]
+pub struct Meaning(#[cfg(test)] pub &'static str);
+
+/// `Meaning` of `text` (dropped outside tests).
+const fn m(text: &'static str) -> Meaning {
+    #[cfg(test)]
+    return Meaning(text);
+    #[cfg(not(test))]
+    {
+        let _ = text;
+        Meaning()
+    }
 }
 
 /// What a setting accepts, and its default.
@@ -81,77 +97,77 @@ settings! {
             default: "(required)",
             range: "name (1–128 of `a-zA-Z0-9_.-`) or stream ARN",
         },
-        meaning: "The stream to write to.",
+        meaning: m("The stream to write to."),
     };
     TYPES = Setting {
         var: "KINESIS_TELEMETRY_TYPES",
         accepts: Other { default: "`platform,function,extension`", range: "non-empty subset" },
-        meaning: "Which telemetry streams to forward.",
+        meaning: m("Which telemetry streams to forward."),
     };
     BUFFER_MAX_ITEMS = Setting {
         var: "KINESIS_TELEMETRY_BUFFER_MAX_ITEMS",
         accepts: Int { default: 1000, min: 1000, max: 10_000 },
-        meaning: "Telemetry API buffering `maxItems`",
+        meaning: m("Telemetry API buffering `maxItems`"),
     };
     BUFFER_MAX_BYTES = Setting {
         var: "KINESIS_TELEMETRY_BUFFER_MAX_BYTES",
         accepts: Int { default: 262_144, min: 262_144, max: 1_048_576 },
-        meaning: "Telemetry API buffering `maxBytes`",
+        meaning: m("Telemetry API buffering `maxBytes`"),
     };
     BUFFER_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_BUFFER_TIMEOUT_MS",
         accepts: Int { default: 25, min: 25, max: 30_000 },
-        meaning: "Telemetry API buffering `timeoutMs`",
+        meaning: m("Telemetry API buffering `timeoutMs`"),
     };
     SCHEMA_VERSION = Setting {
         var: "KINESIS_TELEMETRY_SCHEMA_VERSION",
         accepts: Word { default: "auto", words: &["auto", "2022-12-13", "2025-01-29"] },
-        meaning: "Telemetry API schema version to subscribe with; `auto`: `2025-01-29` on Lambda Managed Instances, `2022-12-13` elsewhere.",
+        meaning: m("Telemetry API schema version to subscribe with; `auto`: `2025-01-29` on Lambda Managed Instances, `2022-12-13` elsewhere."),
     };
     LISTENER_PORT = Setting {
         var: "KINESIS_TELEMETRY_LISTENER_PORT",
         accepts: Int { default: 0, min: 0, max: 65_535 },
-        meaning: "Port of the telemetry listener; 0 picks a free one.",
+        meaning: m("Port of the telemetry listener; 0 picks a free one."),
     };
     FLUSH = Setting {
         var: "KINESIS_TELEMETRY_FLUSH",
         accepts: Word { default: "adaptive", words: &["adaptive", "end", "periodic", "batch"] },
-        meaning: "Flush policy",
+        meaning: m("Flush policy"),
     };
     FLUSH_INTERVAL_MS = Setting {
         var: "KINESIS_TELEMETRY_FLUSH_INTERVAL_MS",
         accepts: Int { default: 1_000, min: 1, max: 900_000 },
-        meaning: "`periodic`/`adaptive`: send buffered data once its oldest record is this old (wall clock).",
+        meaning: m("`periodic`/`adaptive`: send buffered data once its oldest record is this old (wall clock)."),
     };
     MAX_DELAY_MS = Setting {
         var: "KINESIS_TELEMETRY_MAX_DELAY_MS",
         accepts: Int { default: 10_000, min: 1, max: 3_600_000 },
-        meaning: "`adaptive`: use periodic flushing only while invokes come often enough that data waits less than this",
+        meaning: m("`adaptive`: use periodic flushing only while invokes come often enough that data waits less than this"),
     };
     BATCH_MAX_AGE_MS = Setting {
         var: "KINESIS_TELEMETRY_BATCH_MAX_AGE_MS",
         accepts: Int { default: 5_000, min: 1, max: 900_000 },
-        meaning: "`batch` mode: send a partial batch once its oldest record is this old (thawed time only).",
+        meaning: m("`batch` mode: send a partial batch once its oldest record is this old (thawed time only)."),
     };
     RUNTIME_DONE_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_RUNTIME_DONE_TIMEOUT_MS",
         accepts: Int { default: 0, min: 0, max: 900_000 },
-        meaning: "Longest wait after INVOKE for the invoke's `platform.runtimeDone`; 0 = until the invoke deadline.",
+        meaning: m("Longest wait after INVOKE for the invoke's `platform.runtimeDone`; 0 = until the invoke deadline."),
     };
     FLUSH_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_FLUSH_TIMEOUT_MS",
         accepts: Int { default: 2_000, min: 10, max: 900_000 },
-        meaning: "Longest time an end-of-invoke flush may take, and the time each request gets",
+        meaning: m("Longest time an end-of-invoke flush may take, and the time each request gets"),
     };
     MAX_RECORDS_PER_REQUEST = Setting {
         var: "KINESIS_TELEMETRY_MAX_RECORDS_PER_REQUEST",
         accepts: Int { default: 500, min: 1, max: 500 },
-        meaning: "Records per `PutRecords` call.",
+        meaning: m("Records per `PutRecords` call."),
     };
     MAX_BYTES_PER_REQUEST = Setting {
         var: "KINESIS_TELEMETRY_MAX_BYTES_PER_REQUEST",
         accepts: Int { default: 5 * MIB, min: 1024, max: 10 * MIB },
-        meaning: "Bytes (data + partition keys) per call.",
+        meaning: m("Bytes (data + partition keys) per call."),
     };
     MAX_RECORD_BYTES = Setting {
         var: "KINESIS_TELEMETRY_MAX_RECORD_BYTES",
@@ -160,27 +176,27 @@ settings! {
             min: 1024,
             max: 10 * MIB,
         },
-        meaning: "Largest record (data + partition key).",
+        meaning: m("Largest record (data + partition key)."),
     };
     PARTITION_KEY = Setting {
         var: "KINESIS_TELEMETRY_PARTITION_KEY",
         accepts: Word { default: "environment", words: &["environment", "request", "random"] },
-        meaning: "How records are spread over shards",
+        meaning: m("How records are spread over shards"),
     };
     HASH_KEY = Setting {
         var: "KINESIS_TELEMETRY_HASH_KEY",
         accepts: Word { default: "none", words: &["none", "random"] },
-        meaning: "`random`: a random `ExplicitHashKey` per Kinesis record, for an even spread over shards whatever the partition key.",
+        meaning: m("`random`: a random `ExplicitHashKey` per Kinesis record, for an even spread over shards whatever the partition key."),
     };
     FORMAT = Setting {
         var: "KINESIS_TELEMETRY_FORMAT",
         accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip"] },
-        meaning: "Record format",
+        meaning: m("Record format"),
     };
     PLATFORM_EVENTS = Setting {
         var: "KINESIS_TELEMETRY_PLATFORM_EVENTS",
         accepts: Other { default: "`*`", range: "`*` or names such as `start,runtimeDone,report`" },
-        meaning: "Which `platform.*` events to forward (the `platform.` prefix is optional).",
+        meaning: m("Which `platform.*` events to forward (the `platform.` prefix is optional)."),
     };
     MIN_LEVEL = Setting {
         var: "KINESIS_TELEMETRY_MIN_LEVEL",
@@ -188,22 +204,22 @@ settings! {
             default: "(all)",
             range: "`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`",
         },
-        meaning: "Drop JSON-format function/extension log events below this level.",
+        meaning: m("Drop JSON-format function/extension log events below this level."),
     };
     ENRICH = Setting {
         var: "KINESIS_TELEMETRY_ENRICH",
         accepts: Word { default: "false", words: &["false", "true"] },
-        meaning: "Wrap each event in an envelope with function name, version, region, account id, environment id, a record id and request id",
+        meaning: m("Wrap each event in an envelope with function name, version, region, account id, environment id, a record id and request id"),
     };
     SAMPLE_SUCCESS = Setting {
         var: "KINESIS_TELEMETRY_SAMPLE_SUCCESS",
         accepts: Other { default: "`1`", range: "a fraction from `0` to `1` (to the millionth)" },
-        meaning: "Share of successful invocations whose function and extension log lines are forwarded; every line of an invocation that did not succeed is",
+        meaning: m("Share of successful invocations whose function and extension log lines are forwarded; every line of an invocation that did not succeed is"),
     };
     SAMPLE_HOLD_MS = Setting {
         var: "KINESIS_TELEMETRY_SAMPLE_HOLD_MS",
         accepts: Int { default: 60_000, min: 10, max: 900_000 },
-        meaning: "While sampling, the longest an invocation's lines wait for its outcome (thawed time) before they are forwarded anyway.",
+        meaning: m("While sampling, the longest an invocation's lines wait for its outcome (thawed time) before they are forwarded anyway."),
     };
     REDACT = Setting {
         var: "KINESIS_TELEMETRY_REDACT",
@@ -211,7 +227,7 @@ settings! {
             default: "(none)",
             range: "comma-separated `aws-keys`, `bearer`, `jwt`, `email`, `card`, or `all`",
         },
-        meaning: "Built-in rules whose matches in function and extension log records are replaced by `[REDACTED:<rule>]`",
+        meaning: m("Built-in rules whose matches in function and extension log records are replaced by `[REDACTED:<rule>]`"),
     };
     REDACT_PATTERNS = Setting {
         var: "KINESIS_TELEMETRY_REDACT_PATTERNS",
@@ -219,67 +235,67 @@ settings! {
             default: "(none)",
             range: "a JSON array of regular expressions or `{\"name\": …, \"pattern\": …}` objects",
         },
-        meaning: "Your own redaction rules, applied after the built-in ones",
+        meaning: m("Your own redaction rules, applied after the built-in ones"),
     };
     SHUTDOWN_WAIT_MS = Setting {
         var: "KINESIS_TELEMETRY_SHUTDOWN_WAIT_MS",
         accepts: Int { default: 500, min: 0, max: 1_500 },
-        meaning: "At SHUTDOWN, how long to wait for the last telemetry (the final `platform.report`) before the last flush",
+        meaning: m("At SHUTDOWN, how long to wait for the last telemetry (the final `platform.report`) before the last flush"),
     };
     MAX_ATTEMPTS = Setting {
         var: "KINESIS_TELEMETRY_MAX_ATTEMPTS",
         accepts: Int { default: 5, min: 1, max: 100 },
-        meaning: "Failed rounds in a row before a flush gives up for now (records stay buffered).",
+        meaning: m("Failed rounds in a row before a flush gives up for now (records stay buffered)."),
     };
     RETRY_BUDGET = Setting {
         var: "KINESIS_TELEMETRY_RETRY_BUDGET",
         accepts: Int { default: 500, min: 0, max: 100_000 },
-        meaning: "Retry tokens (AWS SDK standard mode)",
+        meaning: m("Retry tokens (AWS SDK standard mode)"),
     };
     METRICS_INTERVAL_MS = Setting {
         var: "KINESIS_TELEMETRY_METRICS_INTERVAL_MS",
         accepts: Int { default: 60_000, min: 0, max: 86_400_000 },
-        meaning: "Also write the metrics record this often while telemetry is flowing (none for an idle interval, and no wake-up either); 0: only at shutdown.",
+        meaning: m("Also write the metrics record this often while telemetry is flowing (none for an idle interval, and no wake-up either); 0: only at shutdown."),
     };
     BACKOFF_BASE_MS = Setting {
         var: "KINESIS_TELEMETRY_BACKOFF_BASE_MS",
         accepts: Int { default: 25, min: 1, max: 60_000 },
-        meaning: "Retry backoff base: full jitter in [0, min(cap, base·2ⁿ)].",
+        meaning: m("Retry backoff base: full jitter in [0, min(cap, base·2ⁿ)]."),
     };
     BACKOFF_CAP_MS = Setting {
         var: "KINESIS_TELEMETRY_BACKOFF_CAP_MS",
         accepts: Int { default: 1_000, min: 1, max: 300_000 },
-        meaning: "Retry backoff cap.",
+        meaning: m("Retry backoff cap."),
     };
     PROBE_INTERVAL_MS = Setting {
         var: "KINESIS_TELEMETRY_PROBE_INTERVAL_MS",
         accepts: Int { default: 1_000, min: 1, max: 3_600_000 },
-        meaning: "While Kinesis refuses every request for a cause an operator can fix (records parked), the first wait before a probe request; it doubles after each refused probe.",
+        meaning: m("While Kinesis refuses every request for a cause an operator can fix (records parked), the first wait before a probe request; it doubles after each refused probe."),
     };
     PROBE_MAX_MS = Setting {
         var: "KINESIS_TELEMETRY_PROBE_MAX_MS",
         accepts: Int { default: 60_000, min: 1, max: 3_600_000 },
-        meaning: "The longest wait between probes while records are parked.",
+        meaning: m("The longest wait between probes while records are parked."),
     };
     CONNECT_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_CONNECT_TIMEOUT_MS",
         accepts: Int { default: 1_000, min: 10, max: 60_000 },
-        meaning: "TCP/TLS connect timeout to Kinesis.",
+        meaning: m("TCP/TLS connect timeout to Kinesis."),
     };
     REQUEST_TIMEOUT_MS = Setting {
         var: "KINESIS_TELEMETRY_REQUEST_TIMEOUT_MS",
         accepts: Int { default: 2_000, min: 10, max: 300_000 },
-        meaning: "Whole-request timeout to Kinesis (always also bounded by the deadline at hand).",
+        meaning: m("Whole-request timeout to Kinesis (always also bounded by the deadline at hand)."),
     };
     CONNECTION_MAX_IDLE_MS = Setting {
         var: "KINESIS_TELEMETRY_CONNECTION_MAX_IDLE_MS",
         accepts: Int { default: 20_000, min: 0, max: 3_600_000 },
-        meaning: "Pooled connections idle longer than this (time frozen included) are not reused",
+        meaning: m("Pooled connections idle longer than this (time frozen included) are not reused"),
     };
     BUFFER_LIMIT_BYTES = Setting {
         var: "KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES",
         accepts: IntDerived { default: "function memory / 8, 4–64 MiB", min: MIB, max: 4096 * MIB },
-        meaning: "Memory cap for buffered records; past it the listener pushes back on Lambda.",
+        meaning: m("Memory cap for buffered records; past it the listener pushes back on Lambda."),
     };
     MAX_BODY_BYTES = Setting {
         var: "KINESIS_TELEMETRY_MAX_BODY_BYTES",
@@ -288,12 +304,12 @@ settings! {
             min: largest_batch(262_144, 1000),
             max: 64 * MIB,
         },
-        meaning: "Largest Telemetry API POST body read.",
+        meaning: m("Largest Telemetry API POST body read."),
     };
     STRICT = Setting {
         var: "KINESIS_TELEMETRY_STRICT",
         accepts: Word { default: "false", words: &["true", "false", "1", "0", "yes", "no"] },
-        meaning: "Fail the function's init on invalid configuration instead of idling.",
+        meaning: m("Fail the function's init on invalid configuration instead of idling."),
     };
     AWS_REGION = Setting {
         var: "AWS_REGION",
@@ -301,12 +317,12 @@ settings! {
             default: "set by Lambda",
             range: "letters, digits and `-`, such as `us-east-1`",
         },
-        meaning: "Region for the endpoint and the signature.",
+        meaning: m("Region for the endpoint and the signature."),
     };
     AWS_DEFAULT_REGION = Setting {
         var: "AWS_DEFAULT_REGION",
         accepts: Other { default: "(unset)", range: "as `AWS_REGION`" },
-        meaning: "Used when `AWS_REGION` is unset; without either, the region of a stream ARN.",
+        meaning: m("Used when `AWS_REGION` is unset; without either, the region of a stream ARN."),
     };
     AWS_ENDPOINT_URL_KINESIS = Setting {
         var: "AWS_ENDPOINT_URL_KINESIS",
@@ -314,27 +330,27 @@ settings! {
             default: "`https://kinesis.{region}.amazonaws.com` (`.com.cn` in China regions; FIPS, dual-stack and stream ARNs below)",
             range: "http(s) URL with an ASCII host (or `[IPv6]`) and an optional port 1–65535",
         },
-        meaning: "Endpoint override (VPC endpoints, FIPS, local emulators).",
+        meaning: m("Endpoint override (VPC endpoints, FIPS, local emulators)."),
     };
     AWS_ENDPOINT_URL = Setting {
         var: "AWS_ENDPOINT_URL",
         accepts: Other { default: "(unset)", range: "as `AWS_ENDPOINT_URL_KINESIS`" },
-        meaning: "Used when `AWS_ENDPOINT_URL_KINESIS` is unset.",
+        meaning: m("Used when `AWS_ENDPOINT_URL_KINESIS` is unset."),
     };
     AWS_CA_BUNDLE = Setting {
         var: "AWS_CA_BUNDLE",
         accepts: Other { default: "(unset)", range: "a readable PEM file" },
-        meaning: "Certificates trusted for Kinesis in addition to the built-in roots (a private CA, a TLS-inspecting proxy), as the AWS CLI and SDKs do.",
+        meaning: m("Certificates trusted for Kinesis in addition to the built-in roots (a private CA, a TLS-inspecting proxy), as the AWS CLI and SDKs do."),
     };
     AWS_USE_FIPS_ENDPOINT = Setting {
         var: "AWS_USE_FIPS_ENDPOINT",
         accepts: Word { default: "false", words: &["false", "true"] },
-        meaning: "Use the FIPS endpoint, resolved as the AWS SDKs do (an endpoint URL above wins).",
+        meaning: m("Use the FIPS endpoint, resolved as the AWS SDKs do (an endpoint URL above wins)."),
     };
     AWS_USE_DUALSTACK_ENDPOINT = Setting {
         var: "AWS_USE_DUALSTACK_ENDPOINT",
         accepts: Word { default: "false", words: &["false", "true"] },
-        meaning: "Use the dual-stack (IPv4 and IPv6) endpoint, resolved as the AWS SDKs do (an endpoint URL above wins).",
+        meaning: m("Use the dual-stack (IPv4 and IPv6) endpoint, resolved as the AWS SDKs do (an endpoint URL above wins)."),
     };
     AWS_ACCESS_KEY_ID = Setting {
         var: "AWS_ACCESS_KEY_ID",
@@ -342,7 +358,7 @@ settings! {
             default: "set by Lambda",
             range: "printable ASCII, no spaces or line breaks",
         },
-        meaning: "Credentials of the execution role, with the next two.",
+        meaning: m("Credentials of the execution role, with the next two."),
     };
     AWS_SECRET_ACCESS_KEY = Setting {
         var: "AWS_SECRET_ACCESS_KEY",
@@ -350,7 +366,7 @@ settings! {
             default: "set by Lambda",
             range: "printable ASCII, no spaces or line breaks",
         },
-        meaning: "The secret key that goes with `AWS_ACCESS_KEY_ID`.",
+        meaning: m("The secret key that goes with `AWS_ACCESS_KEY_ID`."),
     };
     AWS_SESSION_TOKEN = Setting {
         var: "AWS_SESSION_TOKEN",
@@ -358,17 +374,17 @@ settings! {
             default: "set by Lambda",
             range: "printable ASCII, no spaces or line breaks",
         },
-        meaning: "The session token that goes with them.",
+        meaning: m("The session token that goes with them."),
     };
     AWS_CONTAINER_CREDENTIALS_FULL_URI = Setting {
         var: "AWS_CONTAINER_CREDENTIALS_FULL_URI",
         accepts: Other { default: "set by Lambda with SnapStart", range: "http(s) URL" },
-        meaning: "Used when the keys above are absent: credentials fetched from this endpoint",
+        meaning: m("Used when the keys above are absent: credentials fetched from this endpoint"),
     };
     AWS_CONTAINER_CREDENTIALS_RELATIVE_URI = Setting {
         var: "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
         accepts: Other { default: "(unset)", range: "a path" },
-        meaning: "Used when `AWS_CONTAINER_CREDENTIALS_FULL_URI` is unset: the endpoint is `http://169.254.170.2` and this path.",
+        meaning: m("Used when `AWS_CONTAINER_CREDENTIALS_FULL_URI` is unset: the endpoint is `http://169.254.170.2` and this path."),
     };
     AWS_CONTAINER_AUTHORIZATION_TOKEN = Setting {
         var: "AWS_CONTAINER_AUTHORIZATION_TOKEN",
@@ -376,12 +392,12 @@ settings! {
             default: "set by Lambda with SnapStart",
             range: "printable ASCII, no spaces or line breaks",
         },
-        meaning: "The `Authorization` header sent to the credentials endpoint.",
+        meaning: m("The `Authorization` header sent to the credentials endpoint."),
     };
     AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE = Setting {
         var: "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
         accepts: Other { default: "(unset)", range: "a file path" },
-        meaning: "Used when `AWS_CONTAINER_AUTHORIZATION_TOKEN` is unset: the token is read from this file at each fetch.",
+        meaning: m("Used when `AWS_CONTAINER_AUTHORIZATION_TOKEN` is unset: the token is read from this file at each fetch."),
     };
     AWS_LAMBDA_FUNCTION_MEMORY_SIZE = Setting {
         var: "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
@@ -389,22 +405,22 @@ settings! {
             default: "set by Lambda (128 if unset)",
             range: "megabytes (any other value counts as 128)",
         },
-        meaning: "The function's memory: it sets the default of `KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`.",
+        meaning: m("The function's memory: it sets the default of `KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`."),
     };
     RUST_LOG = Setting {
         var: "RUST_LOG",
         accepts: Other { default: "(unset)", range: "env_logger syntax (`debug`, `warn`, ...)" },
-        meaning: "Log level; wins over `AWS_LAMBDA_LOG_LEVEL`.",
+        meaning: m("Log level; wins over `AWS_LAMBDA_LOG_LEVEL`."),
     };
     AWS_LAMBDA_LOG_LEVEL = Setting {
         var: "AWS_LAMBDA_LOG_LEVEL",
         accepts: Other { default: "`INFO`", range: "`TRACE`…`FATAL`" },
-        meaning: "Lambda's log level control, used when `RUST_LOG` is unset.",
+        meaning: m("Lambda's log level control, used when `RUST_LOG` is unset."),
     };
     AWS_LAMBDA_LOG_FORMAT = Setting {
         var: "AWS_LAMBDA_LOG_FORMAT",
         accepts: Other { default: "`Text`", range: "`Text`, `JSON`" },
-        meaning: "Lambda's log format control: with `JSON` the extension's own log lines are JSON objects (`timestamp`, `level`, `message`, `extension`).",
+        meaning: m("Lambda's log format control: with `JSON` the extension's own log lines are JSON objects (`timestamp`, `level`, `message`, `extension`)."),
     };
 }
 
@@ -1117,8 +1133,8 @@ fn sample_success(r: &mut Reader) -> u32 {
     let Some(v) = r.raw(&SAMPLE_SUCCESS) else {
         return SCALE;
     };
-    match v.parse::<f64>() {
-        Ok(f) if (0.0..=1.0).contains(&f) => (f * f64::from(SCALE)).round() as u32,
+    match millionths(&v) {
+        Some(m) if m <= SCALE => m,
         _ => {
             r.fail(
                 &SAMPLE_SUCCESS,
@@ -1128,6 +1144,30 @@ fn sample_success(r: &mut Reader) -> u32 {
             SCALE
         }
     }
+}
+
+/// A decimal fraction (`0.1`, `1`, `.25`, `0.0000015`) in millionths,
+/// rounded half up past the sixth decimal; `None` if it is not digits with
+/// at most one point. (No float parsing: core's would add 10 KB of tables
+/// to the binary for this one setting.)
+fn millionths(v: &str) -> Option<u32> {
+    let (int, frac) = v.trim().split_once('.').unwrap_or((v.trim(), ""));
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !digits(int) || !digits(frac) || int.len() > 3 {
+        return None;
+    }
+    let mut m: u64 = int.bytes().fold(0, |n, b| n * 10 + u64::from(b - b'0')) * 1_000_000;
+    let mut place = 100_000;
+    for (i, b) in frac.bytes().enumerate() {
+        let d = u64::from(b - b'0');
+        match i {
+            0..=5 => m += d * place,
+            6 => m += u64::from(d >= 5),
+            _ => break,
+        }
+        place /= 10;
+    }
+    u32::try_from(m).ok()
 }
 
 /// The built-in rules chosen and the user's patterns, checked; `None`
@@ -1425,10 +1465,26 @@ mod tests {
         assert_eq!(c.redact.unwrap().names(), ["email", "card", "pattern-1"]);
         let all = from_env(&env(&[("KINESIS_TELEMETRY_REDACT", "all")])).unwrap();
         assert_eq!(all.redact.unwrap().names().len(), 5);
+        for (v, m) in [
+            ("1", 1_000_000),
+            ("1.000", 1_000_000),
+            ("0", 0),
+            (".25", 250_000),
+            ("0.0000015", 2),
+            ("0.0000014", 1),
+            (" 0.5 ", 500_000),
+        ] {
+            assert_eq!(millionths(v), Some(m), "{v}");
+        }
         for (var, bad) in [
             ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "1.5"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "1.0000005"),
             ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "10%"),
             ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "NaN"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "1e-1"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "-0.1"),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "."),
+            ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0.1.2"),
             ("KINESIS_TELEMETRY_REDACT", "email,ssn"),
             ("KINESIS_TELEMETRY_REDACT_PATTERNS", "acct-[0-9]+"),
         ] {
@@ -2050,10 +2106,10 @@ mod tests {
                     s.var, row[2]
                 ));
             }
-            if !row[3].starts_with(s.meaning) {
+            if !row[3].starts_with(s.meaning.0) {
                 problems.push(format!(
                     "{}: README meaning {:?} does not start with {:?}",
-                    s.var, row[3], s.meaning
+                    s.var, row[3], s.meaning.0
                 ));
             }
         }
@@ -2066,7 +2122,7 @@ mod tests {
             .iter()
             .map(|s| {
                 let (default, range) = shown(s);
-                format!("| `{}` | {default} | {range} | {} |", s.var, s.meaning)
+                format!("| `{}` | {default} | {range} | {} |", s.var, s.meaning.0)
             })
             .collect();
         assert!(
