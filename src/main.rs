@@ -41,6 +41,7 @@ use crossbeam_channel::{bounded, unbounded, Sender};
 use config::Config;
 use dispatch::backlog::Backlog;
 use dispatch::dispatcher::{Control, Dispatcher};
+use kinesis::client::KinesisClient;
 use lambda::extensions_api::{self, ExtensionsApi, LifecycleEvent, Subscription};
 use lambda::model::{self, Model};
 use lambda::{gate, listener};
@@ -334,9 +335,11 @@ fn start_threads(
     {
         let (cfg, stats) = (cfg.clone(), stats.clone());
         spawn("dispatcher", move || {
+            let client = KinesisClient::new(&cfg);
             Dispatcher::new(
                 cfg,
                 model,
+                client,
                 events_rx,
                 control_rx,
                 stats,

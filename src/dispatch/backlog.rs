@@ -7,6 +7,10 @@
 //!
 //! So an answer never waits on Kinesis unless memory is full: the
 //! dispatcher may be inside a slow request, and deliveries keep flowing.
+//! Nor while the dispatcher is paused (default Lambda, between an invoke's
+//! end and the freeze): nothing would make room until the next thaw, and a
+//! delivery left unanswered across the freeze is broken. What Lambda still
+//! sends then is the invoke's tail, bounded by its own buffering.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -25,6 +29,8 @@ pub struct Backlog {
     held: AtomicUsize,
     /// The listener waits at the cap: the dispatcher must wake it.
     waiting: AtomicBool,
+    /// The dispatcher is paused: nothing makes room until it resumes.
+    paused: AtomicBool,
     lock: Mutex<()>,
     room: Condvar,
 }
@@ -36,6 +42,7 @@ impl Backlog {
             in_flight: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
             waiting: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             lock: Mutex::new(()),
             room: Condvar::new(),
         }
@@ -43,10 +50,21 @@ impl Backlog {
 
     /// Whether a body can be handed over now: below the cap, or nothing at
     /// all in flight (one body always passes, or a body larger than the
-    /// room left could never pass).
+    /// room left could never pass), or the dispatcher paused.
     fn has_room(&self) -> bool {
         let in_flight = self.in_flight.load(Ordering::Acquire);
-        in_flight == 0 || in_flight + self.held.load(Ordering::Acquire) < self.cap
+        in_flight == 0
+            || in_flight + self.held.load(Ordering::Acquire) < self.cap
+            || self.paused.load(Ordering::Acquire)
+    }
+
+    /// The dispatcher pauses (`true`: the sandbox may freeze from now) or
+    /// resumes.
+    pub fn paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+        if paused {
+            self.wake();
+        }
     }
 
     /// The listener is about to hand over a body of `bytes`: waits while
@@ -135,5 +153,28 @@ mod tests {
             .expect("woken when room was made");
         waiter.join().unwrap();
         assert_eq!(b.in_flight(), 70);
+    }
+
+    #[test]
+    fn a_paused_dispatcher_lets_the_listener_answer() {
+        let b = Arc::new(Backlog::new(100));
+        b.admit(60);
+        b.holding(50);
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let waiter = {
+            let b = b.clone();
+            std::thread::spawn(move || {
+                b.admit(10);
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        // The invoke ends: nothing will make room before the freeze.
+        b.paused(true);
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("admitted once paused");
+        waiter.join().unwrap();
+        b.paused(false);
+        assert!(!b.has_room(), "the cap holds again once thawed");
     }
 }

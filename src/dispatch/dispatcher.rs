@@ -10,28 +10,27 @@
 //! at each step is decided in `flush`; how events become records, in `shape`
 //! and `pack`.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender};
 
 use crate::config::{Config, FlushMode};
-use crate::dispatch::age::BufferAge;
 use crate::dispatch::backlog::Backlog;
+use crate::dispatch::buffer::Buffer;
+pub use crate::dispatch::control::Control;
+use crate::dispatch::control::Waiting;
 use crate::dispatch::flush::{self, EndOfInvoke};
 use crate::dispatch::invocations::Invocations;
-use crate::dispatch::report::Reported;
+use crate::dispatch::metrics::Metrics;
 use crate::dispatch::retry::{GaveUp, Next, Round};
 use crate::dispatch::send::Requests;
-use crate::dispatch::timers::{self, MetricsTimer, SendState};
+use crate::dispatch::timers::{self, SendState};
 use crate::kinesis::client::{KinesisClient, PutRecords};
-use crate::kinesis::error::Cause;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{self, Delivery, Event, Kind};
+use crate::lambda::telemetry::Delivery;
 use crate::records::queue::{Queue, Record};
-use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
-use crate::records::shape::{Shaped, Shaper};
+use crate::records::shape::Shaper;
 use crate::rng::Rng;
 use crate::stats::Stats;
 
@@ -39,62 +38,14 @@ use crate::stats::Stats;
 /// `flush_timeout`s.
 const SEND_WINDOWS_WITHOUT_INVOKE: u32 = 2;
 
-/// Managed Instances, at SHUTDOWN: the quiet spell waited for beyond
-/// Lambda's buffering time.
+/// At SHUTDOWN, the quiet spell waited for beyond Lambda's buffering time
+/// (Managed Instances).
 const QUIET_MARGIN: Duration = Duration::from_millis(50);
-
-/// At most one WARN line a minute about fragmented events.
-const FRAGMENT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Events are shaped (filters, redaction, envelope) in slices of at most
 /// this much CPU time between looks at the main thread's orders, so that
 /// no amount of work holds an invoke (README "Delivery guarantees").
 const SHAPE_SLICE: Duration = Duration::from_millis(2);
-
-/// Orders from the main thread.
-pub enum Control {
-    /// An invocation started: the sandbox is thawed, sending resumes (what
-    /// is due goes out at once). Then, as the main thread wants to call
-    /// `event/next` again: if `wait_runtime_done`, wait (until `wait_until`)
-    /// for the request's `platform.runtimeDone` and apply the flush policy;
-    /// stop sending and reply. Background sends end by `deadline`.
-    ///
-    /// One message, not two: each handover between the threads is a wake-up
-    /// paid on every invoke.
-    Invoke {
-        request_id: String,
-        deadline: Instant,
-        wait_runtime_done: bool,
-        wait_until: Instant,
-        reply: Sender<()>,
-    },
-    /// SHUTDOWN: wait until `wait_until` for the last `platform.report`, send
-    /// everything until `deadline`, count what is left, reply and stop.
-    Shutdown {
-        wait_until: Instant,
-        deadline: Instant,
-        reply: Sender<()>,
-    },
-}
-
-/// Waits that end when an event arrives or a time passes.
-enum Waiting {
-    None,
-    RuntimeDone {
-        request_id: String,
-        until: Instant,
-        flush_deadline: Instant,
-        then: EndOfInvoke,
-        reply: Sender<()>,
-    },
-    Shutdown {
-        /// When SHUTDOWN came.
-        since: Instant,
-        until: Instant,
-        deadline: Instant,
-        reply: Sender<()>,
-    },
-}
 
 pub struct Dispatcher<C: PutRecords = KinesisClient> {
     events: Receiver<Delivery>,
@@ -103,79 +54,25 @@ pub struct Dispatcher<C: PutRecords = KinesisClient> {
     stats: Arc<Stats>,
     cfg: Config,
     model: Model,
-    /// Fields that identify this environment in metrics records.
-    context: Vec<(&'static str, String)>,
 
-    queue: Queue,
-    shaper: Shaper,
-    /// Outcome-aware sampling, when on: log lines held until their
-    /// invocation's outcome.
-    sampler: Option<Sampler>,
-    /// Lambda's own warnings already logged.
-    reported: Reported,
-    age: BufferAge,
+    /// What is held: unshaped events, the queue, sampling's holds.
+    buffer: Buffer,
     invocations: Invocations,
     waiting: Waiting,
     paused: bool,
     invoke_deadline: Option<Instant>,
-    /// When the last telemetry delivery arrived.
-    last_delivery: Instant,
     /// Shutting down: retries are bounded by the deadline, not the budget.
     final_flush: bool,
-    /// Deliveries taken whose events are not shaped yet, oldest first, and
-    /// their body bytes (they count against the memory cap).
-    unshaped: VecDeque<Unshaped>,
-    unshaped_bytes: usize,
-    /// The memory cap shared with the listener.
-    backlog: Arc<Backlog>,
-    /// The periodic metrics record.
-    metrics: MetricsTimer,
-    /// Fragmented events since the last WARN about them, and when that was.
-    fragments_unlogged: (u64, Option<Instant>),
-}
-
-/// A delivery taken from the listener, its events not all shaped yet.
-struct Unshaped {
-    events: std::vec::IntoIter<Event>,
-    received: Instant,
-    body_bytes: usize,
-    /// Records its events added to the queue so far.
-    queued: usize,
-}
-
-impl Dispatcher {
-    /// `context`: `(name, value)` pairs identifying the environment in
-    /// metrics records (function name, version, account).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: Config,
-        model: Model,
-        events: Receiver<Delivery>,
-        control: Receiver<Control>,
-        stats: Arc<Stats>,
-        backlog: Arc<Backlog>,
-        context: Vec<(&'static str, String)>,
-        environment: &str,
-    ) -> Dispatcher {
-        let client = KinesisClient::new(&cfg);
-        Dispatcher::with_client(
-            cfg,
-            model,
-            client,
-            events,
-            control,
-            stats,
-            backlog,
-            context,
-            environment,
-        )
-    }
+    /// The metrics record: when due, and its context.
+    metrics: Metrics,
 }
 
 impl<C: PutRecords> Dispatcher<C> {
-    /// `new` with another client (the tests' scripted one).
+    /// `context`: `(name, value)` pairs identifying the environment in
+    /// metrics records (function name, version, account); `client`: Kinesis
+    /// (`KinesisClient`), or the tests' scripted one.
     #[allow(clippy::too_many_arguments)]
-    pub fn with_client(
+    pub fn new(
         cfg: Config,
         model: Model,
         client: C,
@@ -195,31 +92,25 @@ impl<C: PutRecords> Dispatcher<C> {
             &context,
             stats.clone(),
         );
-        let sampler =
-            (cfg.sample_success < SCALE).then(|| Sampler::new(cfg.sample_success, cfg.sample_hold));
+        let mut buffer = Buffer::new(&cfg, shaper, backlog, stats.clone());
         // Never frozen on Managed Instances: sending runs from the start.
-        let mut age = BufferAge::default();
         let paused = match model {
             Model::Default => true,
             Model::ManagedInstances => {
-                age.thaw();
+                buffer.age.thaw();
                 false
             }
         };
+        buffer.paused(paused);
         context.push(("environmentId", environment.to_string()));
         Dispatcher {
             events,
             control,
             requests: Requests::new(&cfg, client, stats.clone(), rng),
             stats,
-            metrics: MetricsTimer::new(cfg.metrics_interval),
+            metrics: Metrics::new(cfg.metrics_interval, context),
             cfg,
-            context,
-            queue: Queue::default(),
-            shaper,
-            sampler,
-            reported: Reported::default(),
-            age,
+            buffer,
             model,
             invocations: Invocations::new(model),
             waiting: Waiting::None,
@@ -227,12 +118,7 @@ impl<C: PutRecords> Dispatcher<C> {
             // thread calls next right after init without a handshake.
             paused,
             invoke_deadline: None,
-            last_delivery: Instant::now(),
             final_flush: false,
-            unshaped: VecDeque::new(),
-            unshaped_bytes: 0,
-            backlog,
-            fragments_unlogged: (0, None),
         }
     }
 
@@ -244,7 +130,7 @@ impl<C: PutRecords> Dispatcher<C> {
             if self.send_next().is_some_and(|t| t <= Instant::now()) {
                 self.send_due();
             }
-            self.expire_holds();
+            self.buffer.expire_holds();
             self.write_metrics_if_due();
             // Before blocking: the events that a send took in (it drains the
             // listener's channel first) may be the very ones a wait needs,
@@ -256,10 +142,10 @@ impl<C: PutRecords> Dispatcher<C> {
             }
             // Over the memory cap, stop reading: the listener then blocks and
             // Lambda buffers (and reports drops) instead of us growing.
-            let full = self.over_cap();
+            let full = self.buffer.over_cap();
             let events = if full { &no_events } else { &self.events };
             // Events to shape: only look for orders and deliveries.
-            let timeout = if self.unshaped.is_empty() {
+            let timeout = if !self.buffer.has_unshaped() {
                 self.next_timer()
             } else {
                 Duration::ZERO
@@ -280,7 +166,7 @@ impl<C: PutRecords> Dispatcher<C> {
                     }
                 }
             }
-            self.shape_unshaped(Instant::now() + SHAPE_SLICE, false);
+            self.shape(Instant::now() + SHAPE_SLICE, false);
         }
     }
 
@@ -306,7 +192,8 @@ impl<C: PutRecords> Dispatcher<C> {
                 reply,
             } => {
                 self.paused = false;
-                self.age.thaw();
+                self.buffer.paused(false);
+                self.buffer.age.thaw();
                 self.waiting = Waiting::Shutdown {
                     since: Instant::now(),
                     until: wait_until,
@@ -319,7 +206,8 @@ impl<C: PutRecords> Dispatcher<C> {
 
     fn resume(&mut self, request_id: String, deadline: Instant) {
         self.paused = false;
-        self.age.thaw();
+        self.buffer.paused(false);
+        self.buffer.age.thaw();
         self.invocations.invoked(request_id);
         self.invoke_deadline = Some(deadline);
         self.requests.retrier().thawed();
@@ -339,7 +227,7 @@ impl<C: PutRecords> Dispatcher<C> {
             &self.invocations.history,
             self.cfg.flush_interval,
             self.cfg.max_delay,
-            self.age.wall_age(),
+            self.buffer.age.wall_age(),
         );
         self.waiting = match runtime_done {
             Some(request_id) if then != EndOfInvoke::PauseNow => Waiting::RuntimeDone {
@@ -358,7 +246,8 @@ impl<C: PutRecords> Dispatcher<C> {
 
     fn pause(&mut self, reply: Sender<()>) {
         self.paused = true;
-        self.age.freeze();
+        self.buffer.paused(true);
+        self.buffer.age.freeze();
         let _ = reply.send(());
     }
 
@@ -378,7 +267,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 let done = self.invocations.runtime_done(&request_id);
                 // With the buffer full we read no events, so runtimeDone
                 // cannot arrive: flush what we have instead of waiting.
-                if done || self.over_cap() || Instant::now() >= until {
+                if done || self.buffer.over_cap() || Instant::now() >= until {
                     self.end_invoke(&request_id, done, flush_deadline, then);
                     self.pause(reply);
                 } else {
@@ -398,7 +287,9 @@ impl<C: PutRecords> Dispatcher<C> {
                 deadline,
                 reply,
             } => {
-                if !self.last_telemetry_in(since) && Instant::now() < until {
+                if !self.invocations.last_telemetry_in(since, self.buffering())
+                    && Instant::now() < until
+                {
                     self.waiting = Waiting::Shutdown {
                         since,
                         until,
@@ -414,27 +305,15 @@ impl<C: PutRecords> Dispatcher<C> {
         }
     }
 
-    /// Whether the last telemetry is in at SHUTDOWN (which came at `since`):
-    /// on default Lambda the current invoke's report. On Managed Instances
-    /// invocations run at once: the report of every one started, and a
-    /// quiet spell (see `quiet_until`).
-    fn last_telemetry_in(&self, since: Instant) -> bool {
-        self.invocations.all_reported()
-            && (self.model == Model::Default || Instant::now() >= self.quiet_until(since))
-    }
-
-    /// Managed Instances: what Lambda still buffered at SHUTDOWN arrives
-    /// within its buffering time, so the last telemetry is in once that much
-    /// (and a margin) passed since SHUTDOWN and since the last delivery.
-    fn quiet_until(&self, since: Instant) -> Instant {
-        let quiet = Duration::from_millis(self.cfg.buffering.timeout_ms.into()) + QUIET_MARGIN;
-        since.max(self.last_delivery) + quiet
+    /// Lambda's buffering time: what it still held arrives within it.
+    fn buffering(&self) -> Duration {
+        Duration::from_millis(self.cfg.buffering.timeout_ms.into()) + QUIET_MARGIN
     }
 
     /// The invoke's end (its runtimeDone came if `done`): applies the flush
     /// policy's `then`.
     fn end_invoke(&mut self, request_id: &str, done: bool, deadline: Instant, then: EndOfInvoke) {
-        if !done && self.over_cap() {
+        if !done && self.buffer.over_cap() {
             log::debug!("buffer full while waiting for runtimeDone of {request_id}; flushing now");
         } else if !done {
             log::warn!(
@@ -455,22 +334,16 @@ impl<C: PutRecords> Dispatcher<C> {
         self.drain_events();
         // Lines still waiting for an outcome are forwarded, not lost (and
         // lines shaped from now on are not held: see `place`).
-        if let Some(s) = &mut self.sampler {
-            for r in s.release_all() {
-                self.released(r);
-            }
-        }
+        self.buffer.close();
         self.flush_all(deadline);
         // The metrics record goes last, so it counts the final flush.
         self.enqueue_metrics(true);
         self.flush_all(deadline);
         self.drain_events();
-        let left = self.queue.drain();
+        let left = self.buffer.queue.drain();
         // Events not even shaped by the deadline: lost like the rest (one
         // record each, as far as the count goes).
-        let unshaped: usize = self.unshaped.iter().map(|u| u.events.len()).sum();
-        self.unshaped.clear();
-        self.unshaped_bytes = 0;
+        let unshaped = self.buffer.drop_unshaped();
         if unshaped > 0 {
             log::error!("shutdown deadline: {unshaped} events were not even processed in time (too much CPU work per event: redaction patterns?)");
             self.stats.dropped_shutdown.add(unshaped as u64);
@@ -481,30 +354,7 @@ impl<C: PutRecords> Dispatcher<C> {
         for late in self.events.try_iter() {
             self.stats.dropped_shutdown.add(late.events.len() as u64);
         }
-        if let (false, Some(cause)) = (left.is_empty(), self.requests.parked()) {
-            let counter = match cause {
-                Cause::AccessDenied => &self.stats.dropped_access_denied,
-                Cause::StreamNotFound => &self.stats.dropped_stream_not_found,
-                Cause::Kms => &self.stats.dropped_kms,
-                Cause::Credentials => &self.stats.dropped_credentials,
-                Cause::Signature => &self.stats.dropped_signature,
-            };
-            counter.add(left.len() as u64);
-            log::error!(
-                "shutdown: {} parked records ({} bytes) are lost: Kinesis still refused them ({cause:?}; last error: {})",
-                left.len(),
-                left.iter().map(Record::size).sum::<usize>(),
-                self.requests.last_error()
-            );
-        } else if !left.is_empty() {
-            self.stats.dropped_shutdown.add(left.len() as u64);
-            log::error!(
-                "shutdown deadline: {} records ({} bytes) could not be delivered in time and are lost (last error: {})",
-                left.len(),
-                left.iter().map(Record::size).sum::<usize>(),
-                self.requests.last_error()
-            );
-        }
+        self.requests.lost_at_shutdown(&left);
     }
 
     /// When the loop must wake up by itself: the earliest time any wake-up
@@ -515,7 +365,9 @@ impl<C: PutRecords> Dispatcher<C> {
         let mut wake: Option<Instant> = match &self.waiting {
             Waiting::RuntimeDone { until, .. } => Some(*until),
             Waiting::Shutdown { until, since, .. } => Some(match self.model {
-                Model::ManagedInstances => (*until).min(self.quiet_until(*since)),
+                Model::ManagedInstances => {
+                    (*until).min(self.invocations.quiet_until(*since, self.buffering()))
+                }
                 Model::Default => *until,
             }),
             Waiting::None => None,
@@ -528,14 +380,10 @@ impl<C: PutRecords> Dispatcher<C> {
         at(self.send_next());
         if !self.paused {
             // Thawed time runs with wall time while not paused.
-            let thawed = self.age.thawed_now();
+            let thawed = self.buffer.age.thawed_now();
             let in_thawed = |due: Duration| now + due.saturating_sub(thawed);
-            at(self.metrics.due(self.stats.events.get()).map(in_thawed));
-            at(self
-                .sampler
-                .as_ref()
-                .and_then(Sampler::next_expiry)
-                .map(in_thawed));
+            at(self.metrics.due(&self.stats).map(in_thawed));
+            at(self.buffer.next_expiry().map(in_thawed));
         }
         wake.map_or(Duration::from_secs(3600), |w| {
             w.saturating_duration_since(now)
@@ -550,7 +398,7 @@ impl<C: PutRecords> Dispatcher<C> {
         let sending = matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. });
         let state = SendState {
             may_send: !self.paused && sending && self.invoke_deadline.is_none_or(|d| now < d),
-            queued: !self.queue.is_empty(),
+            queued: !self.buffer.queue.is_empty(),
             full: self.full_request_due(),
             aged_at: self.aged_at(now),
             // Parked: the hold is the probe's time.
@@ -561,224 +409,32 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// A delivery from the listener: the lifecycle takes note of its
     /// platform events at once (a runtimeDone ends an invoke's wait however
-    /// much work is ahead of it); its events are shaped later, in order
-    /// (`shape_unshaped`).
+    /// much work is ahead of it); its events are shaped later, in order.
     fn take(&mut self, delivery: Delivery) {
-        self.backlog.taken(delivery.body_bytes);
-        self.last_delivery = delivery.received;
-        for e in &delivery.events {
-            self.invocations.saw(e);
-        }
-        self.unshaped_bytes += delivery.body_bytes;
-        self.unshaped.push_back(Unshaped {
-            events: delivery.events.into_iter(),
-            received: delivery.received,
-            body_bytes: delivery.body_bytes,
-            queued: 0,
-        });
-        self.publish_held();
+        self.invocations.delivered(&delivery);
+        self.buffer.take(delivery);
     }
 
-    /// Shapes events taken, oldest first, until none is left or `until`
-    /// (checked after each event); with `enough`, also once a whole request
-    /// is queued.
-    fn shape_unshaped(&mut self, until: Instant, enough: bool) {
-        if self.unshaped.is_empty() {
-            return;
-        }
-        while let Some(u) = self.unshaped.front_mut() {
-            let received = u.received;
-            match u.events.next() {
-                Some(e) => {
-                    let before = self.queue.len();
-                    self.shape(e, received);
-                    let added = self.queue.len().saturating_sub(before);
-                    if let Some(u) = self.unshaped.front_mut() {
-                        u.queued += added;
-                    }
-                }
-                None => {
-                    let done = self.unshaped.pop_front().expect("front exists");
-                    self.unshaped_bytes -= done.body_bytes;
-                    let added = done.queued.min(self.queue.len());
-                    self.queue.release_body(added, done.body_bytes);
-                    self.relieve_holds();
-                    continue;
-                }
-            }
-            if Instant::now() >= until || (enough && self.requests.full_request(&self.queue)) {
-                break;
-            }
-        }
-        self.publish_held();
-    }
-
-    /// Tells the listener how much the dispatcher holds (the memory cap).
-    fn publish_held(&self) {
-        self.backlog.holding(self.held_bytes());
-    }
-
-    /// One event: what it tells of sampling and Lambda's drops, then its
-    /// records, queued (or held, or sampled out).
-    fn shape(&mut self, e: Event, received: Instant) {
-        match e.kind {
-            Kind::LogsDropped => self.lambda_dropped(&e.json),
-            Kind::RuntimeDone | Kind::Report => self.outcome(&e),
-            _ => {}
-        }
-        let size = e.json.len();
+    /// Shapes events taken until `until`; with `enough`, also once a whole
+    /// request is queued.
+    fn shape(&mut self, until: Instant, enough: bool) {
+        let requests = &self.requests;
+        let full = |q: &Queue| enough && requests.full_request(q);
         let current = self.invocations.current.as_deref();
-        let (shaped, owner) = self.shaper.shape(e, current);
-        match shaped {
-            Shaped::Filtered => self.stats.filtered_events.add(1),
-            // (no Vec for the one record of almost every event)
-            Shaped::Record(r) => self.place([r], owner, received),
-            Shaped::Fragments(records) => {
-                self.stats.fragmented_events.add(1);
-                self.fragmented(size, records.len());
-                self.place(records, owner, received);
-            }
-        }
-    }
-
-    /// An event was split into `parts` fragment records: counted always,
-    /// logged at WARN once a minute at most (each log line is itself
-    /// telemetry).
-    fn fragmented(&mut self, size: usize, parts: usize) {
-        let (count, last) = &mut self.fragments_unlogged;
-        *count += 1;
-        if last.is_some_and(|t| t.elapsed() < FRAGMENT_LOG_EVERY) {
-            return;
-        }
-        log::warn!(
-            "{count} event(s) exceeded KINESIS_TELEMETRY_MAX_RECORD_BYTES ({}) and were sent as fragment records (the last: {size} bytes in {parts} fragments); at most one such line a minute, totals in fragmentedEvents",
-            self.cfg.max_record_bytes,
-        );
-        *count = 0;
-        *last = Some(Instant::now());
-    }
-
-    /// Where one event's records go: the queue; or with sampling, for a log
-    /// line of an invocation the hash does not keep, the hold (its outcome
-    /// not known yet) or nowhere (it succeeded).
-    fn place(
-        &mut self,
-        records: impl IntoIterator<Item = Record>,
-        owner: Option<Box<str>>,
-        received: Instant,
-    ) {
-        if let (Some(s), Some(id)) = (&mut self.sampler, owner) {
-            match s.route(&id) {
-                Route::Forward => {}
-                // SHUTDOWN: no outcome will come in time; forwarded.
-                Route::Hold if self.final_flush => {}
-                Route::Hold => return s.hold(&id, records, self.age.thawed_now(), received),
-                Route::Drop => {
-                    let bytes: usize = records.into_iter().map(|r| r.size()).sum();
-                    self.stats.sampled_out_lines.add(1);
-                    self.stats.sampled_out_bytes.add(bytes as u64);
-                    return;
-                }
-            }
-        }
-        for r in records {
-            self.queue.push(r);
-        }
-        self.age.arrived(received);
-    }
-
-    /// An invocation's outcome (its runtimeDone or report): what becomes of
-    /// its held lines.
-    fn outcome(&mut self, e: &telemetry::Event) {
-        let (Some(s), Some(id)) = (&mut self.sampler, &e.request_id) else {
-            return;
-        };
-        let status = telemetry::status(&e.json);
-        if let Some(r) = s.outcome(id, Outcome::of(status.as_deref())) {
-            self.released(r);
-        }
-    }
-
-    /// Held lines leave the hold: forwarded, or counted as sampled out.
-    fn released(&mut self, r: Release) {
-        match r.why {
-            Why::SampledOut => {
-                self.stats.sampled_out_invocations.add(1);
-                self.stats.sampled_out_lines.add(r.lines);
-                self.stats.sampled_out_bytes.add(r.bytes);
-                return;
-            }
-            Why::Failed => self.stats.kept_failed.add(1),
-            Why::Undecided if r.first_undecided => self.stats.forwarded_undecided.add(1),
-            Why::Undecided => {}
-        }
-        if !r.records.is_empty() {
-            for rec in r.records {
-                self.queue.push(rec);
-            }
-            self.age.arrived(r.arrived);
-        }
-    }
-
-    /// Holds past the maximum hold time are forwarded.
-    fn expire_holds(&mut self) {
-        let Some(s) = &mut self.sampler else {
-            return;
-        };
-        if s.next_expiry().is_some_and(|t| t <= self.age.thawed_now()) {
-            for r in s.expired(self.age.thawed_now()) {
-                self.released(r);
-            }
-        }
-    }
-
-    /// Held lines may fill half the buffer cap; past it the oldest holds
-    /// are forwarded, so the queue can always drain below the cap and the
-    /// listener (and the outcomes it brings) is never stopped by holds.
-    fn relieve_holds(&mut self) {
-        let half = self.cfg.buffer_limit_bytes / 2;
-        while self.sampler.as_ref().is_some_and(|s| s.bytes() > half) {
-            match self.sampler.as_mut().and_then(Sampler::release_oldest) {
-                Some(r) => self.released(r),
-                None => return,
-            }
-        }
-    }
-
-    /// Lambda reports (`platform.logsDropped`) telemetry it dropped.
-    fn lambda_dropped(&mut self, json: &str) {
-        if let Some((records, bytes)) = telemetry::logs_dropped(json) {
-            self.stats.lambda_dropped_records.add(records);
-            self.stats.lambda_dropped_bytes.add(bytes);
-            // Once at WARN: each log line is itself telemetry.
-            let detail = format!("{records} records ({bytes} bytes) before delivering them: the sink or this extension fell behind; totals are in the metrics record");
-            self.reported
-                .warn("platform.logsDropped", "Lambda dropped telemetry", &detail);
-        }
+        self.buffer.shape(until, full, current);
     }
 
     /// Whether buffered data is sent by age now (periodic behaviour).
     fn periodic_now(&self) -> bool {
         let (mode, max_delay) = (self.cfg.flush, self.cfg.max_delay);
-        let age = self.age.wall_age();
+        let age = self.buffer.age.wall_age();
         flush::periodic(mode, self.model, &self.invocations.history, max_delay, age)
-    }
-
-    /// Whether the buffer holds as much as the memory cap allows.
-    fn over_cap(&self) -> bool {
-        self.held_bytes() >= self.cfg.buffer_limit_bytes
-    }
-
-    /// What the dispatcher holds: queued, held for sampling, not yet shaped.
-    fn held_bytes(&self) -> usize {
-        let held = self.sampler.as_ref().map_or(0, Sampler::bytes);
-        self.queue.bytes() + held + self.unshaped_bytes
     }
 
     /// Takes whatever the listener has handed over, without waiting and
     /// without passing the memory cap.
     fn drain_events(&mut self) {
-        while !self.over_cap() {
+        while !self.buffer.over_cap() {
             match self.events.try_recv() {
                 Ok(batch) => self.take(batch),
                 Err(_) => break,
@@ -786,21 +442,11 @@ impl<C: PutRecords> Dispatcher<C> {
         }
     }
 
-    /// Adds a metrics record to the queue (see `Stats::metrics_event`).
+    /// Adds a metrics record to the queue (see `metrics`).
     fn enqueue_metrics(&mut self, final_: bool) {
-        let now = crate::time::rfc3339(std::time::SystemTime::now());
-        let context: Vec<(&str, &str)> =
-            self.context.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let json = self.stats.metrics_event(&now, final_, &context);
-        let key = self
-            .shaper
-            .keys
-            .key(None, self.invocations.current.as_deref());
-        self.queue.push(Record::new(json.into_bytes(), key));
-        // It ages like telemetry, so the flush policy sends it on time.
-        self.age.arrived(Instant::now());
-        self.metrics
-            .served(self.age.thawed_now(), self.stats.events.get());
+        let json = (self.metrics).record(self.buffer.age.thawed_now(), &self.stats, final_);
+        let key = self.buffer.own_key(self.invocations.current.as_deref());
+        self.buffer.push_own(Record::new(json.into_bytes(), key));
     }
 
     /// The periodic metrics record, when due (thawed, telemetry flowing).
@@ -808,7 +454,7 @@ impl<C: PutRecords> Dispatcher<C> {
         if !self.paused
             && self
                 .metrics
-                .is_due(self.age.thawed_now(), self.stats.events.get())
+                .is_due(self.buffer.age.thawed_now(), &self.stats)
         {
             self.enqueue_metrics(false);
         }
@@ -832,7 +478,7 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// Whether a full request (or the memory cap) makes sending due now.
     fn full_request_due(&self) -> bool {
-        self.requests.full_request(&self.queue) || self.over_cap()
+        self.requests.full_request(&self.buffer.queue) || self.buffer.over_cap()
     }
 
     /// When the buffered data is old enough to be sent by age (`None`:
@@ -841,10 +487,12 @@ impl<C: PutRecords> Dispatcher<C> {
         match self.cfg.flush {
             // (thawed time runs with wall time while sending)
             FlushMode::Batch => self
+                .buffer
                 .age
                 .thawed_until(self.cfg.batch_max_age)
                 .map(|left| now + left),
             _ if self.periodic_now() => self
+                .buffer
                 .age
                 .oldest_wall()
                 .map(|oldest| oldest + self.cfg.flush_interval),
@@ -861,7 +509,7 @@ impl<C: PutRecords> Dispatcher<C> {
         }
         while Instant::now() < deadline {
             self.drain_events();
-            self.shape_unshaped(deadline, true);
+            self.shape(deadline, true);
             if self.send_next().is_none_or(|t| t > Instant::now()) {
                 return;
             }
@@ -869,7 +517,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 hard.min(Instant::now() + self.cfg.flush_timeout)
             });
             let round = self.send_one(request_deadline);
-            let next = self.requests.next(round, false, self.queue.len());
+            let next = self.requests.next(round, false, self.buffer.queue.len());
             if next != Next::Go {
                 self.requests.retrier().hold(next);
                 return;
@@ -890,14 +538,14 @@ impl<C: PutRecords> Dispatcher<C> {
         self.requests.retrier().fresh_flush();
         loop {
             self.drain_events();
-            self.shape_unshaped(deadline, true);
-            if self.queue.is_empty() || Instant::now() >= deadline {
+            self.shape(deadline, true);
+            if self.buffer.queue.is_empty() || Instant::now() >= deadline {
                 return;
             }
             let round = self.send_one(deadline);
             match self
                 .requests
-                .next(round, self.final_flush, self.queue.len())
+                .next(round, self.final_flush, self.buffer.queue.len())
             {
                 Next::Go => {}
                 Next::Wait(wait) => {
@@ -920,12 +568,12 @@ impl<C: PutRecords> Dispatcher<C> {
     /// Sends one request's worth from the front of the queue.
     fn send_one(&mut self, deadline: Instant) -> Round {
         self.drain_events();
-        self.shape_unshaped(deadline, true);
-        let round = self.requests.send_one(&mut self.queue, deadline);
-        if self.queue.is_empty() {
-            self.age.emptied();
+        self.shape(deadline, true);
+        let round = self.requests.send_one(&mut self.buffer.queue, deadline);
+        if self.buffer.queue.is_empty() {
+            self.buffer.age.emptied();
         }
-        self.publish_held();
+        self.buffer.publish();
         round
     }
 }

@@ -130,7 +130,7 @@ fn start_in(
     let (events, events_rx) = unbounded();
     let (control, control_rx) = bounded(1);
     let stats = Arc::new(Stats::default());
-    let d = Dispatcher::with_client(
+    let d = Dispatcher::new(
         cfg,
         model,
         client,

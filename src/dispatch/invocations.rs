@@ -4,11 +4,11 @@
 //! report, and on Lambda Managed Instances the ones started and not yet
 //! reported.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::dispatch::flush::History;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{self, Event, Kind};
+use crate::lambda::telemetry::{self, Delivery, Event, Kind};
 
 /// Most requests tracked as open (Managed Instances): far above the
 /// concurrency one environment runs.
@@ -26,6 +26,8 @@ pub struct Invocations {
     /// Managed Instances: requests started and not yet reported, oldest
     /// first (what SHUTDOWN waits for).
     open: Vec<Box<str>>,
+    /// When the last telemetry delivery arrived.
+    last_delivery: Instant,
 }
 
 impl Invocations {
@@ -38,7 +40,33 @@ impl Invocations {
             last_runtime_done: None,
             last_report: None,
             open: Vec::new(),
+            last_delivery: Instant::now(),
         }
+    }
+
+    /// A delivery arrived: takes note of its platform events.
+    pub fn delivered(&mut self, d: &Delivery) {
+        self.last_delivery = d.received;
+        for e in &d.events {
+            self.saw(e);
+        }
+    }
+
+    /// Whether the last telemetry is in at SHUTDOWN (which came at `since`):
+    /// on default Lambda the current invoke's report. On Managed Instances
+    /// invocations run at once: the report of every one started, and a
+    /// quiet spell (see `quiet_until`).
+    pub fn last_telemetry_in(&self, since: Instant, buffering: Duration) -> bool {
+        self.all_reported()
+            && (self.model == Model::Default
+                || Instant::now() >= self.quiet_until(since, buffering))
+    }
+
+    /// Managed Instances: what Lambda still buffered at SHUTDOWN arrives
+    /// within its `buffering` time, so the last telemetry is in once that
+    /// much passed since SHUTDOWN and since the last delivery.
+    pub fn quiet_until(&self, since: Instant, buffering: Duration) -> Instant {
+        since.max(self.last_delivery) + buffering
     }
 
     /// An INVOKE for `request_id` arrived now.

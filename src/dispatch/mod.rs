@@ -5,10 +5,14 @@
 
 pub mod age;
 pub mod backlog;
+pub mod buffer;
+pub mod control;
 pub mod dispatcher;
 pub mod flush;
 pub mod invocations;
+pub mod metrics;
 pub mod report;
 pub mod retry;
+pub mod sampling;
 pub mod send;
 pub mod timers;

@@ -233,9 +233,34 @@ impl<C: PutRecords> Requests<C> {
         self.reported.error(f.code(), what, &detail);
     }
 
-    /// Why records are parked, if they are.
-    pub fn parked(&self) -> Option<Cause> {
-        self.parked
+    /// SHUTDOWN's deadline came with `left` unsent: counted under the cause
+    /// that parked them, or as `droppedShutdown`, and logged once.
+    pub fn lost_at_shutdown(&self, left: &[Record]) {
+        if left.is_empty() {
+            return;
+        }
+        let bytes: usize = left.iter().map(Record::size).sum();
+        let last = self.last_error();
+        let Some(cause) = self.parked else {
+            self.stats.dropped_shutdown.add(left.len() as u64);
+            return log::error!(
+                "shutdown deadline: {} records ({bytes} bytes) could not be delivered in time and are lost (last error: {last})",
+                left.len()
+            );
+        };
+        let s = &self.stats;
+        let counter = match cause {
+            Cause::AccessDenied => &s.dropped_access_denied,
+            Cause::StreamNotFound => &s.dropped_stream_not_found,
+            Cause::Kms => &s.dropped_kms,
+            Cause::Credentials => &s.dropped_credentials,
+            Cause::Signature => &s.dropped_signature,
+        };
+        counter.add(left.len() as u64);
+        log::error!(
+            "shutdown: {} parked records ({bytes} bytes) are lost: Kinesis still refused them ({cause:?}; last error: {last})",
+            left.len()
+        );
     }
 
     /// Whether sending may start now: not parked, or a probe is due.

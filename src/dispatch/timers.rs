@@ -1,55 +1,15 @@
-//! The dispatcher's own wake-ups, each a small type that says when it is
-//! next due and is re-armed or cleared by the step that serves it, so that
-//! nothing wakes the loop while nothing is due (an idle Managed Instance
+//! When the next background request may start (`next_send`): the one
+//! decision that both the dispatcher's wake-up and its sending ask, so that a
+//! time in the past always means a request goes (an idle Managed Instance
 //! must cost no CPU: its cores are the function's).
 //!
-//! The other wake-ups are the waits (`dispatcher::Waiting`, ended by the
-//! step that finishes them) and the sampler's hold expiry (`Sampler`,
-//! released by `expired`).
+//! Every wake-up of the dispatcher says when it is next due and is re-armed
+//! or cleared by the step that serves it: this send time (a send changes the
+//! queue or the hold), the metrics record (`metrics::Metrics`), the waits
+//! (`control::Waiting`, ended by the step that finishes them) and the
+//! sampler's hold expiry (`Sampler`, released by `expired`).
 
-use std::time::{Duration, Instant};
-
-/// The periodic metrics record: one per interval of thawed time, and only
-/// while telemetry flows (an idle environment writes none, and wakes for
-/// none).
-#[derive(Debug)]
-pub struct MetricsTimer {
-    every: Option<Duration>,
-    /// Thawed time of the last record.
-    last_at: Duration,
-    /// Events received from Lambda by then. (Not records sent: the metrics
-    /// record is one, and each would call for the next.)
-    events_then: u64,
-}
-
-impl MetricsTimer {
-    pub fn new(every: Option<Duration>) -> MetricsTimer {
-        MetricsTimer {
-            every,
-            last_at: Duration::ZERO,
-            events_then: 0,
-        }
-    }
-
-    /// Thawed time at which a record is due, given the events received so
-    /// far; `None` (no wake-up) when none arrived since the last record.
-    pub fn due(&self, events_now: u64) -> Option<Duration> {
-        let every = self.every?;
-        (events_now > self.events_then).then_some(self.last_at + every)
-    }
-
-    /// Whether a record is due at thawed time `now`.
-    pub fn is_due(&self, now: Duration, events_now: u64) -> bool {
-        self.due(events_now).is_some_and(|at| at <= now)
-    }
-
-    /// A record was written at `now`: the next is due an interval later,
-    /// and only if events arrive meanwhile.
-    pub fn served(&mut self, now: Duration, events_now: u64) {
-        self.last_at = now;
-        self.events_then = events_now;
-    }
-}
+use std::time::Instant;
 
 /// What decides when the next request may start by itself (background
 /// sending while thawed).
@@ -84,23 +44,9 @@ pub fn next_send(s: SendState, now: Instant) -> Option<Instant> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
-
-    #[test]
-    fn metrics_are_due_only_while_events_flow() {
-        let mut t = MetricsTimer::new(Some(MS(1000)));
-        assert_eq!(t.due(0), None, "nothing received: nothing due");
-        assert_eq!(t.due(5), Some(MS(1000)));
-        assert!(!t.is_due(MS(999), 5) && t.is_due(MS(1000), 5));
-        t.served(MS(1000), 5);
-        // Idle: the timer is cleared, not left in the past (the spin).
-        assert_eq!(t.due(5), None);
-        assert!(!t.is_due(MS(60_000), 5));
-        // Events again: due an interval after the last record.
-        assert_eq!(t.due(6), Some(MS(2000)));
-        assert_eq!(MetricsTimer::new(None).due(100), None, "off");
-    }
 
     fn state() -> SendState {
         SendState {
