@@ -48,7 +48,7 @@ const FRAGMENT_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// Events are shaped (filters, redaction, envelope) in slices of at most
 /// this much CPU time between looks at the main thread's orders, so that
-/// no amount of work holds an invoke (README "Delivery guarantees").
+/// no amount of work holds an invoke (docs/delivery.md).
 const SHAPE_SLICE: Duration = Duration::from_millis(2);
 
 /// Orders from the main thread.
