@@ -317,7 +317,7 @@ def readme_variables() -> dict[str, tuple[str, str]]:
 
 def test_demo_settings_match_the_readme(tpl):
     """Each extension setting the template exposes as a parameter has the
-    extension's default and, where the README lists the choices, exactly those."""
+    extension's default and, where the configuration table lists the choices, exactly those."""
     _, fn = one(tpl, "AWS::Lambda::Function")
     readme = readme_variables()
     exposed = 0
