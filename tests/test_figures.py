@@ -2,8 +2,8 @@
 regression would break (issue 11, finding 7). Generous enough for 2 shared
 cores, and run one at a time after the parallel tests (marker `timing`); the
 exact figures come from the bench (`bench/run.sh`), which the docs name as
-their source. The 200 ms shutdown
-margin is bounded in test_faults.py::test_shutdown_while_the_sink_is_down."""
+their source. The 200 ms shutdown margin is bounded in
+test_faults.py::test_shutdown_while_the_sink_is_down."""
 
 from __future__ import annotations
 
