@@ -7,7 +7,7 @@ simulator emitted it, to the record's ApproximateArrivalTimestamp), CPU per
     .deps/venv/bin/python bench/lmi.py [--seconds 5] [--out bench/lmi-results.md]
 
 Not part of CI. kinesalite's own capacity (about 10.6k records/s from one
-client) bounds `json` at high rates; see README "Lambda Managed Instances".
+client) bounds `json` at high rates; see docs/managed-instances.md.
 """
 
 from __future__ import annotations

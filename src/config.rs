@@ -5,7 +5,7 @@
 //! region, endpoint and credentials use the standard AWS names. Each variable
 //! is defined once, in the table below (`SETTINGS`): its full name, default,
 //! accepted values and meaning; the parser reads it through that definition,
-//! and a test holds the README's configuration table to it. Parsing takes
+//! and a test holds the configuration table (docs/configuration.md) to it. Parsing takes
 //! a lookup function instead of reading the process environment so that it can
 //! be tested without touching global state. Every problem is collected (not
 //! just the first) and names the variable, the bad value and what is accepted;
@@ -2056,7 +2056,7 @@ mod tests {
         }
     }
 
-    /// What README.md's configuration table says.
+    /// What the configuration table (docs/configuration.md) says.
     fn readme_rows(readme: &str) -> Vec<Vec<&str>> {
         readme
             .lines()
@@ -2078,37 +2078,43 @@ mod tests {
     /// meaning that starts with the setting's.
     #[test]
     fn readme_configuration_table_matches_the_settings() {
-        let rows = readme_rows(include_str!("../README.md"));
+        let rows = readme_rows(include_str!("../docs/configuration.md"));
         let mut problems = Vec::new();
         let name = |row: &Vec<&str>| row[0].trim_matches('`').to_string();
         for row in &rows {
             if row.len() != 4 {
                 problems.push(format!("{row:?}: not 4 cells"));
             } else if !SETTINGS.iter().any(|s| s.var == name(row)) {
-                problems.push(format!("{}: in the README, not in SETTINGS", row[0]));
+                problems.push(format!(
+                    "{}: in docs/configuration.md, not in SETTINGS",
+                    row[0]
+                ));
             }
         }
         for s in SETTINGS {
             let Some(row) = rows.iter().find(|r| r.len() == 4 && name(r) == s.var) else {
-                problems.push(format!("{}: in SETTINGS, not in the README", s.var));
+                problems.push(format!(
+                    "{}: in SETTINGS, not in docs/configuration.md",
+                    s.var
+                ));
                 continue;
             };
             let (default, range) = shown(s);
             if row[1] != default {
                 problems.push(format!(
-                    "{}: README default {:?}, code {default:?}",
+                    "{}: docs default {:?}, code {default:?}",
                     s.var, row[1]
                 ));
             }
             if row[2] != range {
                 problems.push(format!(
-                    "{}: README range {:?}, code {range:?}",
+                    "{}: docs range {:?}, code {range:?}",
                     s.var, row[2]
                 ));
             }
             if !row[3].starts_with(s.meaning.0) {
                 problems.push(format!(
-                    "{}: README meaning {:?} does not start with {:?}",
+                    "{}: docs meaning {:?} does not start with {:?}",
                     s.var, row[3], s.meaning.0
                 ));
             }
@@ -2127,7 +2133,7 @@ mod tests {
             .collect();
         assert!(
             problems.is_empty(),
-            "README.md's configuration table disagrees with config::SETTINGS (the code is right):\n{}\n\nThe rows config::SETTINGS gives (a README Meaning may go on):\n{}",
+            "docs/configuration.md's table disagrees with config::SETTINGS (the code is right):\n{}\n\nThe rows config::SETTINGS gives (a Meaning may go on):\n{}",
             problems.join("\n"),
             expected.join("\n")
         );

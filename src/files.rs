@@ -1,6 +1,6 @@
 //! The files the extension reads (`AWS_CA_BUNDLE`, the container token
 //! file, `/etc/hosts`): regular files only, bounded in size, never a
-//! blocking open (README "Files the extension reads").
+//! blocking open (docs/delivery.md, "Files the extension reads").
 
 use std::fmt;
 

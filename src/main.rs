@@ -3,7 +3,7 @@
 //!
 //! The main thread owns the Lambda lifecycle (register, subscribe, the
 //! `event/next` loop); `listener` receives telemetry; `dispatcher` batches
-//! and sends it. See README "How it works".
+//! and sends it. See docs/how-it-works.md.
 
 // The stages, in the order data flows through them (blank lines keep
 // rustfmt from sorting them).

@@ -1,7 +1,8 @@
 //! Counters shared by the listener and the dispatcher: what came in, what
 //! went out, what was retried, and what was lost and why. Summarised in one
 //! log line at shutdown and written to the stream as a
-//! `kinesis-telemetry-extension.metrics` event (see README "Self-metrics").
+//! `kinesis-telemetry-extension.metrics` event (see docs/record-formats.md,
+//! "The extension's own records").
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

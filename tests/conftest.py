@@ -136,7 +136,7 @@ def scenario_report(request, monkeypatch):
     """With E2E_REPORT=FILE, appends one JSON line per test: each simulator's
     shutdown (ms, exit code, killed), events delivered to the extension, peak
     RSS, and the delivery checks' counts. Used for the measured results in
-    the README and the issue notes; does nothing otherwise."""
+    docs/delivery.md and the issue notes; does nothing otherwise."""
     path = os.environ.get("E2E_REPORT")
     if not path:
         yield

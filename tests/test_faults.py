@@ -452,7 +452,7 @@ def test_shutdown_with_10000_buffered_events_and_a_slow_sink(ext_bin, kinesalite
 @pytest.mark.timing
 def test_shutdown_while_the_sink_is_down(ext_bin, kinesalite):
     """SHUTDOWN with events buffered while the endpoint refuses connections: exit
-    before the deadline, the loss counted in the shutdown summary line. README:
+    before the deadline, the loss counted in the shutdown summary line. docs/delivery.md:
     the final flush gives up 200 ms before Lambda's 2 s deadline; bound: exit
     between 1.5 s and 1.9 s after SHUTDOWN (run one at a time: marker timing)."""
     name, _ = new_stream(kinesalite)

@@ -337,7 +337,7 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
         assert isinstance(v["environmentId"], str) and v["environmentId"], v
         envs.add(v["environmentId"])
         assert v["environmentId"] == r["partition_key"]  # environment mode: the same id
-        assert v["id"].startswith(v["environmentId"] + "-"), v["id"]  # stable identity (README "Duplicates")
+        assert v["id"].startswith(v["environmentId"] + "-"), v["id"]  # stable identity (docs/delivery.md, "Duplicates")
         orig = by_value.get(json.dumps(ev, sort_keys=True))
         assert orig is not None, f"envelope of an event nobody delivered: {r['data'][:200]!r}"
         assert orig in r["data"], "the event's bytes are not in the envelope verbatim"

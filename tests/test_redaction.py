@@ -1,6 +1,6 @@
 """Redaction (KINESIS_TELEMETRY_REDACT, _REDACT_PATTERNS; issue 15), end to
 end: the simulated function (or another extension in the environment: the
-README promises both kinds of log lines, issue 22) writes lines seeded with
+docs promise both kinds of log lines, issue 22) writes lines seeded with
 each rule's examples;
 what arrives in kinesalite is compared with the redacted text worked out here
 (where each secret was put), lines without secrets with the exact bytes Lambda

@@ -5,7 +5,7 @@ end to end: the simulator ends a seeded share of invocations in error
 The oracle is what the simulator emitted: which invocation each log line
 belongs to (the order of events on default Lambda, the line's own request
 id on Managed Instances) and how each invocation ended. Which successful
-invocations are kept is recomputed here from the README's rule (`keeps`),
+invocations are kept is recomputed here from the documented rule (`keeps`),
 independently of the extension's code."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ LINE_ID = re.compile(r"(?:line|simulated failure) ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a
 
 
 def keeps(fraction: float, request_id: str) -> bool:
-    """README "Sampling": FNV-1a 64 of the id's bytes, MurmurHash3's fmix64,
+    """docs/sampling-and-redaction.md, "Sampling": FNV-1a 64 of the id's bytes, MurmurHash3's fmix64,
     modulo 1,000,000, below round(fraction x 1,000,000)."""
     h = 0xCBF29CE484222325
     for b in request_id.encode():
@@ -109,7 +109,7 @@ def _share_ok(figures: dict, fraction: float) -> None:
 def test_default_lambda_keeps_failed_invocations_and_a_tenth_of_the_rest(ext_bin, kinesalite):
     """SAMPLE_SUCCESS=0.1, 10 % of 300 invocations fail (seeded): every line of
     every failed invocation, the init line and every platform event arrive;
-    of the successful invocations exactly those the README's rule keeps; nothing
+    of the successful invocations exactly those the documented rule keeps; nothing
     lost at SHUTDOWN; no invoke held to its deadline (the default flush mode)."""
     name, _ = new_stream(kinesalite)
     env = ext_env(kinesalite, name, KINESIS_TELEMETRY_SAMPLE_SUCCESS="0.1")

@@ -306,9 +306,9 @@ def test_demo_function_is_wired(tpl):
 
 
 def readme_variables() -> dict[str, tuple[str, str]]:
-    """README's configuration table: variable -> (default column, range column)."""
+    """The configuration table (docs/configuration.md): variable -> (default column, range column)."""
     rows = {}
-    for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines():
+    for line in (ROOT / "docs/configuration.md").read_text(encoding="utf-8").splitlines():
         m = re.match(r"\|\s*`(KINESIS_TELEMETRY_\w+)`\s*\|([^|]*)\|([^|]*)\|", line)
         if m:
             rows[m.group(1)] = (m.group(2).strip(), m.group(3).strip())
@@ -317,12 +317,12 @@ def readme_variables() -> dict[str, tuple[str, str]]:
 
 def test_demo_settings_match_the_readme(tpl):
     """Each extension setting the template exposes as a parameter has the
-    extension's default and, where the README lists the choices, exactly those."""
+    extension's default and, where the configuration table lists the choices, exactly those."""
     _, fn = one(tpl, "AWS::Lambda::Function")
     readme = readme_variables()
     exposed = 0
     for var, value in fn["Properties"]["Environment"]["Variables"].items():
-        assert var in readme, f"{var} is not in the README's configuration table"
+        assert var in readme, f"{var} is not in the configuration table (docs/configuration.md)"
         if not (isinstance(value, dict) and value.get("Ref") in tpl["Parameters"]):
             continue
         param = tpl["Parameters"][value["Ref"]]

@@ -44,7 +44,7 @@ const QUIET_MARGIN: Duration = Duration::from_millis(50);
 
 /// Events are shaped (filters, redaction, envelope) in slices of at most
 /// this much CPU time between looks at the main thread's orders, so that
-/// no amount of work holds an invoke (README "Delivery guarantees").
+/// no amount of work holds an invoke (docs/delivery.md).
 const SHAPE_SLICE: Duration = Duration::from_millis(2);
 
 pub struct Dispatcher<C: PutRecords = KinesisClient> {

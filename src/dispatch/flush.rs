@@ -1,6 +1,6 @@
 //! The flush policy's decisions, as pure functions of what has been seen:
 //! how often invokes come, how long they run, and how old the buffered data
-//! is. The dispatcher applies them (README "Flush policy").
+//! is. The dispatcher applies them (docs/how-it-works.md, "Flush policy").
 
 use std::time::Duration;
 

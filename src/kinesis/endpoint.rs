@@ -3,7 +3,7 @@
 //! `service/kinesis/endpoints.go`), for the `aws`, `aws-cn`, `aws-us-gov`,
 //! `aws-iso` and `aws-iso-b` partitions, with `AWS_USE_FIPS_ENDPOINT` and
 //! `AWS_USE_DUALSTACK_ENDPOINT`. A configured endpoint URL wins over all of
-//! this (README "Configuration").
+//! this (docs/configuration.md).
 
 use crate::config::StreamTarget;
 

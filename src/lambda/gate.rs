@@ -2,8 +2,8 @@
 //! on the addresses `hosts` finds for `sandbox.localdomain`, without DNS),
 //! and only complete, well-formed `POST /` deliveries pass it on their way to
 //! tiny_http (`listener`). Anything in the sandbox can connect here, so every
-//! resource a client can make us hold is bounded (README "What the listener
-//! bounds"):
+//! resource a client can make us hold is bounded (docs/delivery.md, "What the
+//! listener bounds"):
 //!
 //! - connections: at most `Limits::connections`; past it one is shed in
 //!   the order of `shed_rank` (strangers before connections that carried

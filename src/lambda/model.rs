@@ -1,7 +1,7 @@
 //! The two execution models an extension can find itself in: default
 //! Lambda (one invocation at a time, INVOKE events, frozen between them) and
 //! Lambda Managed Instances (SHUTDOWN only, never frozen, many invocations at
-//! once). README "Lambda Managed Instances".
+//! once). docs/managed-instances.md.
 
 /// `AWS_LAMBDA_INITIALIZATION_TYPE`'s value on Lambda Managed Instances.
 const MANAGED_INSTANCES: &str = "lambda-managed-instances";

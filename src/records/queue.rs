@@ -146,7 +146,7 @@ impl Queue {
 
 /// Turns one event into the record data that carries it: the event itself
 /// when it fits in `max_record_bytes` together with `key_len`, else fragment
-/// records (see README "Oversized events"), each small enough.
+/// records (see docs/record-formats.md, "Oversized events"), each small enough.
 pub fn fit_event(
     json: &str,
     key_len: usize,

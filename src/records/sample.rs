@@ -28,8 +28,8 @@ const RECENT_OUTCOMES: usize = 1024;
 /// Whether the invocation `request_id` is one of the `threshold` millionths
 /// kept whatever its outcome: FNV-1a (64-bit) of the id's UTF-8 bytes, mixed
 /// by MurmurHash3's 64-bit finaliser (FNV alone is uneven on ids that differ
-/// in a few characters), modulo 1,000,000, below the threshold (README
-/// "Sampling" shows it in Python).
+/// in a few characters), modulo 1,000,000, below the threshold
+/// (docs/sampling-and-redaction.md, "Sampling", shows it in Python).
 pub fn keeps(threshold: u32, request_id: &str) -> bool {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in request_id.bytes() {
@@ -360,7 +360,7 @@ mod tests {
     #[test]
     fn the_hash_is_fnv1a_mixed_modulo_a_million() {
         // FNV-1a 64 of "a" is 0xaf63dc4c8601ec8c; mixed, 9413272369427828315
-        // (the README's Python gives the same).
+        // (the Python in docs/sampling-and-redaction.md gives the same).
         assert_eq!(9413272369427828315_u64 % 1_000_000, 828_315);
         assert!(keeps(828_316, "a"));
         assert!(!keeps(828_315, "a"));

@@ -146,7 +146,7 @@ impl Shaper {
                 s.push('{');
                 s.push_str(head);
                 // A stable identity: the same on every resend of this
-                // record, unique in the environment (README "Duplicates").
+                // record, unique in the environment (docs/delivery.md, "Duplicates").
                 self.sequence += 1;
                 let _ = write!(
                     s,
