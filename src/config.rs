@@ -449,7 +449,7 @@ pub enum StreamTarget {
     Arn(String),
 }
 
-/// When buffered telemetry is sent (see README "Flush policy").
+/// When buffered telemetry is sent (see docs/how-it-works.md "Flush policy").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlushMode {
     /// After each invoke's `platform.runtimeDone`, send everything and wait for it.

@@ -97,10 +97,9 @@ fn main() {
         ("functionName", info.function_name),
         ("functionVersion", info.function_version),
         ("accountId", info.account_id.unwrap_or_default()),
-        (
-            "region",
-            std::env::var(config::AWS_REGION.var).unwrap_or_default(),
-        ),
+        // The region records are sent to: AWS_REGION, or the stream ARN's
+        // when AWS_REGION is unset.
+        ("region", cfg.region.clone()),
     ];
     run(lambda, cfg, context);
 }

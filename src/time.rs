@@ -41,6 +41,16 @@ pub fn rfc3339(t: SystemTime) -> String {
     )
 }
 
+/// Days in month `m` (1–12) of year `y` (proleptic Gregorian).
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
 /// `2026-11-25T21:54:08Z`, with an optional fraction (ignored) and a `Z` or
 /// `+hh:mm` offset.
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
@@ -51,7 +61,8 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 60
+    {
         return None;
     }
     let mut rest = &s[19..];
@@ -95,6 +106,20 @@ mod tests {
         assert_eq!(t("2000-02-29T00:00:00Z"), Some(951_782_400));
         assert_eq!(t("2025-13-01T00:00:00Z"), None);
         assert_eq!(t("yesterday"), None);
+        // Days past the month's end: no silent roll-over into the next.
+        let valid = |day: &str| parse_rfc3339(&format!("{day}T00:00:00Z")).is_some();
+        for bad in [
+            "2026-02-31",
+            "2026-02-29",
+            "1900-02-29",
+            "2026-04-31",
+            "2026-01-32",
+        ] {
+            assert!(!valid(bad), "{bad}");
+        }
+        for good in ["2024-02-29", "2000-02-29", "2026-04-30", "2026-12-31"] {
+            assert!(valid(good), "{good}");
+        }
     }
 
     #[test]
