@@ -1044,15 +1044,16 @@ fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {
         None => {
             let fips = r.word(&AWS_USE_FIPS_ENDPOINT) == "true";
             let dual_stack = r.word(&AWS_USE_DUALSTACK_ENDPOINT) == "true";
-            match crate::kinesis::endpoint::resolve(region, stream, fips, dual_stack) {
+            use crate::kinesis::endpoint::{resolve, NoEndpoint};
+            match resolve(region, stream, fips, dual_stack) {
                 Ok(url) => url,
                 Err(problem) => {
-                    let s = match dual_stack {
-                        true => &AWS_USE_DUALSTACK_ENDPOINT,
-                        false => &STREAM,
+                    let s = match problem {
+                        NoEndpoint::NoDualStack { .. } => &AWS_USE_DUALSTACK_ENDPOINT,
+                        NoEndpoint::BadArn(_) | NoEndpoint::OtherPartition { .. } => &STREAM,
                     };
                     let value = r.raw(s);
-                    r.fail(s, value, problem);
+                    r.fail(s, value, problem.to_string());
                     String::new()
                 }
             }

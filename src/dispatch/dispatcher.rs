@@ -127,7 +127,7 @@ impl<C: PutRecords> Dispatcher<C> {
         self.requests.warm_up();
         let no_events = never();
         loop {
-            if self.send_next().is_some_and(|t| t <= Instant::now()) {
+            if self.send_due_now() {
                 self.send_due();
             }
             self.buffer.expire_holds();
@@ -181,7 +181,7 @@ impl<C: PutRecords> Dispatcher<C> {
             } => {
                 let runtime_done = wait_runtime_done.then(|| request_id.clone());
                 self.resume(request_id, deadline);
-                if self.send_next().is_some_and(|t| t <= Instant::now()) {
+                if self.send_due_now() {
                     self.send_due();
                 }
                 self.pause_after_invoke(runtime_done, wait_until, deadline, reply);
@@ -377,7 +377,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
         };
-        at(self.send_next());
+        at(self.send_next(now));
         if !self.paused {
             // Thawed time runs with wall time while not paused.
             let thawed = self.buffer.age.thawed_now();
@@ -393,8 +393,7 @@ impl<C: PutRecords> Dispatcher<C> {
     /// When the next background request may start (`None`: not until
     /// something changes). The one place that decides it: the loop's wake-up
     /// and `send_due_until` both ask here.
-    fn send_next(&self) -> Option<Instant> {
-        let now = Instant::now();
+    fn send_next(&self, now: Instant) -> Option<Instant> {
         let sending = matches!(self.waiting, Waiting::None | Waiting::RuntimeDone { .. });
         let state = SendState {
             may_send: !self.paused && sending && self.invoke_deadline.is_none_or(|d| now < d),
@@ -405,6 +404,12 @@ impl<C: PutRecords> Dispatcher<C> {
             held_until: self.requests.held_until(),
         };
         timers::next_send(state, now)
+    }
+
+    /// Whether a background request is due now (see `send_next`).
+    fn send_due_now(&self) -> bool {
+        let now = Instant::now();
+        self.send_next(now).is_some_and(|t| t <= now)
     }
 
     /// A delivery from the listener: the lifecycle takes note of its
@@ -507,10 +512,11 @@ impl<C: PutRecords> Dispatcher<C> {
         if !self.requests.probe_due() {
             return; // parked: the probe is not due yet
         }
-        while Instant::now() < deadline {
+        loop {
             self.drain_events();
             self.shape(deadline, true);
-            if self.send_next().is_none_or(|t| t > Instant::now()) {
+            let now = Instant::now();
+            if now >= deadline || self.send_next(now).is_none_or(|t| t > now) {
                 return;
             }
             let request_deadline = per_request.map_or(deadline, |hard| {
@@ -566,9 +572,8 @@ impl<C: PutRecords> Dispatcher<C> {
     }
 
     /// Sends one request's worth from the front of the queue.
+    /// Its caller shaped events first, and checked `deadline` after.
     fn send_one(&mut self, deadline: Instant) -> Round {
-        self.drain_events();
-        self.shape(deadline, true);
         let round = self.requests.send_one(&mut self.buffer.queue, deadline);
         if self.buffer.queue.is_empty() {
             self.buffer.age.emptied();

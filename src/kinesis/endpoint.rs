@@ -38,22 +38,54 @@ fn partition(region: &str) -> Partition {
     }
 }
 
+/// Why there is no endpoint for a region and stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NoEndpoint {
+    /// Dual-stack asked for in a partition without such endpoints.
+    NoDualStack {
+        partition: &'static str,
+        region: String,
+    },
+    /// The stream ARN cannot be parsed, or names no valid account.
+    BadArn(String),
+    /// The stream ARN is in another partition than the region.
+    OtherPartition { arn: String, region: &'static str },
+}
+
+impl std::fmt::Display for NoEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoEndpoint::NoDualStack { partition, region } => write!(
+                f,
+                "AWS_USE_DUALSTACK_ENDPOINT is set but the {partition} partition ({region}) has no dual-stack endpoints"
+            ),
+            NoEndpoint::BadArn(arn) => {
+                write!(f, "the stream ARN {arn:?} cannot be parsed or has no valid account id")
+            }
+            NoEndpoint::OtherPartition { arn, region } => write!(
+                f,
+                "the stream ARN is in partition {arn} but AWS_REGION is in {region}"
+            ),
+        }
+    }
+}
+
 /// The endpoint URL for `region`, or why there is none.
 pub fn resolve(
     region: &str,
     stream: &StreamTarget,
     fips: bool,
     dual_stack: bool,
-) -> Result<String, String> {
+) -> Result<String, NoEndpoint> {
     let p = partition(region);
     let suffix = match (dual_stack, p.dual_stack) {
         (false, _) => p.dns,
         (true, Some(ds)) => ds,
         (true, None) => {
-            return Err(format!(
-                "AWS_USE_DUALSTACK_ENDPOINT is set but the {} partition ({region}) has no dual-stack endpoints",
-                p.name
-            ))
+            return Err(NoEndpoint::NoDualStack {
+                partition: p.name,
+                region: region.to_string(),
+            })
         }
     };
     let fips_part = if fips { "-fips" } else { "" };
@@ -73,18 +105,19 @@ pub fn resolve(
 }
 
 /// The account id of a Kinesis stream ARN in `partition`.
-fn arn_account<'a>(arn: &'a str, partition: &str) -> Result<&'a str, String> {
+fn arn_account<'a>(arn: &'a str, partition: &'static str) -> Result<&'a str, NoEndpoint> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
     let [_, arn_partition, _, _, account, _] = parts[..] else {
-        return Err(format!("the stream ARN {arn:?} cannot be parsed"));
+        return Err(NoEndpoint::BadArn(arn.to_string()));
     };
     if arn_partition != partition {
-        return Err(format!(
-            "the stream ARN is in partition {arn_partition} but AWS_REGION is in {partition}"
-        ));
+        return Err(NoEndpoint::OtherPartition {
+            arn: arn_partition.to_string(),
+            region: partition,
+        });
     }
     if account.is_empty() || !account.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("the stream ARN {arn:?} has no valid account id"));
+        return Err(NoEndpoint::BadArn(arn.to_string()));
     }
     Ok(account)
 }
@@ -97,7 +130,7 @@ mod tests {
         resolve(region, &StreamTarget::Name("s".into()), fips, ds).unwrap()
     }
 
-    fn arn(region: &str, arn: &str, fips: bool, ds: bool) -> Result<String, String> {
+    fn arn(region: &str, arn: &str, fips: bool, ds: bool) -> Result<String, NoEndpoint> {
         resolve(region, &StreamTarget::Arn(arn.into()), fips, ds)
     }
 
@@ -218,7 +251,7 @@ mod tests {
             false,
             true,
         );
-        assert!(e.unwrap_err().contains("no dual-stack"));
+        assert!(e.unwrap_err().to_string().contains("no dual-stack"));
     }
 
     #[test]
@@ -282,7 +315,7 @@ mod tests {
             false,
             false,
         );
-        assert!(e.unwrap_err().contains("partition aws"));
+        assert!(e.unwrap_err().to_string().contains("partition aws"));
         // 55: an account id is needed
         let e = arn(
             "us-east-1",
@@ -290,6 +323,6 @@ mod tests {
             false,
             false,
         );
-        assert!(e.unwrap_err().contains("no valid account id"));
+        assert!(e.unwrap_err().to_string().contains("no valid account id"));
     }
 }

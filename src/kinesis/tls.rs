@@ -17,6 +17,35 @@ use ureq::unversioned::transport::{
     TransportAdapter,
 };
 
+/// Why a bundle's certificates cannot be used.
+#[derive(Debug)]
+pub enum BundleError {
+    /// The file could not be read within its bounds.
+    Read(crate::files::FileProblem),
+    /// It is not PEM text.
+    NotPem(ureq::Error),
+    /// No certificate in it could be used (`ignored` could not be parsed).
+    NoCertificate { ignored: usize },
+    /// rustls refused the configuration.
+    Tls(rustls::Error),
+}
+
+impl std::fmt::Display for BundleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BundleError::Read(e) => write!(f, "{e}"),
+            BundleError::NotPem(e) => write!(f, "not a PEM file: {e}"),
+            BundleError::NoCertificate { ignored } => {
+                write!(
+                    f,
+                    "no usable certificate in it ({ignored} could not be parsed)"
+                )
+            }
+            BundleError::Tls(e) => write!(f, "{e}"),
+        }
+    }
+}
+
 /// TLS with the built-in roots and a bundle's certificates.
 #[derive(Debug, Clone)]
 pub struct BundleTls {
@@ -27,14 +56,14 @@ impl BundleTls {
     /// Reads the bundle at `path` (once, when the Kinesis client is made:
     /// after the first `event/next`, not on the cold-start path): a regular
     /// file of at most `CA_BUNDLE_MAX_BYTES`, opened without blocking.
-    pub fn from_file(path: &str) -> Result<(BundleTls, usize), String> {
+    pub fn from_file(path: &str) -> Result<(BundleTls, usize), BundleError> {
         let pem = crate::files::read_file(path, crate::config::CA_BUNDLE_MAX_BYTES)
-            .map_err(|e| e.to_string())?;
+            .map_err(BundleError::Read)?;
         BundleTls::new(&pem)
     }
 
     /// From the PEM text of a bundle; the number of certificates it added.
-    pub fn new(pem: &[u8]) -> Result<(BundleTls, usize), String> {
+    pub fn new(pem: &[u8]) -> Result<(BundleTls, usize), BundleError> {
         let mut roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -45,19 +74,17 @@ impl BundleTls {
                     certs.push(CertificateDer::from(c.der().to_vec()))
                 }
                 Ok(_) => {} // keys and the like: not roots
-                Err(e) => return Err(format!("not a PEM file: {e}")),
+                Err(e) => return Err(BundleError::NotPem(e)),
             }
         }
         let (added, ignored) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(format!(
-                "no usable certificate in it ({ignored} could not be parsed)"
-            ));
+            return Err(BundleError::NoCertificate { ignored });
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
+            .map_err(BundleError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok((
@@ -154,7 +181,11 @@ mod tests {
     #[test]
     fn a_bundle_without_certificates_is_refused() {
         let e = BundleTls::new(b"no pem here").unwrap_err();
-        assert!(e.contains("no usable certificate"), "{e}");
+        assert!(
+            matches!(e, BundleError::NoCertificate { ignored: 0 }),
+            "{e}"
+        );
+        assert!(e.to_string().contains("no usable certificate"), "{e}");
         let key_only =
             b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIB\n-----END PRIVATE KEY-----\n";
         assert!(BundleTls::new(key_only).is_err());

@@ -44,9 +44,36 @@ pub enum ApiError {
         body: String,
     },
     /// The call did not complete (connection, I/O).
-    Transport { call: &'static str, error: String },
+    Transport {
+        call: &'static str,
+        error: std::io::Error,
+    },
     /// Lambda's answer could not be understood.
-    Malformed { call: &'static str, error: String },
+    Malformed {
+        call: &'static str,
+        error: Unreadable,
+    },
+}
+
+/// What made an answer of Lambda's unreadable.
+#[derive(Debug)]
+pub enum Unreadable {
+    /// The register answer had no `Lambda-Extension-Identifier`.
+    NoIdentifier,
+    /// The event is not the JSON object Lambda sends.
+    Json(serde_json::Error),
+    /// An `eventType` other than INVOKE and SHUTDOWN.
+    EventType(String),
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unreadable::NoIdentifier => f.write_str("no Lambda-Extension-Identifier header"),
+            Unreadable::Json(e) => write!(f, "{e}"),
+            Unreadable::EventType(t) => write!(f, "unknown eventType {t:?}"),
+        }
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -142,7 +169,7 @@ impl ExtensionsApi {
             .map(str::to_string)
             .ok_or(ApiError::Malformed {
                 call: CALL,
-                error: "no Lambda-Extension-Identifier header".into(),
+                error: Unreadable::NoIdentifier,
             })?;
         // The body is informative only; an odd one must not stop the extension.
         let info = serde_json::from_slice(&resp.body).unwrap_or_default();
@@ -245,11 +272,8 @@ impl ExtensionsApi {
     }
 }
 
-fn transport(call: &'static str, e: std::io::Error) -> ApiError {
-    ApiError::Transport {
-        call,
-        error: e.to_string(),
-    }
+fn transport(call: &'static str, error: std::io::Error) -> ApiError {
+    ApiError::Transport { call, error }
 }
 
 /// A 200 answer; any other status is an error carrying the body.
@@ -277,8 +301,8 @@ struct RawEvent {
 }
 
 /// Parses the body of `event/next`.
-pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, String> {
-    let e: RawEvent = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, Unreadable> {
+    let e: RawEvent = serde_json::from_slice(body).map_err(Unreadable::Json)?;
     match e.event_type.as_str() {
         "INVOKE" => Ok(LifecycleEvent::Invoke {
             request_id: e.request_id,
@@ -288,7 +312,7 @@ pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, String> {
             reason: e.shutdown_reason,
             deadline_ms: e.deadline_ms,
         }),
-        other => Err(format!("unknown eventType {other:?}")),
+        _ => Err(Unreadable::EventType(e.event_type)),
     }
 }
 
