@@ -14,7 +14,7 @@ import pytest
 
 import emulators
 from conftest import assert_clean_exit, ext_env, new_stream, run_invokes
-from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records, shutdown_counters
+from delivery import final_metrics, OWN_TYPES, assert_delivered_exactly_once, own_records, shutdown_counters
 from fault_proxy import Faults, FaultProxy
 from lambda_sim import LambdaSim
 
@@ -214,7 +214,11 @@ def test_oversized_event_is_split_into_fragments_that_rebuild_it(ext_bin, kinesa
     assert len(big_events) == 4
     assert big_events <= rebuilt
     assert {e for e in sim.delivered if len(e) <= 4000} - whole == set()
-    assert "sent as" in sim.stderr_text() and "fragment records" in sim.stderr_text()
+    # Counted for each event, logged once (each log line is itself telemetry;
+    # before issue 22: one WARN line per fragmented event).
+    warned = [l for l in sim.stderr_text().splitlines() if "fragment records" in l]
+    assert len(warned) == 1 and "WARN" in warned[0], warned
+    assert final_metrics(recs)["fragmentedEvents"] == 4
 
 
 def test_unparseable_body_is_forwarded_as_a_marker(ext_bin, kinesalite):
