@@ -130,8 +130,13 @@ mod tests {
         assert_eq!(b.in_flight(), 500);
     }
 
-    #[test]
-    fn at_the_cap_the_listener_waits_until_the_dispatcher_makes_room() {
+    /// A backlog at its cap, and a listener thread waiting to hand over 10
+    /// bytes: its channel says when it got through.
+    fn at_cap() -> (
+        Arc<Backlog>,
+        crossbeam_channel::Receiver<()>,
+        std::thread::JoinHandle<()>,
+    ) {
         let b = Arc::new(Backlog::new(100));
         b.admit(60);
         b.holding(50);
@@ -144,9 +149,15 @@ mod tests {
             })
         };
         assert!(
-            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            rx.recv_timeout(Duration::from_millis(200)).is_err(),
             "admitted past the cap"
         );
+        (b, rx, waiter)
+    }
+
+    #[test]
+    fn at_the_cap_the_listener_waits_until_the_dispatcher_makes_room() {
+        let (b, rx, waiter) = at_cap();
         // The dispatcher sends records: room again.
         b.holding(10);
         rx.recv_timeout(Duration::from_secs(5))
@@ -157,18 +168,7 @@ mod tests {
 
     #[test]
     fn a_paused_dispatcher_lets_the_listener_answer() {
-        let b = Arc::new(Backlog::new(100));
-        b.admit(60);
-        b.holding(50);
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let waiter = {
-            let b = b.clone();
-            std::thread::spawn(move || {
-                b.admit(10);
-                tx.send(()).unwrap();
-            })
-        };
-        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        let (b, rx, waiter) = at_cap();
         // The invoke ends: nothing will make room before the freeze.
         b.paused(true);
         rx.recv_timeout(Duration::from_secs(5))
