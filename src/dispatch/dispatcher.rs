@@ -1,14 +1,13 @@
-//! The dispatcher thread: owns the queue of records, decides when to send
-//! (the flush policy), sends through `sender`, resends what failed, and
-//! counts what is lost.
+//! The dispatcher thread's orchestration: when to send (the flush policy in
+//! `flush`, the next background send in `timers`), the waits the main
+//! thread's orders start (`control`), and SHUTDOWN. What it holds and how
+//! events become records is `buffer`'s; one request at a time, `send`'s.
 //!
 //! It takes events from the listener and orders from the main thread. It
-//! starts paused; after each `Resume` (an INVOKE), the main thread only calls
-//! `event/next` once the dispatcher has confirmed a `Pause`, and from then
-//! until the next `Resume` the dispatcher starts no request: a request in
-//! flight when Lambda freezes the sandbox would be broken on thaw. What to do
-//! at each step is decided in `flush`; how events become records, in `shape`
-//! and `pack`.
+//! starts paused; after each INVOKE the main thread only calls `event/next`
+//! once the dispatcher has paused again, and from then until the next
+//! INVOKE the dispatcher starts no request: a request in flight when Lambda
+//! freezes the sandbox would be broken on thaw.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
