@@ -252,7 +252,7 @@ def render(R: dict) -> str:
         w("### Answer time of a delivery\n")
         w(f"A Telemetry API POST → its 200 ({an.get('posts')} POSTs per size, one keep-alive connection, "
           "Managed Instances so the dispatcher sends in the background). *idle*: instant sink; *busy*: "
-          f"another client keeps 1,000-event bodies coming while every PutRecords takes "
+          f"another client POSTs a 1,000-event body every 0.5 s while every PutRecords takes "
           f"{an.get('slow_sink_ms')} ms (fault proxy in front of the instant sink).\n")
         w("| events per body | idle p50 | idle p99 | busy p50 | busy p99 |")
         w("|---:|---:|---:|---:|---:|")
