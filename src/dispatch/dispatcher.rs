@@ -29,6 +29,7 @@ use crate::kinesis::client::{KinesisClient, PutRecords};
 use crate::kinesis::error::Cause;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{self, Delivery, Event, Kind};
+use crate::lambda::view::Figures;
 use crate::records::queue::{Queue, Record};
 use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
 use crate::records::shape::{Shaped, Shaper};
@@ -621,8 +622,8 @@ impl<C: PutRecords> Dispatcher<C> {
     /// One event: what it tells of sampling and Lambda's drops, then its
     /// records, queued (or held, or sampled out).
     fn shape(&mut self, e: Event, received: Instant) {
-        match e.kind {
-            Kind::LogsDropped => self.lambda_dropped(&e.json),
+        match e.view.kind {
+            Kind::LogsDropped => self.lambda_dropped(e.view.figures()),
             Kind::RuntimeDone | Kind::Report => self.outcome(&e),
             _ => {}
         }
@@ -690,11 +691,10 @@ impl<C: PutRecords> Dispatcher<C> {
     /// An invocation's outcome (its runtimeDone or report): what becomes of
     /// its held lines.
     fn outcome(&mut self, e: &telemetry::Event) {
-        let (Some(s), Some(id)) = (&mut self.sampler, &e.request_id) else {
+        let (Some(s), Some(id)) = (&mut self.sampler, e.request_id()) else {
             return;
         };
-        let status = telemetry::status(&e.json);
-        if let Some(r) = s.outcome(id, Outcome::of(status.as_deref())) {
+        if let Some(r) = s.outcome(id, Outcome::of(e.view.status())) {
             self.released(r);
         }
     }
@@ -746,8 +746,8 @@ impl<C: PutRecords> Dispatcher<C> {
     }
 
     /// Lambda reports (`platform.logsDropped`) telemetry it dropped.
-    fn lambda_dropped(&mut self, json: &str) {
-        if let Some((records, bytes)) = telemetry::logs_dropped(json) {
+    fn lambda_dropped(&mut self, figures: Figures) {
+        if let Figures::Dropped { records, bytes } = figures {
             self.stats.lambda_dropped_records.add(records);
             self.stats.lambda_dropped_bytes.add(bytes);
             // Once at WARN: each log line is itself telemetry.

@@ -4,15 +4,13 @@
 //! large for one record. Pure bookkeeping; the dispatcher owns when records
 //! are sent (and which sampled lines are held).
 
-use serde::Deserialize;
-
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, PartitionKeyMode, Types, LEVELS};
+use crate::config::{Config, PartitionKeyMode, Types};
 use crate::json::push_string;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{log_request_id, Event, Kind};
+use crate::lambda::telemetry::{Event, Kind};
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::Redactor;
@@ -110,8 +108,9 @@ impl Shaper {
     /// Shapes one event; `current` is the invocation the lifecycle is in.
     /// With sampling on, also says which invocation a log line belongs to.
     pub fn shape(&mut self, e: Event, current: Option<&str>) -> (Shaped, Option<Box<str>>) {
-        match e.kind {
-            Kind::Start => self.invocation = e.request_id.clone(),
+        let kind = e.view.kind;
+        match kind {
+            Kind::Start => self.invocation = e.request_id().map(Box::from),
             Kind::RuntimeDone => self.invocation = None,
             _ => {}
         }
@@ -120,28 +119,28 @@ impl Shaper {
         }
         // Platform events name their request; logs belong to the invocation
         // in progress, if any, or on Managed Instances to the one they name.
-        let named: Option<Box<str>>;
-        let inside = match e.kind {
+        let inside = match kind {
             Kind::Function | Kind::Extension if self.logs_name_their_request => {
-                named = self
-                    .needs_request
-                    .then(|| log_request_id(&e.json))
-                    .flatten();
-                named.as_deref()
+                e.request_id().filter(|_| self.needs_request)
             }
             Kind::Function | Kind::Extension => self.invocation.as_deref(),
             _ => None,
         };
-        let request = e.request_id.as_deref().or(inside);
-        let owner = match e.kind {
+        let request = if kind.is_platform() {
+            e.request_id()
+        } else {
+            inside
+        };
+        let owner = match kind {
             Kind::Function | Kind::Extension if self.sampling => inside.map(Box::from),
             _ => None,
         };
         let key = self.keys.key(request, current);
-        let json = self.redacted(e.kind, e.json);
+        let redacted = self.redacted(&e);
         let data: Text = match &self.envelope_head {
-            None => json,
+            None => redacted.map_or(e.json, Text::from),
             Some(head) => {
+                let json = redacted.as_deref().unwrap_or(&e.json);
                 let mut s = String::with_capacity(head.len() + json.len() + 80);
                 s.push('{');
                 s.push_str(head);
@@ -160,7 +159,7 @@ impl Shaper {
                     None => s.push_str("null"),
                 }
                 s.push_str(",\"event\":");
-                s.push_str(&json);
+                s.push_str(json);
                 s.push('}');
                 Text::from(s)
             }
@@ -174,11 +173,11 @@ impl Shaper {
         (Shaped::Fragments(records.collect()), owner)
     }
 
-    /// A function or extension event's JSON with redaction applied (the
-    /// same `Text` when redaction is off or nothing matched).
-    fn redacted(&self, kind: Kind, json: Text) -> Text {
-        let (Some(r), Kind::Function | Kind::Extension) = (&self.redact, kind) else {
-            return json;
+    /// A function or extension event's JSON with redaction applied (`None`
+    /// when redaction is off or nothing matched).
+    fn redacted(&self, e: &Event) -> Option<String> {
+        let (Some(r), Kind::Function | Kind::Extension) = (&self.redact, e.view.kind) else {
+            return None;
         };
         let counters = self.stats.redactions.get().map(Vec::as_slice);
         let hit = &mut |i: usize| {
@@ -186,55 +185,33 @@ impl Shaper {
                 c.add(1);
             }
         };
-        r.redact_event(&json, hit).map_or(json, Text::from)
+        r.redact_event(&e.json, e.view.record(&e.json), hit)
     }
 
     fn wanted(&self, e: &Event) -> bool {
-        match e.kind {
+        match e.view.kind {
             k if k.is_platform() => {
                 self.types.platform
                     && match &self.platform_events {
                         None => true,
-                        Some(names) => {
-                            crate::lambda::telemetry::event_type(&e.json).is_some_and(|t| {
-                                let name = t.trim_start_matches("platform.");
-                                names.iter().any(|w| w == name)
-                            })
-                        }
+                        Some(names) => e.view.platform_type(&e.json).is_some_and(|t| {
+                            let name = t.trim_start_matches("platform.");
+                            names.iter().any(|w| w == name)
+                        }),
                     }
             }
-            Kind::Function => self.types.function && self.level_ok(&e.json),
-            Kind::Extension => self.types.extension && self.level_ok(&e.json),
+            Kind::Function => self.types.function && self.level_ok(e.view.level),
+            Kind::Extension => self.types.extension && self.level_ok(e.view.level),
             _ => true,
         }
     }
 
     /// JSON-format log lines below the minimum level are dropped; text lines
-    /// (no level) always pass.
-    fn level_ok(&self, json: &str) -> bool {
-        let Some(min) = self.min_level else {
-            return true;
-        };
-        #[derive(Deserialize)]
-        struct Log<'a> {
-            #[serde(borrow)]
-            record: Option<LogRecord<'a>>,
-        }
-        #[derive(Deserialize)]
-        struct LogRecord<'a> {
-            #[serde(borrow)]
-            level: Option<std::borrow::Cow<'a, str>>,
-        }
-        let level = serde_json::from_str::<Log>(json)
-            .ok()
-            .and_then(|l| l.record)
-            .and_then(|r| r.level);
-        match level {
-            Some(l) => LEVELS
-                .iter()
-                .position(|n| n.eq_ignore_ascii_case(&l))
-                .is_none_or(|rank| rank >= min),
-            None => true,
+    /// (no level) and unknown levels always pass.
+    fn level_ok(&self, level: Option<u8>) -> bool {
+        match (self.min_level, level) {
+            (Some(min), Some(rank)) => usize::from(rank) >= min,
+            _ => true,
         }
     }
 }
@@ -394,5 +371,93 @@ mod tests {
             s.keys.environment(),
             "no request: the environment's key"
         );
+    }
+
+    /// This thread's CPU time (Linux).
+    fn cpu_ns() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// A 1,000-event body: text lines (as bench/suite/harness.py's), or
+    /// JSON lines, with an invocation's platform events around them.
+    fn bench_body(json_lines: bool) -> std::sync::Arc<Vec<u8>> {
+        let mut events = vec![r#"{"time":"2026-01-01T00:00:00.000Z","type":"platform.start","record":{"requestId":"8f5c-r1","version":"$LATEST"}}"#.to_string()];
+        for i in 0..997 {
+            let line = format!("2026-01-01T00:00:00.{:03}Z\t8f5c-r1\tINFO\tGET /api/v1/orders/{} status=200 duration_ms={} user=u-{} region=eu-west-1 cache=miss items={}", i % 1000, 100000 + i, i % 97, i % 5000, i % 13);
+            let record = if json_lines {
+                format!(
+                    r#"{{"timestamp":"2026-01-01T00:00:00.000Z","level":"INFO","requestId":"8f5c-r1","message":{}}}"#,
+                    serde_json::to_string(&line).unwrap()
+                )
+            } else {
+                serde_json::to_string(&line).unwrap()
+            };
+            events.push(format!(
+                r#"{{"time":"2026-01-01T00:00:00.000Z","type":"function","record":{record}}}"#
+            ));
+        }
+        events.push(r#"{"time":"2026-01-01T00:00:01.000Z","type":"platform.runtimeDone","record":{"requestId":"8f5c-r1","status":"success","metrics":{"durationMs":12.5,"producedBytes":0}}}"#.to_string());
+        events.push(r#"{"time":"2026-01-01T00:00:01.000Z","type":"platform.report","record":{"requestId":"8f5c-r1","status":"success","metrics":{"durationMs":12.5,"billedDurationMs":13}}}"#.to_string());
+        std::sync::Arc::new(format!("[{}]", events.join(",")).into_bytes())
+    }
+
+    /// Split + shape per event, events per CPU-second, for a few settings:
+    /// `cargo test --release --locked split_and_shape_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn split_and_shape_cost() {
+        let settings: [(&str, &[(&str, &str)], Model); 5] = [
+            ("defaults", &[], Model::Default),
+            (
+                "MIN_LEVEL=INFO",
+                &[("KINESIS_TELEMETRY_MIN_LEVEL", "INFO")],
+                Model::Default,
+            ),
+            (
+                "REDACT=all",
+                &[("KINESIS_TELEMETRY_REDACT", "all")],
+                Model::Default,
+            ),
+            (
+                "ENRICH (+ PLATFORM_EVENTS)",
+                &[
+                    ("KINESIS_TELEMETRY_ENRICH", "true"),
+                    (
+                        "KINESIS_TELEMETRY_PLATFORM_EVENTS",
+                        "start,runtimeDone,report",
+                    ),
+                ],
+                Model::Default,
+            ),
+            (
+                "LMI, partition key request",
+                &[("KINESIS_TELEMETRY_PARTITION_KEY", "request")],
+                Model::ManagedInstances,
+            ),
+        ];
+        for json_lines in [false, true] {
+            let body = bench_body(json_lines);
+            for (name, pairs, model) in &settings {
+                let c = cfg(pairs);
+                let mut s = Shaper::new(&c, *model, "env", Rng::seeded(1), &[], stats());
+                let (t0, mut done) = (cpu_ns(), 0usize);
+                while cpu_ns() - t0 < 1_000_000_000 {
+                    for e in crate::lambda::telemetry::split_body(&body).unwrap() {
+                        std::hint::black_box(s.shape(e, Some("8f5c-r1")));
+                    }
+                    done += 1000;
+                }
+                let per_s = done as f64 * 1e9 / (cpu_ns() - t0) as f64;
+                let lines = if json_lines {
+                    "JSON lines"
+                } else {
+                    "text lines"
+                };
+                println!(
+                    "split+shape, {lines:>10}, {name:<28}: {per_s:>9.0} events per CPU-second"
+                );
+            }
+        }
     }
 }
