@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::value::RawValue;
 
 pub use crate::lambda::view::Kind;
-use crate::lambda::view::View;
+use crate::lambda::view::{Reading, View};
 use crate::slices::Text;
 
 /// Event type of the marker that carries a body we could not split.
@@ -28,11 +28,11 @@ pub struct Event {
 
 impl Event {
     /// Reads one event from its raw JSON, which lies inside `body`.
-    pub fn from_raw(raw: &RawValue, body: &Arc<Vec<u8>>) -> Event {
+    pub fn from_raw(raw: &RawValue, body: &Arc<Vec<u8>>, reading: Reading) -> Event {
         let json = raw.get();
         Event {
             json: Text::slice_of(body, json),
-            view: View::read(json),
+            view: View::read(json, reading),
         }
     }
 
@@ -66,21 +66,22 @@ impl std::fmt::Display for SplitError {
     }
 }
 
-/// Splits a Telemetry API body (a JSON array) into its events.
-/// Each event is a range of `body`, which the events share.
-pub fn split_body(body: &Arc<Vec<u8>>) -> Result<Vec<Event>, SplitError> {
+/// Splits a Telemetry API body (a JSON array) into its events, each read
+/// as `reading` asks. Each event is a range of `body`, which the events
+/// share.
+pub fn split_body(body: &Arc<Vec<u8>>, reading: Reading) -> Result<Vec<Event>, SplitError> {
     let raws: Vec<&RawValue> =
         serde_json::from_slice(body).map_err(|e| SplitError(e.to_string()))?;
     Ok(raws
         .into_iter()
-        .map(|raw| Event::from_raw(raw, body))
+        .map(|raw| Event::from_raw(raw, body, reading))
         .collect())
 }
 
-/// `split_body` of a copy of `body`.
+/// `split_body` of a copy of `body`, everything read.
 #[cfg(test)]
 pub fn split(body: &[u8]) -> Result<Vec<Event>, SplitError> {
-    split_body(&Arc::new(body.to_vec()))
+    split_body(&Arc::new(body.to_vec()), Reading::ALL)
 }
 
 /// The marker event for a body that `split` rejected: the body is kept as a
@@ -161,6 +162,18 @@ mod tests {
                 assert_eq!(split(ok.as_bytes()).unwrap().len(), 1);
                 let obj = format!("[{}{}]", "{\"a\":".repeat(120), "}".repeat(120));
                 assert!(split(obj.as_bytes()).is_err()); // "{"a":}" is not JSON
+                                                         // JSON text inside a string record is read here too (its
+                                                         // request id): nested as deep as serde_json allows, or deeper.
+                for depth in [126, 100_000] {
+                    let text = format!(
+                        r#"{{\"requestId\":\"r\",\"a\":{}1{}}}"#,
+                        "[".repeat(depth),
+                        "]".repeat(depth)
+                    );
+                    let body = format!(r#"[{{"type":"function","record":"{text}"}}]"#);
+                    let e = split(body.as_bytes()).unwrap().remove(0);
+                    assert_eq!(e.request_id(), Some("r"));
+                }
             })
             .unwrap();
         t.join().unwrap();

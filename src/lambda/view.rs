@@ -104,19 +104,22 @@ pub struct View {
     record: (u32, u32),
     /// Platform events: `record.requestId`. Function and extension events:
     /// the request their JSON record names (`requestId`, or `AWSRequestId`;
-    /// also in JSON text inside a string record), non-empty.
-    request_id: Option<Str>,
-    /// Platform events only (a few an invocation, so apart: log lines,
-    /// most events, stay small).
-    platform: Option<Box<Platform>>,
+    /// also in JSON text inside a string record), non-empty. Where it lies
+    /// in the event, or in `more` when it had to be decoded.
+    request_id: Option<(u32, u32)>,
+    /// What few events have (platform events, decoded request ids): apart,
+    /// so that log lines, most events, stay small.
+    more: Option<Box<More>>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
-struct Platform {
-    /// The `type`, for `KINESIS_TELEMETRY_PLATFORM_EVENTS`.
-    ty: Str,
+#[derive(Debug, Clone, PartialEq, Default)]
+struct More {
+    /// A platform event's `type`, for `KINESIS_TELEMETRY_PLATFORM_EVENTS`.
+    ty: Option<Str>,
     status: Option<Status>,
-    figures: Figures,
+    figures: Option<Figures>,
+    /// The request id, when decoded.
+    request_id: Option<Box<str>>,
 }
 
 impl Str {
@@ -126,6 +129,28 @@ impl Str {
             Str::Owned(s) => s,
         }
     }
+}
+
+/// What to read of function and extension events beyond their kind: only
+/// what a configured stage needs (log lines are most events, and most
+/// settings need nothing of them). Platform events are always read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reading {
+    /// Where the record lies (redaction).
+    pub record: bool,
+    /// The JSON record's level (the minimum level).
+    pub level: bool,
+    /// The request the record names (Managed Instances).
+    pub request_id: bool,
+}
+
+impl Reading {
+    #[cfg(test)]
+    pub const ALL: Reading = Reading {
+        record: true,
+        level: true,
+        request_id: true,
+    };
 }
 
 /// One member of an object, as serde's derive sees a field: absent, at a
@@ -145,20 +170,38 @@ impl View {
             level: None,
             record: (0, u32::MAX),
             request_id: None,
-            platform: None,
+            more: None,
         }
     }
 
     /// Reads one event's JSON (valid JSON text: an element the split
-    /// returned).
-    pub fn read(json: &str) -> View {
+    /// returned); of a function or extension event, what `reading` asks.
+    pub fn read(json: &str, reading: Reading) -> View {
         let mut view = View::of_kind(Kind::Other);
         if json.len() >= u32::MAX as usize || !json.starts_with('{') {
             return view;
         }
         let quick = quick_type(json).map(Kind::of).filter(|k| !k.is_platform());
+        // The fast path: Lambda's layout, and nothing asked of log lines.
+        if let Some(kind) = quick.filter(|_| reading == Reading::default()) {
+            view.kind = kind;
+            return view;
+        }
+        // The record's members are read as the head is (one pass), unless
+        // only where it lies is asked.
+        let b = json.as_bytes();
+        let members = quick.is_none() || reading.level || reading.request_id;
+        let mut inner: Option<Option<[Field; 7]>> = None;
+        let (head, _) = object(json, 0, ["type", "record"], |n, at| {
+            if n != 1 || !members || b[at] != b'{' || inner.is_some() {
+                return None;
+            }
+            let (fields, end) = object(json, at, RECORD, |_, _| None);
+            inner = Some(fields);
+            Some(end)
+        });
         // `type` is a string or null, and neither it nor `record` twice.
-        let Some([ty, record]) = fields(json, 0, ["type", "record"]) else {
+        let Some([ty, record]) = head else {
             view.kind = quick.unwrap_or(Kind::Other);
             return view;
         };
@@ -175,10 +218,9 @@ impl View {
             _ => Kind::Other,
         };
         if let (true, Some(Some(ty))) = (view.kind.is_platform(), ty) {
-            view.platform = Some(Box::new(Platform {
-                ty,
-                status: None,
-                figures: Figures::None,
+            view.more = Some(Box::new(More {
+                ty: Some(ty),
+                ..More::default()
             }));
         }
         let Field::At(rs, re) = record else {
@@ -186,75 +228,86 @@ impl View {
         };
         view.record = (rs as u32, re as u32);
         let kind = view.kind;
-        let b = json.as_bytes();
-        if kind.is_platform() && b[rs] == b'{' {
-            view.read_platform(json, rs);
-        } else if kind.is_log() && b[rs] == b'{' {
-            const NAMES: [&str; 3] = ["requestId", "AWSRequestId", "level"];
-            if let Some([id, aws, level]) = fields(json, rs, NAMES) {
+        match inner.flatten() {
+            Some(f) if kind.is_platform() => view.read_platform(json, f),
+            Some([id, aws, level, ..]) if kind.is_log() => {
                 view.level = text(json, level)
+                    .filter(|_| reading.level)
                     .and_then(|l| {
                         LEVELS
                             .iter()
                             .position(|n| n.eq_ignore_ascii_case(l.get(json)))
                     })
                     .map(|i| i as u8);
-                if head_ok {
-                    view.request_id = log_request_id(json, id, aws);
+                if head_ok && reading.request_id {
+                    view.set_request_id(log_request_id(json, id, aws));
                 }
             }
-        } else if kind.is_log() && b[rs] == b'"' && head_ok {
-            view.request_id = id_in_string(&json[rs..re]);
+            _ if kind.is_log() && b[rs] == b'"' && head_ok && reading.request_id => {
+                view.set_request_id(id_in_string(&json[rs..re]));
+            }
+            _ => {}
         }
         view
     }
 
     /// A platform record's request id, status and figures.
-    fn read_platform(&mut self, json: &str, at: usize) {
-        const NAMES: [&str; 5] = [
-            "requestId",
-            "status",
-            "metrics",
-            "droppedRecords",
-            "droppedBytes",
-        ];
-        let Some([id, status, metrics, records, bytes]) = fields(json, at, NAMES) else {
-            return;
-        };
-        self.request_id = text(json, id);
-        let Some(p) = &mut self.platform else { return };
+    fn read_platform(
+        &mut self,
+        json: &str,
+        [id, _, _, status, metrics, records, bytes]: [Field; 7],
+    ) {
+        self.set_request_id(text(json, id));
+        let Some(p) = &mut self.more else { return };
         p.status = text(json, status).map(|s| match s.get(json) {
             "success" => Status::Success,
             _ => Status::Failed,
         });
         p.figures = match self.kind {
-            Kind::RuntimeDone => duration(json, metrics).map_or(Figures::None, Figures::Duration),
+            Kind::RuntimeDone => duration(json, metrics).map(Figures::Duration),
             Kind::LogsDropped => match (count(json, records), count(json, bytes)) {
-                (Some(records), Some(bytes)) => Figures::Dropped { records, bytes },
-                _ => Figures::None,
+                (Some(records), Some(bytes)) => Some(Figures::Dropped { records, bytes }),
+                _ => None,
             },
-            _ => Figures::None,
+            _ => None,
         };
+    }
+
+    fn set_request_id(&mut self, id: Option<Str>) {
+        match id {
+            None => {}
+            Some(Str::At(s, e)) => self.request_id = Some((s, e)),
+            Some(Str::Owned(id)) => {
+                self.more.get_or_insert_with(Box::default).request_id = Some(id);
+            }
+        }
     }
 
     /// The request the event names (see the field).
     pub fn request_id<'a>(&'a self, json: &'a str) -> Option<&'a str> {
-        Some(self.request_id.as_ref()?.get(json))
+        match (&self.request_id, &self.more) {
+            (Some((s, e)), _) => json.get(*s as usize..*e as usize),
+            (None, Some(m)) => m.request_id.as_deref(),
+            (None, None) => None,
+        }
     }
 
     /// A platform event's `type` (`None` for other events).
     pub fn platform_type<'a>(&'a self, json: &'a str) -> Option<&'a str> {
-        Some(self.platform.as_ref()?.ty.get(json))
+        Some(self.more.as_ref()?.ty.as_ref()?.get(json))
     }
 
     /// A `platform.runtimeDone`'s or `platform.report`'s `record.status`.
     pub fn status(&self) -> Option<Status> {
-        self.platform.as_ref()?.status
+        self.more.as_ref()?.status
     }
 
     /// The numbers of a `platform.runtimeDone` or `platform.logsDropped`.
     pub fn figures(&self) -> Figures {
-        self.platform.as_ref().map_or(Figures::None, |p| p.figures)
+        self.more
+            .as_ref()
+            .and_then(|m| m.figures)
+            .unwrap_or(Figures::None)
     }
 
     /// Where the `record` value lies in `json` (the whole of it when the
@@ -369,34 +422,67 @@ fn decode(token: &str) -> Option<String> {
     serde_json::from_str(token).ok()
 }
 
-/// The members `names` of the object starting at `json[at]` (`{`), as
-/// ranges of `json`; `None` when a key cannot be decoded.
+/// What a record may hold that a stage reads (the members are read in one
+/// pass, whatever the kind).
+const RECORD: [&str; 7] = [
+    "requestId",
+    "AWSRequestId",
+    "level",
+    "status",
+    "metrics",
+    "droppedRecords",
+    "droppedBytes",
+];
+
+/// The members `names` of the object starting at `json[at]` (`{`).
 fn fields<const N: usize>(json: &str, at: usize, names: [&str; N]) -> Option<[Field; N]> {
+    object(json, at, names, |_, _| None).0
+}
+
+/// The members `names` of the object starting at `json[at]` (`{`), as
+/// ranges of `json` (`None` when a key cannot be decoded), and where the
+/// object ends. `value(n, start)` may read the value of `names[n]` and
+/// say where it ends.
+fn object<const N: usize>(
+    json: &str,
+    at: usize,
+    names: [&str; N],
+    mut value: impl FnMut(usize, usize) -> Option<usize>,
+) -> (Option<[Field; N]>, usize) {
     let b = json.as_bytes();
-    let mut out = [Field::Missing; N];
+    let mut out = Some([Field::Missing; N]);
     let mut i = skip_ws(b, at + 1);
     while i < b.len() && b[i] == b'"' {
         let key_end = string_end(b, i);
         let key = &json[i + 1..key_end - 1];
-        let value = skip_ws(b, skip_ws(b, key_end) + 1);
-        let end = value_end(b, value);
+        let start = skip_ws(b, skip_ws(b, key_end) + 1);
         let key = if key.contains('\\') {
-            std::borrow::Cow::Owned(decode(&json[i..key_end])?)
+            decode(&json[i..key_end]).map(std::borrow::Cow::Owned)
         } else {
-            std::borrow::Cow::Borrowed(key)
+            Some(std::borrow::Cow::Borrowed(key))
         };
-        if let Some(n) = names.iter().position(|n| *n == key) {
-            out[n] = match out[n] {
-                Field::Missing => Field::At(value, end),
-                _ => Field::Twice,
-            };
+        let n = key
+            .as_deref()
+            .and_then(|key| names.iter().position(|n| *n == key));
+        let end = n
+            .and_then(|n| value(n, start))
+            .unwrap_or_else(|| value_end(b, start));
+        match (&mut out, n, key) {
+            (_, _, None) => out = None,
+            (Some(fields), Some(n), _) => {
+                fields[n] = match fields[n] {
+                    Field::Missing => Field::At(start, end),
+                    _ => Field::Twice,
+                }
+            }
+            _ => {}
         }
         i = skip_ws(b, end);
         if b.get(i) == Some(&b',') {
             i = skip_ws(b, i + 1);
         }
     }
-    Some(out)
+    (out, i + 1)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -408,44 +494,70 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 
 /// The end (one past the closing quote) of the JSON string starting at `i`.
 fn string_end(b: &[u8], i: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // Whether a byte of `w` is `c` (the classic word-at-a-time test).
+    let has = |w: u64, c: u8| {
+        let v = w ^ (ONES * u64::from(c));
+        v.wrapping_sub(ONES) & !v & (ONES << 7) != 0
+    };
     let mut j = i + 1;
-    while let Some(p) = b[j.min(b.len())..]
-        .iter()
-        .position(|c| *c == b'"' || *c == b'\\')
-    {
-        j += p;
-        if b[j] == b'"' {
-            return j + 1;
+    loop {
+        // Eight bytes at a time while none is a quote or a backslash.
+        while let Some(w) = b.get(j..j + 8) {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            if has(w, b'"') || has(w, b'\\') {
+                break;
+            }
+            j += 8;
         }
-        j += 2;
+        match b[j.min(b.len())..]
+            .iter()
+            .position(|c| *c == b'"' || *c == b'\\')
+        {
+            Some(p) if b[j + p] == b'"' => return j + p + 1,
+            Some(p) => j += p + 2,
+            None => return b.len(),
+        }
     }
-    b.len()
 }
 
 /// The end of the (valid) JSON value starting at `i`.
 fn value_end(b: &[u8], i: usize) -> usize {
-    let mut depth = 0usize;
-    let mut j = i;
-    while j < b.len() {
-        match b[j] {
-            b'"' => j = string_end(b, j),
-            b'{' | b'[' => {
-                depth += 1;
+    match b.get(i) {
+        Some(b'"') => string_end(b, i),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while let Some(p) = b[j..]
+                .iter()
+                .position(|c| matches!(c, b'"' | b'{' | b'[' | b'}' | b']'))
+            {
+                j += p;
+                match b[j] {
+                    b'"' => {
+                        j = string_end(b, j);
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    _ => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return j + 1;
+                        }
+                    }
+                }
                 j += 1;
             }
-            b'}' | b']' if depth == 0 => return j,
-            b'}' | b']' => {
-                depth -= 1;
-                j += 1;
-            }
-            b',' | b' ' | b'\t' | b'\n' | b'\r' | b':' if depth == 0 => return j,
-            _ => j += 1,
+            b.len()
         }
-        if depth == 0 && (b[i] == b'"' || b[i] == b'{' || b[i] == b'[') {
-            return j;
+        _ => {
+            let rest = &b[i.min(b.len())..];
+            let p = rest
+                .iter()
+                .position(|c| matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'));
+            i + p.unwrap_or(rest.len())
         }
     }
-    j
 }
 
 #[cfg(test)]
@@ -638,7 +750,7 @@ mod tests {
     /// status (runtimeDone, report), duration (runtimeDone), dropped counts
     /// (logsDropped), level and record (function and extension).
     fn agrees(json: &str) -> Result<(), TestCaseError> {
-        let v = View::read(json);
+        let v = View::read(json, Reading::ALL);
         let (kind, platform_id) = old::kind_and_id(json);
         prop_assert_eq!(v.kind, kind, "kind of {}", json);
         let want_id = match kind {
@@ -710,7 +822,7 @@ mod tests {
 
     fn read(json: &str) -> View {
         check(json);
-        View::read(json)
+        View::read(json, Reading::ALL)
     }
 
     #[test]
@@ -801,6 +913,12 @@ mod tests {
         );
         let text = r#"{"type":"function","record":"requestId r-7 in text"}"#;
         assert_eq!(read(text).request_id(text), None);
+        let deep = format!(
+            r#"{{"type":"function","record":"{{\"a\":{}1{},\"requestId\":\"r-9\"}}"}}"#,
+            "[".repeat(10_000),
+            "]".repeat(10_000)
+        );
+        assert_eq!(read(&deep).request_id(&deep), Some("r-9"));
         let array = r#"{"type":"function","record":"[\"r-8\"]"}"#;
         assert_eq!(read(array).request_id(array), None);
     }
@@ -847,7 +965,7 @@ mod tests {
         // (An event, record or metrics that is an array, which serde read
         // field by field in order, is not read: the one difference.)
         let arr = r#"{"type":"platform.start","record":["r"]}"#;
-        assert_eq!(View::read(arr).request_id(arr), None);
+        assert_eq!(View::read(arr, Reading::ALL).request_id(arr), None);
         assert_eq!(old::kind_and_id(arr).1.as_deref(), Some("r"));
     }
 
@@ -861,7 +979,7 @@ mod tests {
             r#"{"time":"t","type":"platform.runtimeDone","record":{"requestId":"r","status":"success","metrics":{"durationMs":1.5}}}"#,
             r#"{"time":"t","type":"platform.logsDropped","record":{"droppedRecords":1,"droppedBytes":2}}"#,
         ] {
-            View::read(json);
+            View::read(json, Reading::ALL);
         }
         assert_eq!(SERDE_CALLS.with(|c| c.get()), 0);
     }

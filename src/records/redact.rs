@@ -858,7 +858,8 @@ mod tests {
 
     /// Where the record lies, as the listener's reading says.
     fn record(json: &str) -> (usize, usize) {
-        crate::lambda::view::View::read(json).record(json)
+        use crate::lambda::view::{Reading, View};
+        View::read(json, Reading::ALL).record(json)
     }
 
     fn text_event(line: &str) -> String {

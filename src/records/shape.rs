@@ -11,6 +11,7 @@ use crate::config::{Config, PartitionKeyMode, Types};
 use crate::json::push_string;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{Event, Kind};
+use crate::lambda::view::Reading;
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::Redactor;
@@ -29,6 +30,21 @@ pub enum Shaped {
     Fragments(Vec<Record>),
 }
 
+/// What the shaper needs read of function and extension events (the
+/// listener reads that much of each): where the record lies for redaction,
+/// the level for the minimum level, and on Managed Instances the request a
+/// line names when records carry their request (enrichment, or request
+/// partition keys) or sampling needs to know it.
+pub fn reading(cfg: &Config, model: Model) -> Reading {
+    let needs_request =
+        cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || cfg.sample_success < SCALE;
+    Reading {
+        record: cfg.redact.is_some(),
+        level: cfg.min_level.is_some(),
+        request_id: model == Model::ManagedInstances && needs_request,
+    }
+}
+
 pub struct Shaper {
     types: Types,
     platform_events: Option<Vec<String>>,
@@ -44,9 +60,6 @@ pub struct Shaper {
     /// Invocations interleave (Managed Instances): a log line belongs to
     /// the request its own record names, not to the one in progress.
     logs_name_their_request: bool,
-    /// Records carry their request (enrichment, or request partition keys),
-    /// or sampling needs to know it.
-    needs_request: bool,
     /// Sampling is on: `shape` says which invocation a log line belongs to.
     sampling: bool,
     redact: Option<Redactor>,
@@ -92,7 +105,6 @@ impl Shaper {
             rng,
             invocation: None,
             logs_name_their_request: model == Model::ManagedInstances,
-            needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || sampling,
             sampling,
             // Compiled here, on the dispatcher thread: off the cold-start path.
             redact: cfg.redact.as_ref().map(|rules| {
@@ -121,7 +133,7 @@ impl Shaper {
         // in progress, if any, or on Managed Instances to the one they name.
         let inside = match kind {
             Kind::Function | Kind::Extension if self.logs_name_their_request => {
-                e.request_id().filter(|_| self.needs_request)
+                e.request_id() // (read when `reading` says it is needed)
             }
             Kind::Function | Kind::Extension => self.invocation.as_deref(),
             _ => None,
@@ -239,13 +251,22 @@ mod tests {
     }
 
     fn events() -> Vec<Event> {
-        split(
-            br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
+        events_read(Reading::ALL)
+    }
+
+    /// The events, read as `reading` asks.
+    fn events_read(reading: Reading) -> Vec<Event> {
+        crate::lambda::telemetry::split_body(
+            &Arc::new(
+                br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
             {"time":"t","type":"function","record":{"level":"DEBUG","message":"d"}},
             {"time":"t","type":"function","record":{"level":"ERROR","message":"e"}},
             {"time":"t","type":"function","record":"text line"},
             {"time":"t","type":"platform.runtimeDone","record":{"requestId":"r1"}},
-            {"time":"t","type":"extension","record":"after"}]"#,
+            {"time":"t","type":"extension","record":"after"}]"#
+                    .to_vec(),
+            ),
+            reading,
         )
         .unwrap()
     }
@@ -267,11 +288,41 @@ mod tests {
             ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
         ]);
         let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
-        let out = forwarded(&mut s);
+        let out: Vec<String> = events_read(reading(&c, Model::Default))
+            .into_iter()
+            .filter_map(|e| match s.shape(e, None).0 {
+                Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
+                Shaped::Fragments(_) | Shaped::Filtered => None,
+            })
+            .collect();
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
         assert!(out[1].contains("text line"));
         assert!(out[2].contains("platform.runtimeDone"));
+    }
+
+    #[test]
+    fn log_lines_are_read_for_what_the_settings_need() {
+        let read = |pairs: &[(&str, &str)], model| reading(&cfg(pairs), model);
+        let none = Reading::default();
+        assert_eq!(read(&[], Model::Default), none);
+        assert_eq!(read(&[], Model::ManagedInstances), none);
+        let enrich = [("KINESIS_TELEMETRY_ENRICH", "true")];
+        assert_eq!(
+            read(&enrich, Model::Default),
+            none,
+            "the invocation in progress"
+        );
+        let by_request = [("KINESIS_TELEMETRY_PARTITION_KEY", "request")];
+        let sampled = [("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0.5")];
+        for pairs in [&enrich[..], &by_request, &sampled] {
+            let r = read(pairs, Model::ManagedInstances);
+            assert!(r.request_id && !r.level && !r.record, "{pairs:?}");
+        }
+        let level = read(&[("KINESIS_TELEMETRY_MIN_LEVEL", "WARN")], Model::Default);
+        assert!(level.level && !level.record && !level.request_id);
+        let redact = read(&[("KINESIS_TELEMETRY_REDACT", "email")], Model::Default);
+        assert!(redact.record && !redact.level && !redact.request_id);
     }
 
     #[test]
@@ -348,7 +399,9 @@ mod tests {
             {"type":"function","record":{"level":"INFO","AWSRequestId":"b","message":"2"}},
             {"type":"function","record":{"level":"INFO","message":"plain stdout"}},
             {"type":"platform.report","record":{"requestId":"a"}}]"#;
-        let shaped: Vec<(String, String)> = split(body.as_bytes())
+        let body = Arc::new(body.as_bytes().to_vec());
+        let read = reading(&c, Model::ManagedInstances);
+        let shaped: Vec<(String, String)> = crate::lambda::telemetry::split_body(&body, read)
             .unwrap()
             .into_iter()
             .map(|e| match s.shape(e, None).0 {
@@ -407,7 +460,8 @@ mod tests {
     #[test]
     #[ignore]
     fn split_and_shape_cost() {
-        let settings: [(&str, &[(&str, &str)], Model); 5] = [
+        type Setting<'a> = (&'a str, &'a [(&'a str, &'a str)], Model);
+        let settings: [Setting; 5] = [
             ("defaults", &[], Model::Default),
             (
                 "MIN_LEVEL=INFO",
@@ -443,7 +497,9 @@ mod tests {
                 let mut s = Shaper::new(&c, *model, "env", Rng::seeded(1), &[], stats());
                 let (t0, mut done) = (cpu_ns(), 0usize);
                 while cpu_ns() - t0 < 1_000_000_000 {
-                    for e in crate::lambda::telemetry::split_body(&body).unwrap() {
+                    for e in
+                        crate::lambda::telemetry::split_body(&body, reading(&c, *model)).unwrap()
+                    {
                         std::hint::black_box(s.shape(e, Some("8f5c-r1")));
                     }
                     done += 1000;
