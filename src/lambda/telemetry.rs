@@ -180,6 +180,12 @@ mod tests {
     }
 
     #[test]
+    fn events_stay_small() {
+        // Most events are log lines: what few have is boxed apart (view.rs).
+        assert!(std::mem::size_of::<Event>() <= 56);
+    }
+
+    #[test]
     fn rejects_non_arrays() {
         assert!(split(b"{}").is_err());
         assert!(split(b"[1,").is_err());
