@@ -6,7 +6,10 @@
 //! a platform event's status, duration or dropped counts, a JSON log
 //! line's level, and where its `record` lies. The flush lifecycle, the
 //! shaper (filters, redaction, envelope), sampling and the metrics read the
-//! view instead of parsing the event again.
+//! view instead of parsing the event again. Of function and extension
+//! events (most events) only what a configured stage needs is read
+//! (`Reading`, which `records::shape::reading` decides): with the defaults,
+//! Lambda's layout gives the kind without a scan.
 //!
 //! The reading walks JSON text already known to be valid (the split
 //! checked it), so it is a byte scan, not a second parse. It gives what
