@@ -320,12 +320,14 @@ fn start_threads(
     {
         let (stats, unanswered, backlog) = (stats.clone(), unanswered.clone(), backlog.clone());
         let max_body = cfg.max_body_bytes;
+        let reading = crate::records::shape::reading(cfg, model);
         spawn("listener", move || {
             let limits = gate::Limits::new(max_body);
             let inner = {
                 let stats = stats.clone();
                 gate::Inner::new(move || {
-                    listener::start(events_tx.clone(), backlog.clone(), max_body, stats.clone())
+                    let (tx, backlog, stats) = (events_tx.clone(), backlog.clone(), stats.clone());
+                    listener::start(tx, backlog, max_body, reading, stats)
                 })
             };
             gate::serve(sockets, inner, limits, stats, unanswered)

@@ -13,7 +13,8 @@ use crate::dispatch::age::BufferAge;
 use crate::dispatch::backlog::Backlog;
 use crate::dispatch::report::{EveryPeriod, Reported};
 use crate::dispatch::sampling::{Forward, Sampling};
-use crate::lambda::telemetry::{self, Delivery, Event, Kind};
+use crate::lambda::telemetry::{Delivery, Event, Kind};
+use crate::lambda::view::Figures;
 use crate::records::queue::{Queue, Record};
 use crate::records::shape::{Shaped, Shaper};
 use crate::stats::Stats;
@@ -144,8 +145,8 @@ impl Buffer {
     /// One event: what it tells of sampling and Lambda's drops, then its
     /// records, queued (or held, or sampled out).
     fn shape_one(&mut self, e: Event, received: Instant, current: Option<&str>) {
-        match e.kind {
-            Kind::LogsDropped => self.lambda_dropped(&e.json),
+        match e.view.kind {
+            Kind::LogsDropped => self.lambda_dropped(e.view.figures()),
             Kind::RuntimeDone | Kind::Report => self.outcome(&e),
             _ => {}
         }
@@ -255,8 +256,8 @@ impl Buffer {
     }
 
     /// Lambda reports (`platform.logsDropped`) telemetry it dropped.
-    fn lambda_dropped(&mut self, json: &str) {
-        if let Some((records, bytes)) = telemetry::logs_dropped(json) {
+    fn lambda_dropped(&mut self, figures: Figures) {
+        if let Figures::Dropped { records, bytes } = figures {
             self.stats.lambda_dropped_records.add(records);
             self.stats.lambda_dropped_bytes.add(bytes);
             // Once at WARN: each log line is itself telemetry.

@@ -14,6 +14,7 @@ use crate::kinesis::client::{Outcome, PutRecords};
 use crate::kinesis::error::{ErrorAnswer, Failure};
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{split_body, Delivery};
+use crate::lambda::view::Reading;
 use crate::records::pack::Wire;
 use crate::stats::Stats;
 
@@ -94,6 +95,8 @@ struct Harness {
     seen: Arc<Mutex<Seen>>,
     stats: Arc<Stats>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// What the listener would read of log lines with these settings.
+    reading: Reading,
 }
 
 const SEC: Duration = Duration::from_secs(1);
@@ -121,6 +124,7 @@ fn start_in(
     }
     let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let cfg = config::from_env(&get).expect("valid test configuration");
+    let reading = crate::records::shape::reading(&cfg, model);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let client = Scripted {
         answers: answers.into(),
@@ -148,6 +152,7 @@ fn start_in(
         seen,
         stats,
         thread,
+        reading,
     }
 }
 
@@ -157,7 +162,7 @@ impl Harness {
         let body = Arc::new(format!("[{}]", events.join(",")).into_bytes());
         let delivery = Delivery {
             received: Instant::now(),
-            events: split_body(&body).unwrap(),
+            events: split_body(&body, self.reading).unwrap(),
             body_bytes: body.len(),
         };
         self.events.send(delivery).unwrap();
@@ -327,7 +332,7 @@ fn end_mode_waits_for_runtime_done_and_flushes_before_pausing() {
     let feeder = std::thread::spawn(move || {
         rx.recv().unwrap();
         let body = Arc::new(format!("[{},{}]", late2.join(","), runtime_done("r1")).into_bytes());
-        let events_ = split_body(&body).unwrap();
+        let events_ = split_body(&body, Reading::default()).unwrap();
         events
             .send(Delivery {
                 received: Instant::now(),

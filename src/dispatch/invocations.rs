@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::dispatch::flush::History;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{self, Delivery, Event, Kind};
+use crate::lambda::telemetry::{Delivery, Event, Kind};
+use crate::lambda::view::Figures;
 
 /// Most requests tracked as open (Managed Instances): far above the
 /// concurrency one environment runs.
@@ -79,27 +80,27 @@ impl Invocations {
 
     /// Takes note of a platform event.
     pub fn saw(&mut self, e: &Event) {
-        match e.kind {
+        match e.view.kind {
             Kind::RuntimeDone => {
-                self.last_runtime_done = e.request_id.clone();
-                if let Some(ms) = telemetry::runtime_duration_ms(&e.json) {
+                self.last_runtime_done = e.request_id().map(Box::from);
+                if let Figures::Duration(ms) = e.view.figures() {
                     self.history.duration(ms);
                 }
             }
             Kind::Report => {
-                if let Some(id) = &e.request_id {
-                    self.open.retain(|open| open != id);
+                if let Some(id) = e.request_id() {
+                    self.open.retain(|open| &**open != id);
                 }
-                self.last_report = e.request_id.clone();
+                self.last_report = e.request_id().map(Box::from);
             }
             Kind::Start if self.model == Model::ManagedInstances => {
-                if let Some(id) = &e.request_id {
+                if let Some(id) = e.request_id() {
                     if self.open.len() >= MAX_OPEN_REQUESTS {
                         // Reports lost (Lambda dropped them): forget the
                         // oldest rather than grow.
                         self.open.remove(0);
                     }
-                    self.open.push(id.clone());
+                    self.open.push(id.into());
                 }
             }
             _ => {}
@@ -129,7 +130,8 @@ mod tests {
     use std::sync::Arc;
 
     fn events(body: &str) -> Vec<Event> {
-        split_body(&Arc::new(body.as_bytes().to_vec())).unwrap()
+        // (platform events are read whole whatever the reading)
+        split_body(&Arc::new(body.as_bytes().to_vec()), Default::default()).unwrap()
     }
 
     #[test]

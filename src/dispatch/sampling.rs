@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
-use crate::lambda::telemetry::{self, Event};
+use crate::lambda::telemetry::Event;
 use crate::records::queue::Record;
 use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
 use crate::stats::Stats;
@@ -67,9 +67,8 @@ impl Sampling {
     /// An invocation's outcome (its runtimeDone or report): what of its
     /// held lines goes to the queue.
     pub fn outcome(&mut self, e: &Event) -> Option<Forward> {
-        let id = e.request_id.as_deref()?;
-        let status = telemetry::status(&e.json);
-        let release = self.sampler.outcome(id, Outcome::of(status.as_deref()))?;
+        let id = e.request_id()?;
+        let release = self.sampler.outcome(id, Outcome::of(e.view.status()))?;
         self.released(release)
     }
 

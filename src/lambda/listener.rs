@@ -19,6 +19,7 @@ use tiny_http::{Request, Response, Server};
 
 use crate::dispatch::backlog::Backlog;
 use crate::lambda::telemetry::{self, Delivery, Event};
+use crate::lambda::view::Reading;
 use crate::stats::Stats;
 
 /// Stack of the thread that splits bodies: enough for serde_json's
@@ -32,6 +33,7 @@ pub fn start(
     tx: Sender<Delivery>,
     backlog: Arc<Backlog>,
     max_body: usize,
+    reading: Reading,
     stats: Arc<Stats>,
 ) -> std::io::Result<UnixStream> {
     let name = format!(
@@ -57,7 +59,7 @@ pub fn start(
         .stack_size(READER_STACK)
         .spawn(move || loop {
             match server.recv() {
-                Ok(request) => serve(request, &tx, &backlog, max_body, &stats),
+                Ok(request) => serve(request, &tx, &backlog, (max_body, reading), &stats),
                 Err(e) => log::warn!("telemetry listener: {e}"),
             }
         })?;
@@ -77,11 +79,11 @@ fn serve(
     mut request: Request,
     tx: &Sender<Delivery>,
     backlog: &Backlog,
-    max_body: usize,
+    read: (usize, Reading),
     stats: &Stats,
 ) {
     let received = std::time::Instant::now();
-    let (events, body_bytes) = read_events(&mut request, max_body, stats);
+    let (events, body_bytes) = read_events(&mut request, read, stats);
     if !events.is_empty() {
         let n = events.len() as u64;
         let delivery = Delivery {
@@ -105,9 +107,14 @@ fn serve(
     let _ = request.respond(Response::empty(200));
 }
 
-/// Reads one body and turns it into events (see module comment), which are
-/// ranges of the body; also returns the body's size.
-fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Event>, usize) {
+/// Reads one body (at most `max_body` bytes) and turns it into events (see
+/// module comment), which are ranges of the body, each read as `reading`
+/// asks; also returns the body's size.
+fn read_events(
+    request: &mut Request,
+    (max_body, reading): (usize, Reading),
+    stats: &Stats,
+) -> (Vec<Event>, usize) {
     stats.bodies.add(1);
     // The front door checked the length: it is exact and within the limit.
     let mut body = Vec::with_capacity(request.body_length().unwrap_or(0).min(max_body));
@@ -118,7 +125,7 @@ fn read_events(request: &mut Request, max_body: usize, stats: &Stats) -> (Vec<Ev
         );
     }
     let body = Arc::new(body);
-    let events = match telemetry::split_body(&body) {
+    let events = match telemetry::split_body(&body, reading) {
         Ok(events) => events,
         Err(e) => {
             stats.unparsed_bodies.add(1);

@@ -10,3 +10,4 @@ pub mod local_http;
 pub mod model;
 pub mod request_head;
 pub mod telemetry;
+pub mod view;

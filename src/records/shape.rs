@@ -4,15 +4,14 @@
 //! large for one record. Pure bookkeeping; the dispatcher owns when records
 //! are sent (and which sampled lines are held).
 
-use serde::Deserialize;
-
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, PartitionKeyMode, Types, LEVELS};
+use crate::config::{Config, PartitionKeyMode, Types};
 use crate::json::push_string;
 use crate::lambda::model::Model;
-use crate::lambda::telemetry::{log_request_id, Event, Kind};
+use crate::lambda::telemetry::{Event, Kind};
+use crate::lambda::view::Reading;
 use crate::records::partition::Keys;
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::Redactor;
@@ -31,6 +30,21 @@ pub enum Shaped {
     Fragments(Vec<Record>),
 }
 
+/// What the shaper needs read of function and extension events (the
+/// listener reads that much of each): where the record lies for redaction,
+/// the level for the minimum level, and on Managed Instances the request a
+/// line names when records carry their request (enrichment, or request
+/// partition keys) or sampling needs to know it.
+pub fn reading(cfg: &Config, model: Model) -> Reading {
+    let needs_request =
+        cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || cfg.sample_success < SCALE;
+    Reading {
+        record: cfg.redact.is_some(),
+        level: cfg.min_level.is_some(),
+        request_id: model == Model::ManagedInstances && needs_request,
+    }
+}
+
 pub struct Shaper {
     types: Types,
     platform_events: Option<Vec<String>>,
@@ -46,9 +60,6 @@ pub struct Shaper {
     /// Invocations interleave (Managed Instances): a log line belongs to
     /// the request its own record names, not to the one in progress.
     logs_name_their_request: bool,
-    /// Records carry their request (enrichment, or request partition keys),
-    /// or sampling needs to know it.
-    needs_request: bool,
     /// Sampling is on: `shape` says which invocation a log line belongs to.
     sampling: bool,
     redact: Option<Redactor>,
@@ -94,7 +105,6 @@ impl Shaper {
             rng,
             invocation: None,
             logs_name_their_request: model == Model::ManagedInstances,
-            needs_request: cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || sampling,
             sampling,
             // Compiled here, on the dispatcher thread: off the cold-start path.
             redact: cfg.redact.as_ref().map(|rules| {
@@ -110,8 +120,9 @@ impl Shaper {
     /// Shapes one event; `current` is the invocation the lifecycle is in.
     /// With sampling on, also says which invocation a log line belongs to.
     pub fn shape(&mut self, e: Event, current: Option<&str>) -> (Shaped, Option<Box<str>>) {
-        match e.kind {
-            Kind::Start => self.invocation = e.request_id.clone(),
+        let kind = e.view.kind;
+        match kind {
+            Kind::Start => self.invocation = e.request_id().map(Box::from),
             Kind::RuntimeDone => self.invocation = None,
             _ => {}
         }
@@ -120,28 +131,28 @@ impl Shaper {
         }
         // Platform events name their request; logs belong to the invocation
         // in progress, if any, or on Managed Instances to the one they name.
-        let named: Option<Box<str>>;
-        let inside = match e.kind {
+        let inside = match kind {
             Kind::Function | Kind::Extension if self.logs_name_their_request => {
-                named = self
-                    .needs_request
-                    .then(|| log_request_id(&e.json))
-                    .flatten();
-                named.as_deref()
+                e.request_id() // (read when `reading` says it is needed)
             }
             Kind::Function | Kind::Extension => self.invocation.as_deref(),
             _ => None,
         };
-        let request = e.request_id.as_deref().or(inside);
-        let owner = match e.kind {
+        let request = if kind.is_platform() {
+            e.request_id()
+        } else {
+            inside
+        };
+        let owner = match kind {
             Kind::Function | Kind::Extension if self.sampling => inside.map(Box::from),
             _ => None,
         };
         let key = self.keys.key(request, current);
-        let json = self.redacted(e.kind, e.json);
+        let redacted = self.redacted(&e);
         let data: Text = match &self.envelope_head {
-            None => json,
+            None => redacted.map_or(e.json, Text::from),
             Some(head) => {
+                let json = redacted.as_deref().unwrap_or(&e.json);
                 let mut s = String::with_capacity(head.len() + json.len() + 80);
                 s.push('{');
                 s.push_str(head);
@@ -160,7 +171,7 @@ impl Shaper {
                     None => s.push_str("null"),
                 }
                 s.push_str(",\"event\":");
-                s.push_str(&json);
+                s.push_str(json);
                 s.push('}');
                 Text::from(s)
             }
@@ -174,11 +185,11 @@ impl Shaper {
         (Shaped::Fragments(records.collect()), owner)
     }
 
-    /// A function or extension event's JSON with redaction applied (the
-    /// same `Text` when redaction is off or nothing matched).
-    fn redacted(&self, kind: Kind, json: Text) -> Text {
-        let (Some(r), Kind::Function | Kind::Extension) = (&self.redact, kind) else {
-            return json;
+    /// A function or extension event's JSON with redaction applied (`None`
+    /// when redaction is off or nothing matched).
+    fn redacted(&self, e: &Event) -> Option<String> {
+        let (Some(r), Kind::Function | Kind::Extension) = (&self.redact, e.view.kind) else {
+            return None;
         };
         let counters = self.stats.redactions.get().map(Vec::as_slice);
         let hit = &mut |i: usize| {
@@ -186,55 +197,33 @@ impl Shaper {
                 c.add(1);
             }
         };
-        r.redact_event(&json, hit).map_or(json, Text::from)
+        r.redact_event(&e.json, e.view.record(&e.json), hit)
     }
 
     fn wanted(&self, e: &Event) -> bool {
-        match e.kind {
+        match e.view.kind {
             k if k.is_platform() => {
                 self.types.platform
                     && match &self.platform_events {
                         None => true,
-                        Some(names) => {
-                            crate::lambda::telemetry::event_type(&e.json).is_some_and(|t| {
-                                let name = t.trim_start_matches("platform.");
-                                names.iter().any(|w| w == name)
-                            })
-                        }
+                        Some(names) => e.view.platform_type(&e.json).is_some_and(|t| {
+                            let name = t.trim_start_matches("platform.");
+                            names.iter().any(|w| w == name)
+                        }),
                     }
             }
-            Kind::Function => self.types.function && self.level_ok(&e.json),
-            Kind::Extension => self.types.extension && self.level_ok(&e.json),
+            Kind::Function => self.types.function && self.level_ok(e.view.level),
+            Kind::Extension => self.types.extension && self.level_ok(e.view.level),
             _ => true,
         }
     }
 
     /// JSON-format log lines below the minimum level are dropped; text lines
-    /// (no level) always pass.
-    fn level_ok(&self, json: &str) -> bool {
-        let Some(min) = self.min_level else {
-            return true;
-        };
-        #[derive(Deserialize)]
-        struct Log<'a> {
-            #[serde(borrow)]
-            record: Option<LogRecord<'a>>,
-        }
-        #[derive(Deserialize)]
-        struct LogRecord<'a> {
-            #[serde(borrow)]
-            level: Option<std::borrow::Cow<'a, str>>,
-        }
-        let level = serde_json::from_str::<Log>(json)
-            .ok()
-            .and_then(|l| l.record)
-            .and_then(|r| r.level);
-        match level {
-            Some(l) => LEVELS
-                .iter()
-                .position(|n| n.eq_ignore_ascii_case(&l))
-                .is_none_or(|rank| rank >= min),
-            None => true,
+    /// (no level) and unknown levels always pass.
+    fn level_ok(&self, level: Option<u8>) -> bool {
+        match (self.min_level, level) {
+            (Some(min), Some(rank)) => usize::from(rank) >= min,
+            _ => true,
         }
     }
 }
@@ -262,13 +251,22 @@ mod tests {
     }
 
     fn events() -> Vec<Event> {
-        split(
-            br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
+        events_read(Reading::ALL)
+    }
+
+    /// The events, read as `reading` asks.
+    fn events_read(reading: Reading) -> Vec<Event> {
+        crate::lambda::telemetry::split_body(
+            &Arc::new(
+                br#"[{"time":"t","type":"platform.start","record":{"requestId":"r1"}},
             {"time":"t","type":"function","record":{"level":"DEBUG","message":"d"}},
             {"time":"t","type":"function","record":{"level":"ERROR","message":"e"}},
             {"time":"t","type":"function","record":"text line"},
             {"time":"t","type":"platform.runtimeDone","record":{"requestId":"r1"}},
-            {"time":"t","type":"extension","record":"after"}]"#,
+            {"time":"t","type":"extension","record":"after"}]"#
+                    .to_vec(),
+            ),
+            reading,
         )
         .unwrap()
     }
@@ -290,11 +288,41 @@ mod tests {
             ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
         ]);
         let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
-        let out = forwarded(&mut s);
+        let out: Vec<String> = events_read(reading(&c, Model::Default))
+            .into_iter()
+            .filter_map(|e| match s.shape(e, None).0 {
+                Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
+                Shaped::Fragments(_) | Shaped::Filtered => None,
+            })
+            .collect();
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
         assert!(out[1].contains("text line"));
         assert!(out[2].contains("platform.runtimeDone"));
+    }
+
+    #[test]
+    fn log_lines_are_read_for_what_the_settings_need() {
+        let read = |pairs: &[(&str, &str)], model| reading(&cfg(pairs), model);
+        let none = Reading::default();
+        assert_eq!(read(&[], Model::Default), none);
+        assert_eq!(read(&[], Model::ManagedInstances), none);
+        let enrich = [("KINESIS_TELEMETRY_ENRICH", "true")];
+        assert_eq!(
+            read(&enrich, Model::Default),
+            none,
+            "the invocation in progress"
+        );
+        let by_request = [("KINESIS_TELEMETRY_PARTITION_KEY", "request")];
+        let sampled = [("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0.5")];
+        for pairs in [&enrich[..], &by_request, &sampled] {
+            let r = read(pairs, Model::ManagedInstances);
+            assert!(r.request_id && !r.level && !r.record, "{pairs:?}");
+        }
+        let level = read(&[("KINESIS_TELEMETRY_MIN_LEVEL", "WARN")], Model::Default);
+        assert!(level.level && !level.record && !level.request_id);
+        let redact = read(&[("KINESIS_TELEMETRY_REDACT", "email")], Model::Default);
+        assert!(redact.record && !redact.level && !redact.request_id);
     }
 
     #[test]
@@ -371,7 +399,9 @@ mod tests {
             {"type":"function","record":{"level":"INFO","AWSRequestId":"b","message":"2"}},
             {"type":"function","record":{"level":"INFO","message":"plain stdout"}},
             {"type":"platform.report","record":{"requestId":"a"}}]"#;
-        let shaped: Vec<(String, String)> = split(body.as_bytes())
+        let body = Arc::new(body.as_bytes().to_vec());
+        let read = reading(&c, Model::ManagedInstances);
+        let shaped: Vec<(String, String)> = crate::lambda::telemetry::split_body(&body, read)
             .unwrap()
             .into_iter()
             .map(|e| match s.shape(e, None).0 {
@@ -394,5 +424,96 @@ mod tests {
             s.keys.environment(),
             "no request: the environment's key"
         );
+    }
+
+    /// This thread's CPU time (Linux).
+    fn cpu_ns() -> u64 {
+        let s = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+        s.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    /// A 1,000-event body: text lines (as bench/suite/harness.py's), or
+    /// JSON lines, with an invocation's platform events around them.
+    fn bench_body(json_lines: bool) -> std::sync::Arc<Vec<u8>> {
+        let mut events = vec![r#"{"time":"2026-01-01T00:00:00.000Z","type":"platform.start","record":{"requestId":"8f5c-r1","version":"$LATEST"}}"#.to_string()];
+        for i in 0..997 {
+            let line = format!("2026-01-01T00:00:00.{:03}Z\t8f5c-r1\tINFO\tGET /api/v1/orders/{} status=200 duration_ms={} user=u-{} region=eu-west-1 cache=miss items={}", i % 1000, 100000 + i, i % 97, i % 5000, i % 13);
+            let record = if json_lines {
+                format!(
+                    r#"{{"timestamp":"2026-01-01T00:00:00.000Z","level":"INFO","requestId":"8f5c-r1","message":{}}}"#,
+                    serde_json::to_string(&line).unwrap()
+                )
+            } else {
+                serde_json::to_string(&line).unwrap()
+            };
+            events.push(format!(
+                r#"{{"time":"2026-01-01T00:00:00.000Z","type":"function","record":{record}}}"#
+            ));
+        }
+        events.push(r#"{"time":"2026-01-01T00:00:01.000Z","type":"platform.runtimeDone","record":{"requestId":"8f5c-r1","status":"success","metrics":{"durationMs":12.5,"producedBytes":0}}}"#.to_string());
+        events.push(r#"{"time":"2026-01-01T00:00:01.000Z","type":"platform.report","record":{"requestId":"8f5c-r1","status":"success","metrics":{"durationMs":12.5,"billedDurationMs":13}}}"#.to_string());
+        std::sync::Arc::new(format!("[{}]", events.join(",")).into_bytes())
+    }
+
+    /// Split + shape per event, events per CPU-second, for a few settings:
+    /// `cargo test --release --locked split_and_shape_cost -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn split_and_shape_cost() {
+        type Setting<'a> = (&'a str, &'a [(&'a str, &'a str)], Model);
+        let settings: [Setting; 5] = [
+            ("defaults", &[], Model::Default),
+            (
+                "MIN_LEVEL=INFO",
+                &[("KINESIS_TELEMETRY_MIN_LEVEL", "INFO")],
+                Model::Default,
+            ),
+            (
+                "REDACT=all",
+                &[("KINESIS_TELEMETRY_REDACT", "all")],
+                Model::Default,
+            ),
+            (
+                "ENRICH (+ PLATFORM_EVENTS)",
+                &[
+                    ("KINESIS_TELEMETRY_ENRICH", "true"),
+                    (
+                        "KINESIS_TELEMETRY_PLATFORM_EVENTS",
+                        "start,runtimeDone,report",
+                    ),
+                ],
+                Model::Default,
+            ),
+            (
+                "LMI, partition key request",
+                &[("KINESIS_TELEMETRY_PARTITION_KEY", "request")],
+                Model::ManagedInstances,
+            ),
+        ];
+        for json_lines in [false, true] {
+            let body = bench_body(json_lines);
+            for (name, pairs, model) in &settings {
+                let c = cfg(pairs);
+                let mut s = Shaper::new(&c, *model, "env", Rng::seeded(1), &[], stats());
+                let (t0, mut done) = (cpu_ns(), 0usize);
+                while cpu_ns() - t0 < 1_000_000_000 {
+                    for e in
+                        crate::lambda::telemetry::split_body(&body, reading(&c, *model)).unwrap()
+                    {
+                        std::hint::black_box(s.shape(e, Some("8f5c-r1")));
+                    }
+                    done += 1000;
+                }
+                let per_s = done as f64 * 1e9 / (cpu_ns() - t0) as f64;
+                let lines = if json_lines {
+                    "JSON lines"
+                } else {
+                    "text lines"
+                };
+                println!(
+                    "split+shape, {lines:>10}, {name:<28}: {per_s:>9.0} events per CPU-second"
+                );
+            }
+        }
     }
 }
