@@ -15,20 +15,20 @@ use std::sync::Arc;
 
 /// An immutable byte slice sharing its buffer.
 #[derive(Clone)]
-pub struct Bytes {
+pub struct ByteSlice {
     buf: Arc<Vec<u8>>,
     start: usize,
     end: usize,
 }
 
-impl Bytes {
+impl ByteSlice {
     /// The range of `buf` that `part` occupies; `part` must lie inside it.
-    pub fn slice_of(buf: &Arc<Vec<u8>>, part: &[u8]) -> Bytes {
+    pub fn slice_of(buf: &Arc<Vec<u8>>, part: &[u8]) -> ByteSlice {
         let start = (part.as_ptr() as usize)
             .checked_sub(buf.as_ptr() as usize)
             .filter(|s| s + part.len() <= buf.len())
             .expect("the part lies inside the buffer");
-        Bytes {
+        ByteSlice {
             buf: buf.clone(),
             start,
             end: start + part.len(),
@@ -41,17 +41,17 @@ impl Bytes {
     }
 }
 
-impl Deref for Bytes {
+impl Deref for ByteSlice {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 }
 
-impl From<Vec<u8>> for Bytes {
-    fn from(v: Vec<u8>) -> Bytes {
+impl From<Vec<u8>> for ByteSlice {
+    fn from(v: Vec<u8>) -> ByteSlice {
         let end = v.len();
-        Bytes {
+        ByteSlice {
             buf: Arc::new(v),
             start: 0,
             end,
@@ -59,44 +59,44 @@ impl From<Vec<u8>> for Bytes {
     }
 }
 
-impl From<Box<[u8]>> for Bytes {
-    fn from(b: Box<[u8]>) -> Bytes {
-        Bytes::from(b.into_vec())
+impl From<Box<[u8]>> for ByteSlice {
+    fn from(b: Box<[u8]>) -> ByteSlice {
+        ByteSlice::from(b.into_vec())
     }
 }
 
-impl From<&[u8]> for Bytes {
-    fn from(b: &[u8]) -> Bytes {
-        Bytes::from(b.to_vec())
+impl From<&[u8]> for ByteSlice {
+    fn from(b: &[u8]) -> ByteSlice {
+        ByteSlice::from(b.to_vec())
     }
 }
 
-impl PartialEq for Bytes {
-    fn eq(&self, other: &Bytes) -> bool {
+impl PartialEq for ByteSlice {
+    fn eq(&self, other: &ByteSlice) -> bool {
         **self == **other
     }
 }
 
-impl Eq for Bytes {}
+impl Eq for ByteSlice {}
 
-impl std::fmt::Debug for Bytes {
+impl std::fmt::Debug for ByteSlice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{:?}", String::from_utf8_lossy(self))
     }
 }
 
-/// Shared UTF-8 text: `Bytes` that are always valid UTF-8, because they are
+/// Shared UTF-8 text: a `ByteSlice` that is always valid UTF-8, because they are
 /// only ever made from a `str`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Text(Bytes);
+pub struct Text(ByteSlice);
 
 impl Text {
     /// The range of `buf` that `part` occupies; `part` must lie inside it.
     pub fn slice_of(buf: &Arc<Vec<u8>>, part: &str) -> Text {
-        Text(Bytes::slice_of(buf, part.as_bytes()))
+        Text(ByteSlice::slice_of(buf, part.as_bytes()))
     }
 
-    pub fn into_bytes(self) -> Bytes {
+    pub fn into_bytes(self) -> ByteSlice {
         self.0
     }
 }
@@ -112,7 +112,7 @@ impl Deref for Text {
 
 impl From<String> for Text {
     fn from(s: String) -> Text {
-        Text(Bytes::from(s.into_bytes()))
+        Text(ByteSlice::from(s.into_bytes()))
     }
 }
 
@@ -130,7 +130,7 @@ impl std::fmt::Debug for Text {
 
 /// Copies the slices into one new buffer of their own, so they stop keeping
 /// their old buffers alive.
-pub fn compact(slices: Vec<&mut Bytes>) {
+pub fn compact(slices: Vec<&mut ByteSlice>) {
     let mut buf = Vec::with_capacity(slices.iter().map(|b| b.len()).sum());
     let mut ranges = Vec::with_capacity(slices.len());
     for b in &slices {
@@ -140,7 +140,7 @@ pub fn compact(slices: Vec<&mut Bytes>) {
     }
     let buf = Arc::new(buf);
     for (b, (start, end)) in slices.into_iter().zip(ranges) {
-        *b = Bytes {
+        *b = ByteSlice {
             buf: buf.clone(),
             start,
             end,
@@ -166,13 +166,13 @@ mod tests {
         assert_eq!((&*a, &*c), (&b"{\"a\":1}"[..], &b"{\"c\":3}"[..]));
         assert_eq!(Arc::strong_count(&body), 1, "the body is no longer held");
         assert_eq!(a.excess(), 7, "both share one 14-byte buffer");
-        assert_eq!(Bytes::from(b"x".to_vec()).excess(), 0);
+        assert_eq!(ByteSlice::from(b"x".to_vec()).excess(), 0);
     }
 
     #[test]
     #[should_panic(expected = "inside the buffer")]
     fn a_part_from_elsewhere_is_refused() {
         let body = Arc::new(b"abc".to_vec());
-        Bytes::slice_of(&body, b"elsewhere");
+        ByteSlice::slice_of(&body, b"elsewhere");
     }
 }

@@ -10,7 +10,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use super::{Control, Dispatcher};
 use crate::config;
-use crate::kinesis::client::{Outcome, PutRecords};
+use crate::kinesis::client::{PutOutcome, PutRecords};
 use crate::kinesis::error::{ErrorAnswer, Failure};
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{split_body, Delivery};
@@ -46,7 +46,7 @@ struct Scripted {
 }
 
 impl PutRecords for Scripted {
-    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> PutOutcome {
         assert!(
             Instant::now() <= deadline,
             "a request started past its deadline"
@@ -60,7 +60,7 @@ impl PutRecords for Scripted {
         match answer {
             Answer::Store => {
                 seen.stored.extend(records.iter().map(data));
-                Outcome::Answered(vec![None; records.len()])
+                PutOutcome::Answered(vec![None; records.len()])
             }
             Answer::Refuse(at, code) => {
                 let codes = (0..records.len())
@@ -68,13 +68,13 @@ impl PutRecords for Scripted {
                     .collect();
                 let kept = records.iter().enumerate().filter(|(i, _)| !at.contains(i));
                 seen.stored.extend(kept.map(|(_, w)| data(w)));
-                Outcome::Answered(codes)
+                PutOutcome::Answered(codes)
             }
-            Answer::NotSent(f) => Outcome::NotSent(f),
-            Answer::Failed(f) => Outcome::Failed(f),
+            Answer::NotSent(f) => PutOutcome::NotSent(f),
+            Answer::Failed(f) => PutOutcome::Failed(f),
             Answer::StoredButLost => {
                 seen.stored.extend(records.iter().map(data));
-                Outcome::MaybeDelivered(Failure::Transport("connection reset".into()))
+                PutOutcome::MaybeDelivered(Failure::Transport("connection reset".into()))
             }
         }
     }

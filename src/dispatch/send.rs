@@ -9,7 +9,7 @@ use std::time::Instant;
 use crate::config::{Config, HashKeyMode};
 use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{GaveUp, Next, Policy, Retrier, Round};
-use crate::kinesis::client::{Outcome, PutRecords};
+use crate::kinesis::client::{PutOutcome, PutRecords};
 use crate::kinesis::error::{Cause, Failure, Retry};
 use crate::kinesis::wire::{settle, RecordCodes};
 use crate::records::pack::{self, Format, Wire};
@@ -117,13 +117,13 @@ impl<C: PutRecords> Requests<C> {
             return Round::Done;
         }
         match self.client.put_records(&wires, deadline) {
-            Outcome::Answered(codes) => {
+            PutOutcome::Answered(codes) => {
                 self.stats.requests.add(1);
                 self.answered(queue, wires, codes)
             }
-            Outcome::NotSent(f) => self.failed(queue, wires, f, Sent::No),
-            Outcome::Failed(f) => self.failed(queue, wires, f, Sent::Yes),
-            Outcome::MaybeDelivered(f) => self.failed(queue, wires, f, Sent::Maybe),
+            PutOutcome::NotSent(f) => self.failed(queue, wires, f, Sent::No),
+            PutOutcome::Failed(f) => self.failed(queue, wires, f, Sent::Yes),
+            PutOutcome::MaybeDelivered(f) => self.failed(queue, wires, f, Sent::Maybe),
         }
     }
 

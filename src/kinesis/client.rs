@@ -1,6 +1,6 @@
 //! The HTTP side of `PutRecords`: one signed POST per call, with connect and
 //! overall timeouts bounded by the caller's deadline. Each call ends in an
-//! `Outcome` that says whether the request went out and whether it may have
+//! `PutOutcome` that says whether the request went out and whether it may have
 //! reached Kinesis despite failing (a reset or timeout after sending), which
 //! is when a resend risks a duplicate. It also decides whether requests go
 //! through an HTTP proxy: `NO_PROXY` matched as the AWS SDKs match it
@@ -29,7 +29,7 @@ const MAX_ANSWER_BYTES: u64 = 4 << 20;
 
 /// What happened to one `PutRecords` request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum PutOutcome {
     /// Kinesis answered 200 (some records may still have been refused).
     Answered(RecordCodes),
     /// Nothing left this process: no credentials, no signature, no time.
@@ -46,7 +46,7 @@ pub enum Outcome {
 /// in the dispatcher's tests.
 pub trait PutRecords {
     /// Sends one request; never lasts past `deadline`.
-    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome;
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> PutOutcome;
 
     /// Forgets credentials Kinesis called expired; true if new ones can be
     /// fetched.
@@ -97,11 +97,11 @@ struct AgentParts {
 const KEEP_BODY_BYTES: usize = 1 << 20;
 
 impl PutRecords for KinesisClient {
-    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+    fn put_records(&mut self, records: &[Wire], deadline: Instant) -> PutOutcome {
         let outcome = self.put(records, deadline);
-        if let Outcome::NotSent(Failure::Transport(_))
-        | Outcome::Failed(Failure::Transport(_))
-        | Outcome::MaybeDelivered(Failure::Transport(_)) = outcome
+        if let PutOutcome::NotSent(Failure::Transport(_))
+        | PutOutcome::Failed(Failure::Transport(_))
+        | PutOutcome::MaybeDelivered(Failure::Transport(_)) = outcome
         {
             // The next attempt starts on a fresh connection: a pooled one
             // may have died (in a freeze, say).
@@ -167,15 +167,15 @@ impl KinesisClient {
         self.agent = new_agent(&self.parts);
     }
 
-    fn put(&mut self, records: &[Wire], deadline: Instant) -> Outcome {
+    fn put(&mut self, records: &[Wire], deadline: Instant) -> PutOutcome {
         let left = deadline.saturating_duration_since(Instant::now());
         if left < Duration::from_millis(1) {
             let why = "no time left before the deadline";
-            return Outcome::NotSent(Failure::Transport(why.into()));
+            return PutOutcome::NotSent(Failure::Transport(why.into()));
         }
         let credentials = match self.credentials.get() {
             Ok(c) => c.clone(),
-            Err(e) => return Outcome::NotSent(Failure::Credentials(e.to_string())),
+            Err(e) => return PutOutcome::NotSent(Failure::Credentials(e.to_string())),
         };
         let mut body = std::mem::take(&mut self.body);
         wire::write_put_records_body(&mut body, &self.target, records);
@@ -192,7 +192,7 @@ impl KinesisClient {
         body: &[u8],
         left: Duration,
         records: usize,
-    ) -> Outcome {
+    ) -> PutOutcome {
         let base = [
             ("content-type", wire::CONTENT_TYPE),
             ("x-amz-target", wire::PUT_RECORDS_TARGET),
@@ -206,7 +206,7 @@ impl KinesisClient {
             SystemTime::now(),
         ) {
             Ok(h) => h,
-            Err(e) => return Outcome::NotSent(Failure::Signing(e.to_string())),
+            Err(e) => return PutOutcome::NotSent(Failure::Signing(e.to_string())),
         };
         let mut req = self
             .agent
@@ -228,8 +228,8 @@ impl KinesisClient {
                     None => e.to_string(),
                 });
                 return match never_sent(&e) {
-                    true => Outcome::Failed(failure),
-                    false => Outcome::MaybeDelivered(failure),
+                    true => PutOutcome::Failed(failure),
+                    false => PutOutcome::MaybeDelivered(failure),
                 };
             }
         };
@@ -247,13 +247,13 @@ impl KinesisClient {
             .read_to_end(&mut answer)
         {
             let why = format!("reading the response failed: {e}");
-            return Outcome::MaybeDelivered(Failure::Transport(why));
+            return PutOutcome::MaybeDelivered(Failure::Transport(why));
         }
         match wire::parse_response(status, error_type.as_deref(), &answer, records) {
-            Ok(codes) => Outcome::Answered(codes),
+            Ok(codes) => PutOutcome::Answered(codes),
             // A 200 we cannot read may have stored every record.
-            Err(f) if status == 200 => Outcome::MaybeDelivered(f),
-            Err(f) => Outcome::Failed(f),
+            Err(f) if status == 200 => PutOutcome::MaybeDelivered(f),
+            Err(f) => PutOutcome::Failed(f),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use crate::json::push_string;
-use crate::slices::{self, Bytes};
+use crate::slices::{self, ByteSlice};
 
 /// Event type of the records an oversized event is split into.
 pub const FRAGMENT_TYPE: &str = "kinesis-telemetry-extension.fragment";
@@ -17,7 +17,7 @@ pub const FRAGMENT_TYPE: &str = "kinesis-telemetry-extension.fragment";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Usually a range of the POSTed body its event came in.
-    pub data: Bytes,
+    pub data: ByteSlice,
     /// Shared: every record of an environment or request has the same key.
     pub key: Arc<str>,
     /// Sends tried so far.
@@ -25,7 +25,7 @@ pub struct Record {
 }
 
 impl Record {
-    pub fn new(data: impl Into<Bytes>, key: impl Into<Arc<str>>) -> Record {
+    pub fn new(data: impl Into<ByteSlice>, key: impl Into<Arc<str>>) -> Record {
         Record {
             data: data.into(),
             key: key.into(),
@@ -79,7 +79,7 @@ impl Queue {
     pub fn release_body(&mut self, added: usize, body_bytes: usize) {
         let skip = self.records.len().saturating_sub(added);
         // Slices of a larger buffer: the body (records made anew own theirs).
-        let slices: Vec<&mut Bytes> = self
+        let slices: Vec<&mut ByteSlice> = self
             .records
             .iter_mut()
             .skip(skip)
@@ -187,7 +187,7 @@ pub fn fit_event(
 /// decimal numbers in it.
 const FRAGMENT_OVERHEAD: usize = 160;
 
-/// Bytes `c` takes inside a JSON string as serde_json writes it.
+/// ByteSlice `c` takes inside a JSON string as serde_json writes it.
 fn escaped_len(c: char) -> usize {
     match c {
         '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
@@ -237,8 +237,8 @@ mod tests {
         let body = Arc::new(b"0123456789".repeat(10));
         let mut q = Queue::default();
         q.push(Record::new(b"old".to_vec(), "k"));
-        q.push(Record::new(Bytes::slice_of(&body, &body[0..10]), "k"));
-        q.push(Record::new(Bytes::slice_of(&body, &body[50..60]), "k"));
+        q.push(Record::new(ByteSlice::slice_of(&body, &body[0..10]), "k"));
+        q.push(Record::new(ByteSlice::slice_of(&body, &body[50..60]), "k"));
         q.release_body(2, body.len());
         assert_eq!(
             Arc::strong_count(&body),
@@ -255,7 +255,7 @@ mod tests {
             ]
         );
 
-        q.push(Record::new(Bytes::slice_of(&body, &body[0..60]), "k"));
+        q.push(Record::new(ByteSlice::slice_of(&body, &body[0..60]), "k"));
         q.release_body(1, body.len());
         assert_eq!(
             Arc::strong_count(&body),

@@ -31,7 +31,7 @@ fn secret_char(b: u8) -> bool {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+enum Matcher {
     AwsKeys,
     Bearer,
     Jwt,
@@ -45,7 +45,7 @@ struct Rule {
     name: Box<str>,
     /// `[REDACTED:<name>]`.
     label: Box<str>,
-    kind: Kind,
+    kind: Matcher,
     /// `None` for the rules matched by hand.
     re: Option<Regex>,
 }
@@ -69,25 +69,25 @@ pub struct BadPattern {
 /// `bearer` are matched by hand (`email_matches`, `bearer_tokens`: regex-lite
 /// needs ~7–10 µs per match), so theirs are compiled only by the tests that
 /// hold the hand matchers to them.
-fn definition(kind: Kind) -> &'static str {
+fn definition(kind: Matcher) -> &'static str {
     match kind {
         // (Matched by hand, `key_ids`: the boundaries need look-behind.)
-        Kind::AwsKeys => r"(?:AKIA|ASIA)[A-Z0-9]{16}",
-        Kind::Bearer => r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]+=*",
-        Kind::Jwt => r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
-        Kind::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
-        Kind::Card => r"\b[2-6](?:[ -]?[0-9]){12,18}\b",
-        Kind::Pattern => unreachable!("a user's pattern is its own definition"),
+        Matcher::AwsKeys => r"(?:AKIA|ASIA)[A-Z0-9]{16}",
+        Matcher::Bearer => r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/-]+=*",
+        Matcher::Jwt => r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*",
+        Matcher::Email => r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b",
+        Matcher::Card => r"\b[2-6](?:[ -]?[0-9]){12,18}\b",
+        Matcher::Pattern => unreachable!("a user's pattern is its own definition"),
     }
 }
 
-fn kind_of(built_in: &str) -> Kind {
+fn kind_of(built_in: &str) -> Matcher {
     match built_in {
-        "aws-keys" => Kind::AwsKeys,
-        "bearer" => Kind::Bearer,
-        "jwt" => Kind::Jwt,
-        "email" => Kind::Email,
-        _ => Kind::Card,
+        "aws-keys" => Matcher::AwsKeys,
+        "bearer" => Matcher::Bearer,
+        "jwt" => Matcher::Jwt,
+        "email" => Matcher::Email,
+        _ => Matcher::Card,
     }
 }
 
@@ -127,7 +127,7 @@ impl Rules {
                 ));
             }
             factors.push(analysis.map(|a| a.factor).unwrap_or_default());
-            compiled.push(Rule::new(&p.name, Kind::Pattern, Some(re)));
+            compiled.push(Rule::new(&p.name, Matcher::Pattern, Some(re)));
         }
         Ok(Rules {
             built_in: BUILT_IN
@@ -164,7 +164,7 @@ impl Redactor {
         let built_in = rules.built_in.iter().map(|name| {
             let kind = kind_of(name);
             let re = match kind {
-                Kind::Email | Kind::Bearer | Kind::AwsKeys => None,
+                Matcher::Email | Matcher::Bearer | Matcher::AwsKeys => None,
                 _ => Some(Regex::new(definition(kind)).expect("built-in rule")),
             };
             Rule::new(name, kind, re)
@@ -196,7 +196,7 @@ impl Redactor {
     ) -> Option<String> {
         let record = &json[start..end];
         // (`aws-keys`, when chosen, is the first rule.)
-        let keys = self.rules.first().filter(|r| r.kind == Kind::AwsKeys);
+        let keys = self.rules.first().filter(|r| r.kind == Matcher::AwsKeys);
         let ctx = Context {
             has_key_id: keys.is_some() && !key_ids(record).is_empty(),
             secret_name: false,
@@ -264,7 +264,7 @@ impl Redactor {
         let mut maybe: Vec<bool> = Vec::new();
         let mut stale = true;
         for (i, rule) in self.rules.iter().enumerate() {
-            if rule.kind == Kind::Pattern {
+            if rule.kind == Matcher::Pattern {
                 if stale {
                     self.prefilter.candidates(cur.as_bytes(), &mut maybe);
                     stale = false;
@@ -282,19 +282,19 @@ impl Redactor {
                 // The commonest matches, found by hand: regex-lite takes
                 // ~7 µs for one e-mail address (its regex is the rule's
                 // definition, which a property test holds these to).
-                Kind::Email => splice(&cur, &email_matches(&cur), &rule.label, &mut hits),
-                Kind::Card => rule.replace_in(&cur, &card_windows(&cur), &mut hits),
-                Kind::AwsKeys => splice(&cur, &key_ids(&cur), &rule.label, &mut hits),
-                Kind::Bearer => splice(&cur, &bearer_tokens(&cur), &rule.label, &mut hits),
-                Kind::Jwt => {
+                Matcher::Email => splice(&cur, &email_matches(&cur), &rule.label, &mut hits),
+                Matcher::Card => rule.replace_in(&cur, &card_windows(&cur), &mut hits),
+                Matcher::AwsKeys => splice(&cur, &key_ids(&cur), &rule.label, &mut hits),
+                Matcher::Bearer => splice(&cur, &bearer_tokens(&cur), &rule.label, &mut hits),
+                Matcher::Jwt => {
                     let w = literal_windows(&cur, &["eyJ"], false, |c| {
                         c.is_ascii_alphanumeric() || b"_-.".contains(&c)
                     });
                     rule.replace_in(&cur, &w, &mut hits)
                 }
-                Kind::Pattern => rule.replace_in(&cur, &[(0, cur.len())], &mut hits),
+                Matcher::Pattern => rule.replace_in(&cur, &[(0, cur.len())], &mut hits),
             };
-            if rule.kind == Kind::AwsKeys {
+            if rule.kind == Matcher::AwsKeys {
                 let text = next.as_deref().unwrap_or(&cur);
                 if let Some(s) = redact_secrets(text, ctx, &rule.label, &mut hits) {
                     next = Some(s);
@@ -316,7 +316,7 @@ impl Redactor {
 }
 
 impl Rule {
-    fn new(name: &str, kind: Kind, re: Option<Regex>) -> Rule {
+    fn new(name: &str, kind: Matcher, re: Option<Regex>) -> Rule {
         Rule {
             name: name.into(),
             label: format!("[REDACTED:{name}]").into(),
@@ -333,15 +333,16 @@ impl Rule {
         for &(start, end) in windows {
             let mut n = 0;
             #[cfg(test)]
-            tests::PATTERN_RUNS.with(|c| c.set(c.get() + usize::from(self.kind == Kind::Pattern)));
+            tests::PATTERN_RUNS
+                .with(|c| c.set(c.get() + usize::from(self.kind == Matcher::Pattern)));
             let re = self.re.as_ref().expect("a rule matched by regex");
             let replaced = re.replace_all(&s[start..end], |c: &Captures| {
-                if self.kind == Kind::Card && !luhn(&c[0]) {
+                if self.kind == Matcher::Card && !luhn(&c[0]) {
                     return c[0].to_string();
                 }
                 n += 1;
                 match self.kind {
-                    Kind::Bearer => format!("{}{}", &c[1], self.label),
+                    Matcher::Bearer => format!("{}{}", &c[1], self.label),
                     _ => self.label.to_string(),
                 }
             });
@@ -361,18 +362,18 @@ impl Rule {
     /// A cheap test that rules out most text before the regex runs.
     fn may_match(&self, s: &str, ctx: Context) -> bool {
         match self.kind {
-            Kind::AwsKeys => {
+            Matcher::AwsKeys => {
                 ctx.has_key_id
                     || ctx.secret_name
                     || s.contains("AKIA")
                     || s.contains("ASIA")
                     || contains_ci(s, "secret")
             }
-            Kind::Bearer => contains_ci(s, "bearer"),
-            Kind::Jwt => s.contains("eyJ"),
-            Kind::Email => s.contains('@'),
-            Kind::Card => has_digits(s, 13),
-            Kind::Pattern => true, // see `Prefilter`
+            Matcher::Bearer => contains_ci(s, "bearer"),
+            Matcher::Jwt => s.contains("eyJ"),
+            Matcher::Email => s.contains('@'),
+            Matcher::Card => has_digits(s, 13),
+            Matcher::Pattern => true, // see `Prefilter`
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::lambda::view::Status;
 use crate::records::queue::Record;
-use crate::slices::Bytes;
+use crate::slices::ByteSlice;
 
 /// Fractions are kept in millionths.
 pub const SCALE: u32 = 1_000_000;
@@ -128,7 +128,7 @@ impl Held {
             self.parts
                 .into_iter()
                 .map(|(end, key)| {
-                    let data = Bytes::slice_of(&buf, &buf[start..end]);
+                    let data = ByteSlice::slice_of(&buf, &buf[start..end]);
                     start = end;
                     Record::new(data, key)
                 })
