@@ -321,14 +321,12 @@ fn start_threads(
         let (stats, unanswered, backlog) = (stats.clone(), unanswered.clone(), backlog.clone());
         let max_body = cfg.max_body_bytes;
         spawn("listener", move || {
-            let limits = gate::Limits::new(max_body);
-            let inner = {
-                let stats = stats.clone();
-                gate::Inner::new(move || {
-                    listener::start(events_tx.clone(), backlog.clone(), max_body, stats.clone())
-                })
+            let intake = listener::Intake {
+                tx: events_tx,
+                backlog,
+                stats,
             };
-            gate::serve(sockets, inner, limits, stats, unanswered)
+            gate::serve(sockets, intake, gate::Limits::new(max_body), unanswered)
         });
     }
     {
