@@ -393,12 +393,21 @@ enum Entry {
 }
 
 impl Shared {
-    fn level(&self, w: Warn) -> log::Level {
-        if self.warned[w as usize].swap(true, Ordering::Relaxed) {
-            log::Level::Debug
-        } else {
-            log::Level::Warn
-        }
+    /// Counts a problem; logs it at WARN the first time, at DEBUG after.
+    fn note(&self, w: Warn, what: std::fmt::Arguments) {
+        let stats = &self.intake.stats;
+        let counter = match w {
+            Warn::Shed | Warn::Full => &stats.shed_connections,
+            Warn::Accept => &stats.accept_errors,
+            Warn::Refused => &stats.refused_requests,
+            Warn::Stalled => &stats.stalled_requests,
+        };
+        counter.add(1);
+        let level = match self.warned[w as usize].swap(true, Ordering::Relaxed) {
+            true => log::Level::Debug,
+            false => log::Level::Warn,
+        };
+        log::log!(level, "telemetry listener: {what}");
     }
 
     /// A new connection: a slot and a thread, or shed.
@@ -501,12 +510,8 @@ impl Shared {
     }
 
     fn count_shed(&self, why: &str) {
-        self.intake.stats.shed_connections.add(1);
-        log::log!(
-            self.level(Warn::Shed),
-            "telemetry listener: a connection was shed ({why}; at most {} at once): something in the sandbox holds connections to the telemetry port; counted as shedConnections",
-            self.limits.connections
-        );
+        let most = self.limits.connections;
+        self.note(Warn::Shed, format_args!("a connection was shed ({why}; at most {most} at once): something in the sandbox holds connections to the telemetry port; counted as shedConnections"));
     }
 
     /// Answers 503 without waiting on the client, and closes.
@@ -520,12 +525,8 @@ impl Shared {
         if e.kind() == ErrorKind::Interrupted {
             return;
         }
-        self.intake.stats.accept_errors.add(1);
         let open = lock(&self.slots).list.len();
-        log::log!(
-            self.level(Warn::Accept),
-            "telemetry listener: accepting a connection failed: {e} ({open} connections open); shedding the oldest and trying again (counted as acceptErrors)"
-        );
+        self.note(Warn::Accept, format_args!("accepting a connection failed: {e} ({open} connections open); shedding the oldest and trying again (counted as acceptErrors)"));
         // Out of file descriptors (or memory): make room, and do not spin.
         if lock(&self.slots).shed_first(Duration::ZERO, Room::Slot, None) {
             self.count_shed("the process is out of resources");
@@ -535,19 +536,24 @@ impl Shared {
 
     /// Takes `n` more body bytes for connection `me`, shedding the oldest
     /// slow requests (past the grace time; strangers' first) while the
-    /// bodies in flight leave no room; their threads give their bytes back
-    /// as they end.
-    fn make_room(&self, budget: &mut Budget, n: usize, me: u64) -> bool {
+    /// bodies in flight leave no room (their threads give their bytes back
+    /// as they end); 503 if none goes in time.
+    fn make_room(&self, budget: &mut Budget, n: usize, me: u64) -> Result<(), Failure> {
         for _ in 0..ROOM_TRIES {
             if budget.take(n) {
-                return true;
+                return Ok(());
             }
             if lock(&self.slots).shed_first(self.limits.grace, Room::Body, Some(me)) {
                 self.count_shed("a slow request was shed to make room for body bytes");
             }
             std::thread::sleep(ROOM_WAIT);
         }
-        budget.take(n)
+        if budget.take(n) {
+            return Ok(());
+        }
+        let most = self.limits.bodies_in_flight;
+        self.note(Warn::Full, format_args!("{most} bytes of bodies are being read already; answered 503 (counted as shedConnections)"));
+        Err(Failure::Refused(503))
     }
 
     fn set_state(&self, id: u64, state: State) {
@@ -733,26 +739,16 @@ impl Connection<'_> {
             let cap = end
                 .max(body.capacity() * 2)
                 .min(end.max(self.shared.limits.body_bytes));
-            if !self
-                .shared
-                .make_room(budget, cap - body.capacity(), self.id)
-            {
-                self.shared.intake.stats.shed_connections.add(1);
-                log::log!(
-                    self.shared.level(Warn::Full),
-                    "telemetry listener: {} bytes of bodies are being read already; answered 503 (counted as shedConnections)",
-                    self.shared.limits.bodies_in_flight
-                );
-                return Err(Failure::Refused(503));
-            }
+            let more = cap - body.capacity();
+            self.shared.make_room(budget, more, self.id)?;
             body.reserve_exact(cap - body.len());
         }
         let read = (&mut self.reader).take(n as u64).read_to_end(body);
         read.map_err(|e| self.lost(&e))?;
-        match body.len() == end {
-            true => Ok(()),
-            false => Err(Failure::Gone),
+        if body.len() < end {
+            return Err(Failure::Gone);
         }
+        Ok(())
     }
 
     fn chunked(&mut self, body: &mut Vec<u8>, budget: &mut Budget) -> Result<(), Failure> {
@@ -782,12 +778,8 @@ impl Connection<'_> {
         if e.kind() != ErrorKind::TimedOut {
             return Failure::Gone;
         }
-        self.shared.intake.stats.stalled_requests.add(1);
-        log::log!(
-            self.shared.level(Warn::Stalled),
-            "telemetry listener: a request took over {:?} to arrive; answered 408 and closed (counted as stalledRequests)",
-            self.shared.limits.request_time
-        );
+        let time = self.shared.limits.request_time;
+        self.shared.note(Warn::Stalled, format_args!("a request took over {time:?} to arrive; answered 408 and closed (counted as stalledRequests)"));
         Failure::Refused(408)
     }
 
@@ -804,12 +796,8 @@ impl Connection<'_> {
                 );
             }
             _ => {
-                stats.refused_requests.add(1);
-                log::log!(
-                    self.shared.level(Warn::Refused),
-                    "telemetry listener: refused a request that is not a Telemetry API delivery ({r:?}, answered {}); counted as refusedRequests",
-                    r.status()
-                );
+                let status = r.status();
+                self.shared.note(Warn::Refused, format_args!("refused a request that is not a Telemetry API delivery ({r:?}, answered {status}); counted as refusedRequests"));
             }
         }
         Failure::Refused(r.status())

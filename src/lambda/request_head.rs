@@ -1,6 +1,8 @@
 //! What the listener's front door decides from a request head alone, before
 //! it reads a byte of the body: a pure function, so every refusal is a unit
-//! test. Only `POST /` with a sane length is a Telemetry API delivery.
+//! test. Only `POST /` with a sane length is a Telemetry API delivery. The
+//! head's syntax is httparse's (in the binary already, for the Extensions
+//! API's answers); what the fields mean for a delivery is decided here.
 
 /// How the body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
