@@ -181,9 +181,9 @@ def render(R: dict) -> str:
       "wall-clock rate also depends on what else runs on that core (see \"CPU use of the pinned core\" below). "
       "⁴ the floor binary with FLOOR_SUBSCRIBE=1: after register it also binds a listening socket and makes the "
       "Telemetry API subscription, as any telemetry extension must before its first next. "
-      "⁵ the floor binary with FLOOR_IDLE_THREADS=8: 9 threads in all, as many as this extension runs (main, "
-      "listener, body reader, dispatcher, tiny_http's accept thread and 4-thread pool); SIGSTOP/SIGCONT stop and "
-      "wake every one of them at each freeze.\n")
+      "⁵ the floor binary with FLOOR_IDLE_THREADS=3: 4 threads in all, as many as this extension runs at rest "
+      "(main, dispatcher, the listener's accepting thread, Lambda's kept-alive connection's); SIGSTOP/SIGCONT "
+      "stop and wake every one of them at each freeze.\n")
 
     # ------------------------------------------------------------ details
     w("## Details\n")

@@ -322,15 +322,13 @@ fn start_threads(
         let max_body = cfg.max_body_bytes;
         let reading = crate::records::shape::reading(cfg, model);
         spawn("listener", move || {
-            let limits = gate::Limits::new(max_body);
-            let inner = {
-                let stats = stats.clone();
-                gate::Inner::new(move || {
-                    let (tx, backlog, stats) = (events_tx.clone(), backlog.clone(), stats.clone());
-                    listener::start(tx, backlog, max_body, reading, stats)
-                })
+            let intake = listener::Intake {
+                tx: events_tx,
+                backlog,
+                reading,
+                stats,
             };
-            gate::serve(sockets, inner, limits, stats, unanswered)
+            gate::serve(sockets, intake, gate::Limits::new(max_body), unanswered)
         });
     }
     {

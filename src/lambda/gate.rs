@@ -1,39 +1,39 @@
 //! The telemetry listener's front door: it owns the subscribed port (bound
 //! on the addresses `hosts` finds for `sandbox.localdomain`, without DNS),
-//! and only complete, well-formed `POST /` deliveries pass it on their way to
-//! tiny_http (`listener`). Anything in the sandbox can connect here, so every
-//! resource a client can make us hold is bounded (docs/delivery.md, "What the
-//! listener bounds"):
+//! frames each request once (the head with httparse, `request_head`; the
+//! body by its length or chunks), hands each whole `POST /` delivery to the
+//! intake (`listener`) on the connection's own thread, and answers with
+//! tiny_http's `Response`. Anything in the sandbox can connect here, so
+//! every resource a client can make us hold is bounded (README "What the
+//! listener bounds"); the bounds are the pure functions at the top, each
+//! with unit tests:
 //!
-//! - connections: at most `Limits::connections`; past it one is shed in
-//!   the order of `shed_rank` (strangers before connections that carried
-//!   a delivery; idle, then slow), or the newcomer gets a 503. The accepting thread only accepts, sheds and spawns: it never
+//! - connections: at most `Limits::connections` (`admission`); past it one
+//!   is shed in the order of `shed_rank` (strangers before connections that
+//!   carried a delivery; idle, then slow), or the newcomer waits, then gets
+//!   a 503. The accepting thread only accepts, sheds and spawns: it never
 //!   reads from or waits on a client, and survives every accept error
 //!   (`EMFILE` under Lambda's 1,024-file limit included);
 //! - a request head: at most `head_bytes` (431 past it), decided on before
 //!   any body byte is read (`request_head`), so a refused request never
 //!   waits for its body;
 //! - body bytes held across all connections: at most `bodies_in_flight`
-//!   (503 past it), each body at most the body limit (413);
+//!   (`Budget`; 503 past it), each body at most the body limit (413);
 //! - time: a request must arrive whole within `request_time` of thawed time
-//!   from its first byte (408 past it). Freezes do not count: a read that
-//!   waited far longer than its tick was frozen, not slow.
-//!
-//! A delivery is read whole here, then handed to tiny_http over one private
-//! connection (one delivery at a time, as Lambda sends them); tiny_http's
-//! answer, which comes after the events are queued, goes back to the client.
+//!   from its first byte (`Clock`; 408 past it). Freezes do not count: a
+//!   read that waited far longer than its tick was frozen, not slow.
 
-use std::io::{self, ErrorKind, Read, Write};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tiny_http::{HTTPVersion, Response};
+
 use crate::lambda::hosts::{self, Source, SANDBOX_HOST};
-use crate::lambda::local_http::find;
+use crate::lambda::listener::{Intake, Taken, READER_STACK};
 use crate::lambda::request_head::{self, Body, Refusal};
-use crate::stats::Stats;
 
 /// How long one read waits before the request's clock is checked.
 const TICK: Duration = Duration::from_millis(500);
@@ -45,13 +45,11 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// closing does not reset the connection before the client reads the answer.
 const LINGER_BYTES: usize = 64 * 1024;
 const LINGER_TIME: Duration = Duration::from_millis(200);
-/// While the bodies in flight leave no room: how often, and how long
-/// apart, to shed a slow request and look again before answering 503 (in
-/// all, longer than `Limits::grace`, so some holder becomes sheddable).
+/// While there is no room (a slot, body bytes): how often, and how long
+/// apart, to look again (in all, longer than `Limits::grace`, so some
+/// holder becomes sheddable) before answering 503.
 const ROOM_TRIES: u32 = 80;
 const ROOM_WAIT: Duration = Duration::from_millis(5);
-/// Stack of a connection thread (no JSON is parsed here).
-const CONNECTION_STACK: usize = 64 * 1024;
 
 /// Every bound of the front door, in one place.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +77,148 @@ impl Limits {
         }
     }
 }
+
+// ------------------------------------------------------------------ policy
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Waiting for a request (a kept-alive connection).
+    Idle,
+    /// A request is arriving.
+    Reading,
+    /// A whole delivery is being handed over: never shed (that would lose it).
+    Delivering,
+}
+
+/// What the shedding order looks at in a connection.
+#[derive(Debug, Clone, Copy)]
+struct Standing {
+    state: State,
+    /// When the state began.
+    since: Instant,
+    /// It has carried a delivery the intake took: Lambda's, most likely,
+    /// kept alive between deliveries.
+    trusted: bool,
+}
+
+/// What a connection is shed to make room for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// A new connection (or, out of files, anything at all).
+    Slot,
+    /// Body bytes for another request.
+    Body,
+}
+
+/// Where a connection stands in the shedding order at `now`: the lowest
+/// rank goes first, the oldest among equals; `None`: not shed. Every
+/// stranger goes before any trusted connection, so Lambda's kept-alive
+/// connection, idle between deliveries, is not taken for an abandoned one
+/// while slow strangers hold the other slots; a trusted one is still shed
+/// when only trusted ones are left (trust is earned by one valid delivery,
+/// which anything in the sandbox can send). Within each: a connection idle
+/// for at least `grace`, then a request begun at least `grace` ago (a
+/// delivery in progress is fast; a slow one is a client holding the slot),
+/// then (for a slot) one idle for less than `grace` (one just accepted is
+/// idle until its head arrives, and may be Lambda's, about to deliver).
+/// Body room is made from slow requests only. Never one delivering.
+fn shed_rank(s: Standing, now: Instant, grace: Duration, room: Room) -> Option<u8> {
+    let old = now.saturating_duration_since(s.since) >= grace;
+    let rank = match (s.state, room) {
+        (State::Idle, Room::Slot) if old => 0,
+        (State::Reading, _) if old => 1,
+        (State::Idle, Room::Slot) => 2,
+        _ => return None,
+    };
+    Some(if s.trusted { rank + 3 } else { rank })
+}
+
+/// The connection to shed first (an index into `standings`; `None` ones
+/// are not candidates), if any may be.
+fn pick(
+    standings: impl IntoIterator<Item = Option<Standing>>,
+    now: Instant,
+    grace: Duration,
+    room: Room,
+) -> Option<usize> {
+    standings
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let s = s?;
+            Some((shed_rank(s, now, grace, room)?, s.since, i))
+        })
+        .min()
+        .map(|(_, _, i)| i)
+}
+
+/// What a new connection gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// A free slot.
+    Slot,
+    /// The slot of connection `.0`, shed for it.
+    Shed(usize),
+    /// No slot can be had yet: wait on a thread of its own.
+    Wait,
+    /// As many wait already: 503.
+    Refuse,
+}
+
+/// `open` connections hold slots, `waiting` newcomers wait for one, and
+/// `first` is the one `pick` would shed for a slot.
+fn admission(open: usize, waiting: usize, limit: usize, first: Option<usize>) -> Admission {
+    match first {
+        _ if open < limit => Admission::Slot,
+        Some(i) => Admission::Shed(i),
+        None if waiting < limit => Admission::Wait,
+        None => Admission::Refuse,
+    }
+}
+
+/// Thawed time a request has taken (see module comment).
+struct Clock {
+    spent: Duration,
+    limit: Duration,
+}
+
+impl Clock {
+    /// Charges one read's wait; false once the request is over its time.
+    fn charge(&mut self, waited: Duration) -> bool {
+        if waited < FROZEN {
+            self.spent += waited;
+        }
+        self.spent <= self.limit
+    }
+}
+
+/// Body bytes a request holds of the budget all share (`total`, at most
+/// `limit`), returned when it ends.
+struct Budget<'a> {
+    total: &'a AtomicUsize,
+    limit: usize,
+    mine: usize,
+}
+
+impl Budget<'_> {
+    fn take(&mut self, n: usize) -> bool {
+        let before = self.total.fetch_add(n, Ordering::AcqRel);
+        if before + n > self.limit {
+            self.total.fetch_sub(n, Ordering::AcqRel);
+            return false;
+        }
+        self.mine += n;
+        true
+    }
+}
+
+impl Drop for Budget<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::AcqRel);
+    }
+}
+
+// ----------------------------------------------------------------- sockets
 
 /// Binds the port on the addresses `/etc/hosts` gives `sandbox.localdomain`
 /// (Lambda delivers there), else on loopback and, if this machine has it,
@@ -116,92 +256,47 @@ pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
     Ok((sockets, port))
 }
 
-/// The private connection to tiny_http, reopened by `open` if it breaks.
-pub struct Inner {
-    conn: Mutex<Option<UnixStream>>,
-    open: Box<dyn Fn() -> io::Result<UnixStream> + Send + Sync>,
-}
-
-impl Inner {
-    pub fn new(open: impl Fn() -> io::Result<UnixStream> + Send + Sync + 'static) -> Inner {
-        Inner {
-            conn: Mutex::new(None),
-            open: Box::new(open),
-        }
-    }
-
-    /// Hands one body to tiny_http and returns its answer's status.
-    fn forward(&self, body: &[u8]) -> io::Result<u16> {
-        let mut conn = lock(&self.conn);
-        if conn.is_none() {
-            *conn = Some((self.open)()?);
-        }
-        let result = conn.as_mut().map_or_else(
-            || Err(ErrorKind::NotConnected.into()),
-            |s| exchange(s, body),
-        );
-        if result.is_err() {
-            *conn = None;
-        }
-        result
-    }
-}
-
-fn exchange(s: &mut UnixStream, body: &[u8]) -> io::Result<u16> {
-    let head = format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len());
-    s.write_all(head.as_bytes())?;
-    s.write_all(body)?;
-    let mut answer = [0u8; 1024];
-    let mut n = 0;
-    loop {
-        let k = s.read(&mut answer[n..])?;
-        if k == 0 {
-            return Err(ErrorKind::UnexpectedEof.into());
-        }
-        n += k;
-        if find(&answer[..n], b"\r\n\r\n").is_some() {
-            return answer
-                .get(9..12)
-                .and_then(|s| std::str::from_utf8(s).ok()?.parse().ok())
-                .ok_or_else(|| ErrorKind::InvalidData.into());
-        }
-        if n == answer.len() {
-            return Err(ErrorKind::InvalidData.into());
-        }
-    }
-}
-
 /// Deliveries taken whole but not answered yet: the process waits for them
 /// before it exits, so Lambda does not see a delivery fail that was taken.
 #[derive(Debug, Default)]
-pub struct Unanswered(AtomicUsize);
+pub struct Unanswered {
+    count: Mutex<usize>,
+    answered: Condvar,
+}
 
 impl Unanswered {
     /// Waits until every delivery is answered, or `until`.
     pub fn wait(&self, until: Instant) {
-        while self.0.load(Ordering::Acquire) > 0 && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        let timeout = until.saturating_duration_since(Instant::now());
+        let _ = self
+            .answered
+            .wait_timeout_while(lock(&self.count), timeout, |n| *n > 0);
+    }
+
+    fn add(&self) {
+        *lock(&self.count) += 1;
+    }
+
+    fn done(&self) {
+        *lock(&self.count) -= 1;
+        self.answered.notify_all();
     }
 }
 
 /// Serves `sockets` until the process exits: one accepting thread each.
 pub fn serve(
     sockets: Vec<TcpListener>,
-    inner: Inner,
+    intake: Intake,
     limits: Limits,
-    stats: Arc<Stats>,
     unanswered: Arc<Unanswered>,
 ) {
     let shared = Arc::new(Shared {
         limits,
-        stats,
-        inner,
+        intake,
         unanswered,
         slots: Mutex::new(Slots::default()),
         held: AtomicUsize::new(0),
-        waiting: AtomicUsize::new(0),
-        warned: Warned::default(),
+        warned: Default::default(),
     });
     let mut sockets = sockets.into_iter();
     let Some(first) = sockets.next() else { return };
@@ -209,7 +304,7 @@ pub fn serve(
         let shared = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("accept".into())
-            .stack_size(CONNECTION_STACK)
+            .stack_size(64 * 1024)
             .spawn(move || accept_loop(&socket, &shared));
         if let Err(e) = spawned {
             log::error!("telemetry listener: cannot start an accepting thread: {e}");
@@ -221,20 +316,10 @@ pub fn serve(
 fn accept_loop(socket: &TcpListener, shared: &Arc<Shared>) {
     loop {
         match socket.accept() {
-            Ok((stream, _)) => shared.admit(stream, shared),
+            Ok((stream, _)) => shared.admit(stream),
             Err(e) => shared.accept_failed(&e),
         }
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Waiting for a request (a kept-alive connection).
-    Idle,
-    /// A request is arriving.
-    Reading,
-    /// A whole delivery is with tiny_http: never shed (that would lose it).
-    Forwarding,
 }
 
 struct Slot {
@@ -244,90 +329,46 @@ struct Slot {
     standing: Standing,
 }
 
-/// What the shedding order looks at in a connection.
-#[derive(Debug, Clone, Copy)]
-struct Standing {
-    state: State,
-    /// When the state began.
-    since: Instant,
-    /// It has carried a delivery tiny_http took (2xx): Lambda's, most
-    /// likely, kept alive between deliveries.
-    trusted: bool,
-}
-
-/// What a connection is shed to make room for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Room {
-    /// A new connection (or, out of files, anything at all).
-    Slot,
-    /// Body bytes for another request.
-    Body,
-}
-
-/// Where a connection stands in the shedding order at `now`: the lowest
-/// rank goes first, the oldest among equals; `None`: not shed. Every
-/// stranger goes before any trusted connection, so Lambda's kept-alive
-/// connection, idle between deliveries, is not taken for an abandoned one
-/// while slow strangers hold the other slots; a trusted one is still shed
-/// when only trusted ones are left (trust is earned by one valid delivery,
-/// which anything in the sandbox can send). Within each: a connection idle
-/// for at least `grace`, then a request begun at least `grace` ago (a
-/// delivery in progress is fast; a slow one is a client holding the slot),
-/// then (for a slot) one idle for less than `grace` (one just accepted is
-/// idle until its head arrives, and may be Lambda's, about to deliver).
-/// Body room is made from slow requests only. Never one forwarding.
-fn shed_rank(s: Standing, now: Instant, grace: Duration, room: Room) -> Option<u8> {
-    let old = now.saturating_duration_since(s.since) >= grace;
-    let rank = match (s.state, room) {
-        (State::Idle, Room::Slot) if old => 0,
-        (State::Reading, _) if old => 1,
-        (State::Idle, Room::Slot) => 2,
-        _ => return None,
-    };
-    Some(if s.trusted { rank + 3 } else { rank })
-}
-
-/// The connection to shed first (an index into `standings`; `None` ones
-/// are not candidates), if any may be.
-fn pick(
-    standings: impl IntoIterator<Item = Option<Standing>>,
-    now: Instant,
-    grace: Duration,
-    room: Room,
-) -> Option<usize> {
-    standings
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, s)| {
-            let s = s?;
-            Some((shed_rank(s, now, grace, room)?, s.since, i))
-        })
-        .min()
-        .map(|(_, _, i)| i)
-}
-
 #[derive(Default)]
 struct Slots {
     next_id: u64,
     list: Vec<Slot>,
+    /// New connections waiting for a slot.
+    waiting: usize,
+}
+
+impl Slots {
+    /// Shuts down and forgets the connection first in the shedding order,
+    /// other than `except`, if any may be shed. Its thread ends on its next
+    /// read. The caller counts it.
+    fn shed_first(&mut self, grace: Duration, room: Room, except: Option<u64>) -> bool {
+        let standings = self.list.iter();
+        let standings = standings.map(|s| (Some(s.id) != except).then_some(s.standing));
+        let Some(i) = pick(standings, Instant::now(), grace, room) else {
+            return false;
+        };
+        self.shed(i);
+        true
+    }
+
+    fn shed(&mut self, i: usize) {
+        let _ = self.list.swap_remove(i).stream.shutdown(Shutdown::Both);
+    }
+
+    fn get(&mut self, id: u64) -> Option<&mut Standing> {
+        let slot = self.list.iter_mut().find(|s| s.id == id);
+        slot.map(|s| &mut s.standing)
+    }
 }
 
 /// Problems logged at WARN the first time, at DEBUG after that.
-#[derive(Default)]
-struct Warned {
-    shed: AtomicBool,
-    accept: AtomicBool,
-    refused: AtomicBool,
-    stalled: AtomicBool,
-    full: AtomicBool,
-}
-
-fn first_time(flag: &AtomicBool) -> log::Level {
-    if flag.swap(true, Ordering::Relaxed) {
-        log::Level::Debug
-    } else {
-        log::Level::Warn
-    }
+#[derive(Clone, Copy)]
+enum Warn {
+    Shed,
+    Accept,
+    Refused,
+    Stalled,
+    Full,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -336,78 +377,105 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 struct Shared {
     limits: Limits,
-    stats: Arc<Stats>,
-    inner: Inner,
+    intake: Intake,
     slots: Mutex<Slots>,
-    /// Body bytes held by all connections.
+    /// Body bytes held by all connections (`Budget`).
     held: AtomicUsize,
-    /// New connections waiting for a slot (at most `Limits::connections`).
-    waiting: AtomicUsize,
     unanswered: Arc<Unanswered>,
-    warned: Warned,
+    warned: [AtomicBool; 5],
+}
+
+/// Where a new connection is in `Shared::enter`.
+enum Entry {
+    Slot(u64),
+    Wait(TcpStream),
+    Refused,
 }
 
 impl Shared {
+    /// Counts a problem; logs it at WARN the first time, at DEBUG after.
+    fn note(&self, w: Warn, what: std::fmt::Arguments) {
+        let stats = &self.intake.stats;
+        let counter = match w {
+            Warn::Shed | Warn::Full => &stats.shed_connections,
+            Warn::Accept => &stats.accept_errors,
+            Warn::Refused => &stats.refused_requests,
+            Warn::Stalled => &stats.stalled_requests,
+        };
+        counter.add(1);
+        let level = match self.warned[w as usize].swap(true, Ordering::Relaxed) {
+            true => log::Level::Debug,
+            false => log::Level::Warn,
+        };
+        log::log!(level, "telemetry listener: {what}");
+    }
+
     /// A new connection: a slot and a thread, or shed.
-    fn admit(&self, stream: TcpStream, me: &Arc<Shared>) {
+    fn admit(self: &Arc<Self>, stream: TcpStream) {
         let handle = match stream.try_clone() {
             Ok(h) => h,
             Err(e) => return self.shed(stream, &e.to_string()),
         };
         // A slot now, or (when every connection is busy with a young request)
         // a wait of its own for one: the accepting thread never waits.
-        let slot = self.take_slot(handle);
-        let taken = slot.as_ref().ok().copied();
-        if taken.is_none() && self.waiting.fetch_add(1, Ordering::AcqRel) >= self.limits.connections
-        {
-            self.waiting.fetch_sub(1, Ordering::AcqRel);
-            return self.shed(stream, "the connection limit is reached");
-        }
-        let me = me.clone();
+        let entry = self.enter(handle, false);
+        let taken = match entry {
+            Entry::Refused => return self.shed(stream, "the connection limit is reached"),
+            Entry::Slot(id) => Some(id),
+            Entry::Wait(_) => None,
+        };
+        let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("connection".into())
-            .stack_size(CONNECTION_STACK)
+            .stack_size(READER_STACK)
             .spawn(move || {
-                let id = match slot {
-                    Ok(id) => id,
-                    Err(handle) => {
-                        let id = me.wait_for_slot(handle);
-                        me.waiting.fetch_sub(1, Ordering::AcqRel);
-                        match id {
-                            Some(id) => id,
-                            None => return me.shed(stream, "no connection became free in time"),
-                        }
-                    }
+                let Some(id) = me.slot_of(entry) else {
+                    return me.shed(stream, "no connection became free in time");
                 };
-                Connection {
+                let reader = BufReader::new(Timed {
                     stream,
-                    buf: Vec::new(),
+                    clock: None,
+                });
+                Connection {
+                    reader,
                     id,
                     shared: &me,
                 }
                 .run();
-                me.release(id);
+                lock(&me.slots).list.retain(|s| s.id != id);
             });
         if let Err(e) = spawned {
+            let mut slots = lock(&self.slots);
             match taken {
-                Some(id) => self.release(id),
-                None => {
-                    self.waiting.fetch_sub(1, Ordering::AcqRel);
-                }
+                Some(id) => slots.list.retain(|s| s.id != id),
+                None => slots.waiting -= 1,
             }
+            drop(slots);
             self.count_shed(&format!("cannot start a thread for it: {e}"));
         }
     }
 
-    /// A slot for `handle`'s connection, shedding one to make room if need
-    /// be; gives the handle back when every connection is too young to shed.
-    fn take_slot(&self, handle: TcpStream) -> Result<u64, TcpStream> {
+    /// `handle`'s connection by `admission`; `waiting`: it waits already.
+    fn enter(&self, handle: TcpStream, waiting: bool) -> Entry {
         let mut slots = lock(&self.slots);
-        if slots.list.len() >= self.limits.connections {
-            if !shed_first(&mut slots, self.limits.grace, Room::Slot, None) {
-                return Err(handle);
+        let (open, limit) = (slots.list.len(), self.limits.connections);
+        let first = if open < limit {
+            None
+        } else {
+            let standings = slots.list.iter().map(|s| Some(s.standing));
+            pick(standings, Instant::now(), self.limits.grace, Room::Slot)
+        };
+        let others = slots.waiting - usize::from(waiting);
+        let decision = admission(open, others, limit, first);
+        slots.waiting = others + usize::from(decision == Admission::Wait);
+        match decision {
+            Admission::Slot => {}
+            Admission::Shed(i) => {
+                slots.shed(i);
+                self.count_shed("the oldest connection was shed for a new one");
             }
-            self.count_shed("the oldest connection was shed for a new one");
+            Admission::Wait => return Entry::Wait(handle),
+            Admission::Refuse => return Entry::Refused,
         }
         let id = slots.next_id;
         slots.next_id += 1;
@@ -420,29 +488,30 @@ impl Shared {
                 trusted: false,
             },
         });
-        Ok(id)
+        Entry::Slot(id)
     }
 
-    /// Waits (on the new connection's own thread) until a slot can be had:
-    /// at most `ROOM_WAIT × ROOM_TRIES`, longer than the grace time.
-    fn wait_for_slot(&self, mut handle: TcpStream) -> Option<u64> {
+    /// The slot an entry has, or waits (on the new connection's own thread)
+    /// for: at most `ROOM_WAIT × ROOM_TRIES`, longer than the grace time.
+    fn slot_of(&self, mut entry: Entry) -> Option<u64> {
         for _ in 0..ROOM_TRIES {
+            let Entry::Wait(handle) = entry else { break };
             std::thread::sleep(ROOM_WAIT);
-            match self.take_slot(handle) {
-                Ok(id) => return Some(id),
-                Err(h) => handle = h,
+            entry = self.enter(handle, true);
+        }
+        match entry {
+            Entry::Slot(id) => Some(id),
+            Entry::Refused => None,
+            Entry::Wait(_) => {
+                lock(&self.slots).waiting -= 1;
+                None
             }
         }
-        None
     }
 
     fn count_shed(&self, why: &str) {
-        self.stats.shed_connections.add(1);
-        log::log!(
-            first_time(&self.warned.shed),
-            "telemetry listener: a connection was shed ({why}; at most {} at once): something in the sandbox holds connections to the telemetry port; counted as shedConnections",
-            self.limits.connections
-        );
+        let most = self.limits.connections;
+        self.note(Warn::Shed, format_args!("a connection was shed ({why}; at most {most} at once): something in the sandbox holds connections to the telemetry port; counted as shedConnections"));
     }
 
     /// Answers 503 without waiting on the client, and closes.
@@ -456,89 +525,59 @@ impl Shared {
         if e.kind() == ErrorKind::Interrupted {
             return;
         }
-        self.stats.accept_errors.add(1);
         let open = lock(&self.slots).list.len();
-        log::log!(
-            first_time(&self.warned.accept),
-            "telemetry listener: accepting a connection failed: {e} ({open} connections open); shedding the oldest and trying again (counted as acceptErrors)"
-        );
+        self.note(Warn::Accept, format_args!("accepting a connection failed: {e} ({open} connections open); shedding the oldest and trying again (counted as acceptErrors)"));
         // Out of file descriptors (or memory): make room, and do not spin.
-        if shed_first(&mut lock(&self.slots), Duration::ZERO, Room::Slot, None) {
+        if lock(&self.slots).shed_first(Duration::ZERO, Room::Slot, None) {
             self.count_shed("the process is out of resources");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
 
-    /// Sheds the request (other than `me`'s) that began longest ago, if at
-    /// least the grace time ago (a stranger's before a trusted one's).
-    fn shed_slow_request(&self, me: u64) {
-        let shed = shed_first(
-            &mut lock(&self.slots),
-            self.limits.grace,
-            Room::Body,
-            Some(me),
-        );
-        if shed {
-            self.count_shed("a slow request was shed to make room for body bytes");
+    /// Takes `n` more body bytes for connection `me`, shedding the oldest
+    /// slow requests (past the grace time; strangers' first) while the
+    /// bodies in flight leave no room (their threads give their bytes back
+    /// as they end); 503 if none goes in time.
+    fn make_room(&self, budget: &mut Budget, n: usize, me: u64) -> Result<(), Failure> {
+        for _ in 0..ROOM_TRIES {
+            if budget.take(n) {
+                return Ok(());
+            }
+            if lock(&self.slots).shed_first(self.limits.grace, Room::Body, Some(me)) {
+                self.count_shed("a slow request was shed to make room for body bytes");
+            }
+            std::thread::sleep(ROOM_WAIT);
         }
+        if budget.take(n) {
+            return Ok(());
+        }
+        let most = self.limits.bodies_in_flight;
+        self.note(Warn::Full, format_args!("{most} bytes of bodies are being read already; answered 503 (counted as shedConnections)"));
+        Err(Failure::Refused(503))
     }
 
     fn set_state(&self, id: u64, state: State) {
-        if let Some(s) = lock(&self.slots).list.iter_mut().find(|s| s.id == id) {
-            s.standing.state = state;
-            s.standing.since = Instant::now();
+        if let Some(s) = lock(&self.slots).get(id) {
+            s.state = state;
+            s.since = Instant::now();
         }
-    }
-
-    /// The connection has carried a delivery tiny_http took.
-    fn trust(&self, id: u64) {
-        if let Some(s) = lock(&self.slots).list.iter_mut().find(|s| s.id == id) {
-            s.standing.trusted = true;
-        }
-    }
-
-    fn release(&self, id: u64) {
-        lock(&self.slots).list.retain(|s| s.id != id);
     }
 }
 
-/// Shuts down and forgets the connection first in the shedding order
-/// (`shed_rank`), other than `except`, if any may be shed. Its thread ends
-/// on its next read. The caller counts it.
-fn shed_first(slots: &mut Slots, grace: Duration, room: Room, except: Option<u64>) -> bool {
-    let standings = slots
-        .list
-        .iter()
-        .map(|s| (Some(s.id) != except).then_some(s.standing));
-    let Some(i) = pick(standings, Instant::now(), grace, room) else {
-        return false;
-    };
-    let slot = slots.list.swap_remove(i);
-    let _ = slot.stream.shutdown(Shutdown::Both);
-    true
-}
-
-/// The bytes of a bodiless answer.
+/// The bytes of a bodiless answer, as tiny_http writes them. Its
+/// `Response` leaves out a `Connection` header (its server adds that
+/// itself): a closing answer gets it here.
 fn answer(status: u16, close: bool) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        413 => "Payload Too Large",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        501 => "Not Implemented",
-        505 => "HTTP Version Not Supported",
-        503 => "Service Unavailable",
-        _ => "Status",
-    };
-    let close = if close { "Connection: close\r\n" } else { "" };
-    format!("HTTP/1.1 {status} {reason}\r\nContent-Length: 0\r\n{close}\r\n").into_bytes()
+    let mut out = Vec::with_capacity(160);
+    let _ = Response::empty(status).raw_print(&mut out, HTTPVersion(1, 1), &[], false, None);
+    if close && out.ends_with(b"\r\n\r\n") {
+        out.truncate(out.len() - 2);
+        out.extend_from_slice(b"Connection: close\r\n\r\n");
+    }
+    out
 }
 
-/// Why a request ended without reaching tiny_http.
+/// Why a request ended without a delivery.
 #[derive(Debug)]
 enum Failure {
     /// Answered with this status, then the connection closes.
@@ -547,143 +586,206 @@ enum Failure {
     Gone,
 }
 
-/// Thawed time a request has taken (see module comment).
-struct Clock {
-    spent: Duration,
-    limit: Duration,
+/// A connection's socket as its requests read it: each read waits at most
+/// a tick, and is charged to the request's `clock`; past its limit a read
+/// fails with `TimedOut`. Without a clock (between requests) a read waits
+/// as long as it takes.
+struct Timed {
+    stream: TcpStream,
+    clock: Option<Clock>,
 }
 
-impl Clock {
-    /// Charges one read's wait; false once the request is over its time.
-    fn charge(&mut self, waited: Duration) -> bool {
-        if waited < FROZEN {
-            self.spent += waited;
+impl Read for Timed {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let started = Instant::now();
+            let result = self.stream.read(out);
+            let waited = started.elapsed();
+            let in_time = self.clock.as_mut().is_none_or(|c| c.charge(waited));
+            match result {
+                Err(e) if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    return Err(e)
+                }
+                _ if !in_time => return Err(ErrorKind::TimedOut.into()),
+                Err(_) => {} // a tick: wait again
+                ok => return ok,
+            }
         }
-        self.spent <= self.limit
-    }
-}
-
-/// Body bytes a request holds, returned when it ends.
-struct Held<'a> {
-    total: &'a AtomicUsize,
-    limit: usize,
-    mine: usize,
-}
-
-impl Held<'_> {
-    fn take(&mut self, n: usize) -> bool {
-        let before = self.total.fetch_add(n, Ordering::AcqRel);
-        if before + n > self.limit {
-            self.total.fetch_sub(n, Ordering::AcqRel);
-            return false;
-        }
-        self.mine += n;
-        true
-    }
-}
-
-impl Drop for Held<'_> {
-    fn drop(&mut self) {
-        self.total.fetch_sub(self.mine, Ordering::AcqRel);
     }
 }
 
 /// One client connection, on its own thread.
 struct Connection<'a> {
-    stream: TcpStream,
-    /// Bytes read past what the last step used (the head, chunk lines).
-    buf: Vec<u8>,
+    reader: BufReader<Timed>,
     id: u64,
     shared: &'a Shared,
 }
 
 impl Connection<'_> {
     fn run(mut self) {
-        let _ = self.stream.set_nodelay(true);
-        let _ = self.stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        let _ = self.stream().set_nodelay(true);
+        let _ = self.stream().set_write_timeout(Some(WRITE_TIMEOUT));
         loop {
             self.shared.set_state(self.id, State::Idle);
             match self.request() {
                 Ok(true) => {}
                 Ok(false) | Err(Failure::Gone) => return,
-                Err(Failure::Refused(status)) => {
-                    self.refuse(status);
-                    return;
-                }
+                Err(Failure::Refused(status)) => return self.refuse(status),
             }
         }
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        &mut self.reader.get_mut().stream
     }
 
     /// One request, from its first byte to its answer. Ok(keep-alive).
     fn request(&mut self) -> Result<bool, Failure> {
-        if self.buf.is_empty() {
+        let limits = self.shared.limits;
+        if self.reader.buffer().is_empty() {
             // A kept-alive connection waits without a clock (freezes, idle
             // time between invokes); shedding it ends the wait.
-            let _ = self.stream.set_read_timeout(None);
-            let mut first = [0u8; 1024];
-            match self.stream.read(&mut first) {
-                Ok(0) | Err(_) => return Err(Failure::Gone),
-                Ok(n) => self.buf.extend_from_slice(&first[..n]),
+            let _ = self.stream().set_read_timeout(None);
+            self.reader.get_mut().clock = None;
+            if self.reader.fill_buf().map_or(true, |b| b.is_empty()) {
+                return Err(Failure::Gone);
             }
         }
         self.shared.set_state(self.id, State::Reading);
-        let _ = self.stream.set_read_timeout(Some(TICK));
-        let mut clock = Clock {
+        let _ = self.stream().set_read_timeout(Some(TICK));
+        self.reader.get_mut().clock = Some(Clock {
             spent: Duration::ZERO,
-            limit: self.shared.limits.request_time,
-        };
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            if self.buf.len() >= self.shared.limits.head_bytes {
-                return Err(self.refused(Refusal::HeadTooLarge));
-            }
-            self.fill(&mut clock, self.shared.limits.head_bytes)?;
-        };
-        let limits = self.shared.limits;
-        let decision = request_head::parse(&self.buf[..head_end], limits.body_bytes as u64);
-        self.buf.drain(..head_end + 4);
-        let admitted = match decision {
-            Ok(a) => a,
-            Err(r) => return Err(self.refused(r)),
-        };
+            limit: limits.request_time,
+        });
+        let head = self.head()?;
+        let decision = request_head::parse(&head, limits.body_bytes as u64);
+        let admitted = decision.map_err(|r| self.refused(r))?;
         if admitted.expect_continue {
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let mut held = Held {
+        let mut budget = Budget {
             total: &self.shared.held,
             limit: limits.bodies_in_flight,
             mine: 0,
         };
-        let body = match admitted.body {
-            Body::Length(n) => self.body(n as usize, &mut held, &mut clock)?,
-            Body::Chunked => self.chunked(&mut held, &mut clock)?,
-        };
-        self.shared.set_state(self.id, State::Forwarding);
-        let unanswered = &self.shared.unanswered.0;
-        unanswered.fetch_add(1, Ordering::AcqRel);
-        let status = match self.shared.inner.forward(&body) {
-            Ok(s) => s,
-            Err(e) => {
-                log::error!("telemetry listener: handing a delivery to the HTTP server failed: {e}; answered 503 (Lambda retries)");
-                503
-            }
-        };
-        if (200..300).contains(&status) {
-            self.shared.trust(self.id);
+        let mut body = Vec::new();
+        match admitted.body {
+            Body::Length(n) => self.read_body(&mut body, n as usize, &mut budget)?,
+            Body::Chunked => self.chunked(&mut body, &mut budget)?,
         }
-        drop(body);
-        drop(held);
+        self.shared.set_state(self.id, State::Delivering);
+        let unanswered = &self.shared.unanswered;
+        unanswered.add();
+        let status = match self.shared.intake.take(body) {
+            Taken::Queued => {
+                if let Some(s) = lock(&self.shared.slots).get(self.id) {
+                    s.trusted = true;
+                }
+                200
+            }
+            Taken::TooLate => 503,
+        };
+        drop(budget);
         let written = self.write(&answer(status, admitted.close));
-        unanswered.fetch_sub(1, Ordering::AcqRel);
+        unanswered.done();
         written?;
         Ok(!admitted.close)
     }
 
+    /// The head, up to and including its blank line, at most `head_bytes`.
+    fn head(&mut self) -> Result<Vec<u8>, Failure> {
+        let limit = self.shared.limits.head_bytes;
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let room = limit.saturating_sub(head.len()) as u64;
+            let read = (&mut self.reader).take(room).read_until(b'\n', &mut head);
+            match read.map_err(|e| self.lost(&e))? {
+                0 if head.len() >= limit => return Err(self.refused(Refusal::HeadTooLarge)),
+                0 => return Err(Failure::Gone),
+                _ => {}
+            }
+        }
+        Ok(head)
+    }
+
+    /// The next CRLF-terminated line of a chunked body (without it), at
+    /// most a head's size.
+    fn line(&mut self) -> Result<Vec<u8>, Failure> {
+        let limit = self.shared.limits.head_bytes as u64;
+        let mut line = Vec::new();
+        let read = (&mut self.reader).take(limit).read_until(b'\n', &mut line);
+        read.map_err(|e| self.lost(&e))?;
+        if line.ends_with(b"\r\n") {
+            line.truncate(line.len() - 2);
+            return Ok(line);
+        }
+        if line.ends_with(b"\n") || line.len() as u64 >= limit {
+            return Err(self.refused(Refusal::Malformed));
+        }
+        Err(Failure::Gone)
+    }
+
+    /// Appends `n` body bytes to `body`, within the body budget: room is
+    /// made by doubling (up to the body limit), so that many small chunks
+    /// do not cost a copy each.
+    fn read_body(
+        &mut self,
+        body: &mut Vec<u8>,
+        n: usize,
+        budget: &mut Budget,
+    ) -> Result<(), Failure> {
+        let end = body.len() + n;
+        if end > body.capacity() {
+            let cap = end
+                .max(body.capacity() * 2)
+                .min(end.max(self.shared.limits.body_bytes));
+            let more = cap - body.capacity();
+            self.shared.make_room(budget, more, self.id)?;
+            body.reserve_exact(cap - body.len());
+        }
+        let read = (&mut self.reader).take(n as u64).read_to_end(body);
+        read.map_err(|e| self.lost(&e))?;
+        if body.len() < end {
+            return Err(Failure::Gone);
+        }
+        Ok(())
+    }
+
+    fn chunked(&mut self, body: &mut Vec<u8>, budget: &mut Budget) -> Result<(), Failure> {
+        loop {
+            let line = self.line()?;
+            let size = request_head::chunk_size(&line);
+            let size = size.ok_or_else(|| self.refused(Refusal::Malformed))?;
+            if size == 0 {
+                break;
+            }
+            let total = body.len() as u64 + size;
+            if total > self.shared.limits.body_bytes as u64 {
+                return Err(self.refused(Refusal::TooLarge(total)));
+            }
+            self.read_body(body, size as usize, budget)?;
+            if !self.line()?.is_empty() {
+                return Err(self.refused(Refusal::Malformed));
+            }
+        }
+        // Trailers, up to the blank line.
+        while !self.line()?.is_empty() {}
+        Ok(())
+    }
+
+    /// A failed read: over the request's time (408), or the client is gone.
+    fn lost(&self, e: &io::Error) -> Failure {
+        if e.kind() != ErrorKind::TimedOut {
+            return Failure::Gone;
+        }
+        let time = self.shared.limits.request_time;
+        self.shared.note(Warn::Stalled, format_args!("a request took over {time:?} to arrive; answered 408 and closed (counted as stalledRequests)"));
+        Failure::Refused(408)
+    }
+
     /// Counts and logs a refused head; the status to answer.
     fn refused(&self, r: Refusal) -> Failure {
-        let stats = &self.shared.stats;
+        let stats = &self.shared.intake.stats;
         match r {
             Refusal::TooLarge(n) => {
                 stats.oversized_bodies.add(1);
@@ -694,12 +796,8 @@ impl Connection<'_> {
                 );
             }
             _ => {
-                stats.refused_requests.add(1);
-                log::log!(
-                    first_time(&self.shared.warned.refused),
-                    "telemetry listener: refused a request that is not a Telemetry API delivery ({r:?}, answered {}); counted as refusedRequests",
-                    r.status()
-                );
+                let status = r.status();
+                self.shared.note(Warn::Refused, format_args!("refused a request that is not a Telemetry API delivery ({r:?}, answered {status}); counted as refusedRequests"));
             }
         }
         Failure::Refused(r.status())
@@ -711,13 +809,14 @@ impl Connection<'_> {
         if self.write(&answer(status, true)).is_err() {
             return;
         }
-        let _ = self.stream.shutdown(Shutdown::Write);
-        let _ = self.stream.set_read_timeout(Some(LINGER_TIME));
+        let stream = self.stream();
+        let _ = stream.shutdown(Shutdown::Write);
+        let _ = stream.set_read_timeout(Some(LINGER_TIME));
         let start = Instant::now();
         let mut read = 0;
         let mut scratch = [0u8; 4096];
         while read < LINGER_BYTES && start.elapsed() < LINGER_TIME {
-            match self.stream.read(&mut scratch) {
+            match stream.read(&mut scratch) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => read += n,
             }
@@ -725,146 +824,7 @@ impl Connection<'_> {
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.stream.write_all(bytes).map_err(|_| Failure::Gone)
-    }
-
-    /// Reads some bytes into `out`, within the request's time.
-    fn read_some(&mut self, out: &mut [u8], clock: &mut Clock) -> Result<usize, Failure> {
-        loop {
-            let started = Instant::now();
-            let result = self.stream.read(out);
-            let in_time = clock.charge(started.elapsed());
-            match result {
-                Ok(0) => return Err(Failure::Gone),
-                Err(e)
-                    if !matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) =>
-                {
-                    return Err(Failure::Gone)
-                }
-                _ if !in_time => return Err(self.stalled()),
-                Ok(n) => return Ok(n),
-                Err(_) => {} // a tick: wait again
-            }
-        }
-    }
-
-    fn stalled(&self) -> Failure {
-        self.shared.stats.stalled_requests.add(1);
-        log::log!(
-            first_time(&self.shared.warned.stalled),
-            "telemetry listener: a request took over {:?} to arrive; answered 408 and closed (counted as stalledRequests)",
-            self.shared.limits.request_time
-        );
-        Failure::Refused(408)
-    }
-
-    /// Reads more into `buf`, keeping it under `cap` bytes.
-    fn fill(&mut self, clock: &mut Clock, cap: usize) -> Result<(), Failure> {
-        let mut chunk = [0u8; 4096];
-        let room = cap.saturating_sub(self.buf.len()).clamp(1, chunk.len());
-        let n = self.read_some(&mut chunk[..room], clock)?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(())
-    }
-
-    /// Appends `n` body bytes to `body`: first what `buf` holds, then reads.
-    fn append(
-        &mut self,
-        body: &mut Vec<u8>,
-        n: usize,
-        held: &mut Held,
-        clock: &mut Clock,
-    ) -> Result<(), Failure> {
-        let end = body.len() + n;
-        if end > body.capacity() {
-            // Doubling (up to the body limit): many small chunks must not
-            // cost a copy each.
-            let cap = end
-                .max(body.capacity() * 2)
-                .min(end.max(self.shared.limits.body_bytes));
-            if !self.make_room(held, cap - body.capacity()) {
-                self.shared.stats.shed_connections.add(1);
-                log::log!(
-                    first_time(&self.shared.warned.full),
-                    "telemetry listener: {} bytes of bodies are being read already; answered 503 (counted as shedConnections)",
-                    self.shared.limits.bodies_in_flight
-                );
-                return Err(Failure::Refused(503));
-            }
-            body.reserve_exact(cap - body.len());
-        }
-        let buffered = self.buf.len().min(n);
-        body.extend(self.buf.drain(..buffered));
-        let mut chunk = [0u8; 16 * 1024];
-        while body.len() < end {
-            let want = (end - body.len()).min(chunk.len());
-            let k = self.read_some(&mut chunk[..want], clock)?;
-            body.extend_from_slice(&chunk[..k]);
-        }
-        Ok(())
-    }
-
-    /// Takes `n` more body bytes, shedding the oldest slow requests (those
-    /// past the grace time) while the bodies in flight leave no room; their
-    /// threads give their bytes back as they end.
-    fn make_room(&self, held: &mut Held, n: usize) -> bool {
-        for _ in 0..ROOM_TRIES {
-            if held.take(n) {
-                return true;
-            }
-            self.shared.shed_slow_request(self.id);
-            std::thread::sleep(ROOM_WAIT);
-        }
-        held.take(n)
-    }
-
-    fn body(&mut self, n: usize, held: &mut Held, clock: &mut Clock) -> Result<Vec<u8>, Failure> {
-        let mut body = Vec::new();
-        self.append(&mut body, n, held, clock)?;
-        Ok(body)
-    }
-
-    fn chunked(&mut self, held: &mut Held, clock: &mut Clock) -> Result<Vec<u8>, Failure> {
-        let mut body = Vec::new();
-        loop {
-            let line = self.line(clock)?;
-            let size = request_head::chunk_size(&line).ok_or_else(|| self.malformed())?;
-            if size == 0 {
-                break;
-            }
-            if body.len() as u64 + size > self.shared.limits.body_bytes as u64 {
-                return Err(self.refused(Refusal::TooLarge(body.len() as u64 + size)));
-            }
-            self.append(&mut body, size as usize, held, clock)?;
-            if !self.line(clock)?.is_empty() {
-                return Err(self.malformed());
-            }
-        }
-        // Trailers, up to the blank line.
-        while !self.line(clock)?.is_empty() {}
-        Ok(body)
-    }
-
-    fn malformed(&self) -> Failure {
-        self.refused(Refusal::Malformed)
-    }
-
-    /// The next CRLF-terminated line (without it), at most a head's size.
-    fn line(&mut self, clock: &mut Clock) -> Result<Vec<u8>, Failure> {
-        loop {
-            if let Some(i) = find(&self.buf, b"\r\n") {
-                let line = self.buf[..i].to_vec();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if self.buf.len() >= self.shared.limits.head_bytes {
-                return Err(self.malformed());
-            }
-            self.fill(clock, self.shared.limits.head_bytes)?;
-        }
+        self.stream().write_all(bytes).map_err(|_| Failure::Gone)
     }
 }
 
@@ -889,7 +849,7 @@ mod tests {
         pick(standings, now, GRACE, room)
     }
 
-    use State::{Forwarding, Idle, Reading};
+    use State::{Delivering, Idle, Reading};
 
     #[test]
     fn a_connection_just_accepted_is_shed_last_among_strangers() {
@@ -911,7 +871,7 @@ mod tests {
         // Never a young request nor a delivery being forwarded.
         assert_eq!(
             first(
-                &[(Reading, 0, false), (Forwarding, 9000, false)],
+                &[(Reading, 0, false), (Delivering, 9000, false)],
                 Room::Slot
             ),
             None
@@ -960,7 +920,7 @@ mod tests {
         let slow_trusted = (Reading, 1000, true);
         assert_eq!(first(&[slow_trusted, lambda], Room::Slot), Some(1));
         assert_eq!(first(&[(Idle, 0, true), slow_trusted], Room::Slot), Some(1));
-        assert_eq!(first(&[(Forwarding, 9000, true)], Room::Slot), None);
+        assert_eq!(first(&[(Delivering, 9000, true)], Room::Slot), None);
     }
 
     #[test]
@@ -1006,16 +966,16 @@ mod tests {
     }
 
     #[test]
-    fn held_bytes_are_bounded_and_returned() {
+    fn the_body_budget_is_bounded_and_returned() {
         let total = AtomicUsize::new(0);
         {
-            let mut a = Held {
+            let mut a = Budget {
                 total: &total,
                 limit: 100,
                 mine: 0,
             };
             assert!(a.take(60));
-            let mut b = Held {
+            let mut b = Budget {
                 total: &total,
                 limit: 100,
                 mine: 0,
@@ -1028,14 +988,54 @@ mod tests {
     }
 
     #[test]
+    fn newcomers_take_a_free_slot_else_shed_one_else_wait_in_bounds() {
+        let t0 = Instant::now();
+        let now = t0 + Duration::from_secs(10);
+        let idle = |ms| Standing {
+            state: Idle,
+            since: now - Duration::from_millis(ms),
+            trusted: false,
+        };
+        let young = Standing {
+            state: Reading,
+            since: now,
+            trusted: false,
+        };
+        let first =
+            |list: &[Standing]| pick(list.iter().copied().map(Some), now, GRACE, Room::Slot);
+        assert_eq!(admission(15, 0, 16, None), Admission::Slot);
+        // Full: the first in the shedding order goes (the older idle one).
+        let full: Vec<Standing> = (0..16)
+            .map(|i| if i == 7 { idle(900) } else { idle(300) })
+            .collect();
+        assert_eq!(admission(16, 0, 16, first(&full)), Admission::Shed(7));
+        // Full of young requests: nothing may go; the newcomer waits, as
+        // long as fewer than the limit wait already.
+        let busy = vec![young; 16];
+        assert_eq!(first(&busy), None);
+        assert_eq!(admission(16, 15, 16, first(&busy)), Admission::Wait);
+        assert_eq!(admission(16, 16, 16, first(&busy)), Admission::Refuse);
+    }
+
+    #[test]
     fn answers_are_complete_heads() {
-        assert_eq!(
-            answer(405, true),
-            b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        );
-        assert_eq!(
-            answer(200, false),
-            b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
-        );
+        for (status, close, line) in [
+            (405, true, "HTTP/1.1 405 Method Not Allowed\r\n"),
+            (200, false, "HTTP/1.1 200 OK\r\n"),
+            (
+                431,
+                true,
+                "HTTP/1.1 431 Request Header Fields Too Large\r\n",
+            ),
+        ] {
+            let a = String::from_utf8(answer(status, close)).unwrap();
+            assert!(a.starts_with(line), "{a}");
+            assert!(
+                a.ends_with("\r\n\r\n") && a.contains("\r\nContent-Length: 0\r\n"),
+                "{a}"
+            );
+            assert_eq!(a.contains("\r\nConnection: close\r\n"), close, "{a}");
+            assert_eq!(a.matches("\r\n\r\n").count(), 1, "{a}");
+        }
     }
 }

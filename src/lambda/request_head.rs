@@ -1,6 +1,8 @@
 //! What the listener's front door decides from a request head alone, before
 //! it reads a byte of the body: a pure function, so every refusal is a unit
-//! test. Only `POST /` with a sane length is a Telemetry API delivery.
+//! test. Only `POST /` with a sane length is a Telemetry API delivery. The
+//! head's syntax is httparse's (in the binary already, for the Extensions
+//! API's answers); what the fields mean for a delivery is decided here.
 
 /// How the body is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,42 +58,27 @@ impl Refusal {
     }
 }
 
-/// Decides on `head` (the bytes before the blank line, without it).
+/// Most header fields a head may have (Lambda sends about five); more is
+/// answered like a head over its size.
+const MAX_FIELDS: usize = 64;
+
+/// Decides on `head`, the bytes up to and including the blank line.
 pub fn parse(head: &[u8], max_body: u64) -> Result<Admitted, Refusal> {
-    let head = std::str::from_utf8(head).map_err(|_| Refusal::Malformed)?;
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next().unwrap_or("").split(' ');
-    let (Some(method), Some(target), Some(version), None) = (
-        request_line.next(),
-        request_line.next(),
-        request_line.next(),
-        request_line.next(),
-    ) else {
-        return Err(Refusal::Malformed);
-    };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-        return Err(Refusal::Malformed);
-    }
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        v if v.starts_with("HTTP/") => return Err(Refusal::Version),
+    let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut fields);
+    match request.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::Version) if names_a_version(head) => return Err(Refusal::Version),
+        Err(httparse::Error::TooManyHeaders) => return Err(Refusal::HeadTooLarge),
         _ => return Err(Refusal::Malformed),
-    };
+    }
     let mut length = None;
     let mut chunked = false;
     let mut expect_continue = false;
-    let mut close = http10;
-    for line in lines {
-        let (name, value) = line.split_once(':').ok_or(Refusal::Malformed)?;
-        if name.is_empty()
-            || name
-                .bytes()
-                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
-        {
-            return Err(Refusal::Malformed);
-        }
-        let value = value.trim_matches([' ', '\t']);
+    let mut close = request.version == Some(0);
+    for field in request.headers.iter() {
+        let value = std::str::from_utf8(field.value).map_err(|_| Refusal::Malformed)?;
+        let name = field.name;
         if name.eq_ignore_ascii_case("content-length") {
             let n = parse_length(value).ok_or(Refusal::Malformed)?;
             if length.is_some_and(|l| l != n) {
@@ -117,10 +104,13 @@ pub fn parse(head: &[u8], max_body: u64) -> Result<Admitted, Refusal> {
             }
         }
     }
-    if method != "POST" {
+    if request.method != Some("POST") {
         return Err(Refusal::Method);
     }
-    if !matches!(target.split('?').next(), Some("/" | "")) {
+    if !matches!(
+        request.path.and_then(|p| p.split('?').next()),
+        Some("/" | "")
+    ) {
         return Err(Refusal::Path);
     }
     let body = match (chunked, length) {
@@ -135,6 +125,14 @@ pub fn parse(head: &[u8], max_body: u64) -> Result<Admitted, Refusal> {
         expect_continue,
         close,
     })
+}
+
+/// The request line is three words, the last `HTTP/…`: a version other
+/// than 1.0 and 1.1, not a garbled line.
+fn names_a_version(head: &[u8]) -> bool {
+    let line = head.split(|&b| b == b'\r').next().unwrap_or_default();
+    let words: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    words.len() == 3 && words[2].starts_with(b"HTTP/")
 }
 
 /// A Content-Length: decimal digits only, no sign, no overflow.
@@ -164,7 +162,7 @@ mod tests {
     const MAX: u64 = 4 << 20;
 
     fn p(head: &str) -> Result<Admitted, Refusal> {
-        parse(head.as_bytes(), MAX)
+        parse(format!("{head}\r\n\r\n").as_bytes(), MAX)
     }
 
     #[test]
@@ -233,7 +231,7 @@ mod tests {
             Err(Refusal::Expectation)
         );
         assert_eq!(
-            parse(b"POST / HTTP/1.1\r\nX: \xff", MAX),
+            parse(b"POST / HTTP/1.1\r\nX: \xff\r\n\r\n", MAX),
             Err(Refusal::Malformed)
         );
         for r in [Refusal::Method, Refusal::Path, Refusal::TooLarge(1)] {
