@@ -11,11 +11,43 @@
 //! just the first) and names the variable, the bad value and what is accepted;
 //! a value that is not UTF-8 is one too (`from_env_os`), never read as unset.
 //! The files settings name are checked here and read with `files`' bounds.
+//!
+//! `from_env` reads every setting once and builds from them one value per
+//! stage (`Settings`: Kinesis, subscription, listener, dispatch with its
+//! flush, send, buffer, sampling and shape parts, lifecycle), the way a
+//! command line's low-level arguments become high-level ones. Each stage
+//! defines its own settings type and the rules its values must meet (an
+//! endpoint URL's are `kinesis::endpoint`'s, credentials' are
+//! `kinesis::credentials`', redaction patterns' are `records::redact`'s);
+//! `config` calls them while reading and names the variable in the error.
+//! Imports go one way: `config` uses the stages, no stage uses `config`.
 
 use std::fmt;
 use std::time::Duration;
 
+use crate::dispatch::buffer::BufferSettings;
+use crate::dispatch::dispatcher::DispatchSettings;
+use crate::dispatch::flush::{FlushMode, FlushSettings};
+use crate::dispatch::retry::Policy;
+use crate::dispatch::sampling::SamplingSettings;
+use crate::dispatch::send::{request_limits, HashKeyMode, SendSettings};
+use crate::kinesis::credentials::{
+    header_safe, CredentialsSource, StaticCredentials, SECRET_EXPECTED,
+};
+use crate::kinesis::endpoint::{redacted_url, resolve, url_problem, NoEndpoint};
+use crate::kinesis::proxy::{NO_PROXY_VARS, PROXY_VARS};
+use crate::kinesis::settings::{KinesisSettings, StreamTarget, STREAM_EXPECTED};
+use crate::kinesis::tls::CA_BUNDLE_MAX_BYTES;
+use crate::lambda::extensions_api::{
+    largest_batch, Buffering, SubscriptionSettings, Types, EVENT_ENVELOPE_BYTES,
+};
+use crate::lambda::listener::ListenerSettings;
+use crate::lambda::view::LEVELS;
 use crate::records::pack::Format;
+use crate::records::partition::PartitionKeyMode;
+use crate::records::redact::{parse_built_in, parse_patterns, Rules};
+use crate::records::sample::SCALE;
+use crate::records::shape::ShapeSettings;
 
 /// One environment variable the extension reads, as its row in the README's
 /// configuration table shows it (a test checks that row against this).
@@ -426,199 +458,32 @@ settings! {
 
 const MIB: u64 = 1024 * 1024;
 
-/// Bytes Lambda adds around each record of a batch, rounded up: the
-/// envelope `{"time":"…","type":"…","record":…}` (83 bytes with a 24-byte
-/// time and the longest type name known, `platform.telemetrySubscription`)
-/// and the comma between events.
-const EVENT_ENVELOPE_BYTES: u64 = 128;
-
-/// The largest Telemetry API body Lambda may POST with this buffering:
-/// "anticipate receiving payloads as large as `2 * maxBytes +
-/// metadataBytes`", where Lambda adds metadata to each record (Lambda
-/// Developer Guide, telemetry-api, "Configuring memory usage and
-/// buffering"), for at most `maxItems` records. A smaller body limit
-/// refuses Lambda's own batches, and Lambda drops what it cannot deliver.
-pub const fn largest_batch(max_bytes: u64, max_items: u64) -> u64 {
-    2 * max_bytes + max_items * EVENT_ENVELOPE_BYTES
-}
-
-/// Which stream to write to: Kinesis accepts either field in `PutRecords`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamTarget {
-    Name(String),
-    Arn(String),
-}
-
-/// When buffered telemetry is sent (see docs/how-it-works.md "Flush policy").
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlushMode {
-    /// After each invoke's `platform.runtimeDone`, send everything and wait for it.
-    End,
-    /// Send only full batches or batches older than `batch_max_age`.
-    Batch,
-    /// Send when the oldest record is older than `flush_interval`, at invoke
-    /// start or while thawed; never wait for runtimeDone.
-    Periodic,
-    /// `End` while invokes are rare or their rate unknown, `Periodic` when
-    /// they come often (gap below `max_delay`).
-    Adaptive,
-}
-
-/// Explicit hash keys (`KINESIS_TELEMETRY_HASH_KEY`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKeyMode {
-    /// Kinesis hashes the partition key.
-    None,
-    /// A random 128-bit hash key per record: an even spread over shards.
-    Random,
-}
-
-/// Log levels of JSON-format logs, lowest first.
-pub const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
-
-/// How each record's partition key is chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PartitionKeyMode {
-    /// One random key per execution environment: ordered per environment,
-    /// environments spread over shards.
-    Environment,
-    /// The request id of the invocation the event belongs to.
-    Request,
-    /// A fresh random key per record: the most even spread, no ordering.
-    Random,
-}
-
-/// Telemetry API buffering: how Lambda batches what it POSTs to us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Buffering {
-    pub max_items: u32,
-    pub max_bytes: u32,
-    pub timeout_ms: u32,
-}
-
-/// The telemetry streams a function can subscribe to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Types {
-    pub platform: bool,
-    pub function: bool,
-    pub extension: bool,
-}
-
-impl Types {
-    pub fn names(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        if self.platform {
-            v.push("platform");
-        }
-        if self.function {
-            v.push("function");
-        }
-        if self.extension {
-            v.push("extension");
-        }
-        v
-    }
-}
-
-/// AWS credentials taken from the standard environment variables.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StaticCredentials {
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: Option<String>,
-}
-
-impl fmt::Debug for StaticCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Never print secrets, not even in debug logs.
-        f.debug_struct("StaticCredentials")
-            .field("access_key_id", &self.access_key_id)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Where signing credentials come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CredentialsSource {
-    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
-    Static(StaticCredentials),
-    /// The container credentials endpoint (SnapStart, ECS-style):
-    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (or `_RELATIVE_URI`) with
-    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or `_TOKEN_FILE`).
-    Container {
-        url: String,
-        token: Option<String>,
-        token_file: Option<String>,
-    },
-}
-
-/// The validated configuration.
+/// The validated configuration: one value per stage, each stage's type
+/// defined by the stage (config builds them; no stage reads `config`).
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub stream: StreamTarget,
-    pub region: String,
-    /// Base URL of the Kinesis API, without a trailing slash.
-    pub endpoint: String,
-    /// `AWS_CA_BUNDLE`: a PEM file whose certificates are trusted too (read
-    /// when the Kinesis client is made).
-    pub ca_bundle: Option<String>,
-    pub credentials: CredentialsSource,
-    pub types: Types,
-    pub buffering: Buffering,
-    /// Telemetry API schema version; `None`: the execution model's own.
-    pub schema_version: Option<&'static str>,
-    /// 0 lets the OS pick a free port.
-    pub listener_port: u16,
-    pub flush: FlushMode,
-    pub batch_max_age: Duration,
-    pub flush_interval: Duration,
-    pub max_delay: Duration,
-    pub format: crate::records::pack::Format,
-    pub hash_key: HashKeyMode,
-    /// Platform event names (without `platform.`) to forward; `None`: all.
-    pub platform_events: Option<Vec<String>>,
-    /// Index in `LEVELS` below which JSON log events are not forwarded.
-    pub min_level: Option<usize>,
-    pub enrich: bool,
-    /// Successful invocations whose log lines are forwarded, in millionths
-    /// (`records::sample::SCALE`: all, no sampling).
-    pub sample_success: u32,
-    /// How long held lines wait for their invocation's outcome.
-    pub sample_hold: Duration,
-    /// Redaction rules, checked; `None`: off.
-    pub redact: Option<crate::records::redact::Rules>,
-    /// Longest wait for `platform.runtimeDone` after INVOKE; `None`: until the
-    /// invoke deadline.
-    pub runtime_done_timeout: Option<Duration>,
-    pub flush_timeout: Duration,
-    pub max_records_per_request: usize,
-    pub max_bytes_per_request: usize,
-    pub max_record_bytes: usize,
-    pub partition_key: PartitionKeyMode,
-    pub shutdown_wait: Duration,
-    pub max_attempts: u32,
-    /// Retry tokens (AWS SDK standard mode): retries spend them, successes
-    /// earn them back; when empty, failures wait for the next flush.
-    pub retry_budget: u32,
-    /// How often counters are also written to the stream while busy
-    /// (`None`: only at shutdown).
-    pub metrics_interval: Option<Duration>,
-    pub backoff_base: Duration,
-    pub backoff_cap: Duration,
-    /// Parked records: the first wait before a probe, and the longest.
-    pub probe_interval: Duration,
-    pub probe_max: Duration,
-    pub connect_timeout: Duration,
-    pub request_timeout: Duration,
-    /// Pooled connections idle longer than this (freezes included) are not reused.
-    pub connection_max_idle: Duration,
-    /// Upper bound on telemetry held in memory before the listener pushes back.
-    pub buffer_limit_bytes: usize,
-    /// Largest Telemetry API body the listener reads.
-    pub max_body_bytes: usize,
+pub struct Settings {
+    /// The stream, endpoint, credentials and transport.
+    pub kinesis: KinesisSettings,
+    /// What the Telemetry API subscription asks for.
+    pub subscription: SubscriptionSettings,
+    pub listener: ListenerSettings,
+    /// Flush policy, sending and retries, buffer and sampling, shaping.
+    pub dispatch: DispatchSettings,
+    /// The main thread's waits at INVOKE and SHUTDOWN.
+    pub lifecycle: LifecycleSettings,
     /// A problem found later (the listener's port cannot be bound) fails the
     /// function's init too.
     pub strict: bool,
+}
+
+/// The main thread's waits (see `main::Lifecycle`).
+#[derive(Debug, Clone, Copy)]
+pub struct LifecycleSettings {
+    /// Longest wait for `platform.runtimeDone` after INVOKE; `None`: until
+    /// the invoke deadline.
+    pub runtime_done_timeout: Option<Duration>,
+    /// At SHUTDOWN, how long to wait for the last telemetry.
+    pub shutdown_wait: Duration,
 }
 
 /// One invalid or missing variable.
@@ -703,13 +568,11 @@ impl Reader<'_> {
     /// error names the variable and the rule, never the value.
     fn secret(&mut self, s: &Setting) -> Option<String> {
         let v = self.raw(s)?;
-        if !v.bytes().all(|b| b.is_ascii_graphic()) {
+        if !header_safe(&v) {
             self.errors.push(ConfigError {
                 var: s.var.to_string(),
                 value: Some(String::new()),
-                expected:
-                    "printable ASCII without spaces or line breaks (check how the value was pasted)"
-                        .into(),
+                expected: SECRET_EXPECTED.into(),
                 secret: true,
             });
         }
@@ -762,20 +625,6 @@ impl Reader<'_> {
     }
 }
 
-/// The HTTP proxy variables, read for `PutRecords` in this order (ureq's).
-pub const PROXY_VARS: [&str; 6] = [
-    "ALL_PROXY",
-    "all_proxy",
-    "HTTPS_PROXY",
-    "https_proxy",
-    "HTTP_PROXY",
-    "http_proxy",
-];
-
-/// The hosts that bypass the proxy, the first one set (see
-/// `kinesis::client::NoProxy`).
-pub const NO_PROXY_VARS: [&str; 2] = ["NO_PROXY", "no_proxy"];
-
 /// Every variable the extension reads: the settings and the proxy ones.
 fn every_variable() -> impl Iterator<Item = &'static str> {
     VARIABLES
@@ -787,7 +636,7 @@ fn every_variable() -> impl Iterator<Item = &'static str> {
 
 /// Reads and validates the whole configuration from the process
 /// environment (see `from_env_os`).
-pub fn from_process_env() -> Result<Config, ConfigErrors> {
+pub fn from_process_env() -> Result<Settings, ConfigErrors> {
     from_env_os(&|k| std::env::var_os(k))
 }
 
@@ -798,7 +647,7 @@ pub fn from_process_env() -> Result<Config, ConfigErrors> {
 /// turn redaction off, say).
 pub fn from_env_os(
     get: &dyn Fn(&str) -> Option<std::ffi::OsString>,
-) -> Result<Config, ConfigErrors> {
+) -> Result<Settings, ConfigErrors> {
     let mut errors: Vec<ConfigError> = every_variable()
         .filter_map(|var| {
             let value = get(var)?;
@@ -847,97 +696,162 @@ fn not_utf8(var: &str, value: &std::ffi::OsStr) -> ConfigError {
     }
 }
 
-/// Reads and validates the whole configuration.
-pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+/// Reads and validates the whole configuration in one pass: each setting is
+/// read once, in the order of the table (so errors come in that order), then
+/// the stages' values are built from what was read.
+pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigErrors> {
     let mut r = Reader {
         get,
         errors: Vec::new(),
     };
-    // Read in the order of the fields, so that errors come in that order.
     let stream = stream(&mut r);
     let region = region(&mut r, &stream);
-    let request_bytes; // set in MAX_BYTES_PER_REQUEST's turn: MAX_RECORD_BYTES needs it
-    let buffering; // set in the BUFFER_* settings' turn: MAX_BODY_BYTES needs it
-    let config = Config {
-        endpoint: endpoint(&mut r, &region, &stream),
-        ca_bundle: ca_bundle(&mut r),
-        stream,
-        region,
-        credentials: credentials_source(&mut r),
-        types: types(&mut r),
-        buffering: {
-            buffering = Buffering {
-                max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
-                max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
-                timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
-            };
-            buffering
-        },
-        schema_version: match r.word(&SCHEMA_VERSION) {
-            "auto" => None,
-            version => Some(version),
-        },
-        listener_port: listener_port(&mut r),
-        // A word's `_` arm is its default word (a test checks that each word
-        // has a value of its own).
-        flush: match r.word(&FLUSH) {
-            "end" => FlushMode::End,
-            "periodic" => FlushMode::Periodic,
-            "batch" => FlushMode::Batch,
-            _ => FlushMode::Adaptive,
-        },
-        batch_max_age: r.millis(&BATCH_MAX_AGE_MS),
-        flush_interval: r.millis(&FLUSH_INTERVAL_MS),
-        max_delay: r.millis(&MAX_DELAY_MS),
-        format: match r.word(&FORMAT) {
-            "kpl" => Format::Kpl,
-            "ndjson-gzip" => Format::NdjsonGzip,
-            _ => Format::Json,
-        },
-        hash_key: match r.word(&HASH_KEY) {
-            "random" => HashKeyMode::Random,
-            _ => HashKeyMode::None,
-        },
-        platform_events: platform_events(&mut r),
-        min_level: min_level(&mut r),
-        enrich: r.word(&ENRICH) == "true",
-        sample_success: sample_success(&mut r),
-        sample_hold: r.millis(&SAMPLE_HOLD_MS),
-        redact: redaction_rules(&mut r),
-        runtime_done_timeout: nonzero(r.millis(&RUNTIME_DONE_TIMEOUT_MS)),
-        flush_timeout: r.millis(&FLUSH_TIMEOUT_MS),
-        max_records_per_request: r.int(&MAX_RECORDS_PER_REQUEST) as usize,
-        max_bytes_per_request: {
-            request_bytes = r.int(&MAX_BYTES_PER_REQUEST);
-            request_bytes as usize
-        },
-        max_record_bytes: max_record_bytes(&mut r, request_bytes),
-        partition_key: match r.word(&PARTITION_KEY) {
-            "request" => PartitionKeyMode::Request,
-            "random" => PartitionKeyMode::Random,
-            _ => PartitionKeyMode::Environment,
-        },
-        shutdown_wait: r.millis(&SHUTDOWN_WAIT_MS),
-        max_attempts: r.int(&MAX_ATTEMPTS) as u32,
-        retry_budget: r.int(&RETRY_BUDGET) as u32,
-        metrics_interval: nonzero(r.millis(&METRICS_INTERVAL_MS)),
+    let endpoint = endpoint(&mut r, &region, &stream);
+    let ca_bundle = ca_bundle(&mut r);
+    let credentials = credentials_source(&mut r);
+    let types = types(&mut r);
+    let buffering = Buffering {
+        max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
+        max_bytes: r.int(&BUFFER_MAX_BYTES) as u32,
+        timeout_ms: r.int(&BUFFER_TIMEOUT_MS) as u32,
+    };
+    let schema_version = match r.word(&SCHEMA_VERSION) {
+        "auto" => None,
+        version => Some(version),
+    };
+    let listener_port = listener_port(&mut r);
+    // A word's `_` arm is its default word (a test checks that each word
+    // has a value of its own).
+    let flush_mode = match r.word(&FLUSH) {
+        "end" => FlushMode::End,
+        "periodic" => FlushMode::Periodic,
+        "batch" => FlushMode::Batch,
+        _ => FlushMode::Adaptive,
+    };
+    let batch_max_age = r.millis(&BATCH_MAX_AGE_MS);
+    let flush_interval = r.millis(&FLUSH_INTERVAL_MS);
+    let max_delay = r.millis(&MAX_DELAY_MS);
+    let format = match r.word(&FORMAT) {
+        "kpl" => Format::Kpl,
+        "ndjson-gzip" => Format::NdjsonGzip,
+        _ => Format::Json,
+    };
+    let hash_key = match r.word(&HASH_KEY) {
+        "random" => HashKeyMode::Random,
+        _ => HashKeyMode::None,
+    };
+    let platform_events = platform_events(&mut r);
+    let min_level = min_level(&mut r);
+    let enrich = r.word(&ENRICH) == "true";
+    let sample_success = sample_success(&mut r);
+    let sample_hold = r.millis(&SAMPLE_HOLD_MS);
+    let redact = redaction_rules(&mut r);
+    let runtime_done_timeout = nonzero(r.millis(&RUNTIME_DONE_TIMEOUT_MS));
+    let flush_timeout = r.millis(&FLUSH_TIMEOUT_MS);
+    let max_records_per_request = r.int(&MAX_RECORDS_PER_REQUEST) as usize;
+    let request_bytes = r.int(&MAX_BYTES_PER_REQUEST);
+    let max_record_bytes = max_record_bytes(&mut r, request_bytes);
+    let partition_key = match r.word(&PARTITION_KEY) {
+        "request" => PartitionKeyMode::Request,
+        "random" => PartitionKeyMode::Random,
+        _ => PartitionKeyMode::Environment,
+    };
+    let shutdown_wait = r.millis(&SHUTDOWN_WAIT_MS);
+    let max_attempts = r.int(&MAX_ATTEMPTS) as u32;
+    let budget = r.int(&RETRY_BUDGET) as u32;
+    let metrics_interval = nonzero(r.millis(&METRICS_INTERVAL_MS));
+    let retry = Policy {
+        max_attempts,
+        budget,
         backoff_base: r.millis(&BACKOFF_BASE_MS),
         backoff_cap: r.millis(&BACKOFF_CAP_MS),
         probe_interval: r.millis(&PROBE_INTERVAL_MS),
         probe_max: r.millis(&PROBE_MAX_MS),
-        connect_timeout: r.millis(&CONNECT_TIMEOUT_MS),
-        request_timeout: r.millis(&REQUEST_TIMEOUT_MS),
-        connection_max_idle: r.millis(&CONNECTION_MAX_IDLE_MS),
-        buffer_limit_bytes: r.int_or(&BUFFER_LIMIT_BYTES, default_buffer_limit(get)) as usize,
-        max_body_bytes: max_body_bytes(&mut r, buffering),
-        strict: matches!(r.word(&STRICT), "true" | "1" | "yes"),
+    };
+    let connect_timeout = r.millis(&CONNECT_TIMEOUT_MS);
+    let request_timeout = r.millis(&REQUEST_TIMEOUT_MS);
+    let connection_max_idle = r.millis(&CONNECTION_MAX_IDLE_MS);
+    let buffer_cap = r.int_or(&BUFFER_LIMIT_BYTES, default_buffer_limit(get)) as usize;
+    let max_body_bytes = max_body_bytes(&mut r, buffering);
+    let strict = matches!(r.word(&STRICT), "true" | "1" | "yes");
+
+    // From the settings read, each stage's value. Sampling is on or off
+    // here, once: the stages see `Some` or `None`.
+    let sampling = (sample_success < SCALE).then_some(SamplingSettings {
+        success: sample_success,
+        hold: sample_hold,
+        max_held: buffer_cap / 2,
+    });
+    let settings = Settings {
+        kinesis: KinesisSettings {
+            stream,
+            region,
+            endpoint,
+            ca_bundle,
+            credentials,
+            connect_timeout,
+            request_timeout,
+            connection_max_idle,
+        },
+        subscription: SubscriptionSettings {
+            types,
+            buffering,
+            schema_version,
+        },
+        listener: ListenerSettings {
+            port: listener_port,
+            max_body_bytes,
+        },
+        dispatch: DispatchSettings {
+            flush: FlushSettings {
+                mode: flush_mode,
+                batch_max_age,
+                flush_interval,
+                max_delay,
+                flush_timeout,
+                lambda_timeout: Duration::from_millis(buffering.timeout_ms.into()),
+            },
+            send: SendSettings {
+                retry,
+                limits: request_limits(
+                    max_records_per_request,
+                    request_bytes as usize,
+                    buffer_cap,
+                    max_record_bytes,
+                ),
+                format,
+                max_record_bytes,
+                hash_key,
+            },
+            buffer: BufferSettings {
+                cap: buffer_cap,
+                max_record_bytes,
+                sampling,
+            },
+            shape: ShapeSettings {
+                types,
+                platform_events,
+                min_level,
+                enrich,
+                partition_key,
+                max_record_bytes,
+                redact,
+                sampling: sampling.is_some(),
+            },
+            metrics_interval,
+        },
+        lifecycle: LifecycleSettings {
+            runtime_done_timeout,
+            shutdown_wait,
+        },
+        strict,
     };
     if r.errors.is_empty() {
-        Ok(config)
+        Ok(settings)
     } else {
         Err(ConfigErrors {
             errors: r.errors,
-            strict: config.strict,
+            strict,
         })
     }
 }
@@ -952,38 +866,20 @@ fn stream(r: &mut Reader) -> StreamTarget {
         // Set but empty is a mistake of its own, not a missing setting.
         (r.get)(STREAM.var).filter(|v| v.trim().is_empty())
     });
-    match value {
-        Some(s) if s.starts_with("arn:") => {
-            if is_stream_arn(&s) {
-                StreamTarget::Arn(s)
-            } else {
-                r.fail(
-                    &STREAM,
-                    Some(s),
-                    "a stream name or an ARN like arn:aws:kinesis:REGION:ACCOUNT:stream/NAME",
-                );
-                StreamTarget::Name(String::new())
-            }
-        }
-        Some(s) if is_stream_name(&s) => StreamTarget::Name(s),
-        other => {
-            r.fail(
-                &STREAM,
-                other,
-                "the Kinesis stream name (1-128 of a-z A-Z 0-9 _ . -) or stream ARN",
-            );
-            StreamTarget::Name(String::new())
-        }
-    }
+    let Some(s) = value else {
+        r.fail(&STREAM, None, STREAM_EXPECTED);
+        return StreamTarget::Name(String::new());
+    };
+    StreamTarget::parse(&s).unwrap_or_else(|expected| {
+        r.fail(&STREAM, Some(s), expected);
+        StreamTarget::Name(String::new())
+    })
 }
 
 fn region(r: &mut Reader, stream: &StreamTarget) -> String {
     // Region: AWS_REGION as Lambda sets it; the ARN's region wins when it differs
     // would be surprising, so an ARN only fills in a missing region.
-    let arn_region = match stream {
-        StreamTarget::Arn(a) => a.split(':').nth(3).map(str::to_string),
-        StreamTarget::Name(_) => None,
-    };
+    let arn_region = stream.arn_region().map(str::to_string);
     let region = r
         .raw(&AWS_REGION)
         .or_else(|| r.raw(&AWS_DEFAULT_REGION))
@@ -1017,14 +913,6 @@ fn ca_bundle(r: &mut Reader) -> Option<String> {
     }
 }
 
-/// The most read of `AWS_CA_BUNDLE`: five times the Mozilla bundle
-/// (~220 KB), and the certificates parsed from it stay in memory.
-pub const CA_BUNDLE_MAX_BYTES: u64 = 1 << 20;
-
-/// The most read of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the token
-/// goes in an HTTP header (a service account token is ~1 KB).
-pub const TOKEN_FILE_MAX_BYTES: u64 = 64 << 10;
-
 fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {
     let set = [&AWS_ENDPOINT_URL_KINESIS, &AWS_ENDPOINT_URL]
         .into_iter()
@@ -1044,7 +932,6 @@ fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {
         None => {
             let fips = r.word(&AWS_USE_FIPS_ENDPOINT) == "true";
             let dual_stack = r.word(&AWS_USE_DUALSTACK_ENDPOINT) == "true";
-            use crate::kinesis::endpoint::{resolve, NoEndpoint};
             match resolve(region, stream, fips, dual_stack) {
                 Ok(url) => url,
                 Err(problem) => {
@@ -1130,7 +1017,6 @@ fn min_level(r: &mut Reader) -> Option<usize> {
 
 /// A fraction from 0 to 1, in millionths.
 fn sample_success(r: &mut Reader) -> u32 {
-    use crate::records::sample::SCALE;
     let Some(v) = r.raw(&SAMPLE_SUCCESS) else {
         return SCALE;
     };
@@ -1173,26 +1059,15 @@ fn millionths(v: &str) -> Option<u32> {
 
 /// The built-in rules chosen and the user's patterns, checked; `None`
 /// when neither is set.
-fn redaction_rules(r: &mut Reader) -> Option<crate::records::redact::Rules> {
-    use crate::records::redact::{parse_patterns, Rules, BUILT_IN};
-    let mut built_in: Vec<&str> = Vec::new();
-    if let Some(v) = r.raw(&REDACT) {
-        for name in v.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let name = name.to_ascii_lowercase();
-            match BUILT_IN.iter().find(|b| **b == name) {
-                Some(b) => built_in.push(b),
-                None if name == "all" => built_in.extend(BUILT_IN),
-                None => {
-                    r.fail(
-                        &REDACT,
-                        Some(v.clone()),
-                        format!("a comma-separated list of {}, or all", BUILT_IN.join(", ")),
-                    );
-                    break;
-                }
-            }
+fn redaction_rules(r: &mut Reader) -> Option<Rules> {
+    let built_in = match r.raw(&REDACT).map(|v| (parse_built_in(&v), v)) {
+        None => Vec::new(),
+        Some((Ok(b), _)) => b,
+        Some((Err(expected), v)) => {
+            r.fail(&REDACT, Some(v), expected);
+            Vec::new()
         }
-    }
+    };
     let patterns = match r.raw(&REDACT_PATTERNS).map(|v| (parse_patterns(&v), v)) {
         None => Vec::new(),
         Some((Ok(p), _)) => p,
@@ -1208,14 +1083,7 @@ fn redaction_rules(r: &mut Reader) -> Option<crate::records::redact::Rules> {
         Ok(rules) => Some(rules),
         Err(bad) => {
             let v = r.raw(&REDACT_PATTERNS);
-            r.fail(
-                &REDACT_PATTERNS,
-                v,
-                format!(
-                    "valid regular expressions, but rule {:?} ({:?}) is not: {}",
-                    bad.name, bad.regex, bad.message
-                ),
-            );
+            r.fail(&REDACT_PATTERNS, v, bad.expected());
             None
         }
     }
@@ -1267,71 +1135,6 @@ fn max_body_bytes(r: &mut Reader, buffering: Buffering) -> usize {
         ),
     }
     default as usize
-}
-
-/// What is wrong with an endpoint URL, if anything: an http(s) scheme, a
-/// host of ASCII letters, digits, `-`, `.` and `_` (or a bracketed IPv6
-/// address), an optional port from 1 to 65535.
-fn url_problem(url: &str) -> Option<&'static str> {
-    let Some(rest) = url
-        .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-    else {
-        return Some("no http:// or https:// scheme");
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    // Credentials in the URL are allowed (and never logged).
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
-        let Some((addr, after)) = v6.split_once(']') else {
-            return Some("an IPv6 address without its closing ]");
-        };
-        if addr.is_empty()
-            || !addr
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
-        {
-            return Some("an invalid IPv6 address");
-        }
-        match after {
-            "" => (addr, None),
-            p => match p.strip_prefix(':') {
-                Some(p) => (addr, Some(p)),
-                None => return Some("text after the IPv6 address"),
-            },
-        }
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (host_port, None),
-        }
-    };
-    if host.is_empty() {
-        return Some("no host");
-    }
-    if !host_port.starts_with('[')
-        && !host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-    {
-        return Some("a host that is not ASCII letters, digits, - . _");
-    }
-    match port.map(|p| p.parse::<u16>()) {
-        None | Some(Ok(1..)) => None,
-        Some(_) => Some("a port that is not 1 to 65535"),
-    }
-}
-
-/// `url` with any credentials in it replaced by `***`, for logs.
-pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.into();
-    };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]).into(),
-        None => url.into(),
-    }
 }
 
 /// Credentials as the AWS SDKs look for them: environment keys first, then
@@ -1411,21 +1214,6 @@ fn parse_types(v: &str) -> Option<Types> {
     (t != Types::default()).then_some(t)
 }
 
-fn is_stream_name(s: &str) -> bool {
-    (1..=128).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
-fn is_stream_arn(s: &str) -> bool {
-    // arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME
-    let parts: Vec<&str> = s.splitn(6, ':').collect();
-    parts.len() == 6
-        && parts[2] == "kinesis"
-        && !parts[3].is_empty()
-        && parts[5].strip_prefix("stream/").is_some_and(is_stream_name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1452,20 +1240,38 @@ mod tests {
     }
 
     #[test]
+    fn stages_name_variables_as_the_table_does() {
+        assert_eq!(
+            crate::kinesis::credentials::TOKEN_FILE_VAR,
+            AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.var
+        );
+    }
+
+    #[test]
     fn sampling_and_redaction_settings() {
         let c = from_env(&env(&[])).unwrap();
-        assert_eq!(c.sample_success, crate::records::sample::SCALE);
-        assert!(c.redact.is_none(), "off by default");
+        assert!(
+            c.dispatch.buffer.sampling.is_none(),
+            "sampling off by default"
+        );
+        assert!(!c.dispatch.shape.sampling);
+        assert!(c.dispatch.shape.redact.is_none(), "off by default");
         let c = from_env(&env(&[
             ("KINESIS_TELEMETRY_SAMPLE_SUCCESS", "0.1"),
             ("KINESIS_TELEMETRY_REDACT", "Email, card"),
             ("KINESIS_TELEMETRY_REDACT_PATTERNS", r#"["a,b"]"#),
         ]))
         .unwrap();
-        assert_eq!(c.sample_success, 100_000);
-        assert_eq!(c.redact.unwrap().names(), ["email", "card", "pattern-1"]);
+        let sampling = c.dispatch.buffer.sampling.expect("sampling on");
+        assert_eq!(sampling.success, 100_000);
+        assert!(c.dispatch.shape.sampling);
+        assert_eq!(sampling.max_held, c.dispatch.buffer.cap / 2);
+        assert_eq!(
+            c.dispatch.shape.redact.unwrap().names(),
+            ["email", "card", "pattern-1"]
+        );
         let all = from_env(&env(&[("KINESIS_TELEMETRY_REDACT", "all")])).unwrap();
-        assert_eq!(all.redact.unwrap().names().len(), 5);
+        assert_eq!(all.dispatch.shape.redact.unwrap().names().len(), 5);
         for (v, m) in [
             ("1", 1_000_000),
             ("1.000", 1_000_000),
@@ -1541,13 +1347,13 @@ mod tests {
             ("KINESIS_TELEMETRY_MAX_BODY_BYTES", "2225152"),
         ]))
         .unwrap();
-        assert_eq!(c.max_body_bytes, 2_225_152);
+        assert_eq!(c.listener.max_body_bytes, 2_225_152);
         let c = from_env(&env(&[
             ("KINESIS_TELEMETRY_BUFFER_MAX_BYTES", "1048576"),
             ("KINESIS_TELEMETRY_BUFFER_MAX_ITEMS", "10000"),
         ]))
         .unwrap();
-        assert_eq!(c.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.listener.max_body_bytes, 4 * 1024 * 1024);
         let Accepts::Int { default, min, .. } = MAX_BODY_BYTES.accepts else {
             panic!()
         };
@@ -1654,7 +1460,7 @@ mod tests {
         let e = errors(&[("AWS_CA_BUNDLE", path(&big).as_str())]);
         assert!(e[0].to_string().contains("over the 1048576"), "{}", e[0]);
         let c = from_env(&env(&[("AWS_CA_BUNDLE", path(&small).as_str())])).unwrap();
-        assert_eq!(c.ca_bundle, Some(path(&small)));
+        assert_eq!(c.kinesis.ca_bundle, Some(path(&small)));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1725,39 +1531,49 @@ mod tests {
     #[test]
     fn defaults() {
         let c = from_env(&env(&[])).unwrap();
-        assert_eq!(c.stream, StreamTarget::Name("telemetry".into()));
-        assert_eq!(c.endpoint, "https://kinesis.eu-west-1.amazonaws.com");
-        assert_eq!(c.types.names(), vec!["platform", "function", "extension"]);
+        assert_eq!(c.kinesis.stream, StreamTarget::Name("telemetry".into()));
         assert_eq!(
-            c.buffering,
+            c.kinesis.endpoint,
+            "https://kinesis.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            c.subscription.types.names(),
+            vec!["platform", "function", "extension"]
+        );
+        assert_eq!(
+            c.subscription.buffering,
             Buffering {
                 max_items: 1000,
                 max_bytes: 262_144,
                 timeout_ms: 25
             }
         );
-        assert_eq!(c.flush, FlushMode::Adaptive);
-        assert_eq!(c.format, crate::records::pack::Format::Json);
-        assert_eq!(c.hash_key, HashKeyMode::None);
-        assert_eq!(c.platform_events, None);
-        assert_eq!(c.min_level, None);
-        assert!(!c.enrich);
-        assert_eq!(c.partition_key, PartitionKeyMode::Environment);
-        assert_eq!(c.max_records_per_request, 500);
-        assert_eq!(c.max_bytes_per_request, 5 * 1024 * 1024);
-        assert_eq!(c.max_record_bytes, 1024 * 1024);
-        assert_eq!(c.listener_port, 0);
-        assert_eq!(c.runtime_done_timeout, None);
-        assert_eq!(c.buffer_limit_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.dispatch.flush.mode, FlushMode::Adaptive);
+        assert_eq!(c.dispatch.send.format, crate::records::pack::Format::Json);
+        assert_eq!(c.dispatch.send.hash_key, HashKeyMode::None);
+        assert_eq!(c.dispatch.shape.platform_events, None);
+        assert_eq!(c.dispatch.shape.min_level, None);
+        assert!(!c.dispatch.shape.enrich);
+        assert_eq!(
+            c.dispatch.shape.partition_key,
+            PartitionKeyMode::Environment
+        );
+        assert_eq!(c.dispatch.send.limits.max_records, 500);
+        // 5 MiB (the default) capped at a quarter of the 16 MiB memory cap.
+        assert_eq!(c.dispatch.send.limits.max_bytes, 4 * 1024 * 1024);
+        assert_eq!(c.dispatch.send.max_record_bytes, 1024 * 1024);
+        assert_eq!(c.listener.port, 0);
+        assert_eq!(c.lifecycle.runtime_done_timeout, None);
+        assert_eq!(c.dispatch.buffer.cap, 16 * 1024 * 1024);
         assert!(matches!(
-            c.credentials,
+            c.kinesis.credentials,
             CredentialsSource::Static(StaticCredentials {
                 session_token: None,
                 ..
             })
         ));
-        assert_eq!(c.retry_budget, 500);
-        assert_eq!(c.metrics_interval, Some(Duration::from_secs(60)));
+        assert_eq!(c.dispatch.send.retry.budget, 500);
+        assert_eq!(c.dispatch.metrics_interval, Some(Duration::from_secs(60)));
     }
 
     #[test]
@@ -1767,9 +1583,9 @@ mod tests {
             ("AWS_ENDPOINT_URL_KINESIS", "http://b:2/"),
         ]))
         .unwrap();
-        assert_eq!(c.endpoint, "http://b:2");
+        assert_eq!(c.kinesis.endpoint, "http://b:2");
         let c = from_env(&env(&[("AWS_ENDPOINT_URL", "http://a:1")])).unwrap();
-        assert_eq!(c.endpoint, "http://a:1");
+        assert_eq!(c.kinesis.endpoint, "http://a:1");
         let e = errors(&[("AWS_ENDPOINT_URL_KINESIS", "localhost:1")]);
         assert_eq!(e[0].var, "AWS_ENDPOINT_URL_KINESIS");
     }
@@ -1777,14 +1593,14 @@ mod tests {
     #[test]
     fn region_fallback() {
         let m = env(&[("AWS_REGION", " "), ("AWS_DEFAULT_REGION", "ap-south-1")]);
-        assert_eq!(from_env(&m).unwrap().region, "ap-south-1");
+        assert_eq!(from_env(&m).unwrap().kinesis.region, "ap-south-1");
     }
 
     #[test]
     fn stream_arn() {
         let arn = "arn:aws:kinesis:us-east-2:123456789012:stream/my-stream";
         let c = from_env(&env(&[("KINESIS_TELEMETRY_STREAM", arn)])).unwrap();
-        assert_eq!(c.stream, StreamTarget::Arn(arn.into()));
+        assert_eq!(c.kinesis.stream, StreamTarget::Arn(arn.into()));
         let e = errors(&[("KINESIS_TELEMETRY_STREAM", "arn:aws:s3:::bucket")]);
         assert_eq!(e[0].var, "KINESIS_TELEMETRY_STREAM");
     }
@@ -1797,7 +1613,10 @@ mod tests {
             ("AWS_USE_DUALSTACK_ENDPOINT", "true"),
         ]))
         .unwrap();
-        assert_eq!(c.endpoint, "https://kinesis-fips.us-gov-west-1.api.aws");
+        assert_eq!(
+            c.kinesis.endpoint,
+            "https://kinesis-fips.us-gov-west-1.api.aws"
+        );
         let arn = "arn:aws:kinesis:eu-west-1:123456789012:stream/s";
         let c = from_env(&env(&[
             ("KINESIS_TELEMETRY_STREAM", arn),
@@ -1805,7 +1624,7 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(
-            c.endpoint,
+            c.kinesis.endpoint,
             "https://123456789012.data-kinesis.eu-west-1.amazonaws.com"
         );
         let c = from_env(&env(&[
@@ -1813,7 +1632,10 @@ mod tests {
             ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4567"),
         ]))
         .unwrap();
-        assert_eq!(c.endpoint, "http://127.0.0.1:4567", "an endpoint URL wins");
+        assert_eq!(
+            c.kinesis.endpoint, "http://127.0.0.1:4567",
+            "an endpoint URL wins"
+        );
         let e = errors(&[("AWS_USE_FIPS_ENDPOINT", "yes")]);
         assert_eq!(e[0].var, "AWS_USE_FIPS_ENDPOINT");
         let e = errors(&[
@@ -1877,14 +1699,17 @@ mod tests {
             ("KINESIS_TELEMETRY_ENRICH", "TRUE"),
         ]))
         .unwrap();
-        assert_eq!(c.format, crate::records::pack::Format::NdjsonGzip);
-        assert_eq!(c.hash_key, HashKeyMode::Random);
         assert_eq!(
-            c.platform_events,
+            c.dispatch.send.format,
+            crate::records::pack::Format::NdjsonGzip
+        );
+        assert_eq!(c.dispatch.send.hash_key, HashKeyMode::Random);
+        assert_eq!(
+            c.dispatch.shape.platform_events,
             Some(vec!["start".to_string(), "report".to_string()])
         );
-        assert_eq!(c.min_level, Some(3));
-        assert!(c.enrich);
+        assert_eq!(c.dispatch.shape.min_level, Some(3));
+        assert!(c.dispatch.shape.enrich);
         let e = errors(&[
             ("KINESIS_TELEMETRY_MIN_LEVEL", "loud"),
             ("KINESIS_TELEMETRY_PLATFORM_EVENTS", "start,re port"),
@@ -1896,7 +1721,7 @@ mod tests {
     #[test]
     fn types_subset_and_case() {
         let c = from_env(&env(&[("KINESIS_TELEMETRY_TYPES", " Function , platform")])).unwrap();
-        assert_eq!(c.types.names(), vec!["platform", "function"]);
+        assert_eq!(c.subscription.types.names(), vec!["platform", "function"]);
         assert_eq!(errors(&[("KINESIS_TELEMETRY_TYPES", ",")]).len(), 1);
     }
 
@@ -1907,7 +1732,7 @@ mod tests {
             "100000",
         )]))
         .unwrap();
-        assert_eq!(c.max_record_bytes, 100_000);
+        assert_eq!(c.dispatch.send.max_record_bytes, 100_000);
     }
 
     #[test]
@@ -1926,9 +1751,9 @@ mod tests {
     #[test]
     fn buffer_limit_follows_memory() {
         let c = from_env(&env(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "10240")])).unwrap();
-        assert_eq!(c.buffer_limit_bytes, 64 * 1024 * 1024);
+        assert_eq!(c.dispatch.buffer.cap, 64 * 1024 * 1024);
         let c = from_env(&env(&[("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")])).unwrap();
-        assert_eq!(c.buffer_limit_bytes, 16 * 1024 * 1024);
+        assert_eq!(c.dispatch.buffer.cap, 16 * 1024 * 1024);
     }
 
     #[test]
@@ -1944,8 +1769,8 @@ mod tests {
         let e = from_env(&get).unwrap_err();
         assert_eq!(e.errors[0].var, "AWS_SECRET_ACCESS_KEY");
         let c = from_env(&env(&[("AWS_SESSION_TOKEN", "tok")])).unwrap();
-        assert!(!format!("{:?}", c.credentials).contains("secret"));
-        let CredentialsSource::Static(s) = c.credentials else {
+        assert!(!format!("{:?}", c.kinesis.credentials).contains("secret"));
+        let CredentialsSource::Static(s) = c.kinesis.credentials else {
             panic!()
         };
         assert_eq!(s.session_token.as_deref(), Some("tok"));
@@ -1969,7 +1794,7 @@ mod tests {
         };
         let c = from_env(&get).unwrap();
         assert_eq!(
-            c.credentials,
+            c.kinesis.credentials,
             CredentialsSource::Container {
                 url: "http://127.0.0.1:9/creds".into(),
                 token: Some("tok".into()),

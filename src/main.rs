@@ -38,11 +38,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{bounded, unbounded, Sender};
 
-use config::Config;
+use config::{LifecycleSettings, Settings};
 use dispatch::backlog::Backlog;
 use dispatch::dispatcher::{Control, Dispatcher};
 use kinesis::client::KinesisClient;
-use lambda::extensions_api::{self, ExtensionsApi, LifecycleEvent, Subscription};
+use kinesis::endpoint::redacted_url;
+use lambda::extensions_api::{
+    self, ExtensionsApi, LifecycleEvent, Subscription, SubscriptionSettings,
+};
 use lambda::model::{self, Model};
 use lambda::{gate, listener};
 use stats::Stats;
@@ -99,7 +102,7 @@ fn main() {
         ("accountId", info.account_id.unwrap_or_default()),
         // The region records are sent to: AWS_REGION, or the stream ARN's
         // when AWS_REGION is unset.
-        ("region", cfg.region.clone()),
+        ("region", cfg.kinesis.region.clone()),
     ];
     run(lambda, cfg, context);
 }
@@ -186,35 +189,33 @@ impl Lambda {
     }
 }
 
-fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
-    let (sockets, port) = match gate::bind(cfg.listener_port) {
+fn run(mut lambda: Lambda, cfg: Settings, context: Vec<(&'static str, String)>) {
+    let (sockets, port) = match gate::bind(cfg.listener.port) {
         Ok(s) => s,
         Err(e) => lambda.config_failed(
-            &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener_port),
+            &format!("{e} ({}={})", config::LISTENER_PORT.var, cfg.listener.port),
             cfg.strict,
         ),
     };
     let model = lambda.model;
-    let schema = subscribe(&mut lambda.api, &cfg, port, model);
+    let schema = subscribe(&mut lambda.api, &cfg.subscription, port, model);
     let telemetry = schema.is_some();
     // One random key per execution environment (partition key, metrics).
     let environment = rng::Rng::from_os().hex(16);
     // Logged before `next` so that it appears in the function's init log.
     log::info!(
         "forwarding {} telemetry to Kinesis stream {:?} via {} ({}, schema {}, flush {:?}, format {:?}, partition key {:?} {environment})",
-        cfg.types.names().join(","),
-        match &cfg.stream {
-            config::StreamTarget::Name(n) | config::StreamTarget::Arn(n) => n,
-        },
-        config::redacted_url(&cfg.endpoint),
+        cfg.subscription.types.names().join(","),
+        cfg.kinesis.stream.as_str(),
+        redacted_url(&cfg.kinesis.endpoint),
         match model {
             Model::Default => "default Lambda",
             Model::ManagedInstances => "Lambda Managed Instances",
         },
         schema.unwrap_or("none"),
-        cfg.flush,
-        cfg.format,
-        cfg.partition_key,
+        cfg.dispatch.flush.mode,
+        cfg.dispatch.send.format,
+        cfg.dispatch.shape.partition_key,
     );
     // Ready: the first event/next goes out before any thread is started, so
     // the function's init is not kept waiting for them. Telemetry POSTed
@@ -222,11 +223,12 @@ fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
     // paused, so nothing is sent while Lambda considers us idle. (On
     // Managed Instances it sends from the start: nothing is ever frozen.)
     lambda.request_next();
-    let threads = start_threads(&cfg, model, sockets, context, environment);
+    let settings = cfg.lifecycle;
+    let threads = start_threads(cfg, model, sockets, context, environment);
     let lifecycle = Lifecycle {
         control: threads.control,
         telemetry,
-        cfg: &cfg,
+        settings,
     };
     loop {
         match lambda.api.next_event() {
@@ -263,7 +265,7 @@ fn run(mut lambda: Lambda, cfg: Config, context: Vec<(&'static str, String)>) {
 /// lifecycle).
 fn subscribe(
     api: &mut ExtensionsApi,
-    cfg: &Config,
+    cfg: &SubscriptionSettings,
     port: u16,
     model: Model,
 ) -> Option<&'static str> {
@@ -302,9 +304,10 @@ struct Threads {
     unanswered: Arc<gate::Unanswered>,
 }
 
-/// Starts the listener (behind its gate, on `sockets`) and the dispatcher.
+/// Starts the listener (behind its gate, on `sockets`) and the dispatcher,
+/// each with its own settings.
 fn start_threads(
-    cfg: &Config,
+    cfg: Settings,
     model: Model,
     sockets: Vec<std::net::TcpListener>,
     context: Vec<(&'static str, String)>,
@@ -315,12 +318,12 @@ fn start_threads(
     // Unbounded in count, bounded in bytes: the backlog holds the listener
     // back only at the memory cap, never while the dispatcher is sending.
     let (events_tx, events_rx) = unbounded();
-    let backlog = Arc::new(Backlog::new(cfg.buffer_limit_bytes));
+    let backlog = Arc::new(Backlog::new(cfg.dispatch.buffer.cap));
     let (control, control_rx) = bounded(1);
     {
         let (stats, unanswered, backlog) = (stats.clone(), unanswered.clone(), backlog.clone());
-        let max_body = cfg.max_body_bytes;
-        let reading = crate::records::shape::reading(cfg, model);
+        let limits = gate::Limits::new(&cfg.listener);
+        let reading = crate::records::shape::reading(&cfg.dispatch.shape, model);
         spawn("listener", move || {
             let intake = listener::Intake {
                 tx: events_tx,
@@ -328,15 +331,15 @@ fn start_threads(
                 reading,
                 stats,
             };
-            gate::serve(sockets, intake, gate::Limits::new(max_body), unanswered)
+            gate::serve(sockets, intake, limits, unanswered)
         });
     }
     {
-        let (cfg, stats) = (cfg.clone(), stats.clone());
+        let (kinesis, dispatch, stats) = (cfg.kinesis, cfg.dispatch, stats.clone());
         spawn("dispatcher", move || {
-            let client = KinesisClient::new(&cfg);
+            let client = KinesisClient::new(&kinesis);
             Dispatcher::new(
-                cfg,
+                dispatch,
                 model,
                 client,
                 events_rx,
@@ -357,13 +360,13 @@ fn start_threads(
 }
 
 /// The main thread's side of the conversation with the dispatcher.
-struct Lifecycle<'a> {
+struct Lifecycle {
     control: Sender<Control>,
     telemetry: bool,
-    cfg: &'a Config,
+    settings: LifecycleSettings,
 }
 
-impl Lifecycle<'_> {
+impl Lifecycle {
     fn send(&self, c: Control) {
         if self.control.send(c).is_err() {
             log::error!("the dispatcher thread is gone; exiting");
@@ -380,7 +383,7 @@ impl Lifecycle<'_> {
         let deadline = invoke_deadline
             .checked_sub(INVOKE_MARGIN)
             .unwrap_or_else(Instant::now);
-        let wait_until = match self.cfg.runtime_done_timeout {
+        let wait_until = match self.settings.runtime_done_timeout {
             Some(t) => deadline.min(Instant::now() + t),
             None => deadline,
         };
@@ -398,7 +401,7 @@ impl Lifecycle<'_> {
 
     fn shutdown(&self, deadline: Instant) {
         let wait_until = if self.telemetry {
-            deadline.min(Instant::now() + self.cfg.shutdown_wait)
+            deadline.min(Instant::now() + self.settings.shutdown_wait)
         } else {
             Instant::now()
         };

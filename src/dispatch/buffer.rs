@@ -2,17 +2,17 @@
 //! and not yet shaped, the queue of records, lines held for sampling, the
 //! buffer's age. Events are shaped here (filters, redaction, envelope via
 //! `records::shape`), in slices the dispatcher bounds in time, so that no
-//! amount of CPU work holds an invoke.
+//! amount of CPU work holds an invoke. `BufferSettings`: the memory cap,
+//! the record limit, sampling.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::dispatch::age::BufferAge;
 use crate::dispatch::backlog::Backlog;
 use crate::dispatch::report::{EveryPeriod, Reported};
-use crate::dispatch::sampling::{Forward, Sampling};
+use crate::dispatch::sampling::{Forward, Sampling, SamplingSettings};
 use crate::lambda::telemetry::{Delivery, Event, Kind};
 use crate::lambda::view::Figures;
 use crate::records::queue::{Queue, Record};
@@ -21,6 +21,16 @@ use crate::stats::Stats;
 
 /// At most one WARN line a minute about fragmented events.
 const FRAGMENT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// What the buffer is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct BufferSettings {
+    /// The memory cap (`KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`).
+    pub cap: usize,
+    pub max_record_bytes: usize,
+    /// Outcome-aware sampling; `None`: off.
+    pub sampling: Option<SamplingSettings>,
+}
 
 pub struct Buffer {
     /// Records waiting to be sent, in order.
@@ -58,16 +68,21 @@ struct Unshaped {
 }
 
 impl Buffer {
-    pub fn new(cfg: &Config, shaper: Shaper, backlog: Arc<Backlog>, stats: Arc<Stats>) -> Buffer {
+    pub fn new(
+        cfg: &BufferSettings,
+        shaper: Shaper,
+        backlog: Arc<Backlog>,
+        stats: Arc<Stats>,
+    ) -> Buffer {
         Buffer {
             queue: Queue::default(),
             age: BufferAge::default(),
             shaper,
-            sampling: Sampling::new(cfg, stats.clone()),
+            sampling: cfg.sampling.map(|s| Sampling::new(&s, stats.clone())),
             unshaped: VecDeque::new(),
             unshaped_bytes: 0,
             backlog,
-            cap: cfg.buffer_limit_bytes,
+            cap: cfg.cap,
             max_record_bytes: cfg.max_record_bytes,
             stats,
             reported: Reported::default(),

@@ -14,22 +14,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{never, select, Receiver, Sender};
 
-use crate::config::{Config, FlushMode};
 use crate::dispatch::backlog::Backlog;
-use crate::dispatch::buffer::Buffer;
+use crate::dispatch::buffer::{Buffer, BufferSettings};
 pub use crate::dispatch::control::Control;
 use crate::dispatch::control::Waiting;
-use crate::dispatch::flush::{self, EndOfInvoke};
+use crate::dispatch::flush::{self, EndOfInvoke, FlushMode, FlushSettings};
 use crate::dispatch::invocations::Invocations;
 use crate::dispatch::metrics::Metrics;
 use crate::dispatch::retry::{GaveUp, Next, Round};
-use crate::dispatch::send::Requests;
+use crate::dispatch::send::{Requests, SendSettings};
 use crate::dispatch::timers::{self, SendState};
 use crate::kinesis::client::{KinesisClient, PutRecords};
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::Delivery;
 use crate::records::queue::{Queue, Record};
-use crate::records::shape::Shaper;
+use crate::records::shape::{ShapeSettings, Shaper};
 use crate::rng::Rng;
 use crate::stats::Stats;
 
@@ -46,12 +45,24 @@ const QUIET_MARGIN: Duration = Duration::from_millis(50);
 /// no amount of work holds an invoke (docs/delivery.md).
 const SHAPE_SLICE: Duration = Duration::from_millis(2);
 
+/// What the dispatcher and its parts are configured with, one value each.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    pub flush: FlushSettings,
+    pub send: SendSettings,
+    pub buffer: BufferSettings,
+    pub shape: ShapeSettings,
+    /// How often counters are also written to the stream while busy
+    /// (`None`: only at shutdown).
+    pub metrics_interval: Option<Duration>,
+}
+
 pub struct Dispatcher<C: PutRecords = KinesisClient> {
     events: Receiver<Delivery>,
     control: Receiver<Control>,
     requests: Requests<C>,
     stats: Arc<Stats>,
-    cfg: Config,
+    flush: FlushSettings,
     model: Model,
 
     /// What is held: unshaped events, the queue, sampling's holds.
@@ -72,7 +83,7 @@ impl<C: PutRecords> Dispatcher<C> {
     /// (`KinesisClient`), or the tests' scripted one.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: Config,
+        cfg: DispatchSettings,
         model: Model,
         client: C,
         events: Receiver<Delivery>,
@@ -84,14 +95,14 @@ impl<C: PutRecords> Dispatcher<C> {
     ) -> Dispatcher<C> {
         let mut rng = Rng::from_os();
         let shaper = Shaper::new(
-            &cfg,
+            &cfg.shape,
             model,
             environment,
             Rng::seeded(rng.next_u64()),
             &context,
             stats.clone(),
         );
-        let mut buffer = Buffer::new(&cfg, shaper, backlog, stats.clone());
+        let mut buffer = Buffer::new(&cfg.buffer, shaper, backlog, stats.clone());
         // Never frozen on Managed Instances: sending runs from the start.
         let paused = match model {
             Model::Default => true,
@@ -105,10 +116,10 @@ impl<C: PutRecords> Dispatcher<C> {
         Dispatcher {
             events,
             control,
-            requests: Requests::new(&cfg, client, stats.clone(), rng),
+            requests: Requests::new(&cfg.send, client, stats.clone(), rng),
             stats,
             metrics: Metrics::new(cfg.metrics_interval, context),
-            cfg,
+            flush: cfg.flush,
             buffer,
             model,
             invocations: Invocations::new(model),
@@ -222,10 +233,10 @@ impl<C: PutRecords> Dispatcher<C> {
         reply: Sender<()>,
     ) {
         let then = flush::end_of_invoke(
-            self.cfg.flush,
+            self.flush.mode,
             &self.invocations.history,
-            self.cfg.flush_interval,
-            self.cfg.max_delay,
+            self.flush.flush_interval,
+            self.flush.max_delay,
             self.buffer.age.wall_age(),
         );
         self.waiting = match runtime_done {
@@ -306,7 +317,7 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// Lambda's buffering time: what it still held arrives within it.
     fn buffering(&self) -> Duration {
-        Duration::from_millis(self.cfg.buffering.timeout_ms.into()) + QUIET_MARGIN
+        self.flush.lambda_timeout + QUIET_MARGIN
     }
 
     /// The invoke's end (its runtimeDone came if `done`): applies the flush
@@ -319,7 +330,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 "no platform.runtimeDone for request {request_id} in time; flushing what is buffered"
             );
         }
-        let deadline = deadline.min(Instant::now() + self.cfg.flush_timeout);
+        let deadline = deadline.min(Instant::now() + self.flush.flush_timeout);
         match then {
             EndOfInvoke::FlushAll => self.flush_all(deadline),
             _ => self.send_due_until(deadline, None),
@@ -430,7 +441,7 @@ impl<C: PutRecords> Dispatcher<C> {
 
     /// Whether buffered data is sent by age now (periodic behaviour).
     fn periodic_now(&self) -> bool {
-        let (mode, max_delay) = (self.cfg.flush, self.cfg.max_delay);
+        let (mode, max_delay) = (self.flush.mode, self.flush.max_delay);
         let age = self.buffer.age.wall_age();
         flush::periodic(mode, self.model, &self.invocations.history, max_delay, age)
     }
@@ -472,7 +483,7 @@ impl<C: PutRecords> Dispatcher<C> {
         // the window's end never cuts one short (a cut request is a false
         // "no time left"/timeout: a backoff, and duplicates if it got through).
         let now = Instant::now();
-        let window = self.cfg.flush_timeout;
+        let window = self.flush.flush_timeout;
         // (no invoke: SHUTDOWN never sends in the background; a long window)
         let hard = self
             .invoke_deadline
@@ -488,18 +499,18 @@ impl<C: PutRecords> Dispatcher<C> {
     /// When the buffered data is old enough to be sent by age (`None`:
     /// empty, or age alone does not send it now).
     fn aged_at(&self, now: Instant) -> Option<Instant> {
-        match self.cfg.flush {
+        match self.flush.mode {
             // (thawed time runs with wall time while sending)
             FlushMode::Batch => self
                 .buffer
                 .age
-                .thawed_until(self.cfg.batch_max_age)
+                .thawed_until(self.flush.batch_max_age)
                 .map(|left| now + left),
             _ if self.periodic_now() => self
                 .buffer
                 .age
                 .oldest_wall()
-                .map(|oldest| oldest + self.cfg.flush_interval),
+                .map(|oldest| oldest + self.flush.flush_interval),
             _ => None,
         }
     }
@@ -519,7 +530,7 @@ impl<C: PutRecords> Dispatcher<C> {
                 return;
             }
             let request_deadline = per_request.map_or(deadline, |hard| {
-                hard.min(Instant::now() + self.cfg.flush_timeout)
+                hard.min(Instant::now() + self.flush.flush_timeout)
             });
             let round = self.send_one(request_deadline);
             let next = self.requests.next(round, false, self.buffer.queue.len());

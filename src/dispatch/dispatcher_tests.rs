@@ -123,8 +123,10 @@ fn start_in(
         env.push((k.to_string(), v.to_string()));
     }
     let get = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-    let cfg = config::from_env(&get).expect("valid test configuration");
-    let reading = crate::records::shape::reading(&cfg, model);
+    let cfg = config::from_env(&get)
+        .expect("valid test configuration")
+        .dispatch;
+    let reading = crate::records::shape::reading(&cfg.shape, model);
     let seen = Arc::new(Mutex::new(Seen::default()));
     let client = Scripted {
         answers: answers.into(),

@@ -1,11 +1,40 @@
 //! The flush policy's decisions, as pure functions of what has been seen:
 //! how often invokes come, how long they run, and how old the buffered data
 //! is. The dispatcher applies them (docs/how-it-works.md, "Flush policy").
+//! `FlushSettings`: the policy as configured.
 
 use std::time::Duration;
 
-use crate::config::FlushMode;
 use crate::lambda::model::Model;
+
+/// The flush policy as configured, and the times it works with.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushSettings {
+    pub mode: FlushMode,
+    pub batch_max_age: Duration,
+    pub flush_interval: Duration,
+    pub max_delay: Duration,
+    /// The longest an end-of-invoke flush may take.
+    pub flush_timeout: Duration,
+    /// How long Lambda may hold telemetry before POSTing it (its buffering
+    /// `timeoutMs`): the quiet spell awaited at SHUTDOWN.
+    pub lambda_timeout: Duration,
+}
+
+/// When buffered telemetry is sent (see docs/how-it-works.md "Flush policy").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushMode {
+    /// After each invoke's `platform.runtimeDone`, send everything and wait for it.
+    End,
+    /// Send only full batches or batches older than `batch_max_age`.
+    Batch,
+    /// Send when the oldest record is older than `flush_interval`, at invoke
+    /// start or while thawed; never wait for runtimeDone.
+    Periodic,
+    /// `End` while invokes are rare or their rate unknown, `Periodic` when
+    /// they come often (gap below `max_delay`).
+    Adaptive,
+}
 
 /// Invokes seen before `adaptive` trusts its estimate of the rate.
 const WARM_UP_INVOKES: u32 = 3;

@@ -2,14 +2,14 @@
 //! records go (the queue, the hold, nowhere), what an invocation's outcome
 //! or the hold's limits (time, half the memory cap, SHUTDOWN) release, and
 //! the counters of both. The decisions themselves are `records::sample`'s.
+//! `SamplingSettings` exist only when sampling is on (`Option`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::Config;
 use crate::lambda::telemetry::Event;
 use crate::records::queue::Record;
-use crate::records::sample::{Outcome, Release, Route, Sampler, Why, SCALE};
+use crate::records::sample::{Outcome, Release, Route, Sampler, Why};
 use crate::stats::Stats;
 
 /// Records that leave the hold for the queue, and when the first of them
@@ -17,6 +17,19 @@ use crate::stats::Stats;
 pub struct Forward {
     pub records: Vec<Record>,
     pub arrived: Instant,
+}
+
+/// Sampling as configured; there is none (`Option::None`) when every
+/// invocation's lines are forwarded (`KINESIS_TELEMETRY_SAMPLE_SUCCESS` 1).
+#[derive(Debug, Clone, Copy)]
+pub struct SamplingSettings {
+    /// Successful invocations whose lines are forwarded, in millionths
+    /// (below `records::sample::SCALE`).
+    pub success: u32,
+    /// How long held lines wait for their invocation's outcome.
+    pub hold: Duration,
+    /// Held lines may fill this much (half the memory cap).
+    pub max_held: usize,
 }
 
 pub struct Sampling {
@@ -27,13 +40,12 @@ pub struct Sampling {
 }
 
 impl Sampling {
-    /// `None` when sampling is off (`KINESIS_TELEMETRY_SAMPLE_SUCCESS` 1).
-    pub fn new(cfg: &Config, stats: Arc<Stats>) -> Option<Sampling> {
-        (cfg.sample_success < SCALE).then(|| Sampling {
-            sampler: Sampler::new(cfg.sample_success, cfg.sample_hold),
+    pub fn new(cfg: &SamplingSettings, stats: Arc<Stats>) -> Sampling {
+        Sampling {
+            sampler: Sampler::new(cfg.success, cfg.hold),
             stats,
-            max_held: cfg.buffer_limit_bytes / 2,
-        })
+            max_held: cfg.max_held,
+        }
     }
 
     /// Where a log line of invocation `id` goes: `Some(records)` to the

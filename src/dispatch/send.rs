@@ -1,12 +1,11 @@
 //! One request at a time: takes a request's worth of records from the
 //! queue, sends it through the client, settles each record (stored, to
 //! resend, lost) and, with the retrier, decides what comes next. Counts and
-//! logs what happened.
+//! logs what happened. `SendSettings`: retries, request limits, record format.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::{Config, HashKeyMode};
 use crate::dispatch::report::Reported;
 use crate::dispatch::retry::{GaveUp, Next, Policy, Retrier, Round};
 use crate::kinesis::client::{PutOutcome, PutRecords};
@@ -16,6 +15,26 @@ use crate::records::pack::{self, Format, Wire};
 use crate::records::queue::{Limits, Queue, Record};
 use crate::rng::Rng;
 use crate::stats::Stats;
+
+/// What sending is configured with: retries, request size, record format.
+#[derive(Debug, Clone, Copy)]
+pub struct SendSettings {
+    pub retry: Policy,
+    /// The most one request carries (`request_limits`).
+    pub limits: Limits,
+    pub format: Format,
+    pub max_record_bytes: usize,
+    pub hash_key: HashKeyMode,
+}
+
+/// Explicit hash keys (`KINESIS_TELEMETRY_HASH_KEY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashKeyMode {
+    /// Kinesis hashes the partition key.
+    None,
+    /// A random 128-bit hash key per record: an even spread over shards.
+    Random,
+}
 
 /// The sending side of the dispatcher.
 pub struct Requests<C> {
@@ -36,21 +55,13 @@ pub struct Requests<C> {
 }
 
 impl<C: PutRecords> Requests<C> {
-    pub fn new(cfg: &Config, client: C, stats: Arc<Stats>, mut rng: Rng) -> Requests<C> {
-        let policy = Policy {
-            max_attempts: cfg.max_attempts,
-            backoff_base: cfg.backoff_base,
-            backoff_cap: cfg.backoff_cap,
-            budget: cfg.retry_budget,
-            probe_interval: cfg.probe_interval,
-            probe_max: cfg.probe_max,
-        };
+    pub fn new(cfg: &SendSettings, client: C, stats: Arc<Stats>, mut rng: Rng) -> Requests<C> {
         Requests {
             client,
-            retrier: Retrier::new(policy, Rng::seeded(rng.next_u64())),
+            retrier: Retrier::new(cfg.retry, Rng::seeded(rng.next_u64())),
             reported: Reported::default(),
             stats,
-            limits: request_limits(cfg),
+            limits: cfg.limits,
             format: cfg.format,
             max_record_bytes: cfg.max_record_bytes,
             random_hash_keys: cfg.hash_key == HashKeyMode::Random,
@@ -301,15 +312,19 @@ enum Sent {
     Maybe,
 }
 
-/// The most one request carries.
-fn request_limits(cfg: &Config) -> Limits {
+/// The most one request carries: the configured request limits, and a
+/// quarter of the memory cap `buffer_cap`.
+pub fn request_limits(
+    max_records: usize,
+    max_bytes: usize,
+    buffer_cap: usize,
+    max_record_bytes: usize,
+) -> Limits {
     Limits {
-        max_records: cfg.max_records_per_request,
+        max_records,
         // A request in flight is held twice (records + base64 body) on top
         // of the buffer: keep it to a quarter of the buffer cap, so memory
         // stays near the cap (never below one record).
-        max_bytes: cfg
-            .max_bytes_per_request
-            .min((cfg.buffer_limit_bytes / 4).max(cfg.max_record_bytes)),
+        max_bytes: max_bytes.min((buffer_cap / 4).max(max_record_bytes)),
     }
 }

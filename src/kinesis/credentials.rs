@@ -2,14 +2,64 @@
 //! environment (how Lambda normally passes them), or the container
 //! credentials endpoint (how SnapStart functions and ECS-style environments
 //! get them), fetched lazily on the dispatcher thread, cached, and refreshed
-//! before they expire or when Kinesis says they have.
+//! before they expire or when Kinesis says they have. Also what a key,
+//! secret or token must be to be sent (`header_safe`), which `config`
+//! checks at start.
 
+use std::fmt;
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use crate::config::{CredentialsSource, StaticCredentials};
+/// AWS credentials taken from the standard environment variables.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print secrets, not even in debug logs.
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where signing credentials come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialsSource {
+    /// `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` / `AWS_SESSION_TOKEN`.
+    Static(StaticCredentials),
+    /// The container credentials endpoint (SnapStart, ECS-style):
+    /// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (or `_RELATIVE_URI`) with
+    /// `AWS_CONTAINER_AUTHORIZATION_TOKEN` (or `_TOKEN_FILE`).
+    Container {
+        url: String,
+        token: Option<String>,
+        token_file: Option<String>,
+    },
+}
+
+/// The most read of `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`: the token
+/// goes in an HTTP header (a service account token is ~1 KB).
+pub const TOKEN_FILE_MAX_BYTES: u64 = 64 << 10;
+
+/// The variable naming the token file, for messages (the settings table
+/// defines it; a test in `config` holds the two together).
+pub const TOKEN_FILE_VAR: &str = "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE";
+
+/// What a key, secret or token must be to go in an HTTP header.
+pub const SECRET_EXPECTED: &str =
+    "printable ASCII without spaces or line breaks (check how the value was pasted)";
+
+/// Whether a key, secret or token can be sent in an HTTP header.
+pub fn header_safe(v: &str) -> bool {
+    v.bytes().all(|b| b.is_ascii_graphic())
+}
 
 /// Refresh this long before `Expiration`, like the AWS SDKs.
 const REFRESH_BEFORE: Duration = Duration::from_secs(5 * 60);
@@ -117,7 +167,7 @@ impl Provider {
             ureq::Agent::config_builder()
                 .http_status_as_error(false)
                 // NO_PROXY read as for PutRecords (as the AWS SDKs read it).
-                .proxy(crate::kinesis::client::proxy_for(&url))
+                .proxy(crate::kinesis::proxy::proxy_for(&url))
                 .timeout_global(Some(FETCH_TIMEOUT))
                 .build()
                 .into()
@@ -163,8 +213,8 @@ struct ContainerCredentials {
 /// (it may be rotated) within `files::read_file`'s bounds: a regular file
 /// of at most `TOKEN_FILE_MAX_BYTES`, UTF-8, never a blocking open.
 fn read_token_file(path: &str) -> Result<String, CredentialsError> {
-    let var = crate::config::AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE.var;
-    let bytes = crate::files::read_file(path, crate::config::TOKEN_FILE_MAX_BYTES)
+    let var = TOKEN_FILE_VAR;
+    let bytes = crate::files::read_file(path, TOKEN_FILE_MAX_BYTES)
         .map_err(|e| CredentialsError(format!("{var}={path}: {e}")))?;
     match String::from_utf8(bytes) {
         Ok(token) => Ok(token.trim().to_string()),

@@ -3,9 +3,75 @@
 //! `service/kinesis/endpoints.go`), for the `aws`, `aws-cn`, `aws-us-gov`,
 //! `aws-iso` and `aws-iso-b` partitions, with `AWS_USE_FIPS_ENDPOINT` and
 //! `AWS_USE_DUALSTACK_ENDPOINT`. A configured endpoint URL wins over all of
-//! this (docs/configuration.md).
+//! this (docs/configuration.md); what such a URL must be is checked here too
+//! (`url_problem`), and shown without its credentials (`redacted_url`).
 
-use crate::config::StreamTarget;
+use crate::kinesis::settings::StreamTarget;
+
+/// What is wrong with an endpoint URL, if anything: an http(s) scheme, a
+/// host of ASCII letters, digits, `-`, `.` and `_` (or a bracketed IPv6
+/// address), an optional port from 1 to 65535.
+pub fn url_problem(url: &str) -> Option<&'static str> {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return Some("no http:// or https:// scheme");
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // Credentials in the URL are allowed (and never logged).
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = if let Some(v6) = host_port.strip_prefix('[') {
+        let Some((addr, after)) = v6.split_once(']') else {
+            return Some("an IPv6 address without its closing ]");
+        };
+        if addr.is_empty()
+            || !addr
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return Some("an invalid IPv6 address");
+        }
+        match after {
+            "" => (addr, None),
+            p => match p.strip_prefix(':') {
+                Some(p) => (addr, Some(p)),
+                None => return Some("text after the IPv6 address"),
+            },
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (host_port, None),
+        }
+    };
+    if host.is_empty() {
+        return Some("no host");
+    }
+    if !host_port.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    {
+        return Some("a host that is not ASCII letters, digits, - . _");
+    }
+    match port.map(|p| p.parse::<u16>()) {
+        None | Some(Ok(1..)) => None,
+        Some(_) => Some("a port that is not 1 to 65535"),
+    }
+}
+
+/// `url` with any credentials in it replaced by `***`, for logs.
+pub fn redacted_url(url: &str) -> std::borrow::Cow<'_, str> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.into();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]).into(),
+        None => url.into(),
+    }
+}
 
 /// A partition's DNS suffixes.
 struct Partition {

@@ -8,7 +8,7 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 
-use crate::config::StaticCredentials;
+use crate::kinesis::credentials::StaticCredentials;
 
 /// Signing name of Kinesis Data Streams.
 pub const SERVICE: &str = "kinesis";

@@ -17,6 +17,10 @@ use ureq::unversioned::transport::{
     TransportAdapter,
 };
 
+/// The most read of `AWS_CA_BUNDLE`: five times the Mozilla bundle
+/// (~220 KB), and the certificates parsed from it stay in memory.
+pub const CA_BUNDLE_MAX_BYTES: u64 = 1 << 20;
+
 /// Why a bundle's certificates cannot be used.
 #[derive(Debug)]
 pub enum BundleError {
@@ -57,8 +61,7 @@ impl BundleTls {
     /// after the first `event/next`, not on the cold-start path): a regular
     /// file of at most `CA_BUNDLE_MAX_BYTES`, opened without blocking.
     pub fn from_file(path: &str) -> Result<(BundleTls, usize), BundleError> {
-        let pem = crate::files::read_file(path, crate::config::CA_BUNDLE_MAX_BYTES)
-            .map_err(BundleError::Read)?;
+        let pem = crate::files::read_file(path, CA_BUNDLE_MAX_BYTES).map_err(BundleError::Read)?;
         BundleTls::new(&pem)
     }
 

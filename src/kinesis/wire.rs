@@ -5,9 +5,9 @@
 use serde::Deserialize;
 
 use crate::base64;
-use crate::config::StreamTarget;
 use crate::json;
 use crate::kinesis::error::{record_error_retryable, ErrorAnswer, Failure};
+use crate::kinesis::settings::StreamTarget;
 use crate::records::pack::Wire;
 use crate::records::queue::Record;
 

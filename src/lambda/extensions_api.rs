@@ -4,11 +4,73 @@
 //!
 //! `event/next` has no timeout on purpose: the sandbox may be frozen inside
 //! that call for minutes or hours.
+//!
+//! What the subscription asks for (`SubscriptionSettings`: types, buffering,
+//! schema version) and the largest body Lambda may POST with that buffering
+//! (`largest_batch`) are defined here.
 
 use serde::Deserialize;
 
 use crate::lambda::local_http::{Connection, Response};
 use crate::lambda::model::Model;
+
+/// Bytes Lambda adds around each record of a batch, rounded up: the
+/// envelope `{"time":"…","type":"…","record":…}` (83 bytes with a 24-byte
+/// time and the longest type name known, `platform.telemetrySubscription`)
+/// and the comma between events.
+pub const EVENT_ENVELOPE_BYTES: u64 = 128;
+
+/// The largest Telemetry API body Lambda may POST with this buffering:
+/// "anticipate receiving payloads as large as `2 * maxBytes +
+/// metadataBytes`", where Lambda adds metadata to each record (Lambda
+/// Developer Guide, telemetry-api, "Configuring memory usage and
+/// buffering"), for at most `maxItems` records. A smaller body limit
+/// refuses Lambda's own batches, and Lambda drops what it cannot deliver.
+pub const fn largest_batch(max_bytes: u64, max_items: u64) -> u64 {
+    2 * max_bytes + max_items * EVENT_ENVELOPE_BYTES
+}
+
+/// What the subscription asks of the Telemetry API.
+#[derive(Debug, Clone, Copy)]
+pub struct SubscriptionSettings {
+    /// The streams forwarded (the platform stream is subscribed anyway).
+    pub types: Types,
+    pub buffering: Buffering,
+    /// Telemetry API schema version; `None`: the execution model's own.
+    pub schema_version: Option<&'static str>,
+}
+
+/// Telemetry API buffering: how Lambda batches what it POSTs to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffering {
+    pub max_items: u32,
+    pub max_bytes: u32,
+    pub timeout_ms: u32,
+}
+
+/// The telemetry streams a function can subscribe to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Types {
+    pub platform: bool,
+    pub function: bool,
+    pub extension: bool,
+}
+
+impl Types {
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.platform {
+            v.push("platform");
+        }
+        if self.function {
+            v.push("function");
+        }
+        if self.extension {
+            v.push("extension");
+        }
+        v
+    }
+}
 
 /// Lambda's answer to `register`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
@@ -317,12 +379,7 @@ pub fn parse_event(body: &[u8]) -> Result<LifecycleEvent, Unreadable> {
 }
 
 /// The Telemetry API subscription body.
-pub fn subscription_body(
-    version: &str,
-    types: &[&str],
-    b: crate::config::Buffering,
-    port: u16,
-) -> String {
+pub fn subscription_body(version: &str, types: &[&str], b: Buffering, port: u16) -> String {
     serde_json::json!({
         "schemaVersion": version,
         "types": types,
@@ -374,7 +431,7 @@ mod tests {
 
     #[test]
     fn subscription_request() {
-        let b = crate::config::Buffering {
+        let b = Buffering {
             max_items: 1000,
             max_bytes: 262_144,
             timeout_ms: 25,

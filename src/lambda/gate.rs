@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use tiny_http::{HTTPVersion, Response};
 
 use crate::lambda::hosts::{self, Source, SANDBOX_HOST};
-use crate::lambda::listener::{Intake, Taken, READER_STACK};
+use crate::lambda::listener::{Intake, ListenerSettings, Taken, READER_STACK};
 use crate::lambda::request_head::{self, Body, Refusal};
 
 /// How long one read waits before the request's clock is checked.
@@ -64,9 +64,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The defaults for a body limit of `body_bytes`
+    /// The defaults, with the configured body limit
     /// (`KINESIS_TELEMETRY_MAX_BODY_BYTES`).
-    pub fn new(body_bytes: usize) -> Limits {
+    pub fn new(settings: &ListenerSettings) -> Limits {
+        let body_bytes = settings.max_body_bytes;
         Limits {
             connections: 16,
             head_bytes: 8 * 1024,

@@ -9,7 +9,7 @@
 //! over, whatever the dispatcher is doing (a slow Kinesis request included);
 //! only when memory is at its cap (`Backlog`) does it wait, and Lambda
 //! buffers, then drops and reports `platform.logsDropped`, instead of this
-//! process growing.
+//! process growing. `ListenerSettings`: its port and body limit.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -20,6 +20,15 @@ use crate::dispatch::backlog::Backlog;
 use crate::lambda::telemetry::{self, Delivery};
 use crate::lambda::view::Reading;
 use crate::stats::Stats;
+
+/// What the listener is configured with.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSettings {
+    /// 0 lets the OS pick a free port.
+    pub port: u16,
+    /// Largest Telemetry API body read.
+    pub max_body_bytes: usize,
+}
 
 /// Stack of a thread that splits bodies: enough for serde_json's 128-level
 /// nesting limit (tested in lambda/telemetry.rs).

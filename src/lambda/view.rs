@@ -18,8 +18,10 @@
 //! that is not a character: that field is absent), with one exception: an
 //! event, record or metrics that is a JSON array is not read (serde read
 //! an array as a struct, field by field in order; Lambda never sends one).
+//! The log levels it knows (`LEVELS`) are defined here.
 
-use crate::config::LEVELS;
+/// Log levels of JSON-format logs, lowest first.
+pub const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
 
 /// What the lifecycle needs to know about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -581,7 +583,7 @@ mod tests {
         use std::borrow::Cow;
 
         use super::super::{quick_type, Kind};
-        use crate::config::LEVELS;
+        use crate::lambda::view::LEVELS;
 
         #[derive(Deserialize)]
         struct Head<'a> {

@@ -1,10 +1,21 @@
 //! Partition keys: which shard each record goes to (Kinesis hashes the key
-//! with MD5 to pick one). See `config::PartitionKeyMode`.
+//! with MD5 to pick one). See `PartitionKeyMode`.
 
 use std::sync::Arc;
 
-use crate::config::PartitionKeyMode;
 use crate::rng::Rng;
+
+/// How each record's partition key is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PartitionKeyMode {
+    /// One random key per execution environment: ordered per environment,
+    /// environments spread over shards.
+    Environment,
+    /// The request id of the invocation the event belongs to.
+    Request,
+    /// A fresh random key per record: the most even spread, no ordering.
+    Random,
+}
 
 pub struct Keys {
     mode: PartitionKeyMode,

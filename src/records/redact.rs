@@ -13,6 +13,9 @@
 //! Fail closed: a string that does not decode (a lone UTF-16 surrogate
 //! escape, as `JSON.stringify` writes for a cut emoji) is matched as
 //! decoded leniently (the surrogate read as U+FFFD), never skipped.
+//!
+//! The settings are checked here too (`parse_built_in`, `parse_patterns`,
+//! `Rules::new`); `config` names the variable in the error.
 
 use std::borrow::Cow;
 
@@ -63,6 +66,36 @@ pub struct BadPattern {
     pub name: String,
     pub regex: String,
     pub message: String,
+}
+
+impl BadPattern {
+    /// What the setting must be, for the configuration error.
+    pub fn expected(&self) -> String {
+        format!(
+            "valid regular expressions, but rule {:?} ({:?}) is not: {}",
+            self.name, self.regex, self.message
+        )
+    }
+}
+
+/// Parses `KINESIS_TELEMETRY_REDACT`: comma-separated names of built-in
+/// rules, in any case, or `all`; `Err`: what is expected instead.
+pub fn parse_built_in(value: &str) -> Result<Vec<&'static str>, String> {
+    let mut built_in = Vec::new();
+    for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let name = name.to_ascii_lowercase();
+        match BUILT_IN.iter().find(|b| **b == name) {
+            Some(b) => built_in.push(*b),
+            None if name == "all" => built_in.extend(BUILT_IN),
+            None => {
+                return Err(format!(
+                    "a comma-separated list of {}, or all",
+                    BUILT_IN.join(", ")
+                ))
+            }
+        }
+    }
+    Ok(built_in)
 }
 
 /// The regular expression that defines each built-in rule. `email` and

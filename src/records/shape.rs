@@ -2,23 +2,41 @@
 //! (types, platform event names, minimum log level), redaction, the optional
 //! enrichment envelope, the partition key, and fragments for events too
 //! large for one record. Pure bookkeeping; the dispatcher owns when records
-//! are sent (and which sampled lines are held).
+//! are sent (and which sampled lines are held). `ShapeSettings`: what
+//! shaping is configured with.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::config::{Config, PartitionKeyMode, Types};
 use crate::json::push_string;
+use crate::lambda::extensions_api::Types;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{Event, Kind};
 use crate::lambda::view::Reading;
-use crate::records::partition::Keys;
+use crate::records::partition::{Keys, PartitionKeyMode};
 use crate::records::queue::{fit_event, Record};
-use crate::records::redact::Redactor;
-use crate::records::sample::SCALE;
+use crate::records::redact::{Redactor, Rules};
 use crate::rng::Rng;
 use crate::slices::Text;
 use crate::stats::{Counter, Stats};
+
+/// What shaping is configured with.
+#[derive(Debug, Clone)]
+pub struct ShapeSettings {
+    pub types: Types,
+    /// Platform event names (without `platform.`) to forward; `None`: all.
+    pub platform_events: Option<Vec<String>>,
+    /// Index in `LEVELS` below which JSON log events are not forwarded.
+    pub min_level: Option<usize>,
+    pub enrich: bool,
+    pub partition_key: PartitionKeyMode,
+    pub max_record_bytes: usize,
+    /// Redaction rules, checked; `None`: off.
+    pub redact: Option<Rules>,
+    /// Outcome-aware sampling is on: which invocation a log line belongs
+    /// to is needed.
+    pub sampling: bool,
+}
 
 /// What became of one event.
 pub enum Shaped {
@@ -35,9 +53,9 @@ pub enum Shaped {
 /// the level for the minimum level, and on Managed Instances the request a
 /// line names when records carry their request (enrichment, or request
 /// partition keys) or sampling needs to know it.
-pub fn reading(cfg: &Config, model: Model) -> Reading {
+pub fn reading(cfg: &ShapeSettings, model: Model) -> Reading {
     let needs_request =
-        cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || cfg.sample_success < SCALE;
+        cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || cfg.sampling;
     Reading {
         record: cfg.redact.is_some(),
         level: cfg.min_level.is_some(),
@@ -72,7 +90,7 @@ impl Shaper {
     /// `context`: the enrichment fields (function name, version, region,
     /// account) in envelope order.
     pub fn new(
-        cfg: &Config,
+        cfg: &ShapeSettings,
         model: Model,
         environment: &str,
         mut rng: Rng,
@@ -80,7 +98,6 @@ impl Shaper {
         stats: Arc<Stats>,
     ) -> Shaper {
         let keys = Keys::new(cfg.partition_key, environment, Rng::seeded(rng.next_u64()));
-        let sampling = cfg.sample_success < SCALE;
         let envelope_head = cfg.enrich.then(|| {
             let mut head = String::new();
             for (k, v) in context
@@ -105,7 +122,7 @@ impl Shaper {
             rng,
             invocation: None,
             logs_name_their_request: model == Model::ManagedInstances,
-            sampling,
+            sampling: cfg.sampling,
             // Compiled here, on the dispatcher thread: off the cold-start path.
             redact: cfg.redact.as_ref().map(|rules| {
                 let counters = rules.names().into_iter().map(|n| (n, Counter::default()));
@@ -233,17 +250,45 @@ mod tests {
     use super::*;
     use crate::lambda::telemetry::split;
 
-    fn cfg(pairs: &[(&str, &str)]) -> Config {
-        let mut m: std::collections::HashMap<&str, &str> = [
-            ("KINESIS_TELEMETRY_STREAM", "s"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "a"),
-            ("AWS_SECRET_ACCESS_KEY", "b"),
-        ]
-        .into_iter()
-        .collect();
-        m.extend(pairs.iter().copied());
-        crate::config::from_env(&|k| m.get(k).map(|v| v.to_string())).unwrap()
+    /// The shaping settings that `pairs` (variables as users write them)
+    /// give; the others at their defaults. (`config`'s own tests read them
+    /// from the table; the stage does not import `config`.)
+    fn cfg(pairs: &[(&str, &str)]) -> ShapeSettings {
+        let mut c = ShapeSettings {
+            types: Types {
+                platform: true,
+                function: true,
+                extension: true,
+            },
+            platform_events: None,
+            min_level: None,
+            enrich: false,
+            partition_key: PartitionKeyMode::Environment,
+            max_record_bytes: 1 << 20,
+            redact: None,
+            sampling: false,
+        };
+        for &(k, v) in pairs {
+            match k.trim_start_matches("KINESIS_TELEMETRY_") {
+                "PLATFORM_EVENTS" => {
+                    let names = v.split(',').map(|n| n.trim_start_matches("platform."));
+                    c.platform_events = Some(names.map(str::to_string).collect());
+                }
+                "MIN_LEVEL" => {
+                    c.min_level = crate::lambda::view::LEVELS.iter().position(|l| *l == v)
+                }
+                "ENRICH" => c.enrich = v == "true",
+                "PARTITION_KEY" if v == "request" => c.partition_key = PartitionKeyMode::Request,
+                "SAMPLE_SUCCESS" => c.sampling = v != "1",
+                "MAX_RECORD_BYTES" => c.max_record_bytes = v.parse().unwrap(),
+                "REDACT" => {
+                    let built_in = crate::records::redact::parse_built_in(v).unwrap();
+                    c.redact = Some(Rules::new(&built_in, &[]).unwrap());
+                }
+                _ => panic!("{k}={v}: not a shaping setting these tests know"),
+            }
+        }
+        c
     }
 
     fn stats() -> Arc<Stats> {
