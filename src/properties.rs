@@ -7,7 +7,7 @@ use proptest::prelude::*;
 
 use crate::config;
 use crate::lambda::telemetry;
-use crate::records::queue::{fit_event, Limits, Queue, Record};
+use crate::records::queue::{fit_event, Queue, Record, RequestLimits};
 
 /// Arbitrary JSON text, nested a few levels, with odd strings.
 fn json_value() -> impl Strategy<Value = String> {
@@ -55,7 +55,7 @@ proptest! {
     #[test]
     fn batches_respect_limits_and_order(sizes in prop::collection::vec(1usize..3000, 0..300),
                                         max_records in 1usize..50, max_bytes in 3005usize..20000) {
-        let limits = Limits { max_records, max_bytes };
+        let limits = RequestLimits { max_records, max_bytes };
         let mut q = Queue::default();
         for (i, n) in sizes.iter().enumerate() {
             let mut data = (i as u32).to_be_bytes().to_vec();

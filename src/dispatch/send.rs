@@ -12,7 +12,7 @@ use crate::kinesis::client::{PutOutcome, PutRecords};
 use crate::kinesis::error::{Cause, Failure, Retry};
 use crate::kinesis::wire::{settle, RecordCodes};
 use crate::records::pack::{self, Format, Wire};
-use crate::records::queue::{Limits, Queue, Record};
+use crate::records::queue::{Queue, Record, RequestLimits};
 use crate::rng::Rng;
 use crate::stats::Stats;
 
@@ -21,7 +21,7 @@ use crate::stats::Stats;
 pub struct SendSettings {
     pub retry: Policy,
     /// The most one request carries (`request_limits`).
-    pub limits: Limits,
+    pub limits: RequestLimits,
     pub format: Format,
     pub max_record_bytes: usize,
     pub hash_key: HashKeyMode,
@@ -42,7 +42,7 @@ pub struct Requests<C> {
     retrier: Retrier,
     reported: Reported,
     stats: Arc<Stats>,
-    limits: Limits,
+    limits: RequestLimits,
     format: Format,
     max_record_bytes: usize,
     random_hash_keys: bool,
@@ -319,8 +319,8 @@ pub fn request_limits(
     max_bytes: usize,
     buffer_cap: usize,
     max_record_bytes: usize,
-) -> Limits {
-    Limits {
+) -> RequestLimits {
+    RequestLimits {
         max_records,
         // A request in flight is held twice (records + base64 body) on top
         // of the buffer: keep it to a quarter of the buffer cap, so memory

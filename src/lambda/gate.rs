@@ -18,7 +18,7 @@
 //!   any body byte is read (`request_head`), so a refused request never
 //!   waits for its body;
 //! - body bytes held across all connections: at most `bodies_in_flight`
-//!   (`Budget`; 503 past it), each body at most the body limit (413);
+//!   (`BodyRoom`; 503 past it), each body at most the body limit (413);
 //! - time: a request must arrive whole within `request_time` of thawed time
 //!   from its first byte (`Clock`; 408 past it). Freezes do not count: a
 //!   read that waited far longer than its tick was frozen, not slow.
@@ -195,13 +195,13 @@ impl Clock {
 
 /// Body bytes a request holds of the budget all share (`total`, at most
 /// `limit`), returned when it ends.
-struct Budget<'a> {
+struct BodyRoom<'a> {
     total: &'a AtomicUsize,
     limit: usize,
     mine: usize,
 }
 
-impl Budget<'_> {
+impl BodyRoom<'_> {
     fn take(&mut self, n: usize) -> bool {
         let before = self.total.fetch_add(n, Ordering::AcqRel);
         if before + n > self.limit {
@@ -213,7 +213,7 @@ impl Budget<'_> {
     }
 }
 
-impl Drop for Budget<'_> {
+impl Drop for BodyRoom<'_> {
     fn drop(&mut self) {
         self.total.fetch_sub(self.mine, Ordering::AcqRel);
     }
@@ -380,7 +380,7 @@ struct Shared {
     limits: Limits,
     intake: Intake,
     slots: Mutex<Slots>,
-    /// Body bytes held by all connections (`Budget`).
+    /// Body bytes held by all connections (`BodyRoom`).
     held: AtomicUsize,
     unanswered: Arc<Unanswered>,
     warned: [AtomicBool; 5],
@@ -437,7 +437,7 @@ impl Shared {
                     stream,
                     clock: None,
                 });
-                Connection {
+                Client {
                     reader,
                     id,
                     shared: &me,
@@ -539,7 +539,7 @@ impl Shared {
     /// slow requests (past the grace time; strangers' first) while the
     /// bodies in flight leave no room (their threads give their bytes back
     /// as they end); 503 if none goes in time.
-    fn make_room(&self, budget: &mut Budget, n: usize, me: u64) -> Result<(), Failure> {
+    fn make_room(&self, budget: &mut BodyRoom, n: usize, me: u64) -> Result<(), Stopped> {
         for _ in 0..ROOM_TRIES {
             if budget.take(n) {
                 return Ok(());
@@ -554,7 +554,7 @@ impl Shared {
         }
         let most = self.limits.bodies_in_flight;
         self.note(Warn::Full, format_args!("{most} bytes of bodies are being read already; answered 503 (counted as shedConnections)"));
-        Err(Failure::Refused(503))
+        Err(Stopped::Refused(503))
     }
 
     fn set_state(&self, id: u64, state: State) {
@@ -580,7 +580,7 @@ fn answer(status: u16, close: bool) -> Vec<u8> {
 
 /// Why a request ended without a delivery.
 #[derive(Debug)]
-enum Failure {
+enum Stopped {
     /// Answered with this status, then the connection closes.
     Refused(u16),
     /// The client went away (or was shed): nothing to answer.
@@ -616,13 +616,13 @@ impl Read for Timed {
 }
 
 /// One client connection, on its own thread.
-struct Connection<'a> {
+struct Client<'a> {
     reader: BufReader<Timed>,
     id: u64,
     shared: &'a Shared,
 }
 
-impl Connection<'_> {
+impl Client<'_> {
     fn run(mut self) {
         let _ = self.stream().set_nodelay(true);
         let _ = self.stream().set_write_timeout(Some(WRITE_TIMEOUT));
@@ -630,8 +630,8 @@ impl Connection<'_> {
             self.shared.set_state(self.id, State::Idle);
             match self.request() {
                 Ok(true) => {}
-                Ok(false) | Err(Failure::Gone) => return,
-                Err(Failure::Refused(status)) => return self.refuse(status),
+                Ok(false) | Err(Stopped::Gone) => return,
+                Err(Stopped::Refused(status)) => return self.refuse(status),
             }
         }
     }
@@ -641,7 +641,7 @@ impl Connection<'_> {
     }
 
     /// One request, from its first byte to its answer. Ok(keep-alive).
-    fn request(&mut self) -> Result<bool, Failure> {
+    fn request(&mut self) -> Result<bool, Stopped> {
         let limits = self.shared.limits;
         if self.reader.buffer().is_empty() {
             // A kept-alive connection waits without a clock (freezes, idle
@@ -649,7 +649,7 @@ impl Connection<'_> {
             let _ = self.stream().set_read_timeout(None);
             self.reader.get_mut().clock = None;
             if self.reader.fill_buf().map_or(true, |b| b.is_empty()) {
-                return Err(Failure::Gone);
+                return Err(Stopped::Gone);
             }
         }
         self.shared.set_state(self.id, State::Reading);
@@ -664,7 +664,7 @@ impl Connection<'_> {
         if admitted.expect_continue {
             self.write(b"HTTP/1.1 100 Continue\r\n\r\n")?;
         }
-        let mut budget = Budget {
+        let mut budget = BodyRoom {
             total: &self.shared.held,
             limit: limits.bodies_in_flight,
             mine: 0,
@@ -694,7 +694,7 @@ impl Connection<'_> {
     }
 
     /// The head, up to and including its blank line, at most `head_bytes`.
-    fn head(&mut self) -> Result<Vec<u8>, Failure> {
+    fn head(&mut self) -> Result<Vec<u8>, Stopped> {
         let limit = self.shared.limits.head_bytes;
         let mut head = Vec::new();
         while !head.ends_with(b"\r\n\r\n") {
@@ -702,7 +702,7 @@ impl Connection<'_> {
             let read = (&mut self.reader).take(room).read_until(b'\n', &mut head);
             match read.map_err(|e| self.lost(&e))? {
                 0 if head.len() >= limit => return Err(self.refused(Refusal::HeadTooLarge)),
-                0 => return Err(Failure::Gone),
+                0 => return Err(Stopped::Gone),
                 _ => {}
             }
         }
@@ -711,7 +711,7 @@ impl Connection<'_> {
 
     /// The next CRLF-terminated line of a chunked body (without it), at
     /// most a head's size.
-    fn line(&mut self) -> Result<Vec<u8>, Failure> {
+    fn line(&mut self) -> Result<Vec<u8>, Stopped> {
         let limit = self.shared.limits.head_bytes as u64;
         let mut line = Vec::new();
         let read = (&mut self.reader).take(limit).read_until(b'\n', &mut line);
@@ -723,7 +723,7 @@ impl Connection<'_> {
         if line.ends_with(b"\n") || line.len() as u64 >= limit {
             return Err(self.refused(Refusal::Malformed));
         }
-        Err(Failure::Gone)
+        Err(Stopped::Gone)
     }
 
     /// Appends `n` body bytes to `body`, within the body budget: room is
@@ -733,8 +733,8 @@ impl Connection<'_> {
         &mut self,
         body: &mut Vec<u8>,
         n: usize,
-        budget: &mut Budget,
-    ) -> Result<(), Failure> {
+        budget: &mut BodyRoom,
+    ) -> Result<(), Stopped> {
         let end = body.len() + n;
         if end > body.capacity() {
             let cap = end
@@ -747,12 +747,12 @@ impl Connection<'_> {
         let read = (&mut self.reader).take(n as u64).read_to_end(body);
         read.map_err(|e| self.lost(&e))?;
         if body.len() < end {
-            return Err(Failure::Gone);
+            return Err(Stopped::Gone);
         }
         Ok(())
     }
 
-    fn chunked(&mut self, body: &mut Vec<u8>, budget: &mut Budget) -> Result<(), Failure> {
+    fn chunked(&mut self, body: &mut Vec<u8>, budget: &mut BodyRoom) -> Result<(), Stopped> {
         loop {
             let line = self.line()?;
             let size = request_head::chunk_size(&line);
@@ -775,17 +775,17 @@ impl Connection<'_> {
     }
 
     /// A failed read: over the request's time (408), or the client is gone.
-    fn lost(&self, e: &io::Error) -> Failure {
+    fn lost(&self, e: &io::Error) -> Stopped {
         if e.kind() != ErrorKind::TimedOut {
-            return Failure::Gone;
+            return Stopped::Gone;
         }
         let time = self.shared.limits.request_time;
         self.shared.note(Warn::Stalled, format_args!("a request took over {time:?} to arrive; answered 408 and closed (counted as stalledRequests)"));
-        Failure::Refused(408)
+        Stopped::Refused(408)
     }
 
     /// Counts and logs a refused head; the status to answer.
-    fn refused(&self, r: Refusal) -> Failure {
+    fn refused(&self, r: Refusal) -> Stopped {
         let stats = &self.shared.intake.stats;
         match r {
             Refusal::TooLarge(n) => {
@@ -801,7 +801,7 @@ impl Connection<'_> {
                 self.shared.note(Warn::Refused, format_args!("refused a request that is not a Telemetry API delivery ({r:?}, answered {status}); counted as refusedRequests"));
             }
         }
-        Failure::Refused(r.status())
+        Stopped::Refused(r.status())
     }
 
     /// Answers `status` and closes, reading (a bounded part of) what the
@@ -824,8 +824,8 @@ impl Connection<'_> {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) -> Result<(), Failure> {
-        self.stream().write_all(bytes).map_err(|_| Failure::Gone)
+    fn write(&mut self, bytes: &[u8]) -> Result<(), Stopped> {
+        self.stream().write_all(bytes).map_err(|_| Stopped::Gone)
     }
 }
 
@@ -970,13 +970,13 @@ mod tests {
     fn the_body_budget_is_bounded_and_returned() {
         let total = AtomicUsize::new(0);
         {
-            let mut a = Budget {
+            let mut a = BodyRoom {
                 total: &total,
                 limit: 100,
                 mine: 0,
             };
             assert!(a.take(60));
-            let mut b = Budget {
+            let mut b = BodyRoom {
                 total: &total,
                 limit: 100,
                 mine: 0,

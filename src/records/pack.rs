@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::records::queue::{Limits, Queue, Record};
+use crate::records::queue::{Queue, Record, RequestLimits};
 use md5::{Digest, Md5};
 
 /// The record format (`KINESIS_TELEMETRY_FORMAT`).
@@ -57,7 +57,12 @@ impl Wire {
 
 /// Takes one request's worth of records from the front of `queue`, within
 /// `limits` (records and bytes per request) and `max_record` per record.
-pub fn take(queue: &mut Queue, limits: Limits, format: Format, max_record: usize) -> Vec<Wire> {
+pub fn take(
+    queue: &mut Queue,
+    limits: RequestLimits,
+    format: Format,
+    max_record: usize,
+) -> Vec<Wire> {
     match format {
         Format::Json => Wire::singles(queue.take_batch(limits)),
         Format::Kpl | Format::NdjsonGzip => {
@@ -79,7 +84,7 @@ pub fn take(queue: &mut Queue, limits: Limits, format: Format, max_record: usize
             }
             if out.is_empty() {
                 // Nothing fits the room left; send the front record alone.
-                let one = Limits {
+                let one = RequestLimits {
                     max_records: 1,
                     ..limits
                 };
@@ -292,7 +297,7 @@ mod tests {
         q
     }
 
-    const L: Limits = Limits {
+    const L: RequestLimits = RequestLimits {
         max_records: 500,
         max_bytes: 5 * 1024 * 1024,
     };
@@ -377,7 +382,7 @@ mod tests {
     fn gzip_packs_ndjson_within_limits() {
         let mut q = queue(2000, 300);
         let max = 16 * 1024;
-        let limits = Limits {
+        let limits = RequestLimits {
             max_records: 500,
             max_bytes: 64 * 1024,
         };

@@ -41,7 +41,7 @@ impl Record {
 
 /// Per-request limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub struct RequestLimits {
     pub max_records: usize,
     pub max_bytes: usize,
 }
@@ -111,7 +111,7 @@ impl Queue {
     }
 
     /// Whether the front of the queue fills a whole request.
-    pub fn has_full_batch(&self, limits: Limits) -> bool {
+    pub fn has_full_batch(&self, limits: RequestLimits) -> bool {
         if self.records.len() >= limits.max_records {
             return true;
         }
@@ -121,7 +121,7 @@ impl Queue {
     /// Takes the longest prefix that fits one request: at most `max_records`
     /// records and `max_bytes` bytes, and always at least one record (records
     /// are never larger than the request limit; see `fit_event`).
-    pub fn take_batch(&mut self, limits: Limits) -> Vec<Record> {
+    pub fn take_batch(&mut self, limits: RequestLimits) -> Vec<Record> {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while let Some(r) = self.records.front() {
@@ -225,7 +225,7 @@ mod tests {
         Record::new(vec![b'x'; n], "k")
     }
 
-    const L: Limits = Limits {
+    const L: RequestLimits = RequestLimits {
         max_records: 500,
         max_bytes: 5 * 1024 * 1024,
     };
@@ -296,7 +296,7 @@ mod tests {
         let mut q = Queue::default();
         q.push(Record::new(b"a".to_vec(), "k"));
         q.push(Record::new(b"b".to_vec(), "k"));
-        let tiny = Limits {
+        let tiny = RequestLimits {
             max_records: 500,
             max_bytes: 1,
         };
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn full_batch_detection() {
         let mut q = Queue::default();
-        let l = Limits {
+        let l = RequestLimits {
             max_records: 3,
             max_bytes: 100,
         };
