@@ -141,8 +141,10 @@ impl Line<'_> {
             let _ = write!(s, ",\"{name}\":{v}");
         }
         if let Some(p) = self.post_runtime {
-            let _ = write!(s, ",\"{POST_RUNTIME_MEDIAN}\":{}", p.median);
-            let _ = write!(s, ",\"{POST_RUNTIME_MAX}\":{}", p.max);
+            // (serde_json's float writer: already linked, unlike `{}`'s)
+            let ms = |v: f64| serde_json::Value::from(v).to_string();
+            let _ = write!(s, ",\"{POST_RUNTIME_MEDIAN}\":{}", ms(p.median));
+            let _ = write!(s, ",\"{POST_RUNTIME_MAX}\":{}", ms(p.max));
         }
         s.push('}');
         s

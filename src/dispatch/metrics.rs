@@ -140,8 +140,8 @@ impl PostRuntimes {
         if self.samples.is_empty() {
             return None;
         }
-        let mid = self.samples.len() / 2;
-        let (_, median, _) = self.samples.select_nth_unstable(mid);
+        self.samples.sort_unstable();
+        let median = &self.samples[self.samples.len() / 2];
         let ms = |us: u32| f64::from(us) / 1000.0;
         let figures = PostRuntime {
             median: ms(*median),
