@@ -289,6 +289,24 @@ settings! {
         accepts: Int { default: 60_000, min: 0, max: 86_400_000 },
         meaning: m("Also write the metrics record this often while telemetry is flowing (none for an idle interval, and no wake-up either); 0: only at shutdown."),
     };
+    EMF = Setting {
+        var: "KINESIS_TELEMETRY_EMF",
+        accepts: Word { default: "false", words: &["false", "true"] },
+        meaning: m("Also write the extension's health as CloudWatch metrics: one Embedded Metric Format line on stdout with each metrics record"),
+    };
+    EMF_NAMESPACE = Setting {
+        var: "KINESIS_TELEMETRY_EMF_NAMESPACE",
+        accepts: Other {
+            default: "`KinesisTelemetryExtension`",
+            range: "a CloudWatch namespace: 1–255 of `a-zA-Z0-9._/#:-` and space, not `AWS/…`",
+        },
+        meaning: m("The metrics' namespace."),
+    };
+    EMF_VERSION_DIMENSION = Setting {
+        var: "KINESIS_TELEMETRY_EMF_VERSION_DIMENSION",
+        accepts: Word { default: "false", words: &["false", "true"] },
+        meaning: m("Also publish each metric per function version"),
+    };
     BACKOFF_BASE_MS = Setting {
         var: "KINESIS_TELEMETRY_BACKOFF_BASE_MS",
         accepts: Int { default: 25, min: 1, max: 60_000 },
@@ -760,6 +778,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let max_attempts = r.int(&MAX_ATTEMPTS) as u32;
     let budget = r.int(&RETRY_BUDGET) as u32;
     let metrics_interval = nonzero(r.millis(&METRICS_INTERVAL_MS));
+    let emf = emf(&mut r);
     let retry = Policy {
         max_attempts,
         budget,
@@ -837,8 +856,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 max_record_bytes,
                 redact,
                 sampling: sampling.is_some(),
+                own_emf: emf.on,
             },
             metrics_interval,
+            emf,
         },
         lifecycle: LifecycleSettings {
             runtime_done_timeout,
@@ -853,6 +874,28 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
             errors: r.errors,
             strict,
         })
+    }
+}
+
+/// `KINESIS_TELEMETRY_EMF*`: the namespace is checked even when EMF is off
+/// (a mistake there is one to hear about before turning it on).
+fn emf(r: &mut Reader) -> crate::dispatch::emf::Settings {
+    const DEFAULT: &str = "KinesisTelemetryExtension";
+    let namespace = match r.raw(&EMF_NAMESPACE) {
+        None => DEFAULT.to_string(),
+        Some(v) => match crate::dispatch::emf::namespace_problem(&v) {
+            None => v,
+            Some(rule) => {
+                let expected = format!("a CloudWatch namespace: {rule}");
+                r.fail(&EMF_NAMESPACE, Some(v), expected);
+                DEFAULT.to_string()
+            }
+        },
+    };
+    crate::dispatch::emf::Settings {
+        on: r.word(&EMF) == "true",
+        namespace,
+        version_dimension: r.word(&EMF_VERSION_DIMENSION) == "true",
     }
 }
 
@@ -1834,6 +1877,28 @@ mod tests {
         assert!(invalid("Yes").strict);
         assert!(!invalid("maybe").strict);
         assert!(!invalid("false").strict);
+    }
+
+    #[test]
+    fn emf_settings() {
+        let c = from_env(&env(&[])).unwrap();
+        assert!(!c.dispatch.emf.on && !c.dispatch.emf.version_dimension);
+        assert_eq!(c.dispatch.emf.namespace, "KinesisTelemetryExtension");
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_EMF", "TRUE"),
+            ("KINESIS_TELEMETRY_EMF_NAMESPACE", " team/app "),
+        ]))
+        .unwrap();
+        assert!(c.dispatch.emf.on);
+        assert_eq!(c.dispatch.emf.namespace, "team/app");
+        // A namespace CloudWatch refuses is an error naming the rule.
+        let e = from_env(&env(&[("KINESIS_TELEMETRY_EMF_NAMESPACE", "AWS/Lambda")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("KINESIS_TELEMETRY_EMF_NAMESPACE") && e.contains("AWS/"),
+            "{e}"
+        );
     }
 
     #[test]

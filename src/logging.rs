@@ -1,5 +1,6 @@
 //! Log set-up: `env_logger` writing to stderr, which Lambda captures into the
 //! function's log stream (and the Telemetry API's `extension` stream).
+//! (stdout carries only the EMF lines, `dispatch::emf`.)
 //!
 //! Level: `RUST_LOG` when set (env_logger's syntax, e.g. `debug` for
 //! everything or `kinesis_telemetry_extension=debug` for ours), else

@@ -106,6 +106,9 @@ counters! {
     /// What Lambda reported dropping before it reached us (`platform.logsDropped`).
     lambda_dropped_records => "lambdaDroppedRecords",
     lambda_dropped_bytes => "lambdaDroppedBytes",
+    /// The extension's own EMF lines (`KINESIS_TELEMETRY_EMF`) that came
+    /// back as `extension` events: not forwarded (see `dispatch::emf`).
+    own_emf_lines => "ownEmfLines",
 }
 
 impl Stats {
@@ -122,15 +125,35 @@ impl Stats {
         parts.join(" ")
     }
 
-    /// The metrics event: `{"time","type","record":{...counters}}`.
-    pub fn metrics_event(&self, time: &str, final_: bool, context: &[(&str, &str)]) -> String {
+    /// Events received, less the extension's own EMF lines among them:
+    /// what makes the periodic metrics record due (an EMF line must not
+    /// call for the next one).
+    pub fn events_not_own(&self) -> u64 {
+        // (own lines are counted after the events they are part of)
+        let own = self.own_emf_lines.get();
+        self.events.get().saturating_sub(own)
+    }
+
+    /// The metrics event: `{"time","type","record":{...counters}}`, of the
+    /// counters' `snapshot`, with `extra` figures (post-runtime time).
+    pub fn metrics_event(
+        &self,
+        time: &str,
+        final_: bool,
+        context: &[(&str, &str)],
+        snapshot: &[(&'static str, u64)],
+        extra: &[(&str, f64)],
+    ) -> String {
         let mut record = serde_json::Map::new();
         record.insert("final".into(), final_.into());
         for (k, v) in context {
             record.insert((*k).into(), (*v).into());
         }
-        for (k, v) in self.snapshot() {
-            record.insert(k.into(), v.into());
+        for (k, v) in snapshot {
+            record.insert((*k).into(), (*v).into());
+        }
+        for (k, v) in extra {
+            record.insert((*k).into(), (*v).into());
         }
         if let Some(rules) = self.redactions.get() {
             let per_rule: serde_json::Map<String, serde_json::Value> = rules
@@ -157,11 +180,11 @@ mod tests {
         let s = Stats::default();
         s.records_sent.add(3);
         s.dropped_shutdown.add(2);
-        let e: serde_json::Value =
-            serde_json::from_str(&s.metrics_event("t", true, &[("functionName", "f")])).unwrap();
+        let event =
+            |context: &[(&str, &str)]| s.metrics_event("t", true, context, &s.snapshot(), &[]);
+        let e: serde_json::Value = serde_json::from_str(&event(&[("functionName", "f")])).unwrap();
         assert_eq!(e["type"], METRICS_TYPE);
-        assert!(s
-            .metrics_event("t", true, &[])
+        assert!(event(&[])
             .starts_with(r#"{"time":"t","type":"kinesis-telemetry-extension.metrics","record":{"#));
         assert_eq!(e["record"]["recordsSent"], 3);
         assert_eq!(e["record"]["droppedShutdown"], 2);
@@ -177,8 +200,12 @@ mod tests {
             .set(vec![("email".into(), Counter::default())])
             .unwrap();
         s.redactions.get().unwrap()[0].1.add(4);
-        let e: serde_json::Value = serde_json::from_str(&s.metrics_event("t", true, &[])).unwrap();
+        let e: serde_json::Value = serde_json::from_str(&event(&[])).unwrap();
         assert_eq!(e["record"]["redactions"]["email"], 4);
+        // Figures beside the counters (post-runtime time).
+        let with = s.metrics_event("t", true, &[], &s.snapshot(), &[("postRuntimeMaxMs", 1.5)]);
+        let e: serde_json::Value = serde_json::from_str(&with).unwrap();
+        assert_eq!(e["record"]["postRuntimeMaxMs"], 1.5);
         assert!(s.summary().contains("redactions.email=4"));
     }
 }

@@ -595,6 +595,7 @@ class LambdaSim:
         self._drop_reason = CAP_DROP_REASON
         self._conn: Optional[http.client.HTTPConnection] = None
         self._out_chunks: list[str] = []
+        self._stdout_lines: list[str] = []  # what came on stdout alone (EMF lines)
         self._server: Optional[http.server.ThreadingHTTPServer] = None
         self._threads: list[threading.Thread] = []
         self._finalizer = None
@@ -611,6 +612,11 @@ class LambdaSim:
         """Everything the extension wrote to stderr and stdout so far (interleaved by arrival)."""
         with self._cv:
             return "".join(self._out_chunks)
+
+    def stdout_lines(self) -> list[str]:
+        """The lines the extension wrote to stdout so far (without newlines)."""
+        with self._cv:
+            return list(self._stdout_lines)
 
     def _tail(self, n: int = 3000) -> str:
         t = self.stderr_text()
@@ -1322,6 +1328,8 @@ class LambdaSim:
                 text = raw.decode("utf-8", "replace")
                 with self._cv:
                     self._out_chunks.append(text)
+                    if stream == "stdout":
+                        self._stdout_lines.append(text.rstrip("\r\n"))
                 if self.echo_output:
                     try:
                         sys.stderr.write(f"[{self.extension_name} {stream}] {text}")

@@ -169,6 +169,7 @@ impl Buffer {
         let (shaped, owner) = self.shaper.shape(e, current);
         match shaped {
             Shaped::Filtered => self.stats.filtered_events.add(1),
+            Shaped::OwnEmf => self.stats.own_emf_lines.add(1),
             // (no Vec for the one record of almost every event)
             Shaped::Record(r) => self.place([r], owner, received),
             Shaped::Fragments(records) => {

@@ -55,6 +55,8 @@ pub struct DispatchSettings {
     /// How often counters are also written to the stream while busy
     /// (`None`: only at shutdown).
     pub metrics_interval: Option<Duration>,
+    /// The EMF line written with each metrics record.
+    pub emf: crate::dispatch::emf::Settings,
 }
 
 pub struct Dispatcher<C: PutRecords = KinesisClient> {
@@ -118,7 +120,7 @@ impl<C: PutRecords> Dispatcher<C> {
             control,
             requests: Requests::new(&cfg.send, client, stats.clone(), rng),
             stats,
-            metrics: Metrics::new(cfg.metrics_interval, context),
+            metrics: Metrics::new(cfg.metrics_interval, context, &cfg.emf),
             flush: cfg.flush,
             buffer,
             model,
@@ -248,10 +250,21 @@ impl<C: PutRecords> Dispatcher<C> {
                 reply,
             },
             _ => {
-                self.pause(reply);
+                self.invoke_over(Instant::now(), reply);
                 Waiting::None
             }
         };
+    }
+
+    /// The invoke is over (the end-of-invoke policy was decided at
+    /// `decided`): notes the post-runtime time, from the runtimeDone's
+    /// arrival (or the decision, when it had not come) to now, and pauses.
+    fn invoke_over(&mut self, decided: Instant, reply: Sender<()>) {
+        let current = self.invocations.current.as_deref();
+        let since = current.and_then(|id| self.invocations.runtime_done_at(id));
+        let post_runtime = Instant::now().saturating_duration_since(since.unwrap_or(decided));
+        self.metrics.invoke_ended(post_runtime);
+        self.pause(reply);
     }
 
     fn pause(&mut self, reply: Sender<()>) {
@@ -277,9 +290,10 @@ impl<C: PutRecords> Dispatcher<C> {
                 let done = self.invocations.runtime_done(&request_id);
                 // With the buffer full we read no events, so runtimeDone
                 // cannot arrive: flush what we have instead of waiting.
-                if done || self.buffer.over_cap() || Instant::now() >= until {
+                let decided = Instant::now();
+                if done || self.buffer.over_cap() || decided >= until {
                     self.end_invoke(&request_id, done, flush_deadline, then);
-                    self.pause(reply);
+                    self.invoke_over(decided, reply);
                 } else {
                     self.waiting = Waiting::RuntimeDone {
                         request_id,
@@ -457,11 +471,19 @@ impl<C: PutRecords> Dispatcher<C> {
         }
     }
 
-    /// Adds a metrics record to the queue (see `metrics`).
+    /// Adds a metrics record to the queue (see `metrics`), and writes the
+    /// EMF line on stdout when on: Lambda sends it to CloudWatch Logs.
     fn enqueue_metrics(&mut self, final_: bool) {
-        let json = (self.metrics).record(self.buffer.age.thawed_now(), &self.stats, final_);
+        let written = (self.metrics).record(self.buffer.age.thawed_now(), &self.stats, final_);
+        if let Some(mut line) = written.emf {
+            use std::io::Write;
+            line.push('\n');
+            // One write: a line cut by another writer would not parse.
+            let _ = std::io::stdout().lock().write_all(line.as_bytes());
+        }
         let key = self.buffer.own_key(self.invocations.current.as_deref());
-        self.buffer.push_own(Record::new(json.into_bytes(), key));
+        self.buffer
+            .push_own(Record::new(written.record.into_bytes(), key));
     }
 
     /// The periodic metrics record, when due (thawed, telemetry flowing).

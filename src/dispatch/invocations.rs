@@ -23,6 +23,8 @@ pub struct Invocations {
     /// The invocation in progress (default Lambda).
     pub current: Option<String>,
     last_runtime_done: Option<Box<str>>,
+    /// When the delivery with that runtimeDone arrived.
+    last_runtime_done_at: Option<Instant>,
     last_report: Option<Box<str>>,
     /// Managed Instances: requests started and not yet reported, oldest
     /// first (what SHUTDOWN waits for).
@@ -39,6 +41,7 @@ impl Invocations {
             last_invoke: None,
             current: None,
             last_runtime_done: None,
+            last_runtime_done_at: None,
             last_report: None,
             open: Vec::new(),
             last_delivery: Instant::now(),
@@ -83,6 +86,7 @@ impl Invocations {
         match e.view.kind {
             Kind::RuntimeDone => {
                 self.last_runtime_done = e.request_id().map(Box::from);
+                self.last_runtime_done_at = Some(self.last_delivery);
                 if let Figures::Duration(ms) = e.view.figures() {
                     self.history.duration(ms);
                 }
@@ -110,6 +114,12 @@ impl Invocations {
     /// Whether `request_id`'s runtimeDone has come.
     pub fn runtime_done(&self, request_id: &str) -> bool {
         self.last_runtime_done.as_deref() == Some(request_id)
+    }
+
+    /// When `request_id`'s runtimeDone arrived (`None`: not yet).
+    pub fn runtime_done_at(&self, request_id: &str) -> Option<Instant> {
+        self.last_runtime_done_at
+            .filter(|_| self.runtime_done(request_id))
     }
 
     /// Whether every invocation's report is in: on default Lambda the

@@ -36,12 +36,18 @@ pub struct ShapeSettings {
     /// Outcome-aware sampling is on: which invocation a log line belongs
     /// to is needed.
     pub sampling: bool,
+    /// The extension writes EMF lines: its own, back as `extension`
+    /// events, are not forwarded (see `dispatch::emf`).
+    pub own_emf: bool,
 }
 
 /// What became of one event.
 pub enum Shaped {
     /// Not forwarded (filtered out by configuration).
     Filtered,
+    /// The extension's own EMF line, back as an `extension` event: not
+    /// forwarded (see `dispatch::emf`).
+    OwnEmf,
     /// One record (no allocation beyond the record's own).
     Record(Record),
     /// The fragments of an oversized event.
@@ -84,6 +90,8 @@ pub struct Shaper {
     stats: Arc<Stats>,
     /// Enveloped records shaped so far (their `id`s).
     sequence: u64,
+    /// EMF is on: look for its lines among extension events.
+    own_emf: bool,
 }
 
 impl Shaper {
@@ -131,6 +139,7 @@ impl Shaper {
             }),
             stats,
             sequence: 0,
+            own_emf: cfg.own_emf,
         }
     }
 
@@ -142,6 +151,11 @@ impl Shaper {
             Kind::Start => self.invocation = e.request_id().map(Box::from),
             Kind::RuntimeDone => self.invocation = None,
             _ => {}
+        }
+        // (before the filters: counted as ours whatever they say, so that
+        // it never makes the periodic metrics record due)
+        if self.own_emf && kind == Kind::Extension && is_own_emf(&e.json) {
+            return (Shaped::OwnEmf, None);
         }
         if !self.wanted(&e) {
             return (Shaped::Filtered, None);
@@ -245,6 +259,14 @@ impl Shaper {
     }
 }
 
+/// Whether an extension event is the extension's own EMF line: its
+/// `type` is in it, as a JSON string or a JSON object (Lambda's text or
+/// JSON log format), whatever the spacing. Only extension events are
+/// looked at, and only with EMF on.
+fn is_own_emf(json: &str) -> bool {
+    json.contains(crate::dispatch::emf::EMF_TYPE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,6 +289,7 @@ mod tests {
             max_record_bytes: 1 << 20,
             redact: None,
             sampling: false,
+            own_emf: false,
         };
         for &(k, v) in pairs {
             match k.trim_start_matches("KINESIS_TELEMETRY_") {
@@ -280,6 +303,14 @@ mod tests {
                 "ENRICH" => c.enrich = v == "true",
                 "PARTITION_KEY" if v == "request" => c.partition_key = PartitionKeyMode::Request,
                 "SAMPLE_SUCCESS" => c.sampling = v != "1",
+                "EMF" => c.own_emf = v == "true",
+                "TYPES" => {
+                    c.types = Types {
+                        platform: v.contains("platform"),
+                        function: v.contains("function"),
+                        extension: v.contains("extension"),
+                    }
+                }
                 "MAX_RECORD_BYTES" => c.max_record_bytes = v.parse().unwrap(),
                 "REDACT" => {
                     let built_in = crate::records::redact::parse_built_in(v).unwrap();
@@ -321,7 +352,7 @@ mod tests {
             .into_iter()
             .filter_map(|e| match s.shape(e, None).0 {
                 Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
-                Shaped::Fragments(_) | Shaped::Filtered => None,
+                Shaped::Fragments(_) | Shaped::Filtered | Shaped::OwnEmf => None,
             })
             .collect()
     }
@@ -337,13 +368,41 @@ mod tests {
             .into_iter()
             .filter_map(|e| match s.shape(e, None).0 {
                 Shaped::Record(r) => Some(String::from_utf8(r.data.to_vec()).unwrap()),
-                Shaped::Fragments(_) | Shaped::Filtered => None,
+                Shaped::Fragments(_) | Shaped::Filtered | Shaped::OwnEmf => None,
             })
             .collect();
         assert_eq!(out.len(), 4, "{out:?}");
         assert!(out[0].contains("ERROR"));
         assert!(out[1].contains("text line"));
         assert!(out[2].contains("platform.runtimeDone"));
+    }
+
+    #[test]
+    fn own_emf_lines_are_not_forwarded_only_with_emf_on() {
+        // As Lambda's text format has it (a string) and its JSON format (an
+        // object); a function line saying the same is not ours.
+        let body = r#"[{"time":"t","type":"extension","record":"{\"_aws\":{},\"type\":\"kinesis-telemetry-extension.emf\"}"},
+            {"time":"t","type":"extension","record":{"_aws":{},"type": "kinesis-telemetry-extension.emf"}},
+            {"time":"t","type":"function","record":"kinesis-telemetry-extension.emf"},
+            {"time":"t","type":"extension","record":"another line"}]"#;
+        let kinds = |pairs: &[(&str, &str)]| {
+            let c = cfg(pairs);
+            let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
+            let events = crate::lambda::telemetry::split(body.as_bytes()).unwrap();
+            events
+                .into_iter()
+                .map(|e| matches!(s.shape(e, None).0, Shaped::OwnEmf))
+                .collect::<Vec<bool>>()
+        };
+        let on = [("KINESIS_TELEMETRY_EMF", "true")];
+        assert_eq!(kinds(&on), [true, true, false, false]);
+        assert_eq!(kinds(&[]), [false; 4], "off: nothing looked at");
+        // Before the filters: one is counted as ours whatever they say.
+        let filtered = [
+            ("KINESIS_TELEMETRY_EMF", "true"),
+            ("KINESIS_TELEMETRY_TYPES", "platform"),
+        ];
+        assert_eq!(kinds(&filtered), [true, true, false, false]);
     }
 
     #[test]
@@ -418,7 +477,7 @@ mod tests {
                 assert!(records.len() >= 5);
                 assert!(records.iter().all(|r| r.size() <= 1024));
             }
-            Shaped::Record(_) | Shaped::Filtered => panic!(),
+            Shaped::Record(_) | Shaped::Filtered | Shaped::OwnEmf => panic!(),
         }
     }
 
@@ -454,7 +513,7 @@ mod tests {
                     let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
                     (v["requestId"].to_string(), r.key.to_string())
                 }
-                Shaped::Fragments(_) | Shaped::Filtered => panic!(),
+                Shaped::Fragments(_) | Shaped::Filtered | Shaped::OwnEmf => panic!(),
             })
             .collect();
         let ids: Vec<&str> = shaped.iter().map(|(id, _)| id.as_str()).collect();
