@@ -77,12 +77,7 @@ def deliveries(binary, sink, posts=100):
             f.post(body)
         time.sleep(0.5)
         _, b = tasks(sim.pid)
-        times = []
-        for _ in range(posts):
-            t = time.perf_counter()
-            f.post(body)
-            times.append((time.perf_counter() - t) * 1000)
-            time.sleep(0.01)
+        times = f.timed_posts(body, posts)
         time.sleep(0.5)
         n, a = tasks(sim.pid)
         f.close()

@@ -1466,17 +1466,9 @@ mod tests {
         assert!(from_env_os(&|k| env(&[])(k).map(Into::into)).is_ok());
     }
 
-    /// A fresh scratch directory.
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("kte-config-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     #[test]
     fn a_ca_bundle_is_checked_at_start_naming_the_variable_and_why() {
-        let dir = scratch("files");
+        let dir = crate::files::scratch("config-files");
         let small = dir.join("small.pem");
         std::fs::write(&small, b"0123456789").unwrap();
         let path = |p: &std::path::Path| p.to_str().unwrap().to_string();

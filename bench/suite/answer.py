@@ -64,12 +64,7 @@ def measure(binary, tools, posts):
                     for size in SIZES:
                         body = batches_of(make_events(size, f"a{size}"), size)[0]
                         f = Feeder(port)
-                        times = []
-                        for _ in range(posts):
-                            t0 = time.perf_counter()
-                            f.post(body)
-                            times.append((time.perf_counter() - t0) * 1000)
-                            time.sleep(0.01)
+                        times = f.timed_posts(body, posts)
                         f.close()
                         res[str(size)] = {"p50_ms": _pct(times, 0.5), "p99_ms": _pct(times, 0.99),
                                           "n": len(times)}

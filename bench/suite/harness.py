@@ -121,6 +121,16 @@ class Feeder:
             time.sleep(0.005 * (attempt + 1))
         raise RuntimeError(f"listener on port {self.port} keeps refusing batches")
 
+    def timed_posts(self, body, n, gap_s=0.01):
+        """POSTs `body` `n` times, `gap_s` apart: each answer's wait in ms."""
+        times = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            self.post(body)
+            times.append((time.perf_counter() - t0) * 1000)
+            time.sleep(gap_s)
+        return times
+
     def close(self):
         self.conn.close()
 
