@@ -34,9 +34,14 @@ use crate::dispatch::send::{request_limits, HashKeyMode, SendSettings};
 use crate::kinesis::credentials::{
     header_safe, CredentialsSource, StaticCredentials, SECRET_EXPECTED,
 };
+use crate::kinesis::endpoint::sts as sts_endpoint;
 use crate::kinesis::endpoint::{redacted_url, resolve, url_problem, NoEndpoint};
 use crate::kinesis::proxy::{NO_PROXY_VARS, PROXY_VARS};
 use crate::kinesis::settings::{KinesisSettings, StreamTarget, STREAM_EXPECTED};
+use crate::kinesis::sts::{
+    default_session_name, external_id_ok, role_arn_ok, session_name_ok, RoleSettings,
+    EXTERNAL_ID_EXPECTED, ROLE_ARN_EXPECTED, SESSION_NAME_EXPECTED,
+};
 use crate::kinesis::tls::CA_BUNDLE_MAX_BYTES;
 use crate::lambda::extensions_api::{
     largest_batch, Buffering, SubscriptionSettings, Types, EVENT_ENVELOPE_BYTES,
@@ -387,6 +392,35 @@ settings! {
         accepts: Other { default: "(unset)", range: "as `AWS_ENDPOINT_URL_KINESIS`" },
         meaning: m("Used when `AWS_ENDPOINT_URL_KINESIS` is unset."),
     };
+    ROLE_ARN = Setting {
+        var: "KINESIS_TELEMETRY_ROLE_ARN",
+        accepts: Other {
+            default: "(unset: the function's own credentials sign)",
+            range: "an IAM role ARN, `arn:aws:iam::ACCOUNT:role/NAME`",
+        },
+        meaning: m("A role to assume with STS `AssumeRole` and sign `PutRecords` as: for a stream in another account."),
+    };
+    ROLE_EXTERNAL_ID = Setting {
+        var: "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID",
+        accepts: Other { default: "(unset)", range: "2–1224 of `a-zA-Z0-9_+=,.@:/-`" },
+        meaning: m("The external id the role's trust policy asks for (`sts:ExternalId`)."),
+    };
+    ROLE_SESSION_NAME = Setting {
+        var: "KINESIS_TELEMETRY_ROLE_SESSION_NAME",
+        accepts: Other {
+            default: "the function's name (characters STS does not take left out)",
+            range: "2–64 of `a-zA-Z0-9_+=,.@-`",
+        },
+        meaning: m("The role session's name, seen in the role account's CloudTrail."),
+    };
+    AWS_ENDPOINT_URL_STS = Setting {
+        var: "AWS_ENDPOINT_URL_STS",
+        accepts: Other {
+            default: "`https://sts.{region}.amazonaws.com` (FIPS and dual-stack as for Kinesis); `AWS_ENDPOINT_URL` when set",
+            range: "as `AWS_ENDPOINT_URL_KINESIS`",
+        },
+        meaning: m("Where `AssumeRole` goes, when a role is set."),
+    };
     AWS_CA_BUNDLE = Setting {
         var: "AWS_CA_BUNDLE",
         accepts: Other { default: "(unset)", range: "a readable PEM file" },
@@ -727,6 +761,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let endpoint = endpoint(&mut r, &region, &stream);
     let ca_bundle = ca_bundle(&mut r);
     let credentials = credentials_source(&mut r);
+    let role = role(&mut r, &region);
     let types = types(&mut r);
     let buffering = Buffering {
         max_items: r.int(&BUFFER_MAX_ITEMS) as u32,
@@ -808,6 +843,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
             endpoint,
             ca_bundle,
             credentials,
+            role,
             connect_timeout,
             request_timeout,
             connection_max_idle,
@@ -989,6 +1025,76 @@ fn endpoint(r: &mut Reader, region: &str, stream: &StreamTarget) -> String {
             }
         }
     }
+}
+
+/// The role to assume, if one is set (docs/cross-account.md).
+fn role(r: &mut Reader, region: &str) -> Option<RoleSettings> {
+    let external_id = r.raw(&ROLE_EXTERNAL_ID);
+    if external_id.as_deref().is_some_and(|id| !external_id_ok(id)) {
+        // An external id is a shared secret of sorts: not shown.
+        r.errors.push(ConfigError {
+            var: ROLE_EXTERNAL_ID.var.to_string(),
+            value: Some(String::new()),
+            expected: EXTERNAL_ID_EXPECTED.into(),
+            secret: true,
+        });
+    }
+    let session_name = r.raw(&ROLE_SESSION_NAME);
+    if let Some(name) = session_name.clone().filter(|n| !session_name_ok(n)) {
+        r.fail(&ROLE_SESSION_NAME, Some(name), SESSION_NAME_EXPECTED);
+    }
+    let Some(arn) = r.raw(&ROLE_ARN) else {
+        if external_id.is_some() || session_name.is_some() {
+            let why = "a role ARN: the external id and session name are for a role to assume";
+            r.fail(&ROLE_ARN, None, why);
+        }
+        return None;
+    };
+    if !role_arn_ok(&arn) {
+        r.fail(&ROLE_ARN, Some(arn.clone()), ROLE_ARN_EXPECTED);
+    }
+    let already = |r: &Reader, s: &Setting| r.errors.iter().any(|e| e.var == s.var);
+    let set = [&AWS_ENDPOINT_URL_STS, &AWS_ENDPOINT_URL]
+        .into_iter()
+        .find_map(|s| r.raw(s).map(|url| (s, url)));
+    let endpoint = match set {
+        Some((s, url)) => match url_problem(&url) {
+            None => url.trim_end_matches('/').to_string(),
+            Some(problem) => {
+                if !already(r, s) {
+                    let value = Some(redacted_url(&url).into_owned());
+                    r.fail(
+                        s,
+                        value,
+                        format!("an http:// or https:// URL with a host ({problem})"),
+                    );
+                }
+                String::new()
+            }
+        },
+        None => {
+            // Read as `endpoint` reads them (which reports a bad value).
+            let on = |s: &Setting| r.raw(s).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+            let (fips, dual_stack) = (on(&AWS_USE_FIPS_ENDPOINT), on(&AWS_USE_DUALSTACK_ENDPOINT));
+            match sts_endpoint(region, fips, dual_stack) {
+                Ok(url) => url,
+                Err(problem) => {
+                    if !already(r, &AWS_USE_DUALSTACK_ENDPOINT) {
+                        let value = r.raw(&AWS_USE_DUALSTACK_ENDPOINT);
+                        r.fail(&AWS_USE_DUALSTACK_ENDPOINT, value, problem.to_string());
+                    }
+                    String::new()
+                }
+            }
+        }
+    };
+    let function = (r.get)("AWS_LAMBDA_FUNCTION_NAME");
+    Some(RoleSettings {
+        arn,
+        external_id,
+        session_name: session_name.unwrap_or_else(|| default_session_name(function.as_deref())),
+        endpoint,
+    })
 }
 
 fn types(r: &mut Reader) -> Types {
@@ -1869,6 +1975,68 @@ mod tests {
         assert!(invalid("Yes").strict);
         assert!(!invalid("maybe").strict);
         assert!(!invalid("false").strict);
+    }
+
+    #[test]
+    fn role_settings() {
+        assert_eq!(from_env(&env(&[])).unwrap().kinesis.role, None);
+        let arn = "arn:aws:iam::123456789012:role/writer";
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_ROLE_ARN", arn),
+            ("AWS_LAMBDA_FUNCTION_NAME", "my fn:1"),
+            ("AWS_USE_FIPS_ENDPOINT", "true"),
+        ]))
+        .unwrap();
+        let role = c.kinesis.role.unwrap();
+        assert_eq!(role.arn, arn);
+        assert_eq!(role.session_name, "myfn1");
+        assert_eq!(role.external_id, None);
+        assert_eq!(role.endpoint, "https://sts-fips.eu-west-1.amazonaws.com");
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_ROLE_ARN", arn),
+            ("KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "team-42"),
+            ("KINESIS_TELEMETRY_ROLE_SESSION_NAME", "tel@x"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/"),
+        ]))
+        .unwrap();
+        let role = c.kinesis.role.unwrap();
+        assert_eq!(role.endpoint, "http://127.0.0.1:5000");
+        assert_eq!(role.external_id.as_deref(), Some("team-42"));
+        assert_eq!(role.session_name, "tel@x");
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_ROLE_ARN", arn),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000/"),
+            ("AWS_ENDPOINT_URL_STS", "http://127.0.0.1:6000"),
+        ]))
+        .unwrap();
+        assert_eq!(c.kinesis.role.unwrap().endpoint, "http://127.0.0.1:6000");
+        // Each bad value is an error naming its variable; the external id
+        // is never shown.
+        for (var, bad) in [
+            ("KINESIS_TELEMETRY_ROLE_ARN", "arn:aws:iam::123:role/writer"),
+            ("KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "secret id"),
+            ("KINESIS_TELEMETRY_ROLE_SESSION_NAME", "a:b"),
+            ("AWS_ENDPOINT_URL_STS", "sts.example"),
+        ] {
+            let mut pairs = vec![(var, bad)];
+            if var != "KINESIS_TELEMETRY_ROLE_ARN" {
+                pairs.push(("KINESIS_TELEMETRY_ROLE_ARN", arn));
+            }
+            let e = errors(&pairs);
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].var, var);
+            let shown = e[0].to_string();
+            assert!(!shown.contains("secret id"), "{shown}");
+        }
+        // An external id without a role is a mistake worth saying.
+        let e = errors(&[("KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "team-42")]);
+        assert_eq!(e[0].var, "KINESIS_TELEMETRY_ROLE_ARN");
+        // A bad AWS_ENDPOINT_URL is reported once, not once per service.
+        let e = errors(&[
+            ("KINESIS_TELEMETRY_ROLE_ARN", arn),
+            ("AWS_ENDPOINT_URL", "nohost"),
+        ]);
+        assert_eq!(e.len(), 1, "{e:?}");
     }
 
     #[test]

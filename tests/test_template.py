@@ -264,6 +264,29 @@ def test_policy_allows_exactly_the_actions_the_extension_performs(tpl):
     assert enc["KeyId"] == {"Fn::If": [cond, {"Ref": "KmsKeyArn"}, "alias/aws/kinesis"]}
 
 
+def test_the_optional_writer_role_trusts_only_the_named_principal_and_writes_as_the_policy(tpl):
+    """docs/cross-account.md: a role another account's functions assume
+    (KINESIS_TELEMETRY_ROLE_ARN), made only when WriterPrincipalArn is set, trusting
+    that principal (with the external id when one is set) and allowed exactly what
+    the extension's policy allows."""
+    policy_id, _ = one(tpl, "AWS::IAM::ManagedPolicy")
+    roles = {k: v for k, v in resources_of(tpl, "AWS::IAM::Role").items()
+             if v.get("Condition") == "HasWriter"}
+    assert list(roles) == ["WriterRole"], roles
+    p = roles["WriterRole"]["Properties"]
+    assert tpl["Conditions"]["HasWriter"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "WriterPrincipalArn"}, ""]}]}
+    (trust,) = p["AssumeRolePolicyDocument"]["Statement"]
+    assert trust["Principal"] == {"AWS": {"Ref": "WriterPrincipalArn"}}
+    assert trust["Action"] == "sts:AssumeRole" and trust["Effect"] == "Allow"
+    cond, with_id, without = trust["Condition"]["Fn::If"]
+    assert cond == "HasWriterExternalId" and without == NO_VALUE
+    assert with_id == {"StringEquals": {"sts:ExternalId": {"Ref": "WriterExternalId"}}}
+    assert p["ManagedPolicyArns"] == [{"Ref": policy_id}] and "Policies" not in p
+    # The extension asks for 1 hour: the role must allow at least that.
+    assert p.get("MaxSessionDuration", 3600) >= 3600
+    assert tpl["Outputs"]["WriterRoleArn"]["Value"] == {"Fn::GetAtt": ["WriterRole", "Arn"]}
+
+
 def test_stream_defaults_on_demand_with_provisioned_option(tpl):
     _, stream = one(tpl, "AWS::Kinesis::Stream")
     p, params = stream["Properties"], tpl["Parameters"]

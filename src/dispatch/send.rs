@@ -239,7 +239,12 @@ impl<C: PutRecords> Requests<C> {
             log::debug!("parking {records} records behind {f}");
         }
         self.parked = Cause::of(f.code()).or(Some(Cause::Credentials));
-        let what = "PutRecords refused; records are kept and sent once a probe request is accepted";
+        let what = match f {
+            Failure::AssumeRole(_) => {
+                "AssumeRole refused; records are kept and sent once a probe request is accepted"
+            }
+            _ => "PutRecords refused; records are kept and sent once a probe request is accepted",
+        };
         let detail = format!("{f}; to fix: {}", f.advice());
         self.reported.error(f.code(), what, &detail);
     }
@@ -291,7 +296,11 @@ impl<C: PutRecords> Requests<C> {
             return Retry::Park; // one request per probe interval
         }
         if retry == Retry::RefreshCredentials && self.client.refresh_credentials() {
-            log::info!("Kinesis answered {}: fetching new credentials", f.code());
+            let by = match f {
+                Failure::AssumeRole(_) => "STS",
+                _ => "Kinesis",
+            };
+            log::info!("{by} answered {}: fetching new credentials", f.code());
             return retry;
         }
         if self.retrier.refused_again() {

@@ -20,6 +20,7 @@ use crate::kinesis::error::Failure;
 use crate::kinesis::proxy::{describe, proxy_for};
 use crate::kinesis::settings::{KinesisSettings, StreamTarget};
 use crate::kinesis::sigv4;
+use crate::kinesis::sts::AssumedRole;
 use crate::kinesis::tls::BundleTls;
 use crate::kinesis::wire::{self, RecordCodes};
 use crate::records::pack::Wire;
@@ -75,6 +76,10 @@ pub struct KinesisClient {
     body: Vec<u8>,
     /// The HTTP proxy requests go through, for error messages.
     proxy: Option<String>,
+    /// The role `PutRecords` are signed as (another account's stream).
+    role: Option<AssumedRole>,
+    /// The agent STS calls go through, made at the first.
+    sts_agent: Option<ureq::Agent>,
 }
 
 /// The settings an agent is made with.
@@ -111,7 +116,14 @@ impl PutRecords for KinesisClient {
     }
 
     fn refresh_credentials(&mut self) -> bool {
-        self.credentials.invalidate()
+        let base = self.credentials.invalidate();
+        match &mut self.role {
+            Some(role) => {
+                role.invalidate();
+                true
+            }
+            None => base,
+        }
     }
 
     /// Fetches credentials ahead of the first send (container credentials
@@ -159,6 +171,8 @@ impl KinesisClient {
             parts,
             body: Vec::new(),
             proxy: proxy_name,
+            role: cfg.role.clone().map(AssumedRole::new),
+            sts_agent: None,
         }
     }
 
@@ -176,6 +190,30 @@ impl KinesisClient {
         let credentials = match self.credentials.get() {
             Ok(c) => c.clone(),
             Err(e) => return PutOutcome::NotSent(Failure::Credentials(e.to_string())),
+        };
+        // Another account's stream: the role's credentials, assumed here
+        // (only while thawed, never on the cold-start path) when needed.
+        let credentials = match &mut self.role {
+            None => credentials,
+            Some(role) => {
+                let parts = &self.parts;
+                let agent = self.sts_agent.get_or_insert_with(|| {
+                    new_agent(&AgentParts {
+                        proxy: proxy_for(&role.settings.endpoint),
+                        ..parts.clone()
+                    })
+                });
+                let timeout = left.min(self.request_timeout);
+                match role.get(agent, &credentials, &self.region, timeout) {
+                    Ok(c) => c.clone(),
+                    Err(f) => {
+                        if matches!(f, Failure::Credentials(_)) {
+                            self.sts_agent = None; // a fresh connection next time
+                        }
+                        return PutOutcome::NotSent(f);
+                    }
+                }
+            }
         };
         let mut body = std::mem::take(&mut self.body);
         wire::write_put_records_body(&mut body, &self.target, records);
@@ -200,6 +238,7 @@ impl KinesisClient {
         let signed = match sigv4::sign_post(
             credentials,
             &self.region,
+            sigv4::SERVICE,
             &self.url,
             &base,
             body,

@@ -170,6 +170,29 @@ pub fn resolve(
     Ok(format!("https://kinesis{fips_part}.{region}.{suffix}"))
 }
 
+/// The STS endpoint for `region`, by the SDKs' STS rules (regional
+/// endpoints, `sts-fips.` for FIPS, the dual-stack suffix; GovCloud's
+/// regional endpoints are FIPS already).
+pub fn sts(region: &str, fips: bool, dual_stack: bool) -> Result<String, NoEndpoint> {
+    let p = partition(region);
+    let suffix = match (dual_stack, p.dual_stack) {
+        (false, _) => p.dns,
+        (true, Some(ds)) => ds,
+        (true, None) => {
+            return Err(NoEndpoint::NoDualStack {
+                partition: p.name,
+                region: region.to_string(),
+            })
+        }
+    };
+    // GovCloud's regional endpoints are FIPS already (not its dual-stack ones).
+    let fips_part = match fips && (dual_stack || p.name != "aws-us-gov") {
+        true => "-fips",
+        false => "",
+    };
+    Ok(format!("https://sts{fips_part}.{region}.{suffix}"))
+}
+
 /// The account id of a Kinesis stream ARN in `partition`.
 fn arn_account<'a>(arn: &'a str, partition: &'static str) -> Result<&'a str, NoEndpoint> {
     let parts: Vec<&str> = arn.splitn(6, ':').collect();
@@ -318,6 +341,77 @@ mod tests {
             true,
         );
         assert!(e.unwrap_err().to_string().contains("no dual-stack"));
+    }
+
+    /// Cases from aws-sdk-go-v2's `service/sts/endpoints_test.go` (with
+    /// `UseGlobalEndpoint` false, the SDKs' default now).
+    #[test]
+    fn sts_endpoints_as_the_sdks_resolve_them() {
+        let cases = [
+            (
+                "us-east-1",
+                false,
+                false,
+                "https://sts.us-east-1.amazonaws.com",
+            ),
+            (
+                "us-east-1",
+                true,
+                false,
+                "https://sts-fips.us-east-1.amazonaws.com",
+            ),
+            (
+                "us-east-1",
+                true,
+                true,
+                "https://sts-fips.us-east-1.api.aws",
+            ),
+            ("us-east-1", false, true, "https://sts.us-east-1.api.aws"),
+            (
+                "eu-west-1",
+                false,
+                false,
+                "https://sts.eu-west-1.amazonaws.com",
+            ),
+            (
+                "cn-north-1",
+                false,
+                false,
+                "https://sts.cn-north-1.amazonaws.com.cn",
+            ),
+            (
+                "cn-north-1",
+                false,
+                true,
+                "https://sts.cn-north-1.api.amazonwebservices.com.cn",
+            ),
+            (
+                "us-gov-west-1",
+                true,
+                false,
+                "https://sts.us-gov-west-1.amazonaws.com",
+            ),
+            (
+                "us-gov-west-1",
+                true,
+                true,
+                "https://sts-fips.us-gov-west-1.api.aws",
+            ),
+            (
+                "us-iso-east-1",
+                false,
+                false,
+                "https://sts.us-iso-east-1.c2s.ic.gov",
+            ),
+        ];
+        for (region, fips, ds, want) in cases {
+            assert_eq!(
+                sts(region, fips, ds).unwrap(),
+                want,
+                "{region} fips={fips} ds={ds}"
+            );
+        }
+        assert!(sts("us-isob-east-1", false, true).is_err());
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub enum Failure {
     Malformed(String),
     /// An error answer: Kinesis (or whatever answered) refused the request.
     Answer(ErrorAnswer),
+    /// STS refused to let the function assume `KINESIS_TELEMETRY_ROLE_ARN`.
+    AssumeRole(ErrorAnswer),
 }
 
 impl Failure {
@@ -29,6 +31,12 @@ impl Failure {
             }
             Failure::Signing(_) => Retry::Never,
             Failure::Answer(a) => classify(a.status, &a.code),
+            // Throttling and 5xx retry; a refusal of the role is a policy
+            // (or a setting) an operator can fix: parked, never dropped.
+            Failure::AssumeRole(a) => match classify(a.status, &a.code) {
+                r @ (Retry::Throttled | Retry::Transient | Retry::RefreshCredentials) => r,
+                _ => Retry::Park,
+            },
         }
     }
 
@@ -40,7 +48,7 @@ impl Failure {
             Failure::Credentials(_) => "CredentialsError",
             Failure::Signing(_) => "SigningError",
             Failure::Malformed(_) => "MalformedResponse",
-            Failure::Answer(a) => &a.code,
+            Failure::Answer(a) | Failure::AssumeRole(a) => &a.code,
         }
     }
 
@@ -51,7 +59,7 @@ impl Failure {
             | Failure::Credentials(m)
             | Failure::Signing(m)
             | Failure::Malformed(m) => m,
-            Failure::Answer(a) => &a.message,
+            Failure::Answer(a) | Failure::AssumeRole(a) => &a.message,
         }
     }
 
@@ -59,6 +67,11 @@ impl Failure {
     pub fn advice(&self) -> &'static str {
         match self {
             Failure::Answer(a) => advice(&a.code),
+            Failure::AssumeRole(a) => match a.code.as_str() {
+                "AccessDenied" => "the function may not assume KINESIS_TELEMETRY_ROLE_ARN: allow sts:AssumeRole on that role in the execution role's policy, and name the execution role in the role's trust policy (with an sts:ExternalId condition equal to KINESIS_TELEMETRY_ROLE_EXTERNAL_ID, if one is set)",
+                "RegionDisabledException" => "STS is not activated in this region for the role's account: activate it in IAM's account settings",
+                _ => "check KINESIS_TELEMETRY_ROLE_ARN, KINESIS_TELEMETRY_ROLE_EXTERNAL_ID and the role's maximum session duration (at least 1 hour)",
+            },
             _ => "see the error message; retrying would not help",
         }
     }
@@ -68,6 +81,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Answer(a) => write!(f, "HTTP {} {}", a.status, a.code)?,
+            Failure::AssumeRole(a) => write!(f, "STS AssumeRole HTTP {} {}", a.status, a.code)?,
             // Not an answer: no status to show.
             other => write!(f, "{}", other.code())?,
         }

@@ -1,5 +1,6 @@
 //! Kinesis: the `PutRecords` wire format, the HTTP client that sends it, SigV4
-//! signing, where credentials come from, and what the stage is configured
+//! signing, where credentials come from (and the role assumed for another
+//! account's stream, `sts`), and what the stage is configured
 //! with (`settings`).
 
 pub mod client;
@@ -9,5 +10,6 @@ pub mod error;
 pub mod proxy;
 pub mod settings;
 pub mod sigv4;
+pub mod sts;
 pub mod tls;
 pub mod wire;

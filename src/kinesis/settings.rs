@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use crate::kinesis::credentials::CredentialsSource;
+use crate::kinesis::sts::RoleSettings;
 
 /// Everything `KinesisClient` needs, validated.
 #[derive(Debug, Clone)]
@@ -18,6 +19,9 @@ pub struct KinesisSettings {
     /// when the client is made).
     pub ca_bundle: Option<String>,
     pub credentials: CredentialsSource,
+    /// The role to assume and sign `PutRecords` as (`None`: the function's
+    /// own credentials sign them).
+    pub role: Option<RoleSettings>,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     /// Pooled connections idle longer than this (freezes included) are not reused.

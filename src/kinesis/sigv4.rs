@@ -1,4 +1,4 @@
-//! SigV4 signing of Kinesis requests, through `aws-sigv4`: the headers to add
+//! SigV4 signing of Kinesis (and STS) requests, through `aws-sigv4`: the headers to add
 //! to one request, computed afresh for every attempt (a signature is only
 //! valid for a few minutes, and a retry may come much later).
 
@@ -19,7 +19,7 @@ pub struct SignError(pub String);
 
 impl std::fmt::Display for SignError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cannot sign the Kinesis request: {}", self.0)
+        write!(f, "cannot sign the request: {}", self.0)
     }
 }
 
@@ -29,6 +29,7 @@ impl std::fmt::Display for SignError {
 pub fn sign_post(
     creds: &StaticCredentials,
     region: &str,
+    service: &str,
     url: &str,
     headers: &[(&str, &str)],
     body: &[u8],
@@ -45,7 +46,7 @@ pub fn sign_post(
     let params = v4::SigningParams::builder()
         .identity(&identity)
         .region(region)
-        .name(SERVICE)
+        .name(service)
         .time(time)
         .settings(SigningSettings::default())
         .build()
@@ -87,6 +88,7 @@ mod tests {
         let headers = sign_post(
             &creds,
             "us-east-1",
+            SERVICE,
             "http://127.0.0.1:4567/",
             &[
                 ("content-type", "application/x-amz-json-1.1"),
