@@ -81,16 +81,17 @@ TOOLS=$B/tools/target/release
 # ------------------------------------------------------------ floor baseline
 # The extension's own profile and static flags, and its linker script when present.
 log "baseline: floor (x86_64, arm64)"
+# Both targets link with rust-lld, as the extension does (.cargo/config.toml,
+# which cargo also finds from bench/baselines/floor).
 LD=$ROOT/src/no-unwind-tables.ld
-X86_FLAGS="-C target-feature=+crt-static -C relocation-model=static"
-ARM_FLAGS="$X86_FLAGS"
+FLAGS="-C target-feature=+crt-static -C relocation-model=static"
 if [[ -f $LD ]]; then
-  X86_FLAGS+=" -C link-arg=-Wl,-T,$LD -C link-arg=-Wl,--no-eh-frame-hdr"
-  ARM_FLAGS+=" -C link-arg=-T$LD -C link-arg=--no-eh-frame-hdr"
+  FLAGS+=" -C link-arg=-T$LD -C link-arg=--no-eh-frame-hdr -C link-arg=--icf=all"
 fi
 (cd "$B/baselines/floor" &&
-  RUSTFLAGS="$X86_FLAGS" cargo build --release -q --target x86_64-unknown-linux-musl &&
-  RUSTFLAGS="$ARM_FLAGS" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+  RUSTFLAGS="$FLAGS" CARGO_TARGET_X86_64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
+    cargo build --release -q --target x86_64-unknown-linux-musl &&
+  RUSTFLAGS="$FLAGS" CARGO_TARGET_AARCH64_UNKNOWN_LINUX_MUSL_LINKER=rust-lld \
     cargo build --release -q --target aarch64-unknown-linux-musl)
 FLOOR=$B/baselines/floor/target/x86_64-unknown-linux-musl/release/$NAME
 FLOOR_ARM=$B/baselines/floor/target/aarch64-unknown-linux-musl/release/$NAME
