@@ -224,7 +224,7 @@ pub fn record_error_retryable(code: &str) -> bool {
 fn advice(code: &str) -> &'static str {
     match code {
         "AccessDeniedException" | "AccessDenied" => {
-            "give the function's execution role kinesis:PutRecords on this stream (and kms:GenerateDataKey on its key if it uses a customer managed key)"
+            "give the role that signs the requests (KINESIS_TELEMETRY_ROLE_ARN when set, else the function's execution role) kinesis:PutRecords on this stream (and kms:GenerateDataKey on its key if it uses a customer managed key)"
         }
         "ResourceNotFoundException" => {
             "check KINESIS_TELEMETRY_STREAM and AWS_REGION: the stream does not exist there"
