@@ -116,7 +116,7 @@ impl<C: PutRecords> Dispatcher<C> {
         };
         buffer.paused(paused);
         let head = (cfg.send.format == Format::Cwlogs).then(|| {
-            let hex = rng.hex(32);
+            let hex = rng.hex(16); // (32 hex digits)
             cwlogs::head(&cfg.send.cwlogs, &context, SystemTime::now(), &hex)
         });
         let packer = cfg.send.format.packer(head);
