@@ -48,7 +48,7 @@ use crate::lambda::extensions_api::{
 };
 use crate::lambda::listener::ListenerSettings;
 use crate::lambda::view::LEVELS;
-use crate::records::pack::Format;
+use crate::records::format::{cwlogs, Format};
 use crate::records::partition::PartitionKeyMode;
 use crate::records::redact::{parse_built_in, parse_patterns, Rules};
 use crate::records::sample::SCALE;
@@ -227,8 +227,26 @@ settings! {
     };
     FORMAT = Setting {
         var: "KINESIS_TELEMETRY_FORMAT",
-        accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip"] },
+        accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip", "cwlogs"] },
         meaning: m("Record format"),
+    };
+    CWLOGS_LOG_GROUP = Setting {
+        var: "KINESIS_TELEMETRY_CWLOGS_LOG_GROUP",
+        accepts: Other { default: "`/aws/lambda/<function name>`", range: "1–512 bytes" },
+        meaning: m("`cwlogs` records' `logGroup`."),
+    };
+    CWLOGS_LOG_STREAM = Setting {
+        var: "KINESIS_TELEMETRY_CWLOGS_LOG_STREAM",
+        accepts: Other {
+            default: "`YYYY/MM/DD/[<version>]<32 hex>`",
+            range: "1–512 bytes",
+        },
+        meaning: m("`cwlogs` records' `logStream` (by default one per execution environment, named as Lambda names them)."),
+    };
+    CWLOGS_FILTER_NAME = Setting {
+        var: "KINESIS_TELEMETRY_CWLOGS_FILTER_NAME",
+        accepts: Other { default: "`kinesis-telemetry-extension`", range: "1–512 bytes" },
+        meaning: m("`cwlogs` records' `subscriptionFilters` entry."),
     };
     PLATFORM_EVENTS = Setting {
         var: "KINESIS_TELEMETRY_PLATFORM_EVENTS",
@@ -787,8 +805,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let format = match r.word(&FORMAT) {
         "kpl" => Format::Kpl,
         "ndjson-gzip" => Format::NdjsonGzip,
+        "cwlogs" => Format::Cwlogs,
         _ => Format::Json,
     };
+    let cwlogs_names = cwlogs_names(&mut r);
     let hash_key = match r.word(&HASH_KEY) {
         "random" => HashKeyMode::Random,
         _ => HashKeyMode::None,
@@ -804,6 +824,9 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let max_records_per_request = r.int(&MAX_RECORDS_PER_REQUEST) as usize;
     let request_bytes = r.int(&MAX_BYTES_PER_REQUEST);
     let max_record_bytes = max_record_bytes(&mut r, request_bytes);
+    if format == Format::Cwlogs {
+        cwlogs_fits(&mut r, enrich, max_record_bytes);
+    }
     let partition_key = match r.word(&PARTITION_KEY) {
         "request" => PartitionKeyMode::Request,
         "random" => PartitionKeyMode::Random,
@@ -875,6 +898,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                     max_record_bytes,
                 ),
                 format,
+                cwlogs: cwlogs_names,
                 max_record_bytes,
                 hash_key,
             },
@@ -893,6 +917,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 redact,
                 sampling: sampling.is_some(),
                 own_emf: emf.on,
+                cwlogs: format == Format::Cwlogs,
             },
             metrics_interval,
             emf,
@@ -1128,6 +1153,45 @@ fn listener_port(r: &mut Reader) -> u16 {
         );
     }
     port
+}
+
+/// The names `cwlogs` records carry; each at most CloudWatch's 512 bytes.
+fn cwlogs_names(r: &mut Reader) -> cwlogs::Names {
+    let mut name = |s: &Setting| {
+        let v = r.raw(s)?;
+        if v.len() > cwlogs::MAX_NAME {
+            r.fail(
+                s,
+                Some(v.clone()),
+                "at most 512 bytes (CloudWatch Logs' limit)",
+            );
+        }
+        Some(v)
+    };
+    cwlogs::Names {
+        log_group: name(&CWLOGS_LOG_GROUP),
+        log_stream: name(&CWLOGS_LOG_STREAM),
+        filter: name(&CWLOGS_FILTER_NAME).unwrap_or_else(|| "kinesis-telemetry-extension".into()),
+    }
+}
+
+/// `cwlogs` records carry CloudWatch's fields only (no envelope), and need
+/// room for the `DATA_MESSAGE` around a log event.
+fn cwlogs_fits(r: &mut Reader, enrich: bool, max_record_bytes: usize) {
+    if enrich {
+        r.fail(
+            &ENRICH,
+            Some("true".into()),
+            "false with KINESIS_TELEMETRY_FORMAT=cwlogs: its records carry CloudWatch Logs' fields (owner, logGroup, logStream, id), not the envelope; unset one of the two",
+        );
+    }
+    if max_record_bytes < 2 * cwlogs::RESERVE {
+        r.fail(
+            &MAX_RECORD_BYTES,
+            Some(max_record_bytes.to_string()),
+            "at least 6144 with KINESIS_TELEMETRY_FORMAT=cwlogs (room for the DATA_MESSAGE around each log event)",
+        );
+    }
 }
 
 fn platform_events(r: &mut Reader) -> Option<Vec<String>> {
@@ -1690,7 +1754,7 @@ mod tests {
             }
         );
         assert_eq!(c.dispatch.flush.mode, FlushMode::Adaptive);
-        assert_eq!(c.dispatch.send.format, crate::records::pack::Format::Json);
+        assert_eq!(c.dispatch.send.format, crate::records::format::Format::Json);
         assert_eq!(c.dispatch.send.hash_key, HashKeyMode::None);
         assert_eq!(c.dispatch.shape.platform_events, None);
         assert_eq!(c.dispatch.shape.min_level, None);
@@ -1828,6 +1892,40 @@ mod tests {
     }
 
     #[test]
+    fn cwlogs_names_and_what_it_excludes() {
+        let c = from_env(&env(&[
+            ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
+            ("KINESIS_TELEMETRY_CWLOGS_LOG_GROUP", "/custom/group"),
+        ]))
+        .unwrap();
+        assert_eq!(c.dispatch.send.format, Format::Cwlogs);
+        assert!(c.dispatch.shape.cwlogs);
+        let names = &c.dispatch.send.cwlogs;
+        assert_eq!(names.log_group.as_deref(), Some("/custom/group"));
+        assert_eq!(names.log_stream, None);
+        assert_eq!(names.filter, "kinesis-telemetry-extension");
+        let long = "x".repeat(513);
+        let e = errors(&[
+            ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
+            ("KINESIS_TELEMETRY_ENRICH", "true"),
+            ("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "4096"),
+            ("KINESIS_TELEMETRY_CWLOGS_FILTER_NAME", &long),
+        ]);
+        let text: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert_eq!(e.len(), 3, "{text:?}");
+        assert!(
+            text[0].contains("KINESIS_TELEMETRY_CWLOGS_FILTER_NAME"),
+            "{text:?}"
+        );
+        assert!(text
+            .iter()
+            .any(|t| t.contains("KINESIS_TELEMETRY_ENRICH") && t.contains("cwlogs")));
+        assert!(text
+            .iter()
+            .any(|t| t.contains("KINESIS_TELEMETRY_MAX_RECORD_BYTES") && t.contains("6144")));
+    }
+
+    #[test]
     fn formats_filters_and_enrichment() {
         let c = from_env(&env(&[
             ("KINESIS_TELEMETRY_FORMAT", "ndjson-gzip"),
@@ -1842,7 +1940,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.dispatch.send.format,
-            crate::records::pack::Format::NdjsonGzip
+            crate::records::format::Format::NdjsonGzip
         );
         assert_eq!(c.dispatch.send.hash_key, HashKeyMode::Random);
         assert_eq!(

@@ -201,3 +201,103 @@ fn fragments_fit_and_rebuild() {
 fn all_variables() -> Vec<&'static str> {
     config::SETTINGS.iter().map(|s| s.var).collect()
 }
+
+/// One telemetry event of each kind the extension forwards (function and
+/// extension lines in text and JSON form, platform events, unknown types),
+/// with odd text in it.
+fn any_event() -> impl Strategy<Value = String> {
+    let ty = prop::sample::select(vec![
+        "function",
+        "extension",
+        "platform.start",
+        "platform.runtimeDone",
+        "platform.report",
+        "platform.logsDropped",
+        "platform.initStart",
+        "something.else",
+    ]);
+    let text = any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap());
+    let record = prop_oneof![text, json_value()];
+    (ty, 0u64..4_000_000_000_000, 0u32..1000, record).prop_map(|(ty, secs, ms, record)| {
+        let t = crate::time::rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs / 1000),
+        );
+        let time = format!("{}.{ms:03}Z", &t[..19]);
+        format!(r#"{{"time":"{time}","type":"{ty}","record":{record}}}"#)
+    })
+}
+
+proptest! {
+    /// Every format gives the consumer back exactly the queued records,
+    /// each once and in order, whatever the events and limits; `cwlogs`
+    /// log events carry each line as CloudWatch shows it.
+    #[test]
+    fn every_format_round_trips_every_event_kind(
+        events in prop::collection::vec(any_event(), 1..40),
+        max_records in 1usize..20,
+        max_record in 6144usize..20000,
+    ) {
+        use crate::records::format::{self, tests::ALL, Format};
+        use crate::records::shape::{Shaped, ShapeSettings, Shaper};
+        let body = std::sync::Arc::new(format!("[{}]", events.join(",")).into_bytes());
+        for fmt in ALL {
+            let cfg = ShapeSettings {
+                types: crate::lambda::extensions_api::Types { platform: true, function: true, extension: true },
+                platform_events: None,
+                min_level: None,
+                enrich: false,
+                partition_key: crate::records::partition::PartitionKeyMode::Environment,
+                max_record_bytes: max_record,
+                redact: None,
+                sampling: false,
+                own_emf: false,
+                cwlogs: fmt == Format::Cwlogs,
+            };
+            let stats = std::sync::Arc::new(crate::stats::Stats::default());
+            let model = crate::lambda::model::Model::Default;
+            let mut shaper = Shaper::new(&cfg, model, "env", crate::rng::Rng::seeded(1), &[], stats);
+            let split = telemetry::split_body(&body, crate::records::shape::reading(&cfg, model)).unwrap();
+            let mut q = Queue::default();
+            for e in split {
+                match shaper.shape(e, None).0 {
+                    Shaped::Record(r) => q.push(r),
+                    Shaped::Fragments(rs) => rs.into_iter().for_each(|r| q.push(r)),
+                    Shaped::Filtered | Shaped::OwnEmf => {}
+                }
+            }
+            let queued: Vec<Vec<u8>> = q.drain().iter().map(|r| r.data.to_vec()).collect();
+            for d in &queued {
+                q.push(Record::new(d.clone(), "k"));
+            }
+            let packer = fmt.packer(None);
+            let limits = RequestLimits { max_records, max_bytes: 5 * 1024 * 1024 };
+            let mut got = Vec::new();
+            while !q.is_empty() {
+                for w in format::take(&mut q, limits, &packer, max_record) {
+                    prop_assert!(w.size() <= max_record, "{:?}: {} > {max_record}", fmt, w.size());
+                    got.extend(packer.decode(w.data()));
+                }
+            }
+            prop_assert_eq!(&got, &queued, "{:?}", fmt);
+            if fmt == Format::Cwlogs {
+                for (raw, logged) in events.iter().zip(&got) {
+                    let e: serde_json::Value = serde_json::from_str(raw).unwrap();
+                    let l: serde_json::Value = serde_json::from_slice(logged).unwrap();
+                    let message = l["message"].as_str().unwrap();
+                    match (e["type"].as_str().unwrap(), &e["record"]) {
+                        ("function" | "extension", serde_json::Value::String(s)) => prop_assert_eq!(message, s),
+                        ("function" | "extension", r) => {
+                            prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(message).unwrap(), r)
+                        }
+                        _ => prop_assert_eq!(message, raw),
+                    }
+                    let time = e["time"].as_str().unwrap();
+                    let secs = crate::time::parse_rfc3339(time).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                    let ms = secs * 1000 + time[20..23].parse::<u64>().unwrap();
+                    prop_assert_eq!(l["timestamp"].as_u64(), Some(ms));
+                    prop_assert_eq!(l["id"].as_str().unwrap().len(), 56);
+                }
+            }
+        }
+    }
+}

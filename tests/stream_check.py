@@ -80,6 +80,10 @@ def unpack(data: bytes, fmt: str, partition_key: str = "pk", allow_plain: bool =
         return unpack_kpl(data, partition_key, allow_plain)
     if fmt == "ndjson-gzip":
         return [Inner(line, partition_key) for line in unpack_gzip(data)]
+    if fmt == "cwlogs":  # the log events' messages (not the events' bytes: see test_formats.py)
+        message = json.loads(gzip.decompress(data))
+        assert message["messageType"] == "DATA_MESSAGE", message
+        return [Inner(e["message"].encode(), partition_key) for e in message["logEvents"]]
     raise ValueError(fmt)
 
 

@@ -6,7 +6,10 @@ gzip command for NDJSON-gzip)."""
 
 from __future__ import annotations
 
+import base64
 import collections
+import datetime
+import gzip
 import http.client
 import json
 import re
@@ -390,3 +393,120 @@ def test_random_hash_key_spreads_one_partition_key_over_all_shards(ext_bin, kine
     assert all(0.12 * n <= c <= 0.40 * n for c in per_shard.values()), per_shard
     # the top bits are used too (uniform over the whole 128-bit range)
     assert max(int(k) for k in keys) > 2 ** 127
+
+
+# ----------------------------------------------------------------------------- cwlogs
+# Read back as a Kinesis-triggered Lambda consumer of CloudWatch Logs subscription
+# records reads them: AWS Lambda Powertools for Python's parser models (PyPI
+# aws-lambda-powertools), not our code.
+
+# The decoded DATA_MESSAGE AWS's Lambda docs print as the example of what CloudWatch
+# Logs delivers ("Using Lambda with CloudWatch Logs",
+# https://docs.aws.amazon.com/lambda/latest/dg/services-cloudwatchlogs.html).
+AWS_DOCS_DATA_MESSAGE = (
+    '{"messageType":"DATA_MESSAGE","owner":"123456789012","logGroup":"/aws/lambda/echo-nodejs",'
+    '"logStream":"2019/03/13/[$LATEST]94fa867e5374431291a7fc14e2f56ae7",'
+    '"subscriptionFilters":["LambdaStream_cloudwatchlogs-node"],"logEvents":[{'
+    '"id":"34622316099697884706540976068822859012661220141643892546","timestamp":1552518348220,'
+    '"message":"REPORT RequestId: 6234bffe-149a-b642-81ff-2e8e376d8aff\\tDuration: 46.84 ms\\t'
+    'Billed Duration: 47 ms \\tMemory Size: 192 MB\\tMax Memory Used: 72 MB\\t\\n"}]}')
+
+
+def _kinesis_event(recs: list[dict], arn: str) -> dict:
+    """The event Lambda's Kinesis event source mapping invokes a consumer with."""
+    return {"Records": [{
+        "eventSource": "aws:kinesis", "eventVersion": "1.0", "eventName": "aws:kinesis:record",
+        "eventID": f"{r['shard']}:{r['sequence']}", "awsRegion": "us-east-1", "eventSourceARN": arn,
+        "invokeIdentityArn": "arn:aws:iam::123456789012:role/consumer",
+        "kinesis": {"kinesisSchemaVersion": "1.0", "partitionKey": r["partition_key"],
+                    "sequenceNumber": r["sequence"], "approximateArrivalTimestamp": 1764000000.0,
+                    "data": base64.b64encode(r["data"]).decode()},
+    } for r in recs]}
+
+
+def _powertools_logs(recs: list[dict], arn: str) -> list:
+    """Every DATA_MESSAGE in the records, as Powertools' CloudWatchLogsDecode models."""
+    from aws_lambda_powertools.utilities.parser.models import KinesisDataStreamModel
+    from aws_lambda_powertools.utilities.parser.models.kinesis import extract_cloudwatch_logs_from_record
+    event = KinesisDataStreamModel.model_validate(_kinesis_event(recs, arn))
+    return [extract_cloudwatch_logs_from_record(r) for r in event.Records]
+
+
+def _millis(time_: str) -> int:
+    t = datetime.datetime.fromisoformat(time_.replace("Z", "+00:00"))
+    return int(t.timestamp()) * 1000 + t.microsecond // 1000
+
+
+def test_powertools_reads_the_aws_docs_data_message_from_kinesalite(kinesalite):
+    """The harness itself: the DATA_MESSAGE AWS's docs show CloudWatch Logs delivering,
+    gzipped into a record on kinesalite, read back and parsed exactly as the
+    extension's records are below, comes out whole."""
+    name, arn = new_stream(kinesalite)
+    kinesalite.kinesis.put_record(StreamName=name, PartitionKey="k",
+                                  Data=gzip.compress(AWS_DOCS_DATA_MESSAGE.encode()))
+    [msg] = _powertools_logs(_read(kinesalite, name), arn or name)
+    assert (msg.messageType, msg.owner, msg.logGroup) == ("DATA_MESSAGE", "123456789012", "/aws/lambda/echo-nodejs")
+    assert msg.subscriptionFilters == ["LambdaStream_cloudwatchlogs-node"]
+    [ev] = msg.logEvents
+    assert ev.id == "34622316099697884706540976068822859012661220141643892546"
+    assert int(ev.timestamp.timestamp() * 1000) == 1552518348220
+    assert ev.message.startswith("REPORT RequestId: 6234bffe")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_cwlogs_records_parse_as_cloudwatch_subscription_records(ext_bin, kinesalite, log_format):
+    """KINESIS_TELEMETRY_FORMAT=cwlogs: every record is a DATA_MESSAGE Powertools'
+    Kinesis model with CloudWatch Logs extraction reads; owner, log group and stream are
+    the function's (account id, /aws/lambda/<name>, Lambda's stream name form); every
+    event the simulator delivered is there exactly once as a log event: function lines as
+    CloudWatch shows them (a text line verbatim, a JSON line as its JSON), platform events
+    as their JSON; timestamps from the events' times; 56-digit ids, all different;
+    records within the limit and many events per record."""
+    name, arn = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FORMAT="cwlogs",
+                  KINESIS_TELEMETRY_MAX_RECORD_BYTES=str(LIMIT))
+    with LambdaSim(ext_bin, env, log_format=log_format) as sim:
+        _run(sim, 20, 15, idle_ms=5)
+    recs = _read(kinesalite, name)
+    assert recs, sim.stderr_text()[-2000:]
+    assert all(len(r["data"]) + len(r["partition_key"].encode()) <= LIMIT for r in recs)
+    messages = _powertools_logs(recs, arn or name)
+    stream_name = re.compile(r"\d{4}/\d{2}/\d{2}/\[\$LATEST\][0-9a-f]{32}")
+    for m in messages:
+        assert m.messageType == "DATA_MESSAGE" and m.owner == sim.account_id, m.owner
+        assert m.logGroup == f"/aws/lambda/{sim.function_name}", m.logGroup
+        assert stream_name.fullmatch(m.logStream), m.logStream
+        assert m.subscriptionFilters == ["kinesis-telemetry-extension"]
+    assert len({m.logStream for m in messages}) == 1
+    events = [e for m in messages for e in m.logEvents]
+    assert len(recs) * 5 < len(events), (len(recs), len(events))
+    ids = [e.id for e in events]
+    assert all(len(i) == 56 and i.isdigit() for i in ids) and len(set(ids)) == len(ids)
+
+    def shown(raw: bytes) -> tuple[str, int]:
+        """What CloudWatch shows for one delivered event, and its time in ms."""
+        v = json.loads(raw)
+        rec = v["record"]
+        if v["type"] in ("function", "extension"):
+            line = rec if isinstance(rec, str) else json.dumps(rec, sort_keys=True)
+        else:
+            line = raw.decode()
+        return line, _millis(v["time"])
+
+    def normal(message: str) -> str:
+        """JSON-format lines compared as JSON (key order and spacing are Lambda's)."""
+        try:
+            v = json.loads(message)
+        except ValueError:
+            return message
+        return json.dumps(v, sort_keys=True) if isinstance(v, dict) and "type" not in v else message
+
+    got = collections.Counter((normal(e.message), int(e.timestamp.timestamp() * 1000))
+                              for e in events if not is_own(e.message.encode()))
+    want = collections.Counter((normal(line), ms) for line, ms in map(shown, sim.delivered))
+    assert not want - got, f"missing: {list((want - got).elements())[:3]}"
+    assert not got - want, f"not delivered, or twice: {list((got - want).elements())[:3]}"
+    kinds = collections.Counter(json.loads(raw)["type"] for raw in sim.delivered)
+    assert kinds["function"] >= 20 * 15 and kinds["platform.report"] == 20, kinds
+    own = [json.loads(e.message) for e in events if is_own(e.message.encode())]
+    assert sum(1 for o in own if o["record"].get("final")) == 1, own

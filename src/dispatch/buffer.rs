@@ -218,6 +218,7 @@ impl Buffer {
     /// A record of the extension's own (metrics): queued, and ageing like
     /// telemetry so the flush policy sends it on time.
     pub fn push_own(&mut self, r: Record) {
+        let r = self.shaper.own(r);
         self.queue.push(r);
         self.age.arrived(Instant::now());
     }

@@ -10,7 +10,7 @@
 //! freezes the sandbox would be broken on thaw.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{never, select, Receiver, Sender};
 
@@ -27,6 +27,7 @@ use crate::dispatch::timers::{self, SendState};
 use crate::kinesis::client::{KinesisClient, PutRecords};
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::Delivery;
+use crate::records::format::{cwlogs, Format};
 use crate::records::queue::{Queue, Record};
 use crate::records::shape::{ShapeSettings, Shaper};
 use crate::rng::Rng;
@@ -114,11 +115,16 @@ impl<C: PutRecords> Dispatcher<C> {
             }
         };
         buffer.paused(paused);
+        let head = (cfg.send.format == Format::Cwlogs).then(|| {
+            let hex = rng.hex(16); // (32 hex digits)
+            cwlogs::head(&cfg.send.cwlogs, &context, SystemTime::now(), &hex)
+        });
+        let packer = cfg.send.format.packer(head);
         context.push(("environmentId", environment.to_string()));
         Dispatcher {
             events,
             control,
-            requests: Requests::new(&cfg.send, client, stats.clone(), rng),
+            requests: Requests::new(&cfg.send, packer, client, stats.clone(), rng),
             stats,
             metrics: Metrics::new(cfg.metrics_interval, context, &cfg.emf),
             flush: cfg.flush,

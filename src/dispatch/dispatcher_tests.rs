@@ -15,7 +15,7 @@ use crate::kinesis::error::{ErrorAnswer, Failure};
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{split_body, Delivery};
 use crate::lambda::view::Reading;
-use crate::records::pack::Wire;
+use crate::records::format::Wire;
 use crate::stats::Stats;
 
 /// What the scripted client answers to one request.

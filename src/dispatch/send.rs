@@ -11,18 +11,20 @@ use crate::dispatch::retry::{GaveUp, Next, Policy, Retrier, Round};
 use crate::kinesis::client::{PutOutcome, PutRecords};
 use crate::kinesis::error::{Cause, Failure, Retry};
 use crate::kinesis::wire::{settle, RecordCodes};
-use crate::records::pack::{self, Format, Wire};
+use crate::records::format::{self, cwlogs, Format, Packer, Wire};
 use crate::records::queue::{Queue, Record, RequestLimits};
 use crate::rng::Rng;
 use crate::stats::Stats;
 
 /// What sending is configured with: retries, request size, record format.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SendSettings {
     pub retry: Policy,
     /// The most one request carries (`request_limits`).
     pub limits: RequestLimits,
     pub format: Format,
+    /// The names `cwlogs` records carry.
+    pub cwlogs: cwlogs::Names,
     pub max_record_bytes: usize,
     pub hash_key: HashKeyMode,
 }
@@ -43,7 +45,7 @@ pub struct Requests<C> {
     reported: Reported,
     stats: Arc<Stats>,
     limits: RequestLimits,
-    format: Format,
+    format: Packer,
     max_record_bytes: usize,
     random_hash_keys: bool,
     /// Random explicit hash keys.
@@ -55,14 +57,21 @@ pub struct Requests<C> {
 }
 
 impl<C: PutRecords> Requests<C> {
-    pub fn new(cfg: &SendSettings, client: C, stats: Arc<Stats>, mut rng: Rng) -> Requests<C> {
+    /// `format`: the packer for `cfg.format` (see `Format::packer`).
+    pub fn new(
+        cfg: &SendSettings,
+        format: Packer,
+        client: C,
+        stats: Arc<Stats>,
+        mut rng: Rng,
+    ) -> Requests<C> {
         Requests {
             client,
             retrier: Retrier::new(cfg.retry, Rng::seeded(rng.next_u64())),
             reported: Reported::default(),
             stats,
             limits: cfg.limits,
-            format: cfg.format,
+            format,
             max_record_bytes: cfg.max_record_bytes,
             random_hash_keys: cfg.hash_key == HashKeyMode::Random,
             rng,
@@ -141,7 +150,7 @@ impl<C: PutRecords> Requests<C> {
     /// Takes the next request's records from the queue and counts their
     /// attempts.
     fn take_request(&mut self, queue: &mut Queue) -> Vec<Wire> {
-        let mut wires = pack::take(queue, self.limits, self.format, self.max_record_bytes);
+        let mut wires = format::take(queue, self.limits, &self.format, self.max_record_bytes);
         for w in &mut wires {
             if self.random_hash_keys {
                 let h = u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64());

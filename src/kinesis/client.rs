@@ -23,7 +23,7 @@ use crate::kinesis::sigv4;
 use crate::kinesis::sts::AssumedRole;
 use crate::kinesis::tls::BundleTls;
 use crate::kinesis::wire::{self, RecordCodes};
-use crate::records::pack::Wire;
+use crate::records::format::Wire;
 
 /// Most of an answer read (a PutRecords answer for 500 records is ~60 KB).
 const MAX_ANSWER_BYTES: u64 = 4 << 20;

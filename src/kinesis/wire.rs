@@ -8,7 +8,7 @@ use crate::base64;
 use crate::json;
 use crate::kinesis::error::{record_error_retryable, ErrorAnswer, Failure};
 use crate::kinesis::settings::StreamTarget;
-use crate::records::pack::Wire;
+use crate::records::format::Wire;
 use crate::records::queue::Record;
 
 /// `X-Amz-Target` of the one API call the extension makes.

@@ -2,7 +2,7 @@
 //! keys, fragments), the queue of records waiting to be sent, and the record
 //! formats a request is packed in.
 
-pub mod pack;
+pub mod format;
 pub mod partition;
 pub mod prefilter;
 pub mod queue;

@@ -13,6 +13,7 @@ use crate::lambda::extensions_api::Types;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{Event, Kind};
 use crate::lambda::view::Reading;
+use crate::records::format::cwlogs;
 use crate::records::partition::{Keys, PartitionKeyMode};
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::{Redactor, Rules};
@@ -39,6 +40,8 @@ pub struct ShapeSettings {
     /// The extension writes EMF lines: its own, back as `extension`
     /// events, are not forwarded (see `dispatch::emf`).
     pub own_emf: bool,
+    /// Records are `cwlogs` log events (see `format::cwlogs::log_event`).
+    pub cwlogs: bool,
 }
 
 /// What became of one event.
@@ -92,6 +95,8 @@ pub struct Shaper {
     sequence: u64,
     /// EMF is on: look for its lines among extension events.
     own_emf: bool,
+    /// `cwlogs` records: the environment's number in log event ids.
+    cwlogs: Option<u64>,
 }
 
 impl Shaper {
@@ -140,6 +145,7 @@ impl Shaper {
             stats,
             sequence: 0,
             own_emf: cfg.own_emf,
+            cwlogs: cfg.cwlogs.then(|| cwlogs::environment_hash(environment)),
         }
     }
 
@@ -181,6 +187,11 @@ impl Shaper {
         let key = self.keys.key(request, current);
         let redacted = self.redacted(&e);
         let data: Text = match &self.envelope_head {
+            _ if self.cwlogs.is_some() => {
+                let json = redacted.as_deref().unwrap_or(&e.json);
+                let key_len = key.len();
+                Text::from(self.log_event(json, kind, key_len))
+            }
             None => redacted.map_or(e.json, Text::from),
             Some(head) => {
                 let json = redacted.as_deref().unwrap_or(&e.json);
@@ -214,6 +225,25 @@ impl Shaper {
         let parts = fit_event(&data, key.len(), self.max_record_bytes, || rng.hex(8));
         let records = parts.into_iter().map(|p| Record::new(p, key.clone()));
         (Shaped::Fragments(records.collect()), owner)
+    }
+
+    /// The extension's own record (metrics) in the record format.
+    pub fn own(&mut self, r: Record) -> Record {
+        if self.cwlogs.is_none() {
+            return r;
+        }
+        let json = String::from_utf8_lossy(&r.data);
+        let data = self.log_event(&json, Kind::Other, r.key.len());
+        Record::new(data.into_bytes(), r.key)
+    }
+
+    /// `json` as a `cwlogs` log event, the next of the environment, cut to
+    /// fit one record with its `DATA_MESSAGE`.
+    fn log_event(&mut self, json: &str, kind: Kind, key: usize) -> String {
+        self.sequence += 1;
+        let max = self.max_record_bytes.saturating_sub(key + cwlogs::RESERVE);
+        let environment = self.cwlogs.unwrap_or_default();
+        cwlogs::log_event(json, kind, environment, self.sequence, max)
     }
 
     /// A function or extension event's JSON with redaction applied (`None`
@@ -290,6 +320,7 @@ mod tests {
             redact: None,
             sampling: false,
             own_emf: false,
+            cwlogs: false,
         };
         for &(k, v) in pairs {
             match k.trim_start_matches("KINESIS_TELEMETRY_") {
@@ -304,6 +335,7 @@ mod tests {
                 "PARTITION_KEY" if v == "request" => c.partition_key = PartitionKeyMode::Request,
                 "SAMPLE_SUCCESS" => c.sampling = v != "1",
                 "EMF" => c.own_emf = v == "true",
+                "FORMAT" => c.cwlogs = v == "cwlogs",
                 "TYPES" => {
                     c.types = Types {
                         platform: v.contains("platform"),
@@ -464,6 +496,41 @@ mod tests {
         assert_eq!(req(1), "r1"); // log line inside the invocation
         assert_eq!(req(4), "r1"); // runtimeDone names itself
         assert_eq!(req(5), serde_json::Value::Null); // after runtimeDone
+    }
+
+    #[test]
+    fn cwlogs_log_events_are_made_once_after_redaction_and_filters() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
+            ("KINESIS_TELEMETRY_REDACT", "email"),
+            ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
+        ]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
+        let body = br#"[{"time":"2026-11-30T00:00:00.001Z","type":"function","record":"mail a@b.example now"},
+            {"time":"2026-11-30T00:00:00.002Z","type":"function","record":{"level":"DEBUG","message":"d"}},
+            {"time":"2026-11-30T00:00:00.001Z","type":"platform.start","record":{"requestId":"r1"}}]"#;
+        let events = crate::lambda::telemetry::split_body(
+            &Arc::new(body.to_vec()),
+            reading(&c, Model::Default),
+        )
+        .unwrap();
+        let out: Vec<serde_json::Value> = events
+            .into_iter()
+            .filter_map(|e| match s.shape(e, None).0 {
+                Shaped::Record(r) => Some(serde_json::from_slice(&r.data).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(out.len(), 2);
+        let message = out[0]["message"].as_str().unwrap();
+        assert!(message.starts_with("mail ") && !message.contains("a@b.example"));
+        assert_eq!(out[0]["timestamp"], 1_795_996_800_001_u64);
+        assert!(out[1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("platform.start"));
+        // (same time: the sequence tells them apart)
+        assert_ne!(out[0]["id"], out[1]["id"]);
     }
 
     #[test]
