@@ -264,7 +264,15 @@ settings! {
     ENRICH = Setting {
         var: "KINESIS_TELEMETRY_ENRICH",
         accepts: Word { default: "false", words: &["false", "true"] },
-        meaning: m("Wrap each event in an envelope with function name, version, region, account id, environment id, a record id and request id"),
+        meaning: m("Wrap each event in an envelope with function name, version, region, account id, environment id, a record id, request id and trace id"),
+    };
+    TAGS = Setting {
+        var: "KINESIS_TELEMETRY_TAGS",
+        accepts: Other {
+            default: "(none)",
+            range: "comma-separated `key=value`, at most 50; keys 1–128 of `A-Za-z0-9_.:/+@-`, values 0–256 of those, `=` and space",
+        },
+        meaning: m("Tags added to every envelope as `tags`, in the order given; needs `KINESIS_TELEMETRY_ENRICH=true`"),
     };
     SAMPLE_SUCCESS = Setting {
         var: "KINESIS_TELEMETRY_SAMPLE_SUCCESS",
@@ -816,6 +824,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let platform_events = platform_events(&mut r);
     let min_level = min_level(&mut r);
     let enrich = r.word(&ENRICH) == "true";
+    let tags = tags(&mut r, enrich);
     let sample_success = sample_success(&mut r);
     let sample_hold = r.millis(&SAMPLE_HOLD_MS);
     let redact = redaction_rules(&mut r);
@@ -918,6 +927,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 sampling: sampling.is_some(),
                 own_emf: emf.on,
                 cwlogs: format == Format::Cwlogs,
+                tags,
             },
             metrics_interval,
             emf,
@@ -1194,6 +1204,62 @@ fn cwlogs_fits(r: &mut Reader, enrich: bool, max_record_bytes: usize) {
     }
 }
 
+/// `KINESIS_TELEMETRY_TAGS`: each bad tag an error naming it.
+fn tags(r: &mut Reader, enrich: bool) -> Vec<(String, String)> {
+    let Some(v) = r.raw(&TAGS) else {
+        return Vec::new();
+    };
+    let (tags, problems) = parse_tags(&v);
+    for p in problems {
+        r.fail(&TAGS, Some(v.clone()), p);
+    }
+    if !enrich {
+        r.fail(
+            &TAGS,
+            Some(v),
+            "unset without KINESIS_TELEMETRY_ENRICH=true: tags go in the envelope",
+        );
+    }
+    tags
+}
+
+/// Most tags: AWS's limit on a resource's tags.
+const MAX_TAGS: usize = 50;
+
+/// `key=value,…` (the key ends at the first `=`): the tags, and what is
+/// wrong with each bad one (naming it).
+fn parse_tags(v: &str) -> (Vec<(String, String)>, Vec<String>) {
+    let key_byte = |b: u8| b.is_ascii_alphanumeric() || b"_.:/+@-".contains(&b);
+    let mut tags: Vec<(String, String)> = Vec::new();
+    let mut problems = Vec::new();
+    for item in v.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let Some((k, val)) = item.split_once('=') else {
+            problems.push(format!(
+                "key=value pairs separated by commas; {item:?} has no ="
+            ));
+            continue;
+        };
+        let (k, val) = (k.trim(), val.trim());
+        if k.is_empty() || k.len() > 128 || !k.bytes().all(key_byte) {
+            problems.push(format!(
+                "keys of 1 to 128 characters A-Za-z0-9_.:/+@- ; tag {item:?}"
+            ));
+        } else if val.len() > 256 || !val.bytes().all(|b| key_byte(b) || b == b'=' || b == b' ') {
+            problems.push(format!(
+                "values of 0 to 256 characters A-Za-z0-9_.:/+@-= or space; tag {item:?}"
+            ));
+        } else if tags.iter().any(|(seen, _)| seen == k) {
+            problems.push(format!("each key once; {k:?} is given twice"));
+        } else {
+            tags.push((k.to_string(), val.to_string()));
+        }
+    }
+    if tags.len() > MAX_TAGS {
+        problems.push(format!("at most {MAX_TAGS} tags; {} given", tags.len()));
+    }
+    (tags, problems)
+}
+
 fn platform_events(r: &mut Reader) -> Option<Vec<String>> {
     let v = r.raw(&PLATFORM_EVENTS).filter(|v| v != "*")?;
     let names: Vec<String> = v
@@ -1450,6 +1516,68 @@ mod tests {
 
     fn errors(pairs: &[(&str, &str)]) -> Vec<ConfigError> {
         from_env(&env(pairs)).unwrap_err().errors
+    }
+
+    #[test]
+    fn tags_are_checked_each_bad_one_named() {
+        let on = ("KINESIS_TELEMETRY_ENRICH", "true");
+        let c = from_env(&env(&[
+            on,
+            (
+                "KINESIS_TELEMETRY_TAGS",
+                " team=payments, env=prod,a:b/c@d+e-f.g_h=x=y z,empty=,",
+            ),
+        ]))
+        .unwrap();
+        let tags: Vec<(&str, &str)> = c
+            .dispatch
+            .shape
+            .tags
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            tags,
+            [
+                ("team", "payments"),
+                ("env", "prod"),
+                ("a:b/c@d+e-f.g_h", "x=y z"),
+                ("empty", "")
+            ]
+        );
+        assert!(from_env(&env(&[])).unwrap().dispatch.shape.tags.is_empty());
+        let long_key = format!("{}=v", "k".repeat(129));
+        let long_value = format!("k={}", "v".repeat(257));
+        let fifty_one: Vec<String> = (0..51).map(|i| format!("k{i}=v")).collect();
+        let fifty: Vec<String> = (0..50)
+            .map(|i| format!("k{i}={}", "v".repeat(256)))
+            .collect();
+        assert!(from_env(&env(&[on, ("KINESIS_TELEMETRY_TAGS", &fifty.join(","))])).is_ok());
+        let max_key = format!("{}=v", "k".repeat(128));
+        assert!(from_env(&env(&[on, ("KINESIS_TELEMETRY_TAGS", &max_key)])).is_ok());
+        for (bad, named) in [
+            ("team", "\"team\" has no ="),
+            ("=v", "tag \"=v\""),
+            ("te am=x", "tag \"te am=x\""),
+            ("t#=x", "tag \"t#=x\""),
+            ("t=x\"y", "tag \"t=x\\\"y\""),
+            ("t=a,t=b", "\"t\" is given twice"),
+            (&long_key, "keys of 1 to 128"),
+            (&long_value, "values of 0 to 256"),
+            (&fifty_one.join(","), "at most 50 tags; 51 given"),
+        ] {
+            let e = errors(&[on, ("KINESIS_TELEMETRY_TAGS", bad)]);
+            assert_eq!(e.len(), 1, "{bad}: {e:?}");
+            assert_eq!(e[0].var, TAGS.var);
+            assert!(e[0].to_string().contains(named), "{bad}: {}", e[0]);
+        }
+        let e = errors(&[("KINESIS_TELEMETRY_TAGS", "team=payments")]);
+        assert_eq!(e[0].var, TAGS.var);
+        assert!(
+            e[0].expected.contains("KINESIS_TELEMETRY_ENRICH=true"),
+            "{}",
+            e[0]
+        );
     }
 
     #[test]

@@ -252,6 +252,7 @@ proptest! {
                 sampling: false,
                 own_emf: false,
                 cwlogs: fmt == Format::Cwlogs,
+                tags: Vec::new(),
             };
             let stats = std::sync::Arc::new(crate::stats::Stats::default());
             let model = crate::lambda::model::Model::Default;

@@ -304,6 +304,27 @@ def test_own_debug_logs_do_not_loop_while_thawed(ext_bin, kinesalite):
 
 ENVELOPE_KEYS = {"functionName", "functionVersion", "region", "accountId", "environmentId", "id", "requestId",
                  "event"}
+TRACE_KEYS = {"traceId", "traceIdW3C"}
+XRAY_ROOT = re.compile(r"(?:^|;)\s*Root=(1-([0-9a-f]{8})-([0-9a-f]{24}))\s*(?:;|$)")
+
+
+def emitted_traces(sim) -> dict[str, dict]:
+    """Request id -> the envelope's trace fields for it, from the platform.start
+    events the simulator emitted (their tracing header's X-Ray root, and the same
+    32 hex digits for W3C); {} for an invocation started without a trace."""
+    out = {}
+    for b in sim.emitted:
+        ev = json.loads(b)
+        if ev.get("type") != "platform.start":
+            continue
+        rec = ev["record"]
+        m = XRAY_ROOT.search(rec.get("tracing", {}).get("value", ""))
+        out[rec["requestId"]] = {"traceId": m[1], "traceIdW3C": m[2] + m[3]} if m else {}
+    return out
+
+
+def trace_fields(v: dict) -> dict:
+    return {k: v[k] for k in TRACE_KEYS if k in v}
 
 
 def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kinesalite):
@@ -311,10 +332,15 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
     name, version, region, the account id (from the register response), the
     environment id (= the environment partition key) and the request id (platform
     events: their own; function lines: the invoke in progress; none outside an
-    invoke), and `event` holding the delivered event's bytes verbatim."""
+    invoke), the invocation's trace ids as the simulator's platform.start carried
+    them (none outside an invoke), the tags in the order given, and `event`
+    holding the delivered event's bytes verbatim."""
     name, _ = new_stream(kinesalite)
     per = 6
-    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_ENRICH="true")
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_ENRICH="true",
+                  KINESIS_TELEMETRY_TAGS="team=payments, env=prod,cost-centre:id=4 2,empty=")
+    tags = b'"tags":{"team":"payments","env":"prod","cost-centre:id":"4 2","empty":""},'
+    traced = collections.Counter()
     with LambdaSim(ext_bin, env, function_name="orders-fn", function_version="7",
                    account_id="210987654321") as sim:
         _run(sim, 5, per)
@@ -323,6 +349,7 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
     assert len(by_value) == len(set(sim.delivered))
     by_line = _line_to_request(sim, per)
     init_lines = set(sim.function_line_ids[:sim.init_log_lines])
+    traces = emitted_traces(sim)
     originals, envs, own = [], set(), []
     for r in recs:
         v = json.loads(r["data"])
@@ -330,7 +357,8 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
             assert is_own(r["data"]), r["data"][:200]  # the extension's own records may be bare
             own.append(r["data"])
             continue
-        assert set(v) == ENVELOPE_KEYS, v.keys()
+        assert set(v) - TRACE_KEYS == ENVELOPE_KEYS | {"tags"}, v.keys()
+        assert tags in r["data"], r["data"][:400]  # in the order given
         ev = v["event"]
         if isinstance(ev, dict) and str(ev.get("type", "")).startswith("kinesis-telemetry-extension."):
             own.append(json.dumps(ev).encode())
@@ -347,6 +375,8 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
         assert json.loads(orig) == ev
         originals.append(orig)
         t = ev["type"]
+        assert trace_fields(v) == traces.get(v["requestId"], {}), v
+        traced[t.startswith("platform."), "traceId" in v] += 1
         if t.startswith("platform."):
             assert v["requestId"] == (ev["record"].get("requestId") if isinstance(ev["record"], dict) else None), v
         elif t == "function":
@@ -359,6 +389,8 @@ def test_enrichment_envelope_carries_context_and_the_event_verbatim(ext_bin, kin
             assert v["requestId"] is None or v["requestId"] in sim.request_ids, v
     assert len(envs) == 1, envs
     assert sorted(originals) == sorted(sim.delivered)
+    assert len(traces) == 5 and all(traces.values()), traces
+    assert traced[False, True] == 5 * per and traced[True, True] >= 5 * 3, traced
     assert len([o for o in own if b"kinesis-telemetry-extension.metrics" in o]) == 1, own
 
 

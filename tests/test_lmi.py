@@ -17,7 +17,7 @@ from conftest import assert_clean_exit, ext_env, new_stream
 from delivery import OWN_TYPES, assert_delivered_exactly_once, own_records
 from lambda_sim import ExtensionInitError, LambdaSim
 from stream_check import assert_exactly_once, events_of
-from test_formats import _lid
+from test_formats import _lid, emitted_traces, trace_fields
 
 
 def _lmi(ext_bin, env, **kw) -> LambdaSim:
@@ -74,7 +74,9 @@ def test_each_record_names_the_request_its_event_names(ext_bin, kinesalite):
     """Concurrent invocations interleave: with the envelope and request partition
     keys, a JSON log line belongs to the request its own record names
     (requestId, or AWSRequestId), a wrapped plain line to none (the
-    environment's key), a platform event to its own record's requestId."""
+    environment's key), a platform event to its own record's requestId; each
+    carries the trace ids of the request it belongs to, as the simulator's
+    platform.start for that request carried them."""
     name, _ = new_stream(kinesalite)
     env = ext_env(kinesalite, name, KINESIS_TELEMETRY_ENRICH="true", KINESIS_TELEMETRY_PARTITION_KEY="request")
     checked = collections.Counter()
@@ -85,6 +87,8 @@ def test_each_record_names_the_request_its_event_names(ext_bin, kinesalite):
             res = sim.shutdown()
             assert_clean_exit(sim, res)
         recs = kinesalite.read_all(name, expect=1, timeout=15)
+        traces = emitted_traces(sim)
+        assert len(traces) == 24 and all(traces.values()), traces
         for r in recs:
             if OWN_TYPES in r["data"][:200]:
                 continue
@@ -97,13 +101,19 @@ def test_each_record_names_the_request_its_event_names(ext_bin, kinesalite):
                 rid, kind = sim.line_origin[lid]
                 want = rid if kind == "json" else None
                 assert v["requestId"] == want, (key, kind, v)
+                assert trace_fields(v) == traces.get(want, {}), (key, kind, v)
                 assert r["partition_key"] == (want or v["environmentId"]), (r["partition_key"], v)
                 checked[kind] += 1
             elif isinstance(event.get("record"), dict) and "requestId" in event["record"]:
+                if event["record"]["requestId"] not in traces:
+                    continue  # the first run's
                 assert v["requestId"] == event["record"]["requestId"], v
+                assert trace_fields(v) == traces[v["requestId"]], v
+                checked["traced"] += "traceId" in v
                 assert r["partition_key"] == event["record"]["requestId"]
                 checked["platform"] += 1
     assert checked["json"] >= 2 * 24 * 8 * 0.6 and checked["text"] > 0 and checked["platform"] > 0, checked
+    assert checked["traced"] == checked["platform"], checked
 
 
 def _taken_port():

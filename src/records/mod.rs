@@ -9,3 +9,4 @@ pub mod queue;
 pub mod redact;
 pub mod sample;
 pub mod shape;
+pub mod trace;

@@ -17,6 +17,7 @@ use crate::records::format::cwlogs;
 use crate::records::partition::{Keys, PartitionKeyMode};
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::{Redactor, Rules};
+use crate::records::trace::{self, Traces};
 use crate::rng::Rng;
 use crate::slices::Text;
 use crate::stats::{Counter, Stats};
@@ -42,6 +43,9 @@ pub struct ShapeSettings {
     pub own_emf: bool,
     /// Records are `cwlogs` log events (see `format::cwlogs::log_event`).
     pub cwlogs: bool,
+    /// `KINESIS_TELEMETRY_TAGS`, checked, in the order given: the
+    /// envelope's `tags`.
+    pub tags: Vec<(String, String)>,
 }
 
 /// What became of one event.
@@ -76,9 +80,13 @@ pub struct Shaper {
     types: Types,
     platform_events: Option<Vec<String>>,
     min_level: Option<usize>,
-    /// `"functionName":…,"functionVersion":…,…,"environmentId":…` ready to
-    /// splice into every envelope, when enrichment is on.
+    /// `"functionName":…,"functionVersion":…,…,"environmentId":…,` and
+    /// `"tags":{…},` ready to splice into every envelope, when enrichment
+    /// is on.
     envelope_head: Option<String>,
+    /// Each recent invocation's trace (from its platform.start), by request
+    /// id, when enrichment is on.
+    traces: Option<Traces>,
     max_record_bytes: usize,
     pub keys: Keys,
     rng: Rng,
@@ -123,12 +131,25 @@ impl Shaper {
                 push_string(&mut head, v);
                 head.push(',');
             }
+            if !cfg.tags.is_empty() {
+                head.push_str("\"tags\":{");
+                for (i, (k, v)) in cfg.tags.iter().enumerate() {
+                    if i > 0 {
+                        head.push(',');
+                    }
+                    push_string(&mut head, k);
+                    head.push(':');
+                    push_string(&mut head, v);
+                }
+                head.push_str("},");
+            }
             head
         });
         Shaper {
             types: cfg.types,
             platform_events: cfg.platform_events.clone(),
             min_level: cfg.min_level,
+            traces: cfg.enrich.then(Traces::default),
             envelope_head,
             max_record_bytes: cfg.max_record_bytes,
             keys,
@@ -154,7 +175,14 @@ impl Shaper {
     pub fn shape(&mut self, e: Event, current: Option<&str>) -> (Shaped, Option<Box<str>>) {
         let kind = e.view.kind;
         match kind {
-            Kind::Start => self.invocation = e.request_id().map(Box::from),
+            Kind::Start => {
+                self.invocation = e.request_id().map(Box::from);
+                if let (Some(traces), Some(r)) = (&mut self.traces, e.request_id()) {
+                    if let Some(fragment) = trace::of_start(&e.json) {
+                        traces.insert(r, fragment);
+                    }
+                }
+            }
             Kind::RuntimeDone => self.invocation = None,
             _ => {}
         }
@@ -211,6 +239,13 @@ impl Shaper {
                 match request {
                     Some(r) => push_string(&mut s, r),
                     None => s.push_str("null"),
+                }
+                // The invocation's trace: by position on default Lambda
+                // (`request` is then the invocation in progress), by the
+                // request a line names on Managed Instances.
+                let traces = self.traces.as_ref();
+                if let Some(t) = request.and_then(|r| traces?.get(r)) {
+                    s.push_str(t);
                 }
                 s.push_str(",\"event\":");
                 s.push_str(json);
@@ -321,6 +356,7 @@ mod tests {
             sampling: false,
             own_emf: false,
             cwlogs: false,
+            tags: Vec::new(),
         };
         for &(k, v) in pairs {
             match k.trim_start_matches("KINESIS_TELEMETRY_") {
@@ -531,6 +567,73 @@ mod tests {
             .contains("platform.start"));
         // (same time: the sequence tells them apart)
         assert_ne!(out[0]["id"], out[1]["id"]);
+    }
+
+    #[test]
+    fn envelopes_carry_tags_and_their_invocations_trace() {
+        let mut c = cfg(&[("KINESIS_TELEMETRY_ENRICH", "true")]);
+        c.tags = vec![
+            ("team".into(), "pay\"ments".into()),
+            ("env".into(), String::new()),
+        ];
+        let trace = |id: &str| {
+            format!(
+                r#""tracing":{{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-{id};Parent=1;Sampled=1"}}"#
+            )
+        };
+        let (a, b) = ("bd862e3fe1be46a994272793", "00000000000000000000000b");
+        let body = format!(
+            r#"[{{"type":"platform.start","record":{{"requestId":"r1",{}}}}},
+            {{"type":"function","record":"in r1"}},
+            {{"type":"platform.runtimeDone","record":{{"requestId":"r1"}}}},
+            {{"type":"platform.report","record":{{"requestId":"r1"}}}},
+            {{"type":"function","record":"between"}},
+            {{"type":"platform.start","record":{{"requestId":"r2"}}}},
+            {{"type":"function","record":"in r2, untraced"}},
+            {{"type":"platform.start","record":{{"requestId":"r3",{}}}}},
+            {{"type":"extension","record":"in r3"}}]"#,
+            trace(a),
+            trace(b)
+        );
+        let events = crate::lambda::telemetry::split(body.as_bytes()).unwrap();
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
+        let env_key = s.keys.environment().to_string();
+        let traces: Vec<(String, String)> = events
+            .into_iter()
+            .map(|e| {
+                let Shaped::Record(r) = s.shape(e, None).0 else {
+                    panic!("not one record")
+                };
+                // Tags after the environment, in the order given.
+                let text = std::str::from_utf8(&r.data).unwrap();
+                let tags = format!(
+                    r#""environmentId":"{env_key}","tags":{{"team":"pay\"ments","env":""}},"id":"#
+                );
+                assert!(text.contains(&tags), "{text}");
+                let v: serde_json::Value = serde_json::from_str(text).unwrap();
+                let s = |f: &str| {
+                    v.get(f)
+                        .map_or(String::new(), |t| t.as_str().unwrap().to_string())
+                };
+                (s("traceId"), s("traceIdW3C"))
+            })
+            .collect();
+        let t = |id: &str| (format!("1-5759e988-{id}"), format!("5759e988{id}"));
+        let none = (String::new(), String::new());
+        assert_eq!(
+            traces,
+            [
+                t(a),
+                t(a),
+                t(a),
+                t(a),
+                none.clone(),
+                none.clone(),
+                none,
+                t(b),
+                t(b)
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,167 @@
+//! The trace an invocation belongs to, for the envelope: read from
+//! `platform.start`'s `tracing` (an `X-Amzn-Trace-Id` header, `Root=1-…;
+//! Parent=…;Sampled=…`), rendered once as the envelope's `traceId` (the
+//! X-Ray root) and `traceIdW3C` (the same id as 32 hex digits), and
+//! remembered per request id for the invocation's other records (bounded).
+
+use std::borrow::Cow;
+use std::collections::VecDeque;
+
+use serde::Deserialize;
+
+use crate::json::push_string;
+
+/// Traces remembered at once: invocations in flight on one environment
+/// (Managed Instances runs up to 64 per vCPU in one; default Lambda one).
+pub const REMEMBERED: usize = 256;
+
+/// The X-Ray root of a trace header, and the same id in W3C form; `None`
+/// when the header has no well-formed root (`1-` + 8 hex + `-` + 24 hex,
+/// not all zeros).
+pub fn ids(header: &str) -> Option<(&str, String)> {
+    let root = header
+        .split(';')
+        .filter_map(|part| part.trim().split_once('='))
+        .find(|(k, _)| k.trim() == "Root")?
+        .1
+        .trim();
+    let b = root.as_bytes();
+    let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
+    let ok =
+        b.len() == 35 && b.starts_with(b"1-") && b[10] == b'-' && hex(&b[2..10]) && hex(&b[11..]);
+    let w3c = ok.then(|| format!("{}{}", &root[2..10], &root[11..]).to_ascii_lowercase())?;
+    (w3c.bytes().any(|c| c != b'0')).then_some((root, w3c))
+}
+
+/// `,"traceId":…,"traceIdW3C":…` of a `platform.start` event, ready to
+/// splice into an envelope; `None` when it carries no usable trace.
+pub fn of_start(json: &str) -> Option<Box<str>> {
+    #[derive(Deserialize)]
+    struct Start<'a> {
+        #[serde(borrow)]
+        record: Option<Record<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Record<'a> {
+        #[serde(borrow)]
+        tracing: Option<Tracing<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct Tracing<'a> {
+        #[serde(borrow, rename = "type")]
+        kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        value: Option<Cow<'a, str>>,
+    }
+    let start: Start = serde_json::from_str(json).ok()?;
+    let t = start.record?.tracing?;
+    if t.kind.as_deref() != Some("X-Amzn-Trace-Id") {
+        return None;
+    }
+    let value = t.value?;
+    let (root, w3c) = ids(&value)?;
+    let mut s = String::from(",\"traceId\":");
+    push_string(&mut s, root);
+    s.push_str(",\"traceIdW3C\":");
+    push_string(&mut s, &w3c);
+    Some(s.into())
+}
+
+/// Each recent request's envelope fragment (`of_start`), the newest first
+/// found; the oldest forgotten past `REMEMBERED`.
+#[derive(Default)]
+pub struct Traces(VecDeque<(Box<str>, Box<str>)>);
+
+impl Traces {
+    pub fn insert(&mut self, request: &str, fragment: Box<str>) {
+        self.0.retain(|(r, _)| &**r != request);
+        if self.0.len() >= REMEMBERED {
+            self.0.pop_back();
+        }
+        self.0.push_front((request.into(), fragment));
+    }
+
+    pub fn get(&self, request: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(r, _)| &**r == request)
+            .map(|(_, f)| &**f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_root_and_its_w3c_form() {
+        let h = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+        assert_eq!(
+            ids(h),
+            Some((
+                "1-5759e988-bd862e3fe1be46a994272793",
+                "5759e988bd862e3fe1be46a994272793".to_string()
+            ))
+        );
+        // Anywhere in the header, spaced, upper-case hex lowered for W3C.
+        let h = "Sampled=0; Root=1-5759E988-BD862E3FE1BE46A994272793 ;Parent=1";
+        assert_eq!(ids(h).unwrap().1, "5759e988bd862e3fe1be46a994272793");
+    }
+
+    #[test]
+    fn malformed_headers_have_no_ids() {
+        for h in [
+            "",
+            "Parent=53995c3f42cd8ad8;Sampled=1",
+            "Root=",
+            "Root=2-5759e988-bd862e3fe1be46a994272793",
+            "Root=1-5759e988-bd862e3fe1be46a99427279",
+            "Root=1-5759e988-bd862e3fe1be46a9942727933",
+            "Root=1-5759e988bd862e3fe1be46a994272793x",
+            "Root=1-5759e98g-bd862e3fe1be46a994272793",
+            "Root=1-5759e988-bd862e3fe1be46a99427279z",
+            "Root=1-00000000-000000000000000000000000",
+            "Root=1-5759e988_bd862e3fe1be46a994272793",
+            "Root=1-5759e988-bd862e3fe1be46a9942727é",
+            "Root",
+        ] {
+            assert_eq!(ids(h), None, "{h}");
+        }
+    }
+
+    #[test]
+    fn platform_start_gives_the_envelope_fields() {
+        let start = r#"{"time":"t","type":"platform.start","record":{"requestId":"r","tracing":{"spanId":"s","type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=5;Sampled=1"}}}"#;
+        assert_eq!(
+            of_start(start).as_deref(),
+            Some(
+                r#","traceId":"1-5759e988-bd862e3fe1be46a994272793","traceIdW3C":"5759e988bd862e3fe1be46a994272793""#
+            )
+        );
+        for none in [
+            r#"{"type":"platform.start","record":{"requestId":"r"}}"#,
+            r#"{"type":"platform.start","record":{"tracing":{"type":"other","value":"Root=1-5759e988-bd862e3fe1be46a994272793"}}}"#,
+            r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=bad"}}}"#,
+            r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":7}}}"#,
+            r#"{"type":"platform.start","record":"text"}"#,
+        ] {
+            assert_eq!(of_start(none), None, "{none}");
+        }
+    }
+
+    #[test]
+    fn traces_are_found_by_request_and_bounded() {
+        let mut t = Traces::default();
+        for i in 0..REMEMBERED + 1 {
+            t.insert(&i.to_string(), i.to_string().into());
+        }
+        assert_eq!(t.get("0"), None);
+        assert_eq!(t.get("1"), Some("1"));
+        assert_eq!(
+            t.get(&REMEMBERED.to_string()),
+            Some(&*REMEMBERED.to_string())
+        );
+        t.insert("1", "again".into());
+        assert_eq!((t.get("1"), t.0.len()), (Some("again"), REMEMBERED));
+    }
+}
