@@ -4,7 +4,8 @@
 //! array's grammar, once); each event is then read here, on the listener
 //! thread, into a `View` carried with it: its kind, the request it names,
 //! a platform event's status, duration or dropped counts, a JSON log
-//! line's level, and where its `record` lies. The flush lifecycle, the
+//! line's level, and where its `record` lies (a platform record's trace
+//! header is read on demand, `View::trace_header`). The flush lifecycle, the
 //! shaper (filters, redaction, envelope), sampling and the metrics read the
 //! view instead of parsing the event again. Of function and extension
 //! events (most events) only what a configured stage needs is read
@@ -313,6 +314,25 @@ impl View {
             .as_ref()
             .and_then(|m| m.figures)
             .unwrap_or(Figures::None)
+    }
+
+    /// A platform record's `tracing.value` when its `tracing.type` is
+    /// `X-Amzn-Trace-Id` (read when asked: once per `platform.start`).
+    pub fn trace_header(&self, json: &str) -> Option<String> {
+        let (rs, re) = self.record(json);
+        if !self.kind.is_platform() || rs >= re || json.as_bytes()[rs] != b'{' {
+            return None;
+        }
+        let Field::At(ts, _) = fields(json, rs, ["tracing"])?[0] else {
+            return None;
+        };
+        if json.as_bytes()[ts] != b'{' {
+            return None;
+        }
+        let [ty, value] = fields(json, ts, ["type", "value"])?;
+        let ty = text(json, ty)?;
+        (ty.get(json) == "X-Amzn-Trace-Id")
+            .then(|| text(json, value).map(|v| v.get(json).to_string()))?
     }
 
     /// Where the `record` value lies in `json` (the whole of it when the

@@ -178,7 +178,7 @@ impl Shaper {
             Kind::Start => {
                 self.invocation = e.request_id().map(Box::from);
                 if let (Some(traces), Some(r)) = (&mut self.traces, e.request_id()) {
-                    if let Some(fragment) = trace::of_start(&e.json) {
+                    if let Some(fragment) = trace::of_start(&e) {
                         traces.insert(r, fragment);
                     }
                 }

@@ -4,12 +4,10 @@
 //! X-Ray root) and `traceIdW3C` (the same id as 32 hex digits), and
 //! remembered per request id for the invocation's other records (bounded).
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 
-use serde::Deserialize;
-
 use crate::json::push_string;
+use crate::lambda::telemetry::Event;
 
 /// Traces remembered at once: invocations in flight on one environment
 /// (Managed Instances runs up to 64 per vCPU in one; default Lambda one).
@@ -35,31 +33,9 @@ pub fn ids(header: &str) -> Option<(&str, String)> {
 
 /// `,"traceId":…,"traceIdW3C":…` of a `platform.start` event, ready to
 /// splice into an envelope; `None` when it carries no usable trace.
-pub fn of_start(json: &str) -> Option<Box<str>> {
-    #[derive(Deserialize)]
-    struct Start<'a> {
-        #[serde(borrow)]
-        record: Option<Record<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Record<'a> {
-        #[serde(borrow)]
-        tracing: Option<Tracing<'a>>,
-    }
-    #[derive(Deserialize)]
-    struct Tracing<'a> {
-        #[serde(borrow, rename = "type")]
-        kind: Option<Cow<'a, str>>,
-        #[serde(borrow)]
-        value: Option<Cow<'a, str>>,
-    }
-    let start: Start = serde_json::from_str(json).ok()?;
-    let t = start.record?.tracing?;
-    if t.kind.as_deref() != Some("X-Amzn-Trace-Id") {
-        return None;
-    }
-    let value = t.value?;
-    let (root, w3c) = ids(&value)?;
+pub fn of_start(e: &Event) -> Option<Box<str>> {
+    let header = e.view.trace_header(&e.json)?;
+    let (root, w3c) = ids(&header)?;
     let mut s = String::from(",\"traceId\":");
     push_string(&mut s, root);
     s.push_str(",\"traceIdW3C\":");
@@ -92,6 +68,13 @@ impl Traces {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn event(json: &str) -> Event {
+        let body = format!("[{json}]");
+        crate::lambda::telemetry::split(body.as_bytes())
+            .unwrap()
+            .remove(0)
+    }
 
     #[test]
     fn the_root_and_its_w3c_form() {
@@ -133,7 +116,7 @@ mod tests {
     fn platform_start_gives_the_envelope_fields() {
         let start = r#"{"time":"t","type":"platform.start","record":{"requestId":"r","tracing":{"spanId":"s","type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=5;Sampled=1"}}}"#;
         assert_eq!(
-            of_start(start).as_deref(),
+            of_start(&event(start)).as_deref(),
             Some(
                 r#","traceId":"1-5759e988-bd862e3fe1be46a994272793","traceIdW3C":"5759e988bd862e3fe1be46a994272793""#
             )
@@ -144,9 +127,16 @@ mod tests {
             r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=bad"}}}"#,
             r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":7}}}"#,
             r#"{"type":"platform.start","record":"text"}"#,
+            r#"{"type":"platform.start","record":{"tracing":"Root=1-5759e988-bd862e3fe1be46a994272793"}}"#,
+            r#"{"type":"function","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793"}}}"#,
         ] {
-            assert_eq!(of_start(none), None, "{none}");
+            assert_eq!(of_start(&event(none)), None, "{none}");
         }
+        // Escaped strings are decoded; a key twice is no value.
+        let escaped = r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-\u0049d","value":"Root=1-5759e988-bd862e3fe1be46a994272793\u003bParent=1"}}}"#;
+        assert!(of_start(&event(escaped)).is_some());
+        let twice = r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793","value":"x"}}}"#;
+        assert_eq!(of_start(&event(twice)), None);
     }
 
     #[test]
