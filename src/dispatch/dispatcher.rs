@@ -199,6 +199,10 @@ impl<C: PutRecords> Dispatcher<C> {
             } => {
                 let runtime_done = wait_runtime_done.then(|| request_id.clone());
                 self.resume(request_id, deadline);
+                // What is due goes out at once, including whole requests in
+                // events not shaped yet (within the flush bound).
+                let bound = deadline.min(Instant::now() + self.flush.flush_timeout);
+                self.shape(bound, true);
                 if self.send_due_now() {
                     self.send_due();
                 }
