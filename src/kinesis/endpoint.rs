@@ -136,13 +136,12 @@ impl std::fmt::Display for NoEndpoint {
     }
 }
 
-/// The endpoint URL for `region`, or why there is none.
-pub fn resolve(
+/// `region`'s partition, and the DNS suffix of its endpoints (dual-stack's
+/// if asked for: an error where the partition has none).
+fn partition_and_suffix(
     region: &str,
-    stream: &StreamTarget,
-    fips: bool,
     dual_stack: bool,
-) -> Result<String, NoEndpoint> {
+) -> Result<(Partition, &'static str), NoEndpoint> {
     let p = partition(region);
     let suffix = match (dual_stack, p.dual_stack) {
         (false, _) => p.dns,
@@ -154,6 +153,17 @@ pub fn resolve(
             })
         }
     };
+    Ok((p, suffix))
+}
+
+/// The endpoint URL for `region`, or why there is none.
+pub fn resolve(
+    region: &str,
+    stream: &StreamTarget,
+    fips: bool,
+    dual_stack: bool,
+) -> Result<String, NoEndpoint> {
+    let (p, suffix) = partition_and_suffix(region, dual_stack)?;
     let fips_part = if fips { "-fips" } else { "" };
     // A stream ARN sends data-plane calls to the stream's account endpoint
     // (not in the ISO partitions). The host takes the client's region.
@@ -174,17 +184,7 @@ pub fn resolve(
 /// endpoints, `sts-fips.` for FIPS, the dual-stack suffix; GovCloud's
 /// regional endpoints are FIPS already).
 pub fn sts(region: &str, fips: bool, dual_stack: bool) -> Result<String, NoEndpoint> {
-    let p = partition(region);
-    let suffix = match (dual_stack, p.dual_stack) {
-        (false, _) => p.dns,
-        (true, Some(ds)) => ds,
-        (true, None) => {
-            return Err(NoEndpoint::NoDualStack {
-                partition: p.name,
-                region: region.to_string(),
-            })
-        }
-    };
+    let (p, suffix) = partition_and_suffix(region, dual_stack)?;
     // GovCloud's regional endpoints are FIPS already (not its dual-stack ones).
     let fips_part = match fips && (dual_stack || p.name != "aws-us-gov") {
         true => "-fips",
