@@ -370,7 +370,7 @@ impl Rule {
                 .with(|c| c.set(c.get() + usize::from(self.kind == Matcher::Pattern)));
             let re = self.re.as_ref().expect("a rule matched by regex");
             let replaced = re.replace_all(&s[start..end], |c: &Captures| {
-                if self.kind == Matcher::Card && !luhn(&c[0]) {
+                if self.kind == Matcher::Card && !(card_grouped(&c[0]) && luhn(&c[0])) {
                     return c[0].to_string();
                 }
                 n += 1;
@@ -780,6 +780,13 @@ fn has_digits(s: &str, n: usize) -> bool {
     false
 }
 
+/// Whether `s` is grouped as card numbers are written: unbroken, or in
+/// groups starting with four digits (4-4-4-4, Amex 4-6-5, Diners 4-6-4).
+/// Not a UUID's leading 8-4-4 digit groups, which can pass Luhn.
+fn card_grouped(s: &str) -> bool {
+    s.find([' ', '-']).is_none_or(|i| i == 4)
+}
+
 /// The Luhn check of the digits in `s` (spaces and dashes ignored).
 fn luhn(s: &str) -> bool {
     let mut sum = 0;
@@ -954,6 +961,8 @@ mod tests {
             "bearer",
             "user@localhost",
             "eyJ alone",
+            // A UUID whose first three groups are digits passing Luhn (8-4-4).
+            "request 30301377-3238-4423-81a1-9b7ca75d7afa done",
             "caf\u{e9} \u{1F389} \"quoted\" \\ back",
         ] {
             let e = text_event(line);
@@ -1433,6 +1442,19 @@ mod tests {
         assert!(contains_ci("bbearer", "bearer"));
         assert!(!contains_ci("", "secret"));
         assert!(has_digits("a1b2c3", 3) && !has_digits("a1b2c", 3));
+    }
+
+    #[test]
+    fn card_groups() {
+        for (s, want) in [
+            ("4111111111111111", true),
+            ("4111 1111 1111 1111", true),
+            ("3782-822463-10005", true),
+            ("30301377-3238-4423", false),
+            ("411 1111 1111 11111", false),
+        ] {
+            assert_eq!(card_grouped(s), want, "{s}");
+        }
     }
 
     #[test]
