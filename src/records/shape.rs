@@ -571,6 +571,32 @@ mod tests {
         assert_ne!(out[0]["id"], out[1]["id"]);
     }
 
+    /// Platform events are always subscribed (`main::subscribe`) and the
+    /// trace is taken from `platform.start` before the filters: lines carry
+    /// it when platform events are not forwarded. (So INVOKE's `tracing`
+    /// is not needed for it.)
+    #[test]
+    fn lines_keep_their_trace_when_platform_events_are_not_forwarded() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_ENRICH", "true"),
+            ("KINESIS_TELEMETRY_TYPES", "function"),
+        ]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
+        let body = br#"[{"type":"platform.start","record":{"requestId":"r1","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=1;Sampled=1"}}},
+            {"type":"function","record":"in r1"}]"#;
+        let shaped: Vec<Shaped> = split(body)
+            .unwrap()
+            .into_iter()
+            .map(|e| s.shape(e, None).0)
+            .collect();
+        assert!(matches!(shaped[0], Shaped::Filtered));
+        let Shaped::Record(r) = &shaped[1] else {
+            panic!("the line is forwarded")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+        assert_eq!(v["traceId"], "1-5759e988-bd862e3fe1be46a994272793");
+    }
+
     #[test]
     fn envelopes_carry_tags_and_their_invocations_trace() {
         let mut c = cfg(&[("KINESIS_TELEMETRY_ENRICH", "true")]);
