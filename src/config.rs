@@ -248,6 +248,11 @@ settings! {
         accepts: Other { default: "`kinesis-telemetry-extension`", range: "1–512 bytes" },
         meaning: m("`cwlogs` records' `subscriptionFilters` entry."),
     };
+    CWLOGS_PLATFORM = Setting {
+        var: "KINESIS_TELEMETRY_CWLOGS_PLATFORM",
+        accepts: Word { default: "text", words: &["text", "json"] },
+        meaning: m("`cwlogs` records: platform events as CloudWatch's `START`/`END`/`REPORT` lines, or as their JSON."),
+    };
     PLATFORM_EVENTS = Setting {
         var: "KINESIS_TELEMETRY_PLATFORM_EVENTS",
         accepts: Other { default: "`*`", range: "`*` or names such as `start,runtimeDone,report`" },
@@ -817,6 +822,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
         _ => Format::Json,
     };
     let cwlogs_names = cwlogs_names(&mut r);
+    let cwlogs_platform = match r.word(&CWLOGS_PLATFORM) {
+        "json" => cwlogs::Platform::Json,
+        _ => cwlogs::Platform::Text,
+    };
     let hash_key = match r.word(&HASH_KEY) {
         "random" => HashKeyMode::Random,
         _ => HashKeyMode::None,
@@ -926,7 +935,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 redact,
                 sampling: sampling.is_some(),
                 own_emf: emf.on,
-                cwlogs: format == Format::Cwlogs,
+                cwlogs: (format == Format::Cwlogs).then_some(cwlogs_platform),
                 tags,
             },
             metrics_interval,
@@ -2027,11 +2036,17 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.dispatch.send.format, Format::Cwlogs);
-        assert!(c.dispatch.shape.cwlogs);
+        assert_eq!(c.dispatch.shape.cwlogs, Some(cwlogs::Platform::Text));
         let names = &c.dispatch.send.cwlogs;
         assert_eq!(names.log_group.as_deref(), Some("/custom/group"));
         assert_eq!(names.log_stream, None);
         assert_eq!(names.filter, "kinesis-telemetry-extension");
+        let json = [
+            ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
+            ("KINESIS_TELEMETRY_CWLOGS_PLATFORM", "json"),
+        ];
+        let c = from_env(&env(&json)).unwrap();
+        assert_eq!(c.dispatch.shape.cwlogs, Some(cwlogs::Platform::Json));
         let long = "x".repeat(513);
         let e = errors(&[
             ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
@@ -2293,9 +2308,16 @@ mod tests {
             let Accepts::Word { words, .. } = s.accepts else {
                 continue;
             };
+            // (a setting of one format, with that format)
+            let format = match s.var == CWLOGS_PLATFORM.var {
+                true => "cwlogs",
+                false => "json",
+            };
             let seen: std::collections::HashSet<String> = words
                 .iter()
-                .map(|w| format!("{:?}", from_env(&env(&[(s.var, w)])).unwrap()))
+                .map(|w| (s.var, *w))
+                .map(|w| from_env(&env(&[(FORMAT.var, format), w])).unwrap())
+                .map(|c| format!("{c:?}"))
                 .collect();
             // KINESIS_TELEMETRY_STRICT has three words for each of its two values.
             let expected = if s.var == STRICT.var { 2 } else { words.len() };

@@ -237,7 +237,7 @@ proptest! {
         max_records in 1usize..20,
         max_record in 6144usize..20000,
     ) {
-        use crate::records::format::{self, tests::ALL, Format};
+        use crate::records::format::{self, cwlogs, tests::ALL, Format};
         use crate::records::shape::{Shaped, ShapeSettings, Shaper};
         let body = std::sync::Arc::new(format!("[{}]", events.join(",")).into_bytes());
         for fmt in ALL {
@@ -251,7 +251,7 @@ proptest! {
                 redact: None,
                 sampling: false,
                 own_emf: false,
-                cwlogs: fmt == Format::Cwlogs,
+                cwlogs: (fmt == Format::Cwlogs).then_some(cwlogs::Platform::Text),
                 tags: Vec::new(),
             };
             let stats = std::sync::Arc::new(crate::stats::Stats::default());
@@ -289,6 +289,12 @@ proptest! {
                         ("function" | "extension", serde_json::Value::String(s)) => prop_assert_eq!(message, s),
                         ("function" | "extension", r) => {
                             prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(message).unwrap(), r)
+                        }
+                        // (whatever the record: a line where it has one, no panic)
+                        (ty, _) if ty.starts_with("platform.") => {
+                            let record = &raw[raw.find(",\"record\":").unwrap() + 10..raw.len() - 1];
+                            let line = cwlogs::platform_line(ty, record);
+                            prop_assert_eq!(message, line.as_deref().unwrap_or(raw))
                         }
                         _ => prop_assert_eq!(message, raw),
                     }

@@ -485,19 +485,85 @@ def test_powertools_reads_the_aws_docs_data_message_from_kinesalite(kinesalite):
     assert ev.message.startswith("REPORT RequestId: 6234bffe")
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-def test_cwlogs_records_parse_as_cloudwatch_subscription_records(ext_bin, kinesalite, log_format):
+def _two_places(v: float, places: int) -> str:
+    """A figure as docs/record-formats.md says the extension rounds it: the double
+    v * 10**places, halves away from zero (CloudWatch may differ in the last digit
+    on an exact half)."""
+    p = v * 10 ** places
+    k = int(p) + (p - int(p) >= 0.5)
+    return f"{k // 100}.{k % 100:02d}" if places else str(k)
+
+
+# Every platform event type the simulator delivers, and what cwlogs' text mode makes of
+# it: CloudWatch's line (AWS's examples: "Lambda function logs" / "get-log-events"
+# pages of the Lambda Developer Guide), or its JSON (CloudWatch shows no line). A type
+# not here fails the test: someone decides.
+CLOUDWATCH_LINES = {
+    "platform.initStart": "INIT_START", "platform.start": "START", "platform.runtimeDone": "END",
+    "platform.report": "REPORT", "platform.initReport": "INIT_REPORT",
+    "platform.restoreStart": "RESTORE_START", "platform.restoreReport": "RESTORE_REPORT",
+    "platform.initRuntimeDone": None, "platform.restoreRuntimeDone": None,
+    "platform.extension": None, "platform.telemetrySubscription": None,
+    "platform.logsDropped": None,
+}
+# How parsers of CloudWatch's Lambda logs read REPORT lines (the fields AWS documents,
+# tab-separated as in its get-log-events example).
+REPORT_LINE = re.compile(r"REPORT RequestId: (?P<id>\S+)\tDuration: (?P<d>\d+\.\d\d) ms\t"
+                         r"Billed Duration: (?P<b>\d+) ms\tMemory Size: (?P<m>\d+) MB\t"
+                         r"Max Memory Used: (?P<u>\d+) MB\t(?:Init Duration: (?P<i>\d+\.\d\d) ms\t)?")
+
+
+def _cloudwatch_line(ty: str, rec) -> str | None:
+    """The line CloudWatch Logs shows for a platform event (None: none, it stays JSON)."""
+    kind = CLOUDWATCH_LINES[ty]
+    if kind is None or not isinstance(rec, dict):
+        return None
+    status = rec.get("status", "success")
+    if kind == "START":
+        return f"START RequestId: {rec['requestId']} Version: {rec['version']}\n"
+    if kind == "END":
+        return f"END RequestId: {rec['requestId']}\n"
+    if kind in ("INIT_START", "RESTORE_START"):
+        return f"{kind} Runtime Version: {rec['runtimeVersion']}\tRuntime Version ARN: {rec['runtimeVersionArn']}\n"
+    if kind in ("INIT_REPORT", "RESTORE_REPORT"):
+        line = f"{kind} {kind[:-7].title()} Duration: {_two_places(rec['metrics']['durationMs'], 2)} ms"
+        if status != "success":
+            line += f"\tPhase: {rec['phase']}\tStatus: {status}\tError Type: {rec['errorType']}"
+        return line + "\n"
+    m = rec["metrics"]
+    line = f"REPORT RequestId: {rec['requestId']}\t"
+    for label, key, places, unit in [
+            ("Duration", "durationMs", 2, "ms"), ("Billed Duration", "billedDurationMs", 0, "ms"),
+            ("Memory Size", "memorySizeMB", 0, "MB"), ("Max Memory Used", "maxMemoryUsedMB", 0, "MB"),
+            ("Init Duration", "initDurationMs", 2, "ms"), ("Restore Duration", "restoreDurationMs", 2, "ms"),
+            ("Billed Restore Duration", "billedRestoreDurationMs", 0, "ms")]:
+        if key in m:
+            line += f"{label}: {_two_places(m[key], places)} {unit}\t"
+    if status != "success":
+        line += f"Status: {status}" + (f"\tError Type: {rec['errorType']}" if status != "timeout" else "")
+    line += "\n"
+    header = dict(p.split("=", 1) for p in rec["tracing"]["value"].split(";"))
+    return line + (f"XRAY TraceId: {header['Root']}\tSegmentId: {header['Parent']}\t"
+                   f"Sampled: {'true' if header['Sampled'] == '1' else 'false'}\t\n")
+
+
+@pytest.mark.parametrize("log_format,platform", [("text", "text"), ("json", "text"), ("text", "json")])
+def test_cwlogs_records_parse_as_cloudwatch_subscription_records(ext_bin, kinesalite, log_format, platform):
     """KINESIS_TELEMETRY_FORMAT=cwlogs: every record is a DATA_MESSAGE Powertools'
     Kinesis model with CloudWatch Logs extraction reads; owner, log group and stream are
     the function's (account id, /aws/lambda/<name>, Lambda's stream name form); every
     event the simulator delivered is there exactly once as a log event: function lines as
     CloudWatch shows them (a text line verbatim, a JSON line as its JSON), platform events
-    as their JSON; timestamps from the events' times; 56-digit ids, all different;
-    records within the limit and many events per record."""
+    as CloudWatch's START/END/REPORT/INIT_* lines by default (a REPORT line as its
+    parsers read it, failed invocations with their status), as their JSON with
+    KINESIS_TELEMETRY_CWLOGS_PLATFORM=json, and those CloudWatch has no line for as
+    their JSON either way; timestamps from the events' times; 56-digit ids, all
+    different; records within the limit and many events per record."""
     name, arn = new_stream(kinesalite)
     env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FORMAT="cwlogs",
-                  KINESIS_TELEMETRY_MAX_RECORD_BYTES=str(LIMIT))
-    with LambdaSim(ext_bin, env, log_format=log_format) as sim:
+                  KINESIS_TELEMETRY_MAX_RECORD_BYTES=str(LIMIT),
+                  **({"KINESIS_TELEMETRY_CWLOGS_PLATFORM": "json"} if platform == "json" else {}))
+    with LambdaSim(ext_bin, env, log_format=log_format, error_fraction=0.25) as sim:
         _run(sim, 20, 15, idle_ms=5)
     recs = _read(kinesalite, name)
     assert recs, sim.stderr_text()[-2000:]
@@ -521,6 +587,8 @@ def test_cwlogs_records_parse_as_cloudwatch_subscription_records(ext_bin, kinesa
         rec = v["record"]
         if v["type"] in ("function", "extension"):
             line = rec if isinstance(rec, str) else json.dumps(rec, sort_keys=True)
+        elif platform == "text" and v["type"].startswith("platform."):
+            line = _cloudwatch_line(v["type"], rec) or raw.decode()
         else:
             line = raw.decode()
         return line, _millis(v["time"])
@@ -540,5 +608,21 @@ def test_cwlogs_records_parse_as_cloudwatch_subscription_records(ext_bin, kinesa
     assert not got - want, f"not delivered, or twice: {list((got - want).elements())[:3]}"
     kinds = collections.Counter(json.loads(raw)["type"] for raw in sim.delivered)
     assert kinds["function"] >= 20 * 15 and kinds["platform.report"] == 20, kinds
+    assert {k for k in kinds if k.startswith("platform.")} <= CLOUDWATCH_LINES.keys(), kinds
+    messages_ = [e.message for e in events]
+    reports = [REPORT_LINE.match(m) for m in messages_ if m.startswith("REPORT ")]
+    failed = sum(r.failed for r in sim.invoke_results)
+    assert 0 < failed < 20, failed
+    if platform == "text":
+        starts = collections.Counter(m.split(" ", 1)[0] for m in messages_)
+        assert (starts["START"], starts["END"], starts["INIT_START"], starts["INIT_REPORT"]) == (20, 20, 1, 1), starts
+        assert len(reports) == 20 and all(reports), messages_[:5]
+        assert {r["id"] for r in reports} == set(sim.request_ids)
+        assert sum(1 for r in reports if r["i"]) == 1  # the cold start's Init Duration
+        errors = [m for m in messages_ if m.startswith("REPORT ") and "\tStatus: error\tError Type: " in m]
+        assert len(errors) == failed, errors[:2]
+        assert all("\nXRAY TraceId: 1-" in m for m in messages_ if m.startswith("REPORT "))
+    else:
+        assert not reports and all(not m.startswith(("START ", "END ")) for m in messages_)
     own = [json.loads(e.message) for e in events if is_own(e.message.encode())]
     assert sum(1 for o in own if o["record"].get("final")) == 1, own

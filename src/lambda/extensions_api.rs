@@ -83,7 +83,8 @@ pub struct RegisterInfo {
     pub account_id: Option<String>,
 }
 
-/// A lifecycle event from `event/next`.
+/// A lifecycle event from `event/next` (what the lifecycle needs of it:
+/// INVOKE's `invokedFunctionArn` and `tracing` are not read).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LifecycleEvent {
     Invoke {
@@ -402,6 +403,9 @@ mod tests {
 
     #[test]
     fn invoke_and_shutdown_events() {
+        // Lambda's whole INVOKE body. Its `tracing` is not read: the trace
+        // comes from `platform.start`, always subscribed, and is kept
+        // whatever is forwarded (`records::shape`'s tests).
         let e = parse_event(
             br#"{"eventType":"INVOKE","deadlineMs":1700000003000,"requestId":"r1",
                 "invokedFunctionArn":"arn:aws:lambda:us-east-1:1:function:f",

@@ -414,6 +414,34 @@ fn text(json: &str, f: Field) -> Option<Str> {
     }
 }
 
+/// The members `names` of the JSON object `json` (valid JSON text, such as
+/// a `record` the split returned), each as its value's text: a string's
+/// characters, a number's or object's token; `None` when absent, null,
+/// twice, or a string with escapes (its callers show values Lambda writes
+/// without any; a decoded copy would cost every caller an allocation).
+/// What a renderer needs of a platform record beyond the view
+/// (`format::cwlogs`'s text lines), read with the view's scan rather than
+/// a second parse.
+pub fn members<'a, const N: usize>(json: &'a str, names: [&str; N]) -> [Option<&'a str>; N] {
+    let fields = match json.starts_with('{') {
+        true => fields(json, 0, names),
+        false => None,
+    };
+    fields
+        .unwrap_or([Field::Missing; N])
+        .map(|f| member(json, f))
+}
+
+/// One of `members`.
+fn member(json: &str, f: Field) -> Option<&str> {
+    let Field::At(s, e) = f else { return None };
+    let token = &json[s..e];
+    match token.strip_prefix('"') {
+        Some(inner) => (!token.contains('\\')).then(|| &inner[..inner.len() - 1]),
+        None => (token != "null").then_some(token),
+    }
+}
+
 /// `metrics.durationMs`: a finite number.
 fn duration(json: &str, metrics: Field) -> Option<f64> {
     let Field::At(s, _) = metrics else {
@@ -467,15 +495,29 @@ fn fields<const N: usize>(json: &str, at: usize, names: [&str; N]) -> Option<[Fi
 /// The members `names` of the object starting at `json[at]` (`{`), as
 /// ranges of `json` (`None` when a key cannot be decoded), and where the
 /// object ends. `value(n, start)` may read the value of `names[n]` and
-/// say where it ends.
+/// say where it ends. (The scan itself is `scan`, one copy for every `N`.)
 fn object<const N: usize>(
     json: &str,
     at: usize,
     names: [&str; N],
     mut value: impl FnMut(usize, usize) -> Option<usize>,
 ) -> (Option<[Field; N]>, usize) {
+    let mut out = [Field::Missing; N];
+    let (decoded, end) = scan(json, at, &names, &mut out, &mut value);
+    (decoded.then_some(out), end)
+}
+
+/// `object`'s scan into `out` (one per name); `false` when a key cannot be
+/// decoded.
+fn scan(
+    json: &str,
+    at: usize,
+    names: &[&str],
+    out: &mut [Field],
+    value: &mut dyn FnMut(usize, usize) -> Option<usize>,
+) -> (bool, usize) {
     let b = json.as_bytes();
-    let mut out = Some([Field::Missing; N]);
+    let mut decoded = true;
     let mut i = skip_ws(b, at + 1);
     while i < b.len() && b[i] == b'"' {
         let key_end = string_end(b, i);
@@ -492,10 +534,10 @@ fn object<const N: usize>(
         let end = n
             .and_then(|n| value(n, start))
             .unwrap_or_else(|| value_end(b, start));
-        match (&mut out, n, key) {
-            (_, _, None) => out = None,
-            (Some(fields), Some(n), _) => {
-                fields[n] = match fields[n] {
+        match (n, key) {
+            (_, None) => decoded = false,
+            (Some(n), _) => {
+                out[n] = match out[n] {
                     Field::Missing => Field::At(start, end),
                     _ => Field::Twice,
                 }
@@ -507,7 +549,7 @@ fn object<const N: usize>(
             i = skip_ws(b, i + 1);
         }
     }
-    (out, i + 1)
+    (decoded, i + 1)
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {

@@ -41,8 +41,9 @@ pub struct ShapeSettings {
     /// The extension writes EMF lines: its own, back as `extension`
     /// events, are not forwarded (see `dispatch::emf`).
     pub own_emf: bool,
-    /// Records are `cwlogs` log events (see `format::cwlogs::log_event`).
-    pub cwlogs: bool,
+    /// Records are `cwlogs` log events (see `format::cwlogs::log_event`),
+    /// with platform events shown so.
+    pub cwlogs: Option<cwlogs::Platform>,
     /// `KINESIS_TELEMETRY_TAGS`, checked, in the order given: the
     /// envelope's `tags`.
     pub tags: Vec<(String, String)>,
@@ -103,8 +104,9 @@ pub struct Shaper {
     sequence: u64,
     /// EMF is on: look for its lines among extension events.
     own_emf: bool,
-    /// `cwlogs` records: the environment's number in log event ids.
-    cwlogs: Option<u64>,
+    /// `cwlogs` records: the environment's number in log event ids, and
+    /// how platform events are shown.
+    cwlogs: Option<(u64, cwlogs::Platform)>,
 }
 
 impl Shaper {
@@ -166,7 +168,7 @@ impl Shaper {
             stats,
             sequence: 0,
             own_emf: cfg.own_emf,
-            cwlogs: cfg.cwlogs.then(|| cwlogs::environment_hash(environment)),
+            cwlogs: (cfg.cwlogs).map(|p| (cwlogs::environment_hash(environment), p)),
         }
     }
 
@@ -277,8 +279,8 @@ impl Shaper {
     fn log_event(&mut self, json: &str, kind: Kind, key: usize) -> String {
         self.sequence += 1;
         let max = self.max_record_bytes.saturating_sub(key + cwlogs::RESERVE);
-        let environment = self.cwlogs.unwrap_or_default();
-        cwlogs::log_event(json, kind, environment, self.sequence, max)
+        let (environment, platform) = self.cwlogs.unwrap_or((0, cwlogs::Platform::Json));
+        cwlogs::log_event(json, kind, platform, environment, self.sequence, max)
     }
 
     /// A function or extension event's JSON with redaction applied (`None`
@@ -355,7 +357,7 @@ mod tests {
             redact: None,
             sampling: false,
             own_emf: false,
-            cwlogs: false,
+            cwlogs: None,
             tags: Vec::new(),
         };
         for &(k, v) in pairs {
@@ -371,7 +373,7 @@ mod tests {
                 "PARTITION_KEY" if v == "request" => c.partition_key = PartitionKeyMode::Request,
                 "SAMPLE_SUCCESS" => c.sampling = v != "1",
                 "EMF" => c.own_emf = v == "true",
-                "FORMAT" => c.cwlogs = v == "cwlogs",
+                "FORMAT" => c.cwlogs = (v == "cwlogs").then_some(cwlogs::Platform::Json),
                 "TYPES" => {
                     c.types = Types {
                         platform: v.contains("platform"),
@@ -567,6 +569,32 @@ mod tests {
             .contains("platform.start"));
         // (same time: the sequence tells them apart)
         assert_ne!(out[0]["id"], out[1]["id"]);
+    }
+
+    /// Platform events are always subscribed (`main::subscribe`) and the
+    /// trace is taken from `platform.start` before the filters: lines carry
+    /// it when platform events are not forwarded. (So INVOKE's `tracing`
+    /// is not needed for it.)
+    #[test]
+    fn lines_keep_their_trace_when_platform_events_are_not_forwarded() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_ENRICH", "true"),
+            ("KINESIS_TELEMETRY_TYPES", "function"),
+        ]);
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &[], stats());
+        let body = br#"[{"type":"platform.start","record":{"requestId":"r1","tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=1;Sampled=1"}}},
+            {"type":"function","record":"in r1"}]"#;
+        let shaped: Vec<Shaped> = split(body)
+            .unwrap()
+            .into_iter()
+            .map(|e| s.shape(e, None).0)
+            .collect();
+        assert!(matches!(shaped[0], Shaped::Filtered));
+        let Shaped::Record(r) = &shaped[1] else {
+            panic!("the line is forwarded")
+        };
+        let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+        assert_eq!(v["traceId"], "1-5759e988-bd862e3fe1be46a994272793");
     }
 
     #[test]

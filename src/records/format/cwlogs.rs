@@ -8,7 +8,9 @@
 //! `{"id","timestamp","message"}` once, so the id stays the same on every
 //! resend; packing (`Head`) puts many in one record with `ndjson_gzip`'s
 //! packing. `Names`: the log group, stream and filter name the records
-//! carry, and their defaults.
+//! carry, and their defaults. `platform_line`: a platform event as the
+//! text line CloudWatch shows for it (`START`, `END`, `REPORT`, ...), when
+//! `Platform::Text` asks for those.
 
 use std::borrow::Cow;
 use std::fmt::Write;
@@ -19,6 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::json::push_string;
 use crate::lambda::telemetry::Kind;
+use crate::lambda::view::members;
 use crate::records::format::ndjson_gzip::{take_gzip, Frame};
 use crate::records::format::{RecordFormat, Wire};
 use crate::records::queue::Queue;
@@ -128,11 +131,22 @@ impl RecordFormat for Head {
     }
 }
 
+/// How platform events become messages (`KINESIS_TELEMETRY_CWLOGS_PLATFORM`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Platform {
+    /// The line CloudWatch shows (`platform_line`), else the JSON.
+    Text,
+    /// The event's JSON.
+    Json,
+}
+
 /// The parts of a telemetry event a log event is made of.
 #[derive(Deserialize)]
 struct Parts<'a> {
     #[serde(borrow)]
     time: Option<Cow<'a, str>>,
+    #[serde(borrow, rename = "type")]
+    ty: Option<Cow<'a, str>>,
     /// (`null` too: a JSON line's text)
     #[serde(borrow, default, deserialize_with = "present")]
     record: Option<&'a RawValue>,
@@ -145,10 +159,19 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
 /// One event as its log event `{"id","timestamp","message"}`, at most
 /// `max` bytes. `message`: a function or extension line as CloudWatch shows
 /// it (a text line verbatim, a JSON-format line as its JSON text); any
-/// other event (platform events, the extension's own) as its JSON text.
-/// `timestamp`: ms from the event's `time`. `id`: see `id`. A message too
-/// long for `max` is cut (CloudWatch too cuts events over its limit).
-pub fn log_event(json: &str, kind: Kind, environment: u64, sequence: u64, max: usize) -> String {
+/// platform event as `platform_line` shows it when `platform` is `Text`
+/// and it has a line; any other event (the extension's own too) as its
+/// JSON text. `timestamp`: ms from the event's `time`. `id`: see `id`. A
+/// message too long for `max` is cut (CloudWatch too cuts events over its
+/// limit).
+pub fn log_event(
+    json: &str,
+    kind: Kind,
+    platform: Platform,
+    environment: u64,
+    sequence: u64,
+    max: usize,
+) -> String {
     let parts: Option<Parts> = serde_json::from_str(json).ok();
     let millis = parts
         .as_ref()
@@ -160,6 +183,10 @@ pub fn log_event(json: &str, kind: Kind, environment: u64, sequence: u64, max: u
             true => serde_json::from_str::<String>(r.get()).ok().map(Cow::Owned),
             false => Some(Cow::Borrowed(r.get())),
         },
+        (k, Some(r)) if k.is_platform() && platform == Platform::Text => {
+            let ty = parts.as_ref().and_then(|p| p.ty.as_deref());
+            platform_line(ty.unwrap_or(""), r.get()).map(Cow::Owned)
+        }
         _ => None,
     };
     let mut message: &str = line.as_deref().unwrap_or(json);
@@ -181,6 +208,180 @@ pub fn log_event(json: &str, kind: Kind, environment: u64, sequence: u64, max: u
         }
         message = &message[..cut];
     }
+}
+
+/// A platform event (its `type` and `record`) as the line CloudWatch shows
+/// for it, byte for byte as Lambda writes them to CloudWatch Logs:
+/// - `platform.initStart`: `INIT_START Runtime Version: …\tRuntime Version ARN: …\n`
+///   (`RESTORE_START` for `platform.restoreStart`);
+/// - `platform.start`: `START RequestId: … Version: …\n`;
+/// - `platform.runtimeDone`: `END RequestId: …\n`;
+/// - `platform.report`: `REPORT RequestId: …\tDuration: 1.23 ms\tBilled
+///   Duration: 2 ms\tMemory Size: 128 MB\tMax Memory Used: 50 MB\t` then
+///   `Init Duration: … ms\t` or `Restore Duration: … ms\tBilled Restore
+///   Duration: … ms\t` where the metrics have them, then `\n`; a failed
+///   invocation (a `status` other than `success`) ends `Status: timeout\n`
+///   or `Status: error\tError Type: …\n` instead; a traced one (`tracing`
+///   with an `X-Amzn-Trace-Id`) adds `XRAY TraceId: …\tSegmentId:
+///   …\tSampled: true\t\n`;
+/// - `platform.initReport`: `INIT_REPORT Init Duration: … ms\n`
+///   (`RESTORE_REPORT Restore Duration:` for `platform.restoreReport`),
+///   failed: `…ms\tPhase: init\tStatus: error\tError Type: …\n`.
+///
+/// `None` for other events (CloudWatch shows no line for them) and for a
+/// record without what its line needs (request id, version, runtime
+/// version, duration; a string with escapes counts as absent, see
+/// `members`): those stay JSON.
+pub fn platform_line(ty: &str, record: &str) -> Option<String> {
+    let [id, version, status, error, metrics, tracing, runtime, arn, phase] = members(
+        record,
+        [
+            "requestId",
+            "version",
+            "status",
+            "errorType",
+            "metrics",
+            "tracing",
+            "runtimeVersion",
+            "runtimeVersionArn",
+            "phase",
+        ],
+    );
+    let s = &mut String::with_capacity(160);
+    let failed = status.filter(|s| *s != "success");
+    let metrics = metrics.unwrap_or("");
+    let (what, label) = match ty {
+        "platform.start" => {
+            put(s, &["START RequestId: ", id?, " Version: ", version?, "\n"]);
+            return Some(take(s));
+        }
+        "platform.runtimeDone" => {
+            put(s, &["END RequestId: ", id?, "\n"]);
+            return Some(take(s));
+        }
+        "platform.report" => {
+            report(s, id?, metrics, failed, error);
+            if let Some(t) = tracing {
+                xray(s, t);
+            }
+            return Some(take(s));
+        }
+        "platform.initStart" | "platform.initReport" => ("INIT", "Init"),
+        "platform.restoreStart" | "platform.restoreReport" => ("RESTORE", "Restore"),
+        _ => return None,
+    };
+    if ty.ends_with("Start") {
+        put(s, &[what, "_START Runtime Version: ", runtime?]);
+        if let Some(arn) = arn {
+            put(s, &["\tRuntime Version ARN: ", arn]);
+        }
+    } else {
+        put(s, &[what, "_REPORT ", label, " Duration: "]);
+        push_ms(s, members(metrics, ["durationMs"])[0]?, 2)?;
+        s.push_str(" ms");
+        if let Some(status) = failed {
+            let phase = phase.unwrap_or(if what == "INIT" { "init" } else { "restore" });
+            put(s, &["\tPhase: ", phase, "\tStatus: ", status]);
+            if let Some(e) = error {
+                put(s, &["\tError Type: ", e]);
+            }
+        }
+    }
+    s.push('\n');
+    Some(take(s))
+}
+
+/// A `REPORT` line (see `platform_line`).
+fn report(s: &mut String, id: &str, metrics: &str, failed: Option<&str>, error: Option<&str>) {
+    put(s, &["REPORT RequestId: ", id, "\t"]);
+    let figures = members(
+        metrics,
+        [
+            "durationMs",
+            "billedDurationMs",
+            "memorySizeMB",
+            "maxMemoryUsedMB",
+            "initDurationMs",
+            "restoreDurationMs",
+            "billedRestoreDurationMs",
+        ],
+    );
+    const LABELS: [(&str, usize, &str); 7] = [
+        ("Duration", 2, " ms\t"),
+        ("Billed Duration", 0, " ms\t"),
+        ("Memory Size", 0, " MB\t"),
+        ("Max Memory Used", 0, " MB\t"),
+        ("Init Duration", 2, " ms\t"),
+        ("Restore Duration", 2, " ms\t"),
+        ("Billed Restore Duration", 0, " ms\t"),
+    ];
+    for ((label, decimals, unit), n) in LABELS.into_iter().zip(figures) {
+        let Some(n) = n else { continue };
+        let at = s.len();
+        put(s, &[label, ": "]);
+        match push_ms(s, n, decimals) {
+            Some(()) => s.push_str(unit),
+            None => s.truncate(at),
+        }
+    }
+    if let Some(status) = failed {
+        put(s, &["Status: ", status]);
+        // (CloudWatch names no error type for a timeout)
+        if let Some(e) = error.filter(|_| status != "timeout") {
+            put(s, &["\tError Type: ", e]);
+        }
+    }
+    s.push('\n');
+}
+
+fn put(s: &mut String, parts: &[&str]) {
+    parts.iter().for_each(|p| s.push_str(p));
+}
+
+fn take(s: &mut String) -> String {
+    std::mem::take(s)
+}
+
+/// `XRAY TraceId: <root>\tSegmentId: <parent>\tSampled: true\t\n` of a
+/// report's `tracing` (an `X-Amzn-Trace-Id` header with a `Root`; the
+/// segment is the header's `Parent`, else the record's `spanId`).
+fn xray(s: &mut String, tracing: &str) {
+    let [span, ty, value] = members(tracing, ["spanId", "type", "value"]);
+    let Some(header) = value.filter(|_| ty == Some("X-Amzn-Trace-Id")) else {
+        return;
+    };
+    let part = |key: &str| {
+        let mut parts = header.split(';').filter_map(|p| p.trim().split_once('='));
+        parts.find(|(k, _)| k.trim() == key).map(|(_, v)| v.trim())
+    };
+    let (Some(root), Some(segment)) = (part("Root"), part("Parent").or(span)) else {
+        return;
+    };
+    let sampled = if part("Sampled") == Some("1") {
+        "true"
+    } else {
+        "false"
+    };
+    put(s, &["XRAY TraceId: ", root, "\tSegmentId: ", segment]);
+    put(s, &["\tSampled: ", sampled, "\t\n"]);
+}
+
+/// A JSON number as CloudWatch prints it: rounded to `decimals` (0 or 2)
+/// places (without the standard library's float formatting, which would
+/// cost the binary kilobytes). `None` if not a number from 0 to 2^53.
+fn push_ms(s: &mut String, number: &str, decimals: usize) -> Option<()> {
+    let n: f64 = number.parse().ok()?;
+    let scale = if decimals == 2 { 100.0 } else { 1.0 };
+    let v = (n * scale).round();
+    if !(0.0..=9_007_199_254_740_992.0).contains(&v) {
+        return None;
+    }
+    let v = v as u64;
+    let _ = match decimals {
+        2 => write!(s, "{}.{:02}", v / 100, v % 100),
+        _ => write!(s, "{v}"),
+    };
+    Some(())
 }
 
 /// A log event id in CloudWatch's form, 56 decimal digits: the event's
@@ -233,7 +434,170 @@ mod tests {
     use crate::records::queue::{Record, RequestLimits};
 
     fn event(json: &str, kind: Kind) -> serde_json::Value {
-        serde_json::from_str(&log_event(json, kind, 7, 42, 1 << 20)).unwrap()
+        serde_json::from_str(&log_event(json, kind, Platform::Json, 7, 42, 1 << 20)).unwrap()
+    }
+
+    /// `platform_line` of a record.
+    fn line(ty: &str, record: &str) -> Option<String> {
+        platform_line(&format!("platform.{ty}"), record)
+    }
+
+    // The expected lines are CloudWatch's own, from AWS's documentation
+    // (`aws logs get-log-events` of a Lambda function's stream in the
+    // Lambda Developer Guide's logging pages; its "Example log format" for
+    // the XRAY line, tabs as in the others) and from CloudWatch output
+    // published by users (a timeout, an out-of-memory error, a failed
+    // init, INIT_START), each record the Telemetry API event of the same
+    // invocation.
+
+    #[test]
+    fn start_end_and_report_as_cloudwatch_writes_them() {
+        let id = "4ce9340a-b765-490f-ad8a-02ab3415e2bf";
+        let start = format!(r#"{{"requestId":"{id}","version":"$LATEST"}}"#);
+        assert_eq!(
+            line("start", &start).unwrap(),
+            format!("START RequestId: {id} Version: $LATEST\n")
+        );
+        let done =
+            format!(r#"{{"requestId":"{id}","status":"success","metrics":{{"durationMs":20.1}}}}"#);
+        assert_eq!(
+            line("runtimeDone", &done).unwrap(),
+            format!("END RequestId: {id}\n")
+        );
+        let report = r#"{"requestId":"8f507cfc-xmpl-4697-b07a-ac58fc914c95","status":"success",
+            "metrics":{"durationMs":15.74,"billedDurationMs":16,"memorySizeMB":128,"maxMemoryUsedMB":56,"initDurationMs":130.49},
+            "tracing":{"spanId":"5a2b8c1d9e0f3a4b","type":"X-Amzn-Trace-Id","value":"Root=1-5e34a614-10bdxmplf1fb44f07bc535a1;Parent=07f5xmpl2d1f6f85;Sampled=1"}}"#;
+        assert_eq!(
+            line("report", report).unwrap(),
+            "REPORT RequestId: 8f507cfc-xmpl-4697-b07a-ac58fc914c95\tDuration: 15.74 ms\t\
+             Billed Duration: 16 ms\tMemory Size: 128 MB\tMax Memory Used: 56 MB\t\
+             Init Duration: 130.49 ms\t\n\
+             XRAY TraceId: 1-5e34a614-10bdxmplf1fb44f07bc535a1\tSegmentId: 07f5xmpl2d1f6f85\tSampled: true\t\n"
+        );
+        // Whole numbers with their two places; not sampled; a warm start.
+        let report = r#"{"requestId":"972f23e6-efab-4897-80a0-12b8f8a28190","status":"success",
+            "metrics":{"durationMs":100,"billedDurationMs":200,"memorySizeMB":128,"maxMemoryUsedMB":75},
+            "tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5d88ad26-af7e1cf86161c0887567eed0;Parent=2ea934c013374041;Sampled=0"}}"#;
+        assert_eq!(
+            line("report", report).unwrap(),
+            "REPORT RequestId: 972f23e6-efab-4897-80a0-12b8f8a28190\tDuration: 100.00 ms\t\
+             Billed Duration: 200 ms\tMemory Size: 128 MB\tMax Memory Used: 75 MB\t\n\
+             XRAY TraceId: 1-5d88ad26-af7e1cf86161c0887567eed0\tSegmentId: 2ea934c013374041\tSampled: false\t\n"
+        );
+    }
+
+    #[test]
+    fn failed_invocations_end_with_their_status() {
+        let timeout = r#"{"requestId":"6960f94b-add0-473c-ab1a-f854a3f92817","status":"timeout","errorType":"Sandbox.Timedout",
+            "metrics":{"durationMs":3000.0,"billedDurationMs":3000,"memorySizeMB":128,"maxMemoryUsedMB":35}}"#;
+        // (CloudWatch's timeout line shows no error type)
+        assert_eq!(
+            line("report", timeout).unwrap(),
+            "REPORT RequestId: 6960f94b-add0-473c-ab1a-f854a3f92817\tDuration: 3000.00 ms\t\
+             Billed Duration: 3000 ms\tMemory Size: 128 MB\tMax Memory Used: 35 MB\tStatus: timeout\n"
+        );
+        let oom = r#"{"requestId":"68038378-e817-489b-97dc-1709db3d7631","status":"error","errorType":"Runtime.OutOfMemory",
+            "metrics":{"durationMs":8948.731,"billedDurationMs":8949,"memorySizeMB":2048,"maxMemoryUsedMB":2048,"initDurationMs":495.038}}"#;
+        assert_eq!(
+            line("report", oom).unwrap(),
+            "REPORT RequestId: 68038378-e817-489b-97dc-1709db3d7631\tDuration: 8948.73 ms\t\
+             Billed Duration: 8949 ms\tMemory Size: 2048 MB\tMax Memory Used: 2048 MB\t\
+             Init Duration: 495.04 ms\tStatus: error\tError Type: Runtime.OutOfMemory\n"
+        );
+        let init = r#"{"initializationType":"on-demand","phase":"invoke","status":"error","errorType":"Runtime.Unknown","metrics":{"durationMs":998.147}}"#;
+        assert_eq!(
+            line("initReport", init).unwrap(),
+            "INIT_REPORT Init Duration: 998.15 ms\tPhase: invoke\tStatus: error\tError Type: Runtime.Unknown\n"
+        );
+    }
+
+    #[test]
+    fn init_and_restore_lines() {
+        let arn = "arn:aws:lambda:sa-east-1::runtime:a3304f2b48f740276b97ad9c52a9cc36a0bd9b44fecf74d0f1416aafb74e92fc";
+        let start = format!(
+            r#"{{"initializationType":"on-demand","phase":"init","runtimeVersion":"python:3.11.v25","runtimeVersionArn":"{arn}","functionName":"f","functionVersion":"$LATEST"}}"#
+        );
+        assert_eq!(
+            line("initStart", &start).unwrap(),
+            format!("INIT_START Runtime Version: python:3.11.v25\tRuntime Version ARN: {arn}\n")
+        );
+        assert_eq!(
+            line("restoreStart", &start).unwrap(),
+            format!("RESTORE_START Runtime Version: python:3.11.v25\tRuntime Version ARN: {arn}\n")
+        );
+        let ok = r#"{"initializationType":"provisioned-concurrency","phase":"init","status":"success","metrics":{"durationMs":1450.322}}"#;
+        assert_eq!(
+            line("initReport", ok).unwrap(),
+            "INIT_REPORT Init Duration: 1450.32 ms\n"
+        );
+        let restored = r#"{"status":"success","metrics":{"durationMs":474.156}}"#;
+        assert_eq!(
+            line("restoreReport", restored).unwrap(),
+            "RESTORE_REPORT Restore Duration: 474.16 ms\n"
+        );
+        let report = r#"{"requestId":"0e5c8424","status":"success","metrics":{"durationMs":159.87,"billedDurationMs":278,
+            "memorySizeMB":1024,"maxMemoryUsedMB":88,"restoreDurationMs":562.43,"billedRestoreDurationMs":118}}"#;
+        assert_eq!(
+            line("report", report).unwrap(),
+            "REPORT RequestId: 0e5c8424\tDuration: 159.87 ms\tBilled Duration: 278 ms\t\
+             Memory Size: 1024 MB\tMax Memory Used: 88 MB\tRestore Duration: 562.43 ms\t\
+             Billed Restore Duration: 118 ms\t\n"
+        );
+    }
+
+    #[test]
+    fn events_without_a_line_stay_json() {
+        for (ty, record) in [
+            ("start", r#"{"version":"$LATEST"}"#),
+            ("start", r#"{"requestId":"r"}"#),
+            (
+                "start",
+                r#"{"requestId":"r","requestId":"s","version":"1"}"#,
+            ),
+            ("runtimeDone", r#""text""#),
+            ("report", r#"{"status":"success"}"#),
+            ("initStart", r#"{"runtimeVersionArn":"arn"}"#),
+            ("initReport", r#"{"metrics":{"durationMs":"soon"}}"#),
+            ("initRuntimeDone", r#"{"status":"success"}"#),
+            (
+                "telemetrySubscription",
+                r#"{"name":"x","state":"Subscribed","types":["platform"]}"#,
+            ),
+            (
+                "logsDropped",
+                r#"{"reason":"r","droppedRecords":1,"droppedBytes":2}"#,
+            ),
+            (
+                "extension",
+                r#"{"name":"x","state":"Ready","events":["INVOKE"]}"#,
+            ),
+            ("somethingNew", r#"{"requestId":"r"}"#),
+        ] {
+            assert_eq!(line(ty, record), None, "{ty} {record}");
+        }
+        // A figure that is not a number is left out; a report without
+        // metrics still names its request; a string with escapes (never
+        // in Lambda's values) counts as absent.
+        let odd = r#"{"requestId":"r1","metrics":{"durationMs":"x","billedDurationMs":-1,"memorySizeMB":128}}"#;
+        assert_eq!(
+            line("report", odd).unwrap(),
+            "REPORT RequestId: r1\tMemory Size: 128 MB\t\n"
+        );
+        assert_eq!(
+            line("start", r#"{"requestId":"r\u0031","version":"1"}"#),
+            None
+        );
+        assert_eq!(
+            line("report", r#"{"requestId":"r","status":"failure"}"#).unwrap(),
+            "REPORT RequestId: r\tStatus: failure\n"
+        );
+        let e = |platform| {
+            let json = r#"{"time":"2026-11-30T01:02:03.456Z","type":"platform.start","record":{"requestId":"r","version":"7"}}"#;
+            let s = log_event(json, Kind::Start, platform, 7, 1, 1 << 20);
+            serde_json::from_str::<serde_json::Value>(&s).unwrap()["message"].clone()
+        };
+        assert_eq!(e(Platform::Text), "START RequestId: r Version: 7\n");
+        assert!(e(Platform::Json).as_str().unwrap().starts_with("{\"time\""));
     }
 
     #[test]
@@ -272,7 +636,7 @@ mod tests {
         let line = "é".repeat(5000);
         let ev =
             format!(r#"{{"time":"2026-11-30T01:02:03Z","type":"function","record":"{line}"}}"#);
-        let s = log_event(&ev, Kind::Function, 7, 1, 4000);
+        let s = log_event(&ev, Kind::Function, Platform::Text, 7, 1, 4000);
         assert!(s.len() <= 4000, "{}", s.len());
         let e: serde_json::Value = serde_json::from_str(&s).unwrap();
         assert!(line.starts_with(e["message"].as_str().unwrap()));
@@ -297,7 +661,7 @@ mod tests {
                 r#"{{"time":"2026-11-30T01:02:03Z","type":"function","record":"line {i}"}}"#
             );
             q.push(Record::new(
-                log_event(&ev, Kind::Function, 7, i, 1 << 20).into_bytes(),
+                log_event(&ev, Kind::Function, Platform::Text, 7, i, 1 << 20).into_bytes(),
                 "k",
             ));
         }
