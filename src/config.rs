@@ -1088,9 +1088,14 @@ fn role(r: &mut Reader, region: &str) -> Option<RoleSettings> {
         r.fail(&ROLE_SESSION_NAME, Some(name), SESSION_NAME_EXPECTED);
     }
     let Some(arn) = r.raw(&ROLE_ARN) else {
-        if external_id.is_some() || session_name.is_some() {
-            let why = "a role ARN: the external id and session name are for a role to assume";
-            r.fail(&ROLE_ARN, None, why);
+        // Named by the variable that is set, not the one missing.
+        let alone = [
+            (&ROLE_EXTERNAL_ID, &external_id),
+            (&ROLE_SESSION_NAME, &session_name),
+        ];
+        if let Some((s, _)) = alone.into_iter().find(|(_, v)| v.is_some()) {
+            let why = "KINESIS_TELEMETRY_ROLE_ARN set too: the external id and session name are for a role to assume";
+            r.fail(s, None, why);
         }
         return None;
     };
@@ -2271,7 +2276,14 @@ mod tests {
         }
         // An external id without a role is a mistake worth saying.
         let e = errors(&[("KINESIS_TELEMETRY_ROLE_EXTERNAL_ID", "team-42")]);
-        assert_eq!(e[0].var, "KINESIS_TELEMETRY_ROLE_ARN");
+        assert_eq!(e[0].var, "KINESIS_TELEMETRY_ROLE_EXTERNAL_ID");
+        assert!(
+            e[0].to_string()
+                .contains("KINESIS_TELEMETRY_ROLE_ARN set too"),
+            "{}",
+            e[0]
+        );
+        assert!(!e[0].to_string().contains("team-42"), "{}", e[0]);
         // A bad AWS_ENDPOINT_URL is reported once, not once per service.
         let e = errors(&[
             ("KINESIS_TELEMETRY_ROLE_ARN", arn),
