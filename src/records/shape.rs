@@ -696,6 +696,54 @@ mod tests {
     }
 
     #[test]
+    fn otlp_on_managed_instances_lines_carry_the_request_they_name_and_its_trace() {
+        let c = cfg(&[("KINESIS_TELEMETRY_FORMAT", "otlp-json")]);
+        let model = Model::ManagedInstances;
+        let mut s = Shaper::new(&c, model, "env", Rng::seeded(1), &[], stats());
+        let start = |r: &str, id: &str| {
+            format!(
+                r#"{{"type":"platform.start","record":{{"requestId":"{r}","tracing":{{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-{id};Parent=53995c3f42cd8ad8;Sampled=0"}}}}}}"#
+            )
+        };
+        let (a, b) = ("bd862e3fe1be46a994272793", "00000000000000000000000b");
+        let body = format!(
+            r#"[{},{},
+            {{"type":"function","record":{{"level":"INFO","requestId":"b","message":"1"}}}},
+            {{"type":"function","record":{{"level":"WARN","requestId":"a","message":"2"}}}},
+            {{"type":"function","record":{{"level":"INFO","message":"none"}}}}]"#,
+            start("a", a),
+            start("b", b)
+        );
+        let events =
+            crate::lambda::telemetry::split_body(&Arc::new(body.into_bytes()), reading(&c, model))
+                .unwrap();
+        let got: Vec<(String, String, u64)> = events
+            .into_iter()
+            .map(|e| {
+                let Shaped::Record(r) = s.shape(e, None).0 else {
+                    panic!("not one record")
+                };
+                let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+                let rid = v["attributes"][0]["value"]["stringValue"].as_str();
+                let trace = v["traceId"].as_str().unwrap_or("");
+                let flags = v["flags"].as_u64().unwrap_or(9);
+                (rid.unwrap_or("").to_string(), trace.to_string(), flags)
+            })
+            .collect();
+        let t = |r: &str, id: &str| (r.to_string(), format!("5759e988{id}"), 0);
+        assert_eq!(
+            got,
+            [
+                t("a", a),
+                t("b", b),
+                t("b", b),
+                t("a", a),
+                (String::new(), String::new(), 9)
+            ]
+        );
+    }
+
+    #[test]
     fn envelopes_carry_tags_and_their_invocations_trace() {
         let mut c = cfg(&[("KINESIS_TELEMETRY_ENRICH", "true")]);
         c.tags = vec![
