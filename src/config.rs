@@ -48,7 +48,7 @@ use crate::lambda::extensions_api::{
 };
 use crate::lambda::listener::ListenerSettings;
 use crate::lambda::view::LEVELS;
-use crate::records::format::{cwlogs, Format};
+use crate::records::format::{cwlogs, otlp_json, Format};
 use crate::records::partition::PartitionKeyMode;
 use crate::records::redact::{parse_built_in, parse_patterns, Rules};
 use crate::records::sample::SCALE;
@@ -227,7 +227,7 @@ settings! {
     };
     FORMAT = Setting {
         var: "KINESIS_TELEMETRY_FORMAT",
-        accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip", "cwlogs"] },
+        accepts: Word { default: "json", words: &["json", "kpl", "ndjson-gzip", "cwlogs", "otlp-json"] },
         meaning: m("Record format"),
     };
     CWLOGS_LOG_GROUP = Setting {
@@ -277,7 +277,7 @@ settings! {
             default: "(none)",
             range: "comma-separated `key=value`, at most 50; keys 1–128 of `A-Za-z0-9_.:/+@-`, values 0–256 of those, `=` and space",
         },
-        meaning: m("Tags added to every envelope as `tags`, in the order given; needs `KINESIS_TELEMETRY_ENRICH=true`"),
+        meaning: m("Tags added to every envelope as `tags`, or to `otlp-json`'s resource attributes, in the order given; needs `KINESIS_TELEMETRY_ENRICH=true` or `KINESIS_TELEMETRY_FORMAT=otlp-json`"),
     };
     SAMPLE_SUCCESS = Setting {
         var: "KINESIS_TELEMETRY_SAMPLE_SUCCESS",
@@ -520,7 +520,7 @@ settings! {
             default: "set by Lambda (128 if unset)",
             range: "megabytes (any other value counts as 128)",
         },
-        meaning: m("The function's memory: it sets the default of `KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`."),
+        meaning: m("The function's memory: it sets the default of `KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES`, and is `otlp-json`'s `faas.max_memory`."),
     };
     RUST_LOG = Setting {
         var: "RUST_LOG",
@@ -819,6 +819,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
         "kpl" => Format::Kpl,
         "ndjson-gzip" => Format::NdjsonGzip,
         "cwlogs" => Format::Cwlogs,
+        "otlp-json" => Format::OtlpJson,
         _ => Format::Json,
     };
     let cwlogs_names = cwlogs_names(&mut r);
@@ -833,7 +834,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let platform_events = platform_events(&mut r);
     let min_level = min_level(&mut r);
     let enrich = r.word(&ENRICH) == "true";
-    let tags = tags(&mut r, enrich);
+    let tags = tags(&mut r, enrich || format == Format::OtlpJson);
     let sample_success = sample_success(&mut r);
     let sample_hold = r.millis(&SAMPLE_HOLD_MS);
     let redact = redaction_rules(&mut r);
@@ -842,8 +843,10 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
     let max_records_per_request = r.int(&MAX_RECORDS_PER_REQUEST) as usize;
     let request_bytes = r.int(&MAX_BYTES_PER_REQUEST);
     let max_record_bytes = max_record_bytes(&mut r, request_bytes);
-    if format == Format::Cwlogs {
-        cwlogs_fits(&mut r, enrich, max_record_bytes);
+    match format {
+        Format::Cwlogs => cwlogs_fits(&mut r, enrich, max_record_bytes),
+        Format::OtlpJson => otlp_fits(&mut r, enrich, max_record_bytes, &tags),
+        _ => {}
     }
     let partition_key = match r.word(&PARTITION_KEY) {
         "request" => PartitionKeyMode::Request,
@@ -935,8 +938,11 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 redact,
                 sampling: sampling.is_some(),
                 own_emf: emf.on,
-                cwlogs: (format == Format::Cwlogs).then_some(cwlogs_platform),
+                format,
+                cwlogs_platform,
                 tags,
+                memory_mb: get(AWS_LAMBDA_FUNCTION_MEMORY_SIZE.var)
+                    .and_then(|v| v.trim().parse().ok()),
             },
             metrics_interval,
             emf,
@@ -1218,8 +1224,30 @@ fn cwlogs_fits(r: &mut Reader, enrich: bool, max_record_bytes: usize) {
     }
 }
 
-/// `KINESIS_TELEMETRY_TAGS`: each bad tag an error naming it.
-fn tags(r: &mut Reader, enrich: bool) -> Vec<(String, String)> {
+/// `otlp-json` records carry OTLP's fields only (no envelope: the resource
+/// attributes say what it would), and need room for the resource (and the
+/// tags in it) around each log record.
+fn otlp_fits(r: &mut Reader, enrich: bool, max_record_bytes: usize, tags: &[(String, String)]) {
+    if enrich {
+        r.fail(
+            &ENRICH,
+            Some("true".into()),
+            "false with KINESIS_TELEMETRY_FORMAT=otlp-json: its records carry the function, environment and tags as OTLP resource attributes, and each log record its request and trace, not the envelope; unset one of the two",
+        );
+    }
+    let needed = 2 * otlp_json::reserve(tags);
+    if max_record_bytes < needed {
+        r.fail(
+            &MAX_RECORD_BYTES,
+            Some(max_record_bytes.to_string()),
+            format!("at least {needed} with KINESIS_TELEMETRY_FORMAT=otlp-json (room for the resource and its tags around each log record)"),
+        );
+    }
+}
+
+/// `KINESIS_TELEMETRY_TAGS`: each bad tag an error naming it. `carried`:
+/// the records carry tags (the envelope, or `otlp-json`).
+fn tags(r: &mut Reader, carried: bool) -> Vec<(String, String)> {
     let Some(v) = r.raw(&TAGS) else {
         return Vec::new();
     };
@@ -1227,11 +1255,11 @@ fn tags(r: &mut Reader, enrich: bool) -> Vec<(String, String)> {
     for p in problems {
         r.fail(&TAGS, Some(v.clone()), p);
     }
-    if !enrich {
+    if !carried {
         r.fail(
             &TAGS,
             Some(v),
-            "unset without KINESIS_TELEMETRY_ENRICH=true: tags go in the envelope",
+            "unset without KINESIS_TELEMETRY_ENRICH=true or KINESIS_TELEMETRY_FORMAT=otlp-json: tags go in the envelope or the OTLP resource",
         );
     }
     tags
@@ -2041,7 +2069,8 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(c.dispatch.send.format, Format::Cwlogs);
-        assert_eq!(c.dispatch.shape.cwlogs, Some(cwlogs::Platform::Text));
+        assert_eq!(c.dispatch.shape.format, Format::Cwlogs);
+        assert_eq!(c.dispatch.shape.cwlogs_platform, cwlogs::Platform::Text);
         let names = &c.dispatch.send.cwlogs;
         assert_eq!(names.log_group.as_deref(), Some("/custom/group"));
         assert_eq!(names.log_stream, None);
@@ -2051,7 +2080,7 @@ mod tests {
             ("KINESIS_TELEMETRY_CWLOGS_PLATFORM", "json"),
         ];
         let c = from_env(&env(&json)).unwrap();
-        assert_eq!(c.dispatch.shape.cwlogs, Some(cwlogs::Platform::Json));
+        assert_eq!(c.dispatch.shape.cwlogs_platform, cwlogs::Platform::Json);
         let long = "x".repeat(513);
         let e = errors(&[
             ("KINESIS_TELEMETRY_FORMAT", "cwlogs"),
@@ -2071,6 +2100,56 @@ mod tests {
         assert!(text
             .iter()
             .any(|t| t.contains("KINESIS_TELEMETRY_MAX_RECORD_BYTES") && t.contains("6144")));
+    }
+
+    #[test]
+    fn otlp_json_carries_tags_without_the_envelope() {
+        let otlp = ("KINESIS_TELEMETRY_FORMAT", "otlp-json");
+        let c = from_env(&env(&[
+            otlp,
+            ("KINESIS_TELEMETRY_TAGS", "team=payments"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256"),
+        ]))
+        .unwrap();
+        assert_eq!(c.dispatch.send.format, Format::OtlpJson);
+        assert_eq!(c.dispatch.shape.format, Format::OtlpJson);
+        assert!(!c.dispatch.shape.enrich);
+        assert_eq!(c.dispatch.shape.tags, [("team".into(), "payments".into())]);
+        assert_eq!(c.dispatch.shape.memory_mb, Some(256));
+        let e = errors(&[
+            otlp,
+            ("KINESIS_TELEMETRY_ENRICH", "true"),
+            ("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "6143"),
+        ]);
+        let text: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert_eq!(e.len(), 2, "{text:?}");
+        assert!(text
+            .iter()
+            .any(|t| t.contains("KINESIS_TELEMETRY_ENRICH") && t.contains("otlp-json")));
+        assert!(text
+            .iter()
+            .any(|t| t.contains("KINESIS_TELEMETRY_MAX_RECORD_BYTES") && t.contains("6144")));
+        assert!(from_env(&env(&[
+            otlp,
+            ("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "6144")
+        ]))
+        .is_ok());
+        // Tags take room in every record: the limit grows with them.
+        let fifty: Vec<String> = (0..50)
+            .map(|i| format!("k{i:03}={}", "v".repeat(256)))
+            .collect();
+        let tags = ("KINESIS_TELEMETRY_TAGS", fifty.join(","));
+        let e = errors(&[
+            otlp,
+            (tags.0, &tags.1),
+            ("KINESIS_TELEMETRY_MAX_RECORD_BYTES", "32768"),
+        ]);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].expected.contains("at least 36944"),
+            "{}",
+            e[0].expected
+        );
     }
 
     #[test]

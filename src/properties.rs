@@ -230,7 +230,8 @@ fn any_event() -> impl Strategy<Value = String> {
 proptest! {
     /// Every format gives the consumer back exactly the queued records,
     /// each once and in order, whatever the events and limits; `cwlogs`
-    /// log events carry each line as CloudWatch shows it.
+    /// log events carry each line as CloudWatch shows it, `otlp-json` log
+    /// records each line or record as their body, with its time and type.
     #[test]
     fn every_format_round_trips_every_event_kind(
         events in prop::collection::vec(any_event(), 1..40),
@@ -251,8 +252,10 @@ proptest! {
                 redact: None,
                 sampling: false,
                 own_emf: false,
-                cwlogs: (fmt == Format::Cwlogs).then_some(cwlogs::Platform::Text),
+                format: fmt,
+                cwlogs_platform: cwlogs::Platform::Text,
                 tags: Vec::new(),
+                memory_mb: None,
             };
             let stats = std::sync::Arc::new(crate::stats::Stats::default());
             let model = crate::lambda::model::Model::Default;
@@ -270,7 +273,7 @@ proptest! {
             for d in &queued {
                 q.push(Record::new(d.clone(), "k"));
             }
-            let packer = fmt.packer(None);
+            let packer = fmt.packer(None, None);
             let limits = RequestLimits { max_records, max_bytes: 5 * 1024 * 1024 };
             let mut got = Vec::new();
             while !q.is_empty() {
@@ -303,6 +306,23 @@ proptest! {
                     let ms = secs * 1000 + time[20..23].parse::<u64>().unwrap();
                     prop_assert_eq!(l["timestamp"].as_u64(), Some(ms));
                     prop_assert_eq!(l["id"].as_str().unwrap().len(), 56);
+                }
+            }
+            if fmt == Format::OtlpJson {
+                for (raw, logged) in events.iter().zip(&got) {
+                    let e: serde_json::Value = serde_json::from_str(raw).unwrap();
+                    let l: serde_json::Value = serde_json::from_slice(logged).unwrap();
+                    let body = l["body"]["stringValue"].as_str().unwrap();
+                    let ty = e["type"].as_str().unwrap();
+                    match (ty, &e["record"]) {
+                        ("function" | "extension", serde_json::Value::String(s)) => prop_assert_eq!(body, s),
+                        (_, r) => prop_assert_eq!(&serde_json::from_str::<serde_json::Value>(body).unwrap(), r),
+                    }
+                    let named = (!matches!(ty, "function" | "extension")).then_some(ty);
+                    prop_assert_eq!(l["eventName"].as_str(), named);
+                    let time = e["time"].as_str().unwrap();
+                    let ns = crate::time::epoch_nanos(time).unwrap().to_string();
+                    prop_assert_eq!(l["timeUnixNano"].as_str(), Some(ns.as_str()));
                 }
             }
         }

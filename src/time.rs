@@ -85,9 +85,43 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         .map(|s| UNIX_EPOCH + Duration::from_secs(s))
 }
 
+/// Nanoseconds since the epoch of an RFC 3339 time, with its fraction (to
+/// the nanosecond; further digits are dropped).
+pub fn epoch_nanos(time: &str) -> Option<u64> {
+    let secs = parse_rfc3339(time)?
+        .duration_since(UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    let frac = time
+        .get(19..)
+        .and_then(|r| r.strip_prefix('.'))
+        .unwrap_or("");
+    let mut nanos = 0u64;
+    for (i, d) in frac.bytes().take_while(u8::is_ascii_digit).enumerate() {
+        if i < 9 {
+            nanos += u64::from(d - b'0') * 10u64.pow(8 - i as u32);
+        }
+    }
+    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn epoch_nanos_keeps_the_fraction() {
+        let t = |s: &str| epoch_nanos(s);
+        assert_eq!(t("1970-01-01T00:00:01Z"), Some(1_000_000_000));
+        assert_eq!(t("1970-01-01T00:00:01.5Z"), Some(1_500_000_000));
+        assert_eq!(t("1970-01-01T00:00:01.123456789123Z"), Some(1_123_456_789));
+        assert_eq!(t("1970-01-01T00:00:00.000001+00:00"), Some(1_000));
+        assert_eq!(
+            t("2026-11-30T01:02:03.456Z"),
+            Some(1_796_000_523_456_000_000)
+        );
+        assert_eq!(t("not a time"), None);
+    }
 
     #[test]
     fn written() {

@@ -84,6 +84,10 @@ def unpack(data: bytes, fmt: str, partition_key: str = "pk", allow_plain: bool =
         message = json.loads(gzip.decompress(data))
         assert message["messageType"] == "DATA_MESSAGE", message
         return [Inner(e["message"].encode(), partition_key) for e in message["logEvents"]]
+    if fmt == "otlp-json":  # the log records (not the events' bytes: see test_otlp.py)
+        [rl] = json.loads(data)["resourceLogs"]
+        [sl] = rl["scopeLogs"]
+        return [Inner(json.dumps(lr).encode(), partition_key) for lr in sl["logRecords"]]
     raise ValueError(fmt)
 
 

@@ -105,6 +105,7 @@ impl<C: PutRecords> Dispatcher<C> {
             &context,
             stats.clone(),
         );
+        let otlp = shaper.otlp_head().cloned();
         let mut buffer = Buffer::new(&cfg.buffer, shaper, backlog, stats.clone());
         // Never frozen on Managed Instances: sending runs from the start.
         let paused = match model {
@@ -119,7 +120,7 @@ impl<C: PutRecords> Dispatcher<C> {
             let hex = rng.hex(16); // (32 hex digits)
             cwlogs::head(&cfg.send.cwlogs, &context, SystemTime::now(), &hex)
         });
-        let packer = cfg.send.format.packer(head);
+        let packer = cfg.send.format.packer(head, otlp);
         context.push(("environmentId", environment.to_string()));
         Dispatcher {
             events,

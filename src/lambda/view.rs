@@ -19,10 +19,30 @@
 //! that is not a character: that field is absent), with one exception: an
 //! event, record or metrics that is a JSON array is not read (serde read
 //! an array as a struct, field by field in order; Lambda never sends one).
-//! The log levels it knows (`LEVELS`) are defined here.
+//! The log levels it knows (`LEVELS`) are defined here, and the level a
+//! text line's prefix states (`text_level`, for `otlp-json`'s severity).
 
 /// Log levels of JSON-format logs, lowest first.
 pub const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
+
+/// A level word's index in `LEVELS` (any case).
+fn level_of(word: &str) -> Option<u8> {
+    let i = LEVELS.iter().position(|n| n.eq_ignore_ascii_case(word))?;
+    Some(i as u8)
+}
+
+/// The level a text log line states in a prefix, as an index in `LEVELS`:
+/// `[LEVEL]` first (Python's runtime: `[INFO]\t<time>\t<request id>\t…`),
+/// or the third tab-separated field (Lambda's text form, e.g. Node.js:
+/// `<time>\t<request id>\tINFO\t…`). Other lines have none.
+pub fn text_level(line: &str) -> Option<u8> {
+    if let Some(rest) = line.strip_prefix('[') {
+        // (the longest level is 5 letters: no scan of long lines)
+        let end = rest.bytes().take(6).position(|b| b == b']')?;
+        return level_of(&rest[..end]);
+    }
+    level_of(line.split('\t').nth(2)?)
+}
 
 /// What the lifecycle needs to know about an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,7 +140,8 @@ pub struct View {
 
 #[derive(Debug, Clone, PartialEq, Default)]
 struct More {
-    /// A platform event's `type`, for `KINESIS_TELEMETRY_PLATFORM_EVENTS`.
+    /// A platform or unknown event's `type` (`KINESIS_TELEMETRY_PLATFORM_EVENTS`,
+    /// `otlp-json`'s event name).
     ty: Option<Str>,
     status: Option<Status>,
     figures: Option<Figures>,
@@ -189,7 +210,8 @@ impl View {
         }
         let quick = quick_type(json).map(Kind::of).filter(|k| !k.is_platform());
         // The fast path: Lambda's layout, and nothing asked of log lines.
-        if let Some(kind) = quick.filter(|_| reading == Reading::default()) {
+        // (Not for unknown types: their type is kept, `View::event_type`.)
+        if let Some(kind) = quick.filter(|k| reading == Reading::default() && *k != Kind::Other) {
             view.kind = kind;
             return view;
         }
@@ -223,7 +245,8 @@ impl View {
             (None, Some(Some(t))) if record != Field::Twice => Kind::of(t.get(json)),
             _ => Kind::Other,
         };
-        if let (true, Some(Some(ty))) = (view.kind.is_platform(), ty) {
+        let typed = view.kind.is_platform() || view.kind == Kind::Other;
+        if let (true, Some(Some(ty))) = (typed, ty) {
             view.more = Some(Box::new(More {
                 ty: Some(ty),
                 ..More::default()
@@ -239,12 +262,7 @@ impl View {
             Some([id, aws, level, ..]) if kind.is_log() => {
                 view.level = text(json, level)
                     .filter(|_| reading.level)
-                    .and_then(|l| {
-                        LEVELS
-                            .iter()
-                            .position(|n| n.eq_ignore_ascii_case(l.get(json)))
-                    })
-                    .map(|i| i as u8);
+                    .and_then(|l| level_of(l.get(json)));
                 if head_ok && reading.request_id {
                     view.set_request_id(log_request_id(json, id, aws));
                 }
@@ -300,6 +318,12 @@ impl View {
 
     /// A platform event's `type` (`None` for other events).
     pub fn platform_type<'a>(&'a self, json: &'a str) -> Option<&'a str> {
+        self.kind.is_platform().then(|| self.event_type(json))?
+    }
+
+    /// A platform or unknown event's `type` (`None` for function and
+    /// extension events, whose kind says it).
+    pub fn event_type<'a>(&'a self, json: &'a str) -> Option<&'a str> {
         Some(self.more.as_ref()?.ty.as_ref()?.get(json))
     }
 
@@ -629,6 +653,32 @@ fn value_end(b: &[u8], i: usize) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn text_lines_state_levels_in_lambda_and_python_prefixes() {
+        use super::text_level;
+        let rid = "8f5c0c6e-1a2b-4c3d-9e8f-0123456789ab";
+        let node = format!("2026-01-01T00:00:00.000Z\t{rid}\tWARN\tdisk low");
+        assert_eq!(text_level(&node), Some(3));
+        let python = format!("[ERROR]\t2026-01-01T00:00:00.000Z\t{rid}\tboom");
+        assert_eq!(text_level(&python), Some(4));
+        assert_eq!(text_level("[info] lower case"), Some(2));
+        assert_eq!(text_level("[ERROR] Runtime.ImportModuleError: x"), Some(4));
+        for none in [
+            "plain line",
+            "",
+            "[",
+            "[]",
+            "[WARNING] not one of LEVELS",
+            "[1,2,3]",
+            "a\tb",
+            "a\tb\tNOTICE\tc",
+            "INFO at the start",
+            "[INFORMATION]",
+        ] {
+            assert_eq!(text_level(none), None, "{none:?}");
+        }
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -1,7 +1,7 @@
 //! From telemetry events to queued records: which events are forwarded
 //! (types, platform event names, minimum log level), redaction, the optional
-//! enrichment envelope, the partition key, and fragments for events too
-//! large for one record. Pure bookkeeping; the dispatcher owns when records
+//! enrichment envelope (or a `cwlogs` log event, an `otlp-json` log record),
+//! the partition key, and fragments for events too large for one record. Pure bookkeeping; the dispatcher owns when records
 //! are sent (and which sampled lines are held). `ShapeSettings`: what
 //! shaping is configured with.
 
@@ -12,8 +12,9 @@ use crate::json::push_string;
 use crate::lambda::extensions_api::Types;
 use crate::lambda::model::Model;
 use crate::lambda::telemetry::{Event, Kind};
-use crate::lambda::view::Reading;
-use crate::records::format::cwlogs;
+use crate::lambda::view::{Reading, View};
+use crate::records::format::otlp_json::{self, Context};
+use crate::records::format::{cwlogs, Format};
 use crate::records::partition::{Keys, PartitionKeyMode};
 use crate::records::queue::{fit_event, Record};
 use crate::records::redact::{Redactor, Rules};
@@ -41,12 +42,17 @@ pub struct ShapeSettings {
     /// The extension writes EMF lines: its own, back as `extension`
     /// events, are not forwarded (see `dispatch::emf`).
     pub own_emf: bool,
-    /// Records are `cwlogs` log events (see `format::cwlogs::log_event`),
-    /// with platform events shown so.
-    pub cwlogs: Option<cwlogs::Platform>,
+    /// The record format: `cwlogs` records are log events (see
+    /// `format::cwlogs::log_event`), `otlp-json` records log records (see
+    /// `format::otlp_json::log_record`), the others events as they came.
+    pub format: Format,
+    /// `cwlogs`: how platform events are shown.
+    pub cwlogs_platform: cwlogs::Platform,
     /// `KINESIS_TELEMETRY_TAGS`, checked, in the order given: the
-    /// envelope's `tags`.
+    /// envelope's `tags`, or `otlp-json`'s resource attributes.
     pub tags: Vec<(String, String)>,
+    /// `AWS_LAMBDA_FUNCTION_MEMORY_SIZE` (`otlp-json`'s `faas.max_memory`).
+    pub memory_mb: Option<u64>,
 }
 
 /// What became of one event.
@@ -64,15 +70,17 @@ pub enum Shaped {
 
 /// What the shaper needs read of function and extension events (the
 /// listener reads that much of each): where the record lies for redaction,
-/// the level for the minimum level, and on Managed Instances the request a
-/// line names when records carry their request (enrichment, or request
-/// partition keys) or sampling needs to know it.
+/// the level for the minimum level (and `otlp-json`'s severity), and on
+/// Managed Instances the request a line names when records carry their
+/// request (enrichment, `otlp-json`, or request partition keys) or sampling
+/// needs to know it.
 pub fn reading(cfg: &ShapeSettings, model: Model) -> Reading {
+    let otlp = cfg.format == Format::OtlpJson;
     let needs_request =
-        cfg.enrich || cfg.partition_key == PartitionKeyMode::Request || cfg.sampling;
+        cfg.enrich || otlp || cfg.partition_key == PartitionKeyMode::Request || cfg.sampling;
     Reading {
         record: cfg.redact.is_some(),
-        level: cfg.min_level.is_some(),
+        level: cfg.min_level.is_some() || otlp,
         request_id: model == Model::ManagedInstances && needs_request,
     }
 }
@@ -86,8 +94,8 @@ pub struct Shaper {
     /// is on.
     envelope_head: Option<String>,
     /// Each recent invocation's trace (from its platform.start), by request
-    /// id, when enrichment is on.
-    traces: Option<Traces>,
+    /// id, when enrichment or `otlp-json` is on, in the form records carry.
+    traces: Option<(Traces, trace::Form)>,
     max_record_bytes: usize,
     pub keys: Keys,
     rng: Rng,
@@ -107,11 +115,14 @@ pub struct Shaper {
     /// `cwlogs` records: the environment's number in log event ids, and
     /// how platform events are shown.
     cwlogs: Option<(u64, cwlogs::Platform)>,
+    /// `otlp-json` records: the resource and scope their log records go
+    /// behind.
+    otlp: Option<otlp_json::Head>,
 }
 
 impl Shaper {
     /// `context`: the enrichment fields (function name, version, region,
-    /// account) in envelope order.
+    /// account) in envelope order (and `otlp-json`'s resource).
     pub fn new(
         cfg: &ShapeSettings,
         model: Model,
@@ -147,11 +158,17 @@ impl Shaper {
             }
             head
         });
+        let otlp = (cfg.format == Format::OtlpJson)
+            .then(|| otlp_json::head(context, keys.environment(), cfg.memory_mb, &cfg.tags));
+        let form = match otlp {
+            Some(_) => trace::Form::Otlp,
+            None => trace::Form::Envelope,
+        };
         Shaper {
             types: cfg.types,
             platform_events: cfg.platform_events.clone(),
             min_level: cfg.min_level,
-            traces: cfg.enrich.then(Traces::default),
+            traces: (cfg.enrich || otlp.is_some()).then(|| (Traces::default(), form)),
             envelope_head,
             max_record_bytes: cfg.max_record_bytes,
             keys,
@@ -168,8 +185,15 @@ impl Shaper {
             stats,
             sequence: 0,
             own_emf: cfg.own_emf,
-            cwlogs: (cfg.cwlogs).map(|p| (cwlogs::environment_hash(environment), p)),
+            cwlogs: (cfg.format == Format::Cwlogs)
+                .then(|| (cwlogs::environment_hash(environment), cfg.cwlogs_platform)),
+            otlp,
         }
+    }
+
+    /// `otlp-json`: the head of its records (the packer's).
+    pub fn otlp_head(&self) -> Option<&otlp_json::Head> {
+        self.otlp.as_ref()
     }
 
     /// Shapes one event; `current` is the invocation the lifecycle is in.
@@ -179,8 +203,8 @@ impl Shaper {
         match kind {
             Kind::Start => {
                 self.invocation = e.request_id().map(Box::from);
-                if let (Some(traces), Some(r)) = (&mut self.traces, e.request_id()) {
-                    if let Some(fragment) = trace::of_start(&e) {
+                if let (Some((traces, form)), Some(r)) = (&mut self.traces, e.request_id()) {
+                    if let Some(fragment) = trace::of_start(&e, *form) {
                         traces.insert(r, fragment);
                     }
                 }
@@ -222,6 +246,17 @@ impl Shaper {
                 let key_len = key.len();
                 Text::from(self.log_event(json, kind, key_len))
             }
+            _ if self.otlp.is_some() => {
+                let json = redacted.as_deref().unwrap_or(&e.json);
+                let traces = self.traces.as_ref();
+                let cx = Context {
+                    level: e.view.level,
+                    event_name: e.view.event_type(&e.json),
+                    request,
+                    trace: request.and_then(|r| traces?.0.get(r)),
+                };
+                Text::from(self.log_record(json, kind, &cx, key.len()))
+            }
             None => redacted.map_or(e.json, Text::from),
             Some(head) => {
                 let json = redacted.as_deref().unwrap_or(&e.json);
@@ -246,7 +281,7 @@ impl Shaper {
                 // (`request` is then the invocation in progress), by the
                 // request a line names on Managed Instances.
                 let traces = self.traces.as_ref();
-                if let Some(t) = request.and_then(|r| traces?.get(r)) {
+                if let Some(t) = request.and_then(|r| traces?.0.get(r)) {
                     s.push_str(t);
                 }
                 s.push_str(",\"event\":");
@@ -266,12 +301,32 @@ impl Shaper {
 
     /// The extension's own record (metrics) in the record format.
     pub fn own(&mut self, r: Record) -> Record {
-        if self.cwlogs.is_none() {
+        if self.cwlogs.is_none() && self.otlp.is_none() {
             return r;
         }
         let json = String::from_utf8_lossy(&r.data);
-        let data = self.log_event(&json, Kind::Other, r.key.len());
+        let data = match self.otlp {
+            None => self.log_event(&json, Kind::Other, r.key.len()),
+            Some(_) => {
+                let view = View::read(&json, Reading::default());
+                let cx = Context {
+                    level: None,
+                    event_name: view.event_type(&json),
+                    request: None,
+                    trace: None,
+                };
+                self.log_record(&json, view.kind, &cx, r.key.len())
+            }
+        };
         Record::new(data.into_bytes(), r.key)
+    }
+
+    /// `json` as an `otlp-json` log record, cut to fit one record with the
+    /// resource around it.
+    fn log_record(&self, json: &str, kind: Kind, cx: &Context, key: usize) -> String {
+        let head = self.otlp.as_ref().map_or(0, otlp_json::Head::overhead);
+        let max = self.max_record_bytes.saturating_sub(key + head);
+        otlp_json::log_record(json, kind, cx, max)
     }
 
     /// `json` as a `cwlogs` log event, the next of the environment, cut to
@@ -357,8 +412,10 @@ mod tests {
             redact: None,
             sampling: false,
             own_emf: false,
-            cwlogs: None,
+            format: Format::Json,
+            cwlogs_platform: cwlogs::Platform::Json,
             tags: Vec::new(),
+            memory_mb: None,
         };
         for &(k, v) in pairs {
             match k.trim_start_matches("KINESIS_TELEMETRY_") {
@@ -373,7 +430,14 @@ mod tests {
                 "PARTITION_KEY" if v == "request" => c.partition_key = PartitionKeyMode::Request,
                 "SAMPLE_SUCCESS" => c.sampling = v != "1",
                 "EMF" => c.own_emf = v == "true",
-                "FORMAT" => c.cwlogs = (v == "cwlogs").then_some(cwlogs::Platform::Json),
+                "FORMAT" => {
+                    c.format = match v {
+                        "cwlogs" => Format::Cwlogs,
+                        "otlp-json" => Format::OtlpJson,
+                        _ => panic!("{v}: not a format these tests know"),
+                    }
+                }
+                "CWLOGS_PLATFORM" if v == "text" => c.cwlogs_platform = cwlogs::Platform::Text,
                 "TYPES" => {
                     c.types = Types {
                         platform: v.contains("platform"),
@@ -595,6 +659,120 @@ mod tests {
         };
         let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
         assert_eq!(v["traceId"], "1-5759e988-bd862e3fe1be46a994272793");
+    }
+
+    #[test]
+    fn otlp_log_records_carry_request_trace_and_severity_after_filters_and_redaction() {
+        let c = cfg(&[
+            ("KINESIS_TELEMETRY_FORMAT", "otlp-json"),
+            ("KINESIS_TELEMETRY_REDACT", "email"),
+            ("KINESIS_TELEMETRY_MIN_LEVEL", "INFO"),
+        ]);
+        let ctx = [("functionName", "fn".to_string())];
+        let mut s = Shaper::new(&c, Model::Default, "env", Rng::seeded(1), &ctx, stats());
+        let head = s.otlp_head().unwrap().clone();
+        assert!(head
+            .as_str()
+            .contains(r#"{"key":"faas.instance","value":{"stringValue":"env"}}"#));
+        let trace = r#""tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"}"#;
+        let body = format!(
+            r#"[{{"time":"2026-11-30T00:00:00.001Z","type":"platform.start","record":{{"requestId":"r1",{trace}}}}},
+            {{"time":"2026-11-30T00:00:00.002Z","type":"function","record":"[WARN] mail a@b.example now"}},
+            {{"time":"2026-11-30T00:00:00.003Z","type":"function","record":{{"level":"DEBUG","message":"d"}}}},
+            {{"time":"2026-11-30T00:00:00.004Z","type":"function","record":{{"level":"ERROR","message":"e"}}}},
+            {{"time":"2026-11-30T00:00:00.005Z","type":"platform.runtimeDone","record":{{"requestId":"r1"}}}},
+            {{"time":"2026-11-30T00:00:00.006Z","type":"function","record":"after"}}]"#
+        );
+        let read = reading(&c, Model::Default);
+        assert!(read.level, "severity needs the level read");
+        let events =
+            crate::lambda::telemetry::split_body(&Arc::new(body.into_bytes()), read).unwrap();
+        let out: Vec<serde_json::Value> = events
+            .into_iter()
+            .filter_map(|e| match s.shape(e, None).0 {
+                Shaped::Record(r) => Some(serde_json::from_slice(&r.data).unwrap()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(out.len(), 5, "the DEBUG line is filtered: {out:?}");
+        let w3c = "5759e988bd862e3fe1be46a994272793";
+        let request = |v: &serde_json::Value| v["attributes"][0]["value"]["stringValue"].clone();
+        for v in &out[..4] {
+            assert_eq!(
+                (&v["traceId"], &v["spanId"]),
+                (&w3c.into(), &"53995c3f42cd8ad8".into())
+            );
+            assert_eq!((&v["flags"], request(v)), (&1.into(), "r1".into()));
+        }
+        assert_eq!(out[0]["eventName"], "platform.start");
+        assert_eq!(out[0]["timeUnixNano"], "1795996800001000000");
+        let line = out[1]["body"]["stringValue"].as_str().unwrap();
+        assert!(
+            line.starts_with("[WARN] mail ") && !line.contains("a@b.example"),
+            "{line}"
+        );
+        assert_eq!(
+            (&out[1]["severityNumber"], &out[1]["severityText"]),
+            (&13.into(), &"WARN".into())
+        );
+        assert_eq!(out[2]["severityNumber"], 17);
+        assert_eq!(out[3]["eventName"], "platform.runtimeDone");
+        // After the invocation: no request, no trace.
+        assert!(out[4].get("attributes").is_none() && out[4].get("traceId").is_none());
+        // The extension's own records too, named by their type.
+        let own = r#"{"time":"2026-11-30T00:00:01Z","type":"kinesis-telemetry-extension.metrics","record":{"final":true}}"#;
+        let r = s.own(Record::new(own.as_bytes().to_vec(), "k"));
+        let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+        assert_eq!(v["eventName"], "kinesis-telemetry-extension.metrics");
+        assert_eq!(v["body"]["stringValue"], r#"{"final":true}"#);
+    }
+
+    #[test]
+    fn otlp_on_managed_instances_lines_carry_the_request_they_name_and_its_trace() {
+        let c = cfg(&[("KINESIS_TELEMETRY_FORMAT", "otlp-json")]);
+        let model = Model::ManagedInstances;
+        let mut s = Shaper::new(&c, model, "env", Rng::seeded(1), &[], stats());
+        let start = |r: &str, id: &str| {
+            format!(
+                r#"{{"type":"platform.start","record":{{"requestId":"{r}","tracing":{{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-{id};Parent=53995c3f42cd8ad8;Sampled=0"}}}}}}"#
+            )
+        };
+        let (a, b) = ("bd862e3fe1be46a994272793", "00000000000000000000000b");
+        let body = format!(
+            r#"[{},{},
+            {{"type":"function","record":{{"level":"INFO","requestId":"b","message":"1"}}}},
+            {{"type":"function","record":{{"level":"WARN","requestId":"a","message":"2"}}}},
+            {{"type":"function","record":{{"level":"INFO","message":"none"}}}}]"#,
+            start("a", a),
+            start("b", b)
+        );
+        let events =
+            crate::lambda::telemetry::split_body(&Arc::new(body.into_bytes()), reading(&c, model))
+                .unwrap();
+        let got: Vec<(String, String, u64)> = events
+            .into_iter()
+            .map(|e| {
+                let Shaped::Record(r) = s.shape(e, None).0 else {
+                    panic!("not one record")
+                };
+                let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+                let rid = v["attributes"][0]["value"]["stringValue"].as_str();
+                let trace = v["traceId"].as_str().unwrap_or("");
+                let flags = v["flags"].as_u64().unwrap_or(9);
+                (rid.unwrap_or("").to_string(), trace.to_string(), flags)
+            })
+            .collect();
+        let t = |r: &str, id: &str| (r.to_string(), format!("5759e988{id}"), 0);
+        assert_eq!(
+            got,
+            [
+                t("a", a),
+                t("b", b),
+                t("b", b),
+                t("a", a),
+                (String::new(), String::new(), 9)
+            ]
+        );
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The trace an invocation belongs to, for the envelope: read from
-//! `platform.start`'s `tracing` (an `X-Amzn-Trace-Id` header, `Root=1-…;
-//! Parent=…;Sampled=…`), rendered once as the envelope's `traceId` (the
-//! X-Ray root) and `traceIdW3C` (the same id as 32 hex digits), and
-//! remembered per request id for the invocation's other records (bounded).
+//! The trace an invocation belongs to, for the envelope and `otlp-json`:
+//! read from `platform.start`'s `tracing` (an `X-Amzn-Trace-Id` header,
+//! `Root=1-…;Parent=…;Sampled=…`), rendered once (`Form`) as the envelope's
+//! `traceId` (the X-Ray root) and `traceIdW3C` (the same id as 32 hex
+//! digits), or as an OTLP log record's trace context, and remembered per
+//! request id for the invocation's other records (bounded).
 
 use std::collections::VecDeque;
 
@@ -17,12 +18,7 @@ pub const REMEMBERED: usize = 256;
 /// when the header has no well-formed root (`1-` + 8 hex + `-` + 24 hex,
 /// not all zeros).
 pub fn ids(header: &str) -> Option<(&str, String)> {
-    let root = header
-        .split(';')
-        .filter_map(|part| part.trim().split_once('='))
-        .find(|(k, _)| k.trim() == "Root")?
-        .1
-        .trim();
+    let root = field(header, "Root")?;
     let b = root.as_bytes();
     let hex = |s: &[u8]| s.iter().all(u8::is_ascii_hexdigit);
     let ok =
@@ -31,15 +27,55 @@ pub fn ids(header: &str) -> Option<(&str, String)> {
     (w3c.bytes().any(|c| c != b'0')).then_some((root, w3c))
 }
 
-/// `,"traceId":…,"traceIdW3C":…` of a `platform.start` event, ready to
-/// splice into an envelope; `None` when it carries no usable trace.
-pub fn of_start(e: &Event) -> Option<Box<str>> {
+/// A field's value in a trace header (`None` when absent).
+fn field<'a>(header: &'a str, key: &str) -> Option<&'a str> {
+    let (_, v) = header
+        .split(';')
+        .filter_map(|part| part.trim().split_once('='))
+        .find(|(k, _)| k.trim() == key)?;
+    Some(v.trim())
+}
+
+/// The header's `Parent` as a W3C span id (16 hex digits, not all zeros).
+fn parent(header: &str) -> Option<String> {
+    let p = field(header, "Parent")?;
+    let ok = p.len() == 16 && p.bytes().all(|c| c.is_ascii_hexdigit());
+    (ok && p.bytes().any(|c| c != b'0')).then(|| p.to_ascii_lowercase())
+}
+
+/// How an invocation's trace goes into its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Form {
+    /// The envelope's `,"traceId":…,"traceIdW3C":…`.
+    Envelope,
+    /// An OTLP log record's `"flags":…,"traceId":…[,"spanId":…]`: the W3C
+    /// trace id, the header's `Parent` as the span id (the segment the
+    /// function ran in), and W3C's sampled flag from `Sampled=1`.
+    Otlp,
+}
+
+/// A `platform.start` event's trace in `form`, ready to splice; `None`
+/// when it carries no usable trace.
+pub fn of_start(e: &Event, form: Form) -> Option<Box<str>> {
     let header = e.view.trace_header(&e.json)?;
     let (root, w3c) = ids(&header)?;
-    let mut s = String::from(",\"traceId\":");
-    push_string(&mut s, root);
-    s.push_str(",\"traceIdW3C\":");
-    push_string(&mut s, &w3c);
+    let s = match form {
+        Form::Envelope => {
+            let mut s = String::from(",\"traceId\":");
+            push_string(&mut s, root);
+            s.push_str(",\"traceIdW3C\":");
+            push_string(&mut s, &w3c);
+            s
+        }
+        Form::Otlp => {
+            let sampled = field(&header, "Sampled") == Some("1");
+            let mut s = format!("\"flags\":{},\"traceId\":\"{w3c}\"", u8::from(sampled));
+            if let Some(span) = parent(&header) {
+                s.push_str(&format!(",\"spanId\":\"{span}\""));
+            }
+            s
+        }
+    };
     Some(s.into())
 }
 
@@ -116,7 +152,7 @@ mod tests {
     fn platform_start_gives_the_envelope_fields() {
         let start = r#"{"time":"t","type":"platform.start","record":{"requestId":"r","tracing":{"spanId":"s","type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793;Parent=5;Sampled=1"}}}"#;
         assert_eq!(
-            of_start(&event(start)).as_deref(),
+            of_start(&event(start), Form::Envelope).as_deref(),
             Some(
                 r#","traceId":"1-5759e988-bd862e3fe1be46a994272793","traceIdW3C":"5759e988bd862e3fe1be46a994272793""#
             )
@@ -130,13 +166,46 @@ mod tests {
             r#"{"type":"platform.start","record":{"tracing":"Root=1-5759e988-bd862e3fe1be46a994272793"}}"#,
             r#"{"type":"function","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793"}}}"#,
         ] {
-            assert_eq!(of_start(&event(none)), None, "{none}");
+            assert_eq!(of_start(&event(none), Form::Envelope), None, "{none}");
+            assert_eq!(of_start(&event(none), Form::Otlp), None, "{none}");
         }
         // Escaped strings are decoded; a key twice is no value.
         let escaped = r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-\u0049d","value":"Root=1-5759e988-bd862e3fe1be46a994272793\u003bParent=1"}}}"#;
-        assert!(of_start(&event(escaped)).is_some());
+        assert!(of_start(&event(escaped), Form::Envelope).is_some());
         let twice = r#"{"type":"platform.start","record":{"tracing":{"type":"X-Amzn-Trace-Id","value":"Root=1-5759e988-bd862e3fe1be46a994272793","value":"x"}}}"#;
-        assert_eq!(of_start(&event(twice)), None);
+        assert_eq!(of_start(&event(twice), Form::Envelope), None);
+    }
+
+    #[test]
+    fn otlp_form_has_the_w3c_ids_and_sampled_flag() {
+        let start = |value: &str| {
+            event(&format!(
+                r#"{{"type":"platform.start","record":{{"tracing":{{"type":"X-Amzn-Trace-Id","value":"{value}"}}}}}}"#
+            ))
+        };
+        let otlp = |value: &str| of_start(&start(value), Form::Otlp).map(String::from);
+        let root = "Root=1-5759E988-bd862e3fe1be46a994272793";
+        assert_eq!(
+            otlp(&format!("{root};Parent=53995C3F42CD8AD8;Sampled=1")).as_deref(),
+            Some(
+                r#""flags":1,"traceId":"5759e988bd862e3fe1be46a994272793","spanId":"53995c3f42cd8ad8""#
+            )
+        );
+        // No usable parent: no span id; not sampled: flags 0.
+        for (value, flags) in [
+            (format!("{root};Sampled=0"), 0),
+            (format!("{root};Parent=0000000000000000"), 0),
+            (format!("{root};Parent=53995c3f42cd8ad;Sampled=1"), 1),
+            (format!("{root};Parent=53995c3f42cd8adx;Sampled=1"), 1),
+        ] {
+            assert_eq!(
+                otlp(&value),
+                Some(format!(
+                    r#""flags":{flags},"traceId":"5759e988bd862e3fe1be46a994272793""#
+                )),
+                "{value}"
+            );
+        }
     }
 
     #[test]

@@ -140,16 +140,17 @@ pub enum Platform {
     Json,
 }
 
-/// The parts of a telemetry event a log event is made of.
+/// The parts of a telemetry event a log event (and an `otlp-json` log
+/// record) is made of.
 #[derive(Deserialize)]
-struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     #[serde(borrow)]
-    time: Option<Cow<'a, str>>,
+    pub time: Option<Cow<'a, str>>,
     #[serde(borrow, rename = "type")]
     ty: Option<Cow<'a, str>>,
     /// (`null` too: a JSON line's text)
     #[serde(borrow, default, deserialize_with = "present")]
-    record: Option<&'a RawValue>,
+    pub record: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -404,19 +405,7 @@ pub fn environment_hash(environment: &str) -> u64 {
 
 /// Milliseconds since the epoch of an RFC 3339 time, with its fraction.
 fn epoch_millis(time: &str) -> Option<u64> {
-    let t = crate::time::parse_rfc3339(time)?;
-    let secs = t.duration_since(UNIX_EPOCH).ok()?.as_secs();
-    let frac = time
-        .get(19..)
-        .and_then(|r| r.strip_prefix('.'))
-        .unwrap_or("");
-    let digits: String = frac
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .take(3)
-        .collect();
-    let ms = format!("{digits:0<3}").parse::<u64>().ok()?;
-    Some(secs * 1000 + ms)
+    Some(crate::time::epoch_nanos(time)? / 1_000_000)
 }
 
 fn now_millis() -> u64 {
@@ -669,7 +658,7 @@ mod tests {
             max_records: 500,
             max_bytes: 64 * 1024,
         };
-        let packer = Format::Cwlogs.packer(Some(head.clone()));
+        let packer = Format::Cwlogs.packer(Some(head.clone()), None);
         let wires = take(&mut q, limits, &packer, 8 * 1024);
         assert!(wires.iter().all(|w| w.size() <= 8 * 1024));
         let plain = crate::records::format::ndjson_gzip::gunzip(wires[0].data());

@@ -30,7 +30,7 @@ mod tests {
     #[test]
     fn json_is_one_record_per_event() {
         let mut q = queue(3, 50);
-        let w = take(&mut q, L, &Format::Json.packer(None), 1024);
+        let w = take(&mut q, L, &Format::Json.packer(None, None), 1024);
         assert_eq!(w.len(), 3);
         assert_eq!(w[1].data(), &*w[1].members[0].data);
     }

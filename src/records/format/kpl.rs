@@ -151,7 +151,7 @@ pub(super) mod tests {
     #[test]
     fn kpl_round_trip_with_key_table_and_checksum() {
         let mut q = queue(10, 100);
-        let wires = take(&mut q, L, &Format::Kpl.packer(None), 1024 * 1024);
+        let wires = take(&mut q, L, &Format::Kpl.packer(None, None), 1024 * 1024);
         assert_eq!(wires.len(), 1);
         let w = &wires[0];
         assert_eq!(&*w.key, "k-even");
@@ -182,7 +182,7 @@ pub(super) mod tests {
     fn kpl_respects_the_record_limit() {
         let mut q = queue(100, 1000);
         let max = 8 * 1024;
-        let kpl = Format::Kpl.packer(None);
+        let kpl = Format::Kpl.packer(None, None);
         let wires = take(&mut q, L, &kpl, max);
         assert!(wires.len() >= 12);
         assert!(wires.iter().all(|w| w.size() <= max));

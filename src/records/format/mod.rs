@@ -3,8 +3,10 @@
 //! record as its own; `kpl` packs many into one in the KPL aggregation
 //! format; `ndjson-gzip` packs many as gzip-compressed newline-delimited
 //! JSON; `cwlogs` packs many as the gzip-compressed `DATA_MESSAGE` a
-//! CloudWatch Logs subscription filter writes. Every outgoing record keeps
-//! the queued records it carries, so a failed record puts exactly those back.
+//! CloudWatch Logs subscription filter writes; `otlp-json` packs many log
+//! records as one OTLP `ExportLogsServiceRequest` in JSON. Every outgoing
+//! record keeps the queued records it carries, so a failed record puts
+//! exactly those back.
 //!
 //! A new format is one new file: its `RecordFormat` (what one wire record
 //! holds, and for the tests what a consumer decodes from it), a word in
@@ -14,6 +16,7 @@ pub mod cwlogs;
 pub mod json;
 pub mod kpl;
 pub mod ndjson_gzip;
+pub mod otlp_json;
 
 use std::sync::Arc;
 
@@ -26,17 +29,19 @@ pub enum Format {
     Kpl,
     NdjsonGzip,
     Cwlogs,
+    OtlpJson,
 }
 
 impl Format {
-    /// The format's packer; `cwlogs`: the names its records carry (the
-    /// tests' placeholders when `None`).
-    pub fn packer(self, cwlogs: Option<cwlogs::Head>) -> Packer {
+    /// The format's packer; `cwlogs`: the names its records carry,
+    /// `otlp`: the resource they carry (the tests' placeholders when `None`).
+    pub fn packer(self, cwlogs: Option<cwlogs::Head>, otlp: Option<otlp_json::Head>) -> Packer {
         match self {
             Format::Json => Box::new(json::Json),
             Format::Kpl => Box::new(kpl::Kpl),
             Format::NdjsonGzip => Box::new(ndjson_gzip::NdjsonGzip),
             Format::Cwlogs => Box::new(cwlogs.unwrap_or_default()),
+            Format::OtlpJson => Box::new(otlp.unwrap_or_default()),
         }
     }
 }
@@ -183,10 +188,11 @@ pub(crate) mod tests {
         max_bytes: 5 * 1024 * 1024,
     };
 
-    pub const ALL: [Format; 4] = [
+    pub const ALL: [Format; 5] = [
         Format::Json,
         Format::Kpl,
         Format::NdjsonGzip,
         Format::Cwlogs,
+        Format::OtlpJson,
     ];
 }

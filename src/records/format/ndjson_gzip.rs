@@ -167,7 +167,7 @@ mod tests {
             max_records: 500,
             max_bytes: 64 * 1024,
         };
-        let wires = take(&mut q, limits, &Format::NdjsonGzip.packer(None), max);
+        let wires = take(&mut q, limits, &Format::NdjsonGzip.packer(None, None), max);
         assert!(wires.iter().all(|w| w.size() <= max));
         assert!(wires.iter().map(Wire::size).sum::<usize>() <= 64 * 1024);
         let members: usize = wires.iter().map(|w| w.members.len()).sum();
