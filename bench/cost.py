@@ -47,6 +47,12 @@ from lambda_sim import LambdaSim  # noqa: E402
 from stream_check import TimedProxy, is_own, median, received_at, unpack  # noqa: E402
 
 PUT_UNIT = 25 * 1024
+# Prices read from aws.amazon.com/cloudwatch/pricing and /kinesis/data-streams/pricing
+# on 2026-12-05 (us-east-1): CloudWatch Logs Standard ingestion, first tier of the
+# tiered pricing Lambda's logs get ($0.50/GB to 10 TB, then 0.25, 0.10, 0.05);
+# Kinesis provisioned PUT payload units.
+CWL_PER_GB = 0.50
+KDS_PER_MILLION_UNITS = 0.014
 KB = 1024
 STEADY = dict(runtime_ms=5, idle_ms=40)  # ~60 ms between invokes
 
@@ -71,10 +77,12 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
         env = env_for(emu, stream, proxy, KINESIS_TELEMETRY_FORMAT=fmt, KINESIS_TELEMETRY_FLUSH=flush, **extra)
         with LambdaSim(ext, env, **(sim_kw or {})) as sim:
             sim.start()
+            before = sim.resources()
             for _ in range(invokes):
                 r = sim.invoke(log_lines=lines, **STEADY)
                 if r.timed_out:
                     raise SystemExit(f"invoke timed out:\n{sim.stderr_text()[-2000:]}")
+            after = sim.resources()
             res = sim.shutdown()
             if res.exit_code != 0 or res.killed or sim.violations:
                 raise SystemExit(f"unclean run {res} {sim.violations}:\n{sim.stderr_text()[-2000:]}")
@@ -85,6 +93,10 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
         requests = sum(1 for p in proxy.puts if p.records)
         arrived = proxy.arrivals(fmt)
     sent = collections.Counter(e for e in events if not is_own(e))
+    # What CloudWatch Logs would ingest for the same lines: the cwlogs
+    # messages (text lines, START/END/REPORT), each counted as CloudWatch
+    # counts an event's size (its UTF-8 message + 26 bytes).
+    cwl_bytes = sum(len(e) + 26 for e in events if not is_own(e)) if fmt == "cwlogs" else 0
     missing = collections.Counter(sim.delivered) - sent
     # (cwlogs and otlp-json carry lines as log events / log records, not the events'
     # bytes: their end-to-end tests check them)
@@ -104,6 +116,9 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
         "requests": requests,
         "post": list(sim.post_runtime_ms),
         "latency": lat,
+        # the extension's CPU over the invokes (all its threads)
+        "cpu_s": (after.cpu_ns - before.cpu_ns) / 1e9 if before and after and after.cpu_ns is not None else 0,
+        "cwl_bytes": cwl_bytes,
     }
 
 
@@ -127,8 +142,8 @@ def cost_table(ext, emu, invokes, flushes, line_counts, formats):
            f"(runtime {STEADY['runtime_ms']} ms, {STEADY['idle_ms']} ms frozen between invokes).", "",
            "| flush | lines/invoke | format | events | Kinesis records | PutRecords requests | "
            "avg bytes/record | max record | MB sent | PUT payload units (25 KB) | on-demand billed MB (1 KB rounding) | "
-           "PUT units vs json |",
-           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "PUT units vs json | post-runtime median ms | events per CPU-second |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     by = {(f, n, fm): r for f, n, fm, r in rows}
     for flush, n, fmt, r in rows:
         js = by.get((flush, n, "json"))
@@ -137,7 +152,23 @@ def cost_table(ext, emu, invokes, flushes, line_counts, formats):
             f"| {flush} | {n} | {fmt} | {fmt_int(r['events'] * scale)} | {fmt_int(r['records'] * scale)} | "
             f"{fmt_int(r['requests'] * scale)} | {fmt_int(r['bytes'] / max(1, r['records']))} | "
             f"{fmt_int(r['max_record'])} | {r['bytes'] * scale / 1e6:.2f} | {fmt_int(r['put_units'] * scale)} | "
-            f"{r['kb_billed'] * scale / 1024:.2f} | {rel} |")
+            f"{r['kb_billed'] * scale / 1024:.2f} | {rel} | {median(r['post'][5:]):.2f} | "
+            f"{fmt_int(r['events'] / r['cpu_s']) if r['cpu_s'] else ''} |")
+    cwl = [(f, n, r) for f, n, fm, r in rows if fm == "cwlogs"]
+    if cwl:
+        out += ["", f"The same lines through CloudWatch Logs (the cwlogs runs' messages: text lines and "
+                f"START/END/REPORT, + 26 bytes per event as CloudWatch counts them), at ${CWL_PER_GB:.2f} per GB "
+                "ingested (Standard class, us-east-1, first tier), against the Kinesis PUT payload units "
+                f"(${KDS_PER_MILLION_UNITS:.3f} per million, provisioned, us-east-1) of each format, per "
+                "1,000 invocations:", "",
+                "| flush | lines/invoke | CloudWatch Logs GB | CloudWatch Logs ingestion $ | "
+                + " | ".join(f"{fm} PUT units $" for fm in formats) + " |",
+                "|---|---:|---:|---:|" + "---:|" * len(formats)]
+        for f, n, r in cwl:
+            gb = r["cwl_bytes"] * scale / 1e9
+            units = [by[(f, n, fm)]["put_units"] * scale * KDS_PER_MILLION_UNITS / 1e6 for fm in formats]
+            out.append(f"| {f} | {n} | {gb:.5f} | {gb * CWL_PER_GB:.6f} | "
+                       + " | ".join(f"{u:.7f}" for u in units) + " |")
     return "\n".join(out)
 
 
