@@ -84,6 +84,50 @@ def test_flood_into_a_small_buffer_behind_a_slow_sink(ext_bin, kinesalite):
               f"{len(proxy.puts)} requests, counters {counters}")
 
 
+def test_a_paused_dispatcher_keeps_to_the_memory_cap(ext_bin, kinesalite):
+    """With periodic flushing the extension lets Lambda freeze the environment
+    at the INVOKE, before the function runs: from then it may not send, nor keep
+    a delivery waiting across the freeze, yet Lambda delivers everything the
+    function logs until it returns. Here one invoke logs ~32 MB (32 KB lines
+    spread over 1 s) at a 4 MiB cap: what arrives past the cap is answered and
+    dropped, counted as droppedAtCap, so peak RSS stays near the cap (it held all
+    of it before: ~30 MiB). The calm invoke after it arrives in full, and every
+    event the simulator delivered is on the stream or counted."""
+    name, _ = new_stream(kinesalite)
+    filler = "".join(chr(0x41 + i % 26) for i in range(32 * 1024))
+    big = lambda i, lid: f"{lid} #{i} {filler}"  # noqa: E731
+    cap = 4 * MIB
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES=str(cap),
+                  KINESIS_TELEMETRY_FLUSH="periodic")
+    with LambdaSim(ext_bin, env, memory_mb=128) as sim:
+        sim.start()
+        sim.invoke(log_lines=1000, line_factory=big, runtime_ms=1000, spread_lines=True)
+        calm_from = len(sim.function_line_ids)
+        sim.invoke(log_lines=10)
+        calm_ids = sim.function_line_ids[calm_from:]
+        res = sim.shutdown()
+    assert_run_ok(sim, res, pushback=True)
+    assert sim.post_runtime_ms[0] == 0, sim.post_runtime_ms  # paused before the function ran
+    delivered_bytes = sum(len(e) for e in sim.delivered)
+    assert delivered_bytes > 4 * cap, delivered_bytes  # far more than the cap came while paused
+    peak_kb = max(sim.peak_rss_kb)
+    bound_kb = (cap + 12 * MIB) // 1024  # as in the flood above
+    assert peak_kb < bound_kb, f"peak RSS {peak_kb} KiB over {bound_kb} KiB ({sim.peak_rss_kb})"
+    counters = shutdown_counters(sim.stderr_text())
+    assert counters.get("droppedAtCap", 0) > 0, counters
+    recs = kinesalite.read_all(name, expect=len(sim.delivered) - counters["droppedAtCap"],
+                               timeout=READ_TIMEOUT)
+    text = b"\n".join(r["data"] for r in recs if len(r["data"]) < 4096)
+    missing_calm = [i for i in calm_ids if i.encode() not in text]
+    assert not missing_calm, f"{len(missing_calm)} lines of the calm invoke missing"
+    on_stream = collections.Counter(r["data"] for r in lambda_records(recs))
+    missing = collections.Counter(sim.delivered) - on_stream
+    lost = sum(v for k, v in counters.items() if k.startswith("dropped"))
+    assert sum(missing.values()) == lost, (sum(missing.values()), counters)
+    print(f"\npaused flood: {delivered_bytes / MIB:.0f} MiB delivered, peak RSS {peak_kb} KiB, "
+          f"droppedAtCap {counters['droppedAtCap']} of {len(sim.delivered)} events")
+
+
 # ----------------------------------------------------------------------------- 8 environments
 
 

@@ -678,7 +678,7 @@ impl Client<'_> {
         let unanswered = &self.shared.unanswered;
         unanswered.add();
         let status = match self.shared.intake.take(body) {
-            Taken::Queued => {
+            Taken::Queued | Taken::Dropped => {
                 if let Some(s) = lock(&self.shared.slots).get(self.id) {
                     s.trusted = true;
                 }

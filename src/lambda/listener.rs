@@ -9,16 +9,18 @@
 //! over, whatever the dispatcher is doing (a slow Kinesis request included);
 //! only when memory is at its cap (`Backlog`) does it wait, and Lambda
 //! buffers, then drops and reports `platform.logsDropped`, instead of this
-//! process growing. `ListenerSettings`: its port and body limit.
+//! process growing. At the cap while the dispatcher is paused it does not
+//! wait (the sandbox may freeze): the body is answered and dropped,
+//! counted as `droppedAtCap`. `ListenerSettings`: its port and body limit.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
-use crate::dispatch::backlog::Backlog;
-use crate::lambda::telemetry::{self, Delivery};
-use crate::lambda::view::Reading;
+use crate::dispatch::backlog::{Admission, Backlog};
+use crate::lambda::telemetry::{self, Delivery, Event, Kind};
+use crate::lambda::view::{Figures, Reading};
 use crate::stats::Stats;
 
 /// What the listener is configured with.
@@ -39,6 +41,9 @@ pub const READER_STACK: usize = 128 * 1024;
 pub enum Taken {
     /// Its events are with the dispatcher (200).
     Queued,
+    /// Memory at its cap while the dispatcher is paused: answered (200)
+    /// and dropped, counted (`droppedAtCap`).
+    Dropped,
     /// The dispatcher has finished (shutdown): these came after the final
     /// flush (such as our own last log lines). Not taken, so not 200:
     /// Lambda keeps them, and drops them with the environment (503).
@@ -80,7 +85,10 @@ impl Intake {
         }
         let body_bytes = body.len();
         // Waits only while memory is at its cap (see `Backlog`).
-        self.backlog.admit(body_bytes);
+        if self.backlog.admit(body_bytes) == Admission::Dropped {
+            self.dropped_at_cap(&events, body_bytes);
+            return Taken::Dropped;
+        }
         let delivery = Delivery {
             received,
             events,
@@ -93,5 +101,25 @@ impl Intake {
             return Taken::TooLate;
         }
         Taken::Queued
+    }
+
+    /// A body dropped at the memory cap while the dispatcher is paused:
+    /// its events counted as lost, and what Lambda's own drop reports in it
+    /// said (they would have been counted when processed); logged once.
+    fn dropped_at_cap(&self, events: &[Event], body_bytes: usize) {
+        let stats = &self.stats;
+        if stats.dropped_at_cap.get() == 0 {
+            log::warn!(
+                "memory at KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES while no request may be sent (between invokes): {} events ({body_bytes} bytes) dropped; the sink is slower than the function logs, raise the limit or the stream's capacity; totals in droppedAtCap",
+                events.len()
+            );
+        }
+        stats.dropped_at_cap.add(events.len() as u64);
+        for e in events.iter().filter(|e| e.view.kind == Kind::LogsDropped) {
+            if let Figures::Dropped { records, bytes } = e.view.figures() {
+                stats.lambda_dropped_records.add(records);
+                stats.lambda_dropped_bytes.add(bytes);
+            }
+        }
     }
 }
