@@ -12,8 +12,10 @@
 //! A pause can begin before the invoke's runtime ends (with `PauseNow` the
 //! dispatcher pauses at the INVOKE), so Lambda may go on delivering all the
 //! invoke logs until the freeze: at the cap, a paused dispatcher's
-//! deliveries are answered and dropped (counted, `droppedAtCap`), never
-//! held. Memory stays at the cap plus one body, paused or not.
+//! deliveries are refused at once (503, counted as `refusedAtCap`), never
+//! held: Lambda keeps them and delivers them again after the thaw (the
+//! push-back, as when the listener waits). Memory stays at the cap plus one
+//! body, paused or not.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -28,9 +30,9 @@ const RECHECK: Duration = Duration::from_millis(100);
 pub enum Admission {
     /// Counted in flight: hand it over.
     Admitted,
-    /// Memory is at its cap and the dispatcher paused: answer it, keep
-    /// nothing (and count its events as `droppedAtCap`).
-    Dropped,
+    /// Memory is at its cap and the dispatcher paused: refuse it now
+    /// (Lambda delivers it again).
+    Refused,
 }
 
 /// The listener's standing against the cap.
@@ -41,7 +43,7 @@ enum Room {
     Wait,
     /// At the cap, the dispatcher paused: nothing makes room before the
     /// thaw, and the delivery may not wait across the freeze.
-    Drop,
+    Refuse,
 }
 
 /// Whether a body can be handed over: while below the cap, whatever its
@@ -51,7 +53,7 @@ fn room(in_flight: usize, held: usize, cap: usize, paused: bool) -> Room {
     if in_flight + held < cap {
         Room::Admit
     } else if paused {
-        Room::Drop
+        Room::Refuse
     } else {
         Room::Wait
     }
@@ -127,7 +129,7 @@ impl Backlog {
 
     /// The listener is about to hand over a body of `bytes`: waits while
     /// memory is at the cap and the dispatcher runs, then counts it in
-    /// flight; or, paused at the cap, tells it to drop the body.
+    /// flight; or, paused at the cap, tells it to refuse the body.
     pub fn admit(&self, bytes: usize) -> Admission {
         let mut room = self.try_admit(bytes);
         if room == Room::Wait {
@@ -147,7 +149,7 @@ impl Backlog {
         }
         match room {
             Room::Admit => Admission::Admitted,
-            Room::Wait | Room::Drop => Admission::Dropped,
+            Room::Wait | Room::Refuse => Admission::Refused,
         }
     }
 
@@ -185,17 +187,17 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn room_is_below_the_cap_and_at_it_a_wait_or_a_drop() {
+    fn room_is_below_the_cap_and_at_it_a_wait_or_a_refusal() {
         assert_eq!(room(0, 0, 100, false), Room::Admit);
         assert_eq!(room(40, 59, 100, false), Room::Admit);
         assert_eq!(room(40, 59, 100, true), Room::Admit);
         // At the cap: the running dispatcher makes room; a paused one not.
         assert_eq!(room(40, 60, 100, false), Room::Wait);
-        assert_eq!(room(40, 60, 100, true), Room::Drop);
+        assert_eq!(room(40, 60, 100, true), Room::Refuse);
         // The dispatcher holds the cap and nothing is in flight: still
         // the cap (not one body more each time the dispatcher takes one).
         assert_eq!(room(0, 100, 100, false), Room::Wait);
-        assert_eq!(room(0, 100, 100, true), Room::Drop);
+        assert_eq!(room(0, 100, 100, true), Room::Refuse);
     }
 
     #[test]
@@ -250,7 +252,7 @@ mod tests {
     }
 
     #[test]
-    fn a_paused_dispatcher_at_the_cap_has_the_body_dropped_not_held() {
+    fn a_paused_dispatcher_at_the_cap_has_the_body_refused_not_held() {
         let (b, rx, waiter) = at_cap();
         // The invoke ends: nothing will make room before the freeze, and
         // the listener may not wait across it; nor may memory grow.
@@ -258,10 +260,10 @@ mod tests {
         let admission = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("answered once paused");
-        assert_eq!(admission, Admission::Dropped);
+        assert_eq!(admission, Admission::Refused);
         waiter.join().unwrap();
         assert_eq!(b.in_flight(), 60, "nothing more in flight");
-        assert_eq!(b.admit(10), Admission::Dropped, "every body while paused");
+        assert_eq!(b.admit(10), Admission::Refused, "every body while paused");
         // Below the cap a paused dispatcher's bodies pass as ever.
         b.holding(0);
         assert_eq!(b.admit(10), Admission::Admitted);

@@ -31,7 +31,7 @@ pub const COUNTS: [&str; 14] = [
     "recordsSent",
     "droppedRejected",
     "droppedShutdown",
-    "droppedAtCap",
+    "refusedAtCap",
     "parkedRequests",
     "droppedAccessDenied",
     "droppedStreamNotFound",

@@ -678,11 +678,18 @@ impl Client<'_> {
         let unanswered = &self.shared.unanswered;
         unanswered.add();
         let status = match self.shared.intake.take(body) {
-            Taken::Queued | Taken::Dropped => {
+            Taken::Queued => {
                 if let Some(s) = lock(&self.shared.slots).get(self.id) {
                     s.trusted = true;
                 }
                 200
+            }
+            // (Lambda's connection all the same: a push-back, not a stranger)
+            Taken::Refused => {
+                if let Some(s) = lock(&self.shared.slots).get(self.id) {
+                    s.trusted = true;
+                }
+                503
             }
             Taken::TooLate => 503,
         };

@@ -10,8 +10,9 @@
 //! only when memory is at its cap (`Backlog`) does it wait, and Lambda
 //! buffers, then drops and reports `platform.logsDropped`, instead of this
 //! process growing. At the cap while the dispatcher is paused it does not
-//! wait (the sandbox may freeze): the body is answered and dropped,
-//! counted as `droppedAtCap`. `ListenerSettings`: its port and body limit.
+//! wait (the sandbox may freeze): the delivery is refused (503), so Lambda
+//! keeps it and delivers it again, counted as `refusedAtCap`.
+//! `ListenerSettings`: its port and body limit.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -19,8 +20,8 @@ use std::time::{Instant, SystemTime};
 use crossbeam_channel::Sender;
 
 use crate::dispatch::backlog::{Admission, Backlog};
-use crate::lambda::telemetry::{self, Delivery, Event, Kind};
-use crate::lambda::view::{Figures, Reading};
+use crate::lambda::telemetry::{self, Delivery};
+use crate::lambda::view::Reading;
 use crate::stats::Stats;
 
 /// What the listener is configured with.
@@ -41,9 +42,9 @@ pub const READER_STACK: usize = 128 * 1024;
 pub enum Taken {
     /// Its events are with the dispatcher (200).
     Queued,
-    /// Memory at its cap while the dispatcher is paused: answered (200)
-    /// and dropped, counted (`droppedAtCap`).
-    Dropped,
+    /// Memory at its cap while the dispatcher is paused: not taken (503),
+    /// so Lambda keeps it and delivers it again (`refusedAtCap`).
+    Refused,
     /// The dispatcher has finished (shutdown): these came after the final
     /// flush (such as our own last log lines). Not taken, so not 200:
     /// Lambda keeps them, and drops them with the environment (503).
@@ -85,9 +86,9 @@ impl Intake {
         }
         let body_bytes = body.len();
         // Waits only while memory is at its cap (see `Backlog`).
-        if self.backlog.admit(body_bytes) == Admission::Dropped {
-            self.dropped_at_cap(&events, body_bytes);
-            return Taken::Dropped;
+        if self.backlog.admit(body_bytes) == Admission::Refused {
+            self.refused_at_cap(events.len(), body_bytes);
+            return Taken::Refused;
         }
         let delivery = Delivery {
             received,
@@ -103,23 +104,15 @@ impl Intake {
         Taken::Queued
     }
 
-    /// A body dropped at the memory cap while the dispatcher is paused:
-    /// its events counted as lost, and what Lambda's own drop reports in it
-    /// said (they would have been counted when processed); logged once.
-    fn dropped_at_cap(&self, events: &[Event], body_bytes: usize) {
+    /// A delivery refused at the memory cap while the dispatcher is paused
+    /// (Lambda delivers it again): counted, logged once.
+    fn refused_at_cap(&self, events: usize, body_bytes: usize) {
         let stats = &self.stats;
-        if stats.dropped_at_cap.get() == 0 {
+        if stats.refused_at_cap.get() == 0 {
             log::warn!(
-                "memory at KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES while no request may be sent (between invokes): {} events ({body_bytes} bytes) dropped; the sink is slower than the function logs, raise the limit or the stream's capacity; totals in droppedAtCap",
-                events.len()
+                "memory at KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES while no request may be sent (the environment may freeze): a delivery of {events} events ({body_bytes} bytes) refused with 503, Lambda keeps it and delivers it again after the thaw (if its own buffer overflows it drops and says so: lambdaDroppedRecords); the sink is slower than the function logs: raise the limit or the stream's capacity; totals in refusedAtCap"
             );
         }
-        stats.dropped_at_cap.add(events.len() as u64);
-        for e in events.iter().filter(|e| e.view.kind == Kind::LogsDropped) {
-            if let Figures::Dropped { records, bytes } = e.view.figures() {
-                stats.lambda_dropped_records.add(records);
-                stats.lambda_dropped_bytes.add(bytes);
-            }
-        }
+        stats.refused_at_cap.add(1);
     }
 }
