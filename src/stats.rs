@@ -85,6 +85,10 @@ counters! {
     dropped_rejected => "droppedRejected",
     /// Records still unsent when the shutdown deadline came.
     dropped_shutdown => "droppedShutdown",
+    /// Deliveries the listener refused (503; Lambda delivers them again):
+    /// memory at its cap while the dispatcher was paused (it may not send,
+    /// nor the listener wait across a freeze).
+    refused_at_cap => "refusedAtCap",
     /// Records kept (parked) while Kinesis refused every request for a cause
     /// an operator can fix, still refused at SHUTDOWN: one counter per cause.
     parked_requests => "parkedRequests",

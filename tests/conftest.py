@@ -125,6 +125,7 @@ def assert_clean_exit(sim: LambdaSim, result, *, pushback: bool = False) -> None
     assert result.exit_code == 0 and not result.killed, (result, sim.stderr_text()[-3000:])
     assert sim.violations == [], sim.violations
     if not pushback:
+        assert sim.refusals == 0, f"{sim.refusals} deliveries refused (503) before SHUTDOWN"
         lost = sim.lost_before_shutdown
         assert lost == [], (f"{len(lost)} events Lambda emitted never reached the extension "
                             f"(dropped {len(sim.dropped)}), e.g. {lost[0][:200]!r}; "

@@ -88,6 +88,7 @@ def assert_run_ok(sim, res, proxy=None, *, pushback: bool = False) -> None:
         across = requests_across_next(sim, proxy)
         assert across == [], (across[:5], tail)
     if not pushback:
+        assert sim.refusals == 0, f"{sim.refusals} deliveries refused (503) before SHUTDOWN\n{tail}"
         lost = sim.lost_before_shutdown
         assert lost == [], (f"{len(lost)} events Lambda emitted never reached the extension "
                             f"(dropped {len(sim.dropped)}), e.g. {lost[0][:200]!r}\n{tail}")

@@ -143,13 +143,40 @@ class PutLog:
 
 
 class _Conn:
-    __slots__ = ("sock", "state", "kill", "id")
+    __slots__ = ("sock", "state", "kill", "id", "alive_at")
 
     def __init__(self, sock: socket.socket, cid: int):
         self.sock = sock
         self.state = "idle"  # idle (waiting for a request) | busy | hung | closed
         self.kill: Optional[str] = None
         self.id = cid
+        # perf_counter when the client's own socket was last seen open (see
+        # _client_socket_open); None: not looked at yet
+        self.alive_at: Optional[float] = None
+
+
+def _client_socket_open(c: _Conn) -> Optional[bool]:
+    """Whether the client's end of the connection is still open (ESTABLISHED), read
+    from the kernel's table of the client's socket (the client runs on this host):
+    None when that cannot be told (not IPv4 loopback, no /proc).
+
+    Bytes the client wrote before it closed keep arriving after the close while the
+    proxy reads slowly (``bandwidth_bps``: they wait in the socket buffers), so what
+    the proxy reads says nothing of when the client gave up; its socket's state
+    does (FIN_WAIT1 and after, or gone, from the close on)."""
+    try:
+        (cip, cport), (pip, pport) = c.sock.getpeername()[:2], c.sock.getsockname()[:2]
+        enc = lambda ip, port: "%08X:%04X" % (struct.unpack("<I", socket.inet_aton(ip))[0], port)  # noqa: E731
+        local, remote = enc(cip, cport), enc(pip, pport)
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                parts = line.split()
+                if parts[1] == local and parts[2] == remote:
+                    return parts[3] == "01"  # TCP_ESTABLISHED
+        return False
+    except (OSError, ValueError, struct.error):
+        return None
 
 
 class _Dropped(Exception):
@@ -424,9 +451,15 @@ class FaultProxy:
         t0 = time.perf_counter()
         while True:
             if bps:  # the whole body, including what came with the head, at bps
-                pause = t0 + len(out) / bps - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
+                # (in short steps, noting when the client was last seen there)
+                while True:
+                    now = time.perf_counter()
+                    if _client_socket_open(c):
+                        c.alive_at = now
+                    pause = t0 + len(out) / bps - now
+                    if pause <= 0:
+                        break
+                    time.sleep(min(pause, 0.005))
             if len(out) >= n:
                 return bytes(out)
             chunk = n - len(out)
@@ -531,8 +564,13 @@ class FaultProxy:
             body = self._read_chunked(c, buf) if chunked else \
                 self._read_exact(c, buf, length, self.faults.bandwidth_bps)
         except (_Dropped, OSError):
+            # it gave up while its body was read slowly: its window ends when its
+            # socket was last seen open, not when the bytes it wrote ran out
+            t_end = time.perf_counter()
+            if self.faults.bandwidth_bps and c.alive_at is not None and c.alive_at >= t_start:
+                t_end = c.alive_at
             self._log(PutLog(0, 0, length, 0, 0, outcome="client_gone", t_start=t_start,
-                             t_end=time.perf_counter(), token=token,
+                             t_end=t_end, token=token,
                              error=f"request body cut short ({action!r} was due)"))
             raise
         req = json.loads(body)

@@ -524,6 +524,9 @@ class LambdaSim:
         self.invoke_timeouts = 0
         self.telemetry_posts = 0  # successful (2xx) POSTs
         self.telemetry_post_failures = 0  # failed attempts (connection error or non-2xx)
+        # 503s before SHUTDOWN: the extension's push-back (memory at its cap while it
+        # may not wait); Lambda keeps the batch and delivers it again, as for any error
+        self.refusals = 0
         self.api_calls: list[tuple[float, str, str, int]] = []  # (perf_counter, method, path, status)
         self.next_call_times: list[float] = []  # perf_counter of every event/next arrival
         self.peak_rss_kb: list[int] = []  # extension VmHWM after each invoke
@@ -916,7 +919,9 @@ class LambdaSim:
                     self.post_errors.append(err)
                     # (after SHUTDOWN an extension may refuse what it can no longer send,
                     # such as its own last log lines: Lambda does not act on it)
-                    if status is not None and not self._shutdown_sent:
+                    if status == 503 and not self._shutdown_sent:
+                        self.refusals += 1
+                    elif status is not None and not self._shutdown_sent:
                         self.violations.append(
                             f"telemetry listener answered {err} (Lambda redelivers on 4xx/5xx; answer 200)")
                     retry_at = time.perf_counter() + backoff / 1000.0

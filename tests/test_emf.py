@@ -115,7 +115,7 @@ EMF_SCHEMA = {
 # What the line carries (src/dispatch/emf.rs): the counters, by the metrics
 # record's names, and the post-runtime figures.
 COUNTS = {"eventsReceived", "recordsSent", "droppedRejected", "droppedShutdown",
-          "parkedRequests", "droppedAccessDenied", "droppedStreamNotFound", "droppedKms",
+          "refusedAtCap", "parkedRequests", "droppedAccessDenied", "droppedStreamNotFound", "droppedKms",
           "droppedCredentials", "droppedSignature", "duplicateRisk", "lambdaDroppedRecords",
           "sampledOutLines", "redactions"}
 MILLISECONDS = {"postRuntimeMedianMs", "postRuntimeMaxMs"}

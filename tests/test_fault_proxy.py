@@ -130,6 +130,41 @@ def test_slow_sink_delay_and_bandwidth(kinesalite):
         assert proxy.puts[0].t_end - proxy.puts[0].t_start > 0.3
 
 
+def test_a_client_gone_during_a_slow_body_read_ends_when_it_closed(kinesalite):
+    """A client that gives up while the proxy reads its body at bandwidth_bps: what
+    it wrote before closing waits in the socket buffers and keeps arriving after the
+    close, so the request's window (the oracle of "no request in flight at
+    event/next") ends when the client's socket was last seen open, not when those
+    bytes ran out (which was up to 80 ms after the extension's event/next in
+    test_scale's flood under load: a request abandoned at its deadline looked in
+    flight)."""
+    name, _ = new_stream(kinesalite)
+    with FaultProxy(kinesalite.endpoint, Faults(bandwidth_bps=2_000_000)) as proxy:
+        s = socket.create_connection(("127.0.0.1", proxy.port))
+        length = 8 << 20
+        s.sendall((f"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n"
+                   "X-Amz-Target: Kinesis_20131202.PutRecords\r\n"
+                   "Content-Type: application/x-amz-json-1.1\r\n\r\n").encode())
+        s.setblocking(False)
+        written = 0
+        t_fill = time.perf_counter() + 0.3
+        while time.perf_counter() < t_fill:  # fill the socket buffers (~MBs on loopback)
+            try:
+                written += s.send(b"x" * 65536)
+            except BlockingIOError:
+                time.sleep(0.005)
+        s.close()
+        t_close = time.perf_counter()
+        deadline = time.monotonic() + 30
+        while not proxy.puts and time.monotonic() < deadline:
+            time.sleep(0.01)
+        p = proxy.puts[0]
+        assert p.outcome == "client_gone", p
+        detected = time.perf_counter()
+        assert written > 1 << 20 and detected - t_close > 0.2, (written, detected - t_close)
+        assert p.t_start < p.t_end <= t_close, (p.t_end - t_close, written)
+
+
 def test_per_shard_limits_follow_the_streams_hash_key_ranges(kinesalite):
     name, _ = new_stream(kinesalite, shards=2)
     limits = ShardLimits(records_per_s=100, bytes_per_s=1 << 20)

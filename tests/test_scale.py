@@ -84,6 +84,55 @@ def test_flood_into_a_small_buffer_behind_a_slow_sink(ext_bin, kinesalite):
               f"{len(proxy.puts)} requests, counters {counters}")
 
 
+def test_a_paused_dispatcher_keeps_to_the_memory_cap(ext_bin, kinesalite):
+    """With periodic flushing the extension lets Lambda freeze the environment
+    at the INVOKE, before the function runs: from then it may not send, nor keep
+    a delivery waiting across the freeze, yet Lambda delivers everything the
+    function logs until it returns. Here one invoke logs ~32 MB (32 KB lines
+    spread over 1 s) at a 4 MiB cap: what arrives past the cap is refused (503,
+    counted as refusedAtCap) and Lambda keeps it and delivers it again after the
+    thaw, so peak RSS stays near the cap (it held all of it before: ~30 MiB) and
+    the extension loses nothing: every event the simulator delivered is on the
+    stream once (what Lambda's own bounded buffer could not hold meanwhile it
+    dropped and reported, as real Lambda does)."""
+    name, _ = new_stream(kinesalite)
+    filler = "".join(chr(0x41 + i % 26) for i in range(32 * 1024))
+    big = lambda i, lid: f"{lid} #{i} {filler}"  # noqa: E731
+    cap = 4 * MIB
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES=str(cap),
+                  KINESIS_TELEMETRY_FLUSH="periodic")
+    with LambdaSim(ext_bin, env, memory_mb=128) as sim:
+        sim.start()
+        sim.invoke(log_lines=1000, line_factory=big, runtime_ms=1000, spread_lines=True)
+        refused_while_paused = sim.refusals
+        calm_from = len(sim.function_line_ids)
+        sim.invoke(log_lines=10)
+        calm_ids = sim.function_line_ids[calm_from:]
+        res = sim.shutdown()
+    assert_run_ok(sim, res, pushback=True)
+    assert sim.post_runtime_ms[0] == 0, sim.post_runtime_ms  # paused before the function ran
+    assert refused_while_paused > 0, "the cap was never reached while paused"
+    delivered_bytes = sum(len(e) for e in sim.delivered)
+    assert delivered_bytes > cap, delivered_bytes  # more than the cap came through
+    peak_kb = max(sim.peak_rss_kb)
+    bound_kb = (cap + 12 * MIB) // 1024  # as in the flood above
+    assert peak_kb < bound_kb, f"peak RSS {peak_kb} KiB over {bound_kb} KiB ({sim.peak_rss_kb})"
+    counters = shutdown_counters(sim.stderr_text())
+    assert counters.get("refusedAtCap", 0) == sim.refusals, (counters, sim.refusals)
+    recs = kinesalite.read_all(name, expect=len(sim.delivered), timeout=READ_TIMEOUT)
+    text = b"\n".join(r["data"] for r in recs if len(r["data"]) < 4096)
+    missing_calm = [i for i in calm_ids if i.encode() not in text]
+    assert not missing_calm, f"{len(missing_calm)} lines of the calm invoke missing"
+    on_stream = collections.Counter(r["data"] for r in lambda_records(recs))
+    missing = collections.Counter(sim.delivered) - on_stream
+    assert not missing, (sum(missing.values()), counters)
+    lost = {k: v for k, v in counters.items() if k.startswith("dropped") and v}
+    assert not lost, lost
+    print(f"\npaused flood: {delivered_bytes / MIB:.0f} MiB delivered, peak RSS {peak_kb} KiB, "
+          f"{sim.refusals} deliveries refused, Lambda dropped {len(sim.dropped)} events of "
+          f"{len(sim.delivered) + len(sim.dropped)}")
+
+
 # ----------------------------------------------------------------------------- 8 environments
 
 

@@ -7,10 +7,15 @@
 //!
 //! So an answer never waits on Kinesis unless memory is full: the
 //! dispatcher may be inside a slow request, and deliveries keep flowing.
-//! Nor while the dispatcher is paused (default Lambda, between an invoke's
-//! end and the freeze): nothing would make room until the next thaw, and a
-//! delivery left unanswered across the freeze is broken. What Lambda still
-//! sends then is the invoke's tail, bounded by its own buffering.
+//! Nor while the dispatcher is paused: nothing would make room until the
+//! next thaw, and a delivery left unanswered across the freeze is broken.
+//! A pause can begin before the invoke's runtime ends (with `PauseNow` the
+//! dispatcher pauses at the INVOKE), so Lambda may go on delivering all the
+//! invoke logs until the freeze: at the cap, a paused dispatcher's
+//! deliveries are refused at once (503, counted as `refusedAtCap`), never
+//! held: Lambda keeps them and delivers them again after the thaw (the
+//! push-back, as when the listener waits). Memory stays at the cap plus one
+//! body, paused or not.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -19,6 +24,40 @@ use std::time::Duration;
 /// How long the listener sleeps at the cap before it looks again, in case
 /// a wake-up was missed (it never is; this only bounds the cost if it were).
 const RECHECK: Duration = Duration::from_millis(100);
+
+/// What becomes of a body the listener is about to hand over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted in flight: hand it over.
+    Admitted,
+    /// Memory is at its cap and the dispatcher paused: refuse it now
+    /// (Lambda delivers it again).
+    Refused,
+}
+
+/// The listener's standing against the cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    Admit,
+    /// At the cap: the running dispatcher will make room.
+    Wait,
+    /// At the cap, the dispatcher paused: nothing makes room before the
+    /// thaw, and the delivery may not wait across the freeze.
+    Refuse,
+}
+
+/// Whether a body can be handed over: while below the cap, whatever its
+/// size (so memory is at most the cap plus one body). At the cap, a running
+/// dispatcher makes room; a paused one does not.
+fn room(in_flight: usize, held: usize, cap: usize, paused: bool) -> Room {
+    if in_flight + held < cap {
+        Room::Admit
+    } else if paused {
+        Room::Refuse
+    } else {
+        Room::Wait
+    }
+}
 
 #[derive(Debug)]
 pub struct Backlog {
@@ -48,14 +87,35 @@ impl Backlog {
         }
     }
 
-    /// Whether a body can be handed over now: below the cap, or nothing at
-    /// all in flight (one body always passes, or a body larger than the
-    /// room left could never pass), or the dispatcher paused.
-    fn has_room(&self) -> bool {
-        let in_flight = self.in_flight.load(Ordering::Acquire);
-        in_flight == 0
-            || in_flight + self.held.load(Ordering::Acquire) < self.cap
-            || self.paused.load(Ordering::Acquire)
+    /// Where the listener stands now (see `room`).
+    fn room_now(&self, in_flight: usize) -> Room {
+        room(
+            in_flight,
+            self.held.load(Ordering::Acquire),
+            self.cap,
+            self.paused.load(Ordering::Acquire),
+        )
+    }
+
+    /// Counts `bytes` in flight if the cap allows it now (compare and swap:
+    /// two listener threads cannot both take the last room).
+    fn try_admit(&self, bytes: usize) -> Room {
+        let mut in_flight = self.in_flight.load(Ordering::Acquire);
+        loop {
+            let room = self.room_now(in_flight);
+            if room != Room::Admit {
+                return room;
+            }
+            match self.in_flight.compare_exchange_weak(
+                in_flight,
+                in_flight + bytes,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Room::Admit,
+                Err(now) => in_flight = now,
+            }
+        }
     }
 
     /// The dispatcher pauses (`true`: the sandbox may freeze from now) or
@@ -68,12 +128,18 @@ impl Backlog {
     }
 
     /// The listener is about to hand over a body of `bytes`: waits while
-    /// memory is at the cap, then counts it in flight.
-    pub fn admit(&self, bytes: usize) {
-        if !self.has_room() {
+    /// memory is at the cap and the dispatcher runs, then counts it in
+    /// flight; or, paused at the cap, tells it to refuse the body.
+    pub fn admit(&self, bytes: usize) -> Admission {
+        let mut room = self.try_admit(bytes);
+        if room == Room::Wait {
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.waiting.store(true, Ordering::Release);
-            while !self.has_room() {
+            loop {
+                room = self.try_admit(bytes);
+                if room != Room::Wait {
+                    break;
+                }
                 guard = match self.room.wait_timeout(guard, RECHECK) {
                     Ok((g, _)) => g,
                     Err(e) => e.into_inner().0,
@@ -81,7 +147,10 @@ impl Backlog {
             }
             self.waiting.store(false, Ordering::Release);
         }
-        self.in_flight.fetch_add(bytes, Ordering::AcqRel);
+        match room {
+            Room::Admit => Admission::Admitted,
+            Room::Wait | Room::Refuse => Admission::Refused,
+        }
     }
 
     /// The dispatcher took a body of `bytes` (it now counts in `held`).
@@ -118,34 +187,48 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
+    fn room_is_below_the_cap_and_at_it_a_wait_or_a_refusal() {
+        assert_eq!(room(0, 0, 100, false), Room::Admit);
+        assert_eq!(room(40, 59, 100, false), Room::Admit);
+        assert_eq!(room(40, 59, 100, true), Room::Admit);
+        // At the cap: the running dispatcher makes room; a paused one not.
+        assert_eq!(room(40, 60, 100, false), Room::Wait);
+        assert_eq!(room(40, 60, 100, true), Room::Refuse);
+        // The dispatcher holds the cap and nothing is in flight: still
+        // the cap (not one body more each time the dispatcher takes one).
+        assert_eq!(room(0, 100, 100, false), Room::Wait);
+        assert_eq!(room(0, 100, 100, true), Room::Refuse);
+    }
+
+    #[test]
     fn below_the_cap_bodies_pass_without_waiting() {
         let b = Backlog::new(100);
-        b.admit(40);
-        b.admit(40);
+        assert_eq!(b.admit(40), Admission::Admitted);
+        assert_eq!(b.admit(40), Admission::Admitted);
         assert_eq!(b.in_flight(), 80);
         b.taken(80);
         b.holding(90);
-        // 0 in flight: one body always passes, however full the dispatcher.
-        b.admit(500);
+        // Below the cap, a body larger than the room left passes: memory
+        // is at most the cap plus one body.
+        assert_eq!(b.admit(500), Admission::Admitted);
         assert_eq!(b.in_flight(), 500);
     }
 
     /// A backlog at its cap, and a listener thread waiting to hand over 10
-    /// bytes: its channel says when it got through.
+    /// bytes: its channel says how it got through.
     fn at_cap() -> (
         Arc<Backlog>,
-        crossbeam_channel::Receiver<()>,
+        crossbeam_channel::Receiver<Admission>,
         std::thread::JoinHandle<()>,
     ) {
         let b = Arc::new(Backlog::new(100));
-        b.admit(60);
+        assert_eq!(b.admit(60), Admission::Admitted);
         b.holding(50);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let waiter = {
             let b = b.clone();
             std::thread::spawn(move || {
-                b.admit(10);
-                tx.send(()).unwrap();
+                tx.send(b.admit(10)).unwrap();
             })
         };
         assert!(
@@ -160,21 +243,29 @@ mod tests {
         let (b, rx, waiter) = at_cap();
         // The dispatcher sends records: room again.
         b.holding(10);
-        rx.recv_timeout(Duration::from_secs(5))
+        let admission = rx
+            .recv_timeout(Duration::from_secs(5))
             .expect("woken when room was made");
+        assert_eq!(admission, Admission::Admitted);
         waiter.join().unwrap();
         assert_eq!(b.in_flight(), 70);
     }
 
     #[test]
-    fn a_paused_dispatcher_lets_the_listener_answer() {
+    fn a_paused_dispatcher_at_the_cap_has_the_body_refused_not_held() {
         let (b, rx, waiter) = at_cap();
-        // The invoke ends: nothing will make room before the freeze.
+        // The invoke ends: nothing will make room before the freeze, and
+        // the listener may not wait across it; nor may memory grow.
         b.paused(true);
-        rx.recv_timeout(Duration::from_secs(5))
-            .expect("admitted once paused");
+        let admission = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("answered once paused");
+        assert_eq!(admission, Admission::Refused);
         waiter.join().unwrap();
-        b.paused(false);
-        assert!(!b.has_room(), "the cap holds again once thawed");
+        assert_eq!(b.in_flight(), 60, "nothing more in flight");
+        assert_eq!(b.admit(10), Admission::Refused, "every body while paused");
+        // Below the cap a paused dispatcher's bodies pass as ever.
+        b.holding(0);
+        assert_eq!(b.admit(10), Admission::Admitted);
     }
 }

@@ -26,11 +26,12 @@ use std::fmt::Write;
 pub const EMF_TYPE: &str = "kinesis-telemetry-extension.emf";
 
 /// Counters in the line (the metrics record's names), unit Count.
-pub const COUNTS: [&str; 13] = [
+pub const COUNTS: [&str; 14] = [
     "eventsReceived",
     "recordsSent",
     "droppedRejected",
     "droppedShutdown",
+    "refusedAtCap",
     "parkedRequests",
     "droppedAccessDenied",
     "droppedStreamNotFound",

@@ -684,6 +684,13 @@ impl Client<'_> {
                 }
                 200
             }
+            // (Lambda's connection all the same: a push-back, not a stranger)
+            Taken::Refused => {
+                if let Some(s) = lock(&self.shared.slots).get(self.id) {
+                    s.trusted = true;
+                }
+                503
+            }
             Taken::TooLate => 503,
         };
         drop(budget);

@@ -9,14 +9,17 @@
 //! over, whatever the dispatcher is doing (a slow Kinesis request included);
 //! only when memory is at its cap (`Backlog`) does it wait, and Lambda
 //! buffers, then drops and reports `platform.logsDropped`, instead of this
-//! process growing. `ListenerSettings`: its port and body limit.
+//! process growing. At the cap while the dispatcher is paused it does not
+//! wait (the sandbox may freeze): the delivery is refused (503), so Lambda
+//! keeps it and delivers it again, counted as `refusedAtCap`.
+//! `ListenerSettings`: its port and body limit.
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use crossbeam_channel::Sender;
 
-use crate::dispatch::backlog::Backlog;
+use crate::dispatch::backlog::{Admission, Backlog};
 use crate::lambda::telemetry::{self, Delivery};
 use crate::lambda::view::Reading;
 use crate::stats::Stats;
@@ -39,6 +42,9 @@ pub const READER_STACK: usize = 128 * 1024;
 pub enum Taken {
     /// Its events are with the dispatcher (200).
     Queued,
+    /// Memory at its cap while the dispatcher is paused: not taken (503),
+    /// so Lambda keeps it and delivers it again (`refusedAtCap`).
+    Refused,
     /// The dispatcher has finished (shutdown): these came after the final
     /// flush (such as our own last log lines). Not taken, so not 200:
     /// Lambda keeps them, and drops them with the environment (503).
@@ -80,7 +86,10 @@ impl Intake {
         }
         let body_bytes = body.len();
         // Waits only while memory is at its cap (see `Backlog`).
-        self.backlog.admit(body_bytes);
+        if self.backlog.admit(body_bytes) == Admission::Refused {
+            self.refused_at_cap(events.len(), body_bytes);
+            return Taken::Refused;
+        }
         let delivery = Delivery {
             received,
             events,
@@ -93,5 +102,17 @@ impl Intake {
             return Taken::TooLate;
         }
         Taken::Queued
+    }
+
+    /// A delivery refused at the memory cap while the dispatcher is paused
+    /// (Lambda delivers it again): counted, logged once.
+    fn refused_at_cap(&self, events: usize, body_bytes: usize) {
+        let stats = &self.stats;
+        if stats.refused_at_cap.get() == 0 {
+            log::warn!(
+                "memory at KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES while no request may be sent (the environment may freeze): a delivery of {events} events ({body_bytes} bytes) refused with 503, Lambda keeps it and delivers it again after the thaw (if its own buffer overflows it drops and says so: lambdaDroppedRecords); the sink is slower than the function logs: raise the limit or the stream's capacity; totals in refusedAtCap"
+            );
+        }
+        stats.refused_at_cap.add(1);
     }
 }
