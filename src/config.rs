@@ -264,7 +264,7 @@ settings! {
             default: "(all)",
             range: "`TRACE`, `DEBUG`, `INFO`, `WARN`, `ERROR`, `FATAL`",
         },
-        meaning: m("Drop JSON-format function/extension log events below this level."),
+        meaning: m("Drop JSON-format function/extension log events below this level (a record's `level` in any case; Python's `WARNING` and `CRITICAL` count as `WARN` and `FATAL`). Text-format lines have no level and are always kept."),
     };
     ENRICH = Setting {
         var: "KINESIS_TELEMETRY_ENRICH",

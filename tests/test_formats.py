@@ -242,6 +242,33 @@ def test_min_level_drops_json_logs_below_it(ext_bin, kinesalite):
     assert levels == {"WARN": 8, "ERROR": 8, "FATAL": 8, "-": 8, "text": 8}, levels
 
 
+def test_min_level_reads_python_level_names(ext_bin, kinesalite):
+    """Python's logging names (WARNING, CRITICAL), which its loggers such as
+    Powertools write as `level`, are WARN and FATAL: at MIN_LEVEL=ERROR the
+    warnings go (before, an unknown word was kept) and the critical lines stay."""
+    name, _ = new_stream(kinesalite)
+    env = ext_env(kinesalite, name, KINESIS_TELEMETRY_MIN_LEVEL="ERROR")
+    sim = LambdaSim(ext_bin, env, log_format="json")
+    cycle = ["WARNING", "warning", "CRITICAL", "ERROR"]
+
+    def line(i: int, lid: str):
+        return {"timestamp": "2026-11-25T22:09:45.436Z", "level": cycle[i % len(cycle)],
+                "message": f"line {lid} #{i}"}
+
+    with sim:
+        _run(sim, 3, 2 * len(cycle), line_factory=line)
+
+    def dropped(b: bytes) -> bool:
+        v = json.loads(b)
+        return (v["type"] == "function" and isinstance(v["record"], dict)
+                and v["record"].get("level") in ("WARNING", "warning", "INFO"))
+
+    expected = [b for b in sim.delivered if not dropped(b)]
+    assert len(sim.delivered) - len(expected) == 3 * 2 * 2 + 1  # + the init line (INFO)
+    recs = _read(kinesalite, name, len(expected) + 1)
+    assert_exactly_once(sim, [r["data"] for r in recs], expected=expected)
+
+
 def test_own_debug_logs_do_not_feed_back_per_invoke(ext_bin, kinesalite):
     """RUST_LOG=debug: the extension's own log lines come back to it as `extension`
     telemetry and are forwarded like any; the number per invoke stays a small

@@ -59,16 +59,18 @@ def _nanos(time_: str) -> int:
 
 def _stated_level(rec) -> int | None:
     """The level a line states, as the docs say the extension reads it: a JSON
-    line's `level`; a text line's `[LEVEL]` prefix or third tab-separated field."""
+    line's `level`; a text line's `[LEVEL]` prefix or third tab-separated field;
+    Python's WARNING and CRITICAL as WARN and FATAL."""
     if isinstance(rec, dict):
         word = rec.get("level")
     elif rec.startswith("["):
-        m = re.match(r"\[([^]]{0,5})\]", rec)
+        m = re.match(r"\[([^]]{0,8})\]", rec)
         word = m and m[1]
     else:
         fields = rec.split("\t")
         word = fields[2] if len(fields) > 2 else None
     word = word.upper() if isinstance(word, str) else None
+    word = {"WARNING": "WARN", "CRITICAL": "FATAL"}.get(word, word)
     return LEVELS.index(word) if word in LEVELS else None
 
 
@@ -77,10 +79,11 @@ def _lines(log_format: str):
     def text(i: int, lid: str) -> str:
         return [f"2026-01-01T00:00:00.000Z\t8f5c\tWARN\tline {lid} node-style",
                 f"[ERROR]\t2026-01-01T00:00:00.000Z\t8f5c\tline {lid} python-style",
-                f"line {lid} no level \"quoted\" é"][i % 3]
+                f"[WARNING]\t2026-01-01T00:00:00.000Z\t8f5c\tline {lid} python's warning",
+                f"line {lid} no level \"quoted\" é"][i % 4]
 
     def js(i: int, lid: str) -> dict:
-        level = ["DEBUG", "info", "WARN", "ERROR", "NOTICE"][i % 5]
+        level = ["DEBUG", "info", "WARN", "ERROR", "NOTICE", "CRITICAL"][i % 6]
         return {"timestamp": "2026-01-01T00:00:00.000Z", "level": level, "message": f"line {lid} é"}
     return text if log_format == "text" else js
 

@@ -25,10 +25,18 @@
 /// Log levels of JSON-format logs, lowest first.
 pub const LEVELS: [&str; 6] = ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"];
 
-/// A level word's index in `LEVELS` (any case).
+/// A level word's index in `LEVELS` (any case); Python's `WARNING` and
+/// `CRITICAL` (its logging module's names, which its runtime's text lines
+/// and loggers such as Powertools' write) are `WARN` and `FATAL`, as
+/// Lambda's own log-level filtering maps them.
 fn level_of(word: &str) -> Option<u8> {
-    let i = LEVELS.iter().position(|n| n.eq_ignore_ascii_case(word))?;
-    Some(i as u8)
+    let i = LEVELS.iter().position(|n| n.eq_ignore_ascii_case(word));
+    i.or_else(|| {
+        let aliases = ["WARNING", "CRITICAL"];
+        let a = aliases.iter().position(|n| n.eq_ignore_ascii_case(word))?;
+        Some(3 + 2 * a) // WARN, FATAL
+    })
+    .map(|i| i as u8)
 }
 
 /// The level a text log line states in a prefix, as an index in `LEVELS`:
@@ -37,8 +45,8 @@ fn level_of(word: &str) -> Option<u8> {
 /// `<time>\t<request id>\tINFO\t…`). Other lines have none.
 pub fn text_level(line: &str) -> Option<u8> {
     if let Some(rest) = line.strip_prefix('[') {
-        // (the longest level is 5 letters: no scan of long lines)
-        let end = rest.bytes().take(6).position(|b| b == b']')?;
+        // (the longest level is 8 letters: no scan of long lines)
+        let end = rest.bytes().take(9).position(|b| b == b']')?;
         return level_of(&rest[..end]);
     }
     level_of(line.split('\t').nth(2)?)
@@ -663,12 +671,20 @@ mod tests {
         assert_eq!(text_level(&python), Some(4));
         assert_eq!(text_level("[info] lower case"), Some(2));
         assert_eq!(text_level("[ERROR] Runtime.ImportModuleError: x"), Some(4));
+        // Python's names for WARN and FATAL.
+        assert_eq!(
+            text_level(&format!("[WARNING]\t2026-01-01T00:00:00.000Z\t{rid}\tx")),
+            Some(3)
+        );
+        assert_eq!(text_level("[CRITICAL] x"), Some(5));
+        assert_eq!(text_level("a\tb\tcritical\tc"), Some(5));
         for none in [
             "plain line",
             "",
             "[",
             "[]",
-            "[WARNING] not one of LEVELS",
+            "[WARNINGS] not one of LEVELS",
+            "[CRITICALLY]",
             "[1,2,3]",
             "a\tb",
             "a\tb\tNOTICE\tc",
