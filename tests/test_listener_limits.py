@@ -43,7 +43,10 @@ def finish(sim: LambdaSim, kinesalite, name: str) -> dict:
     assert sim.lost_before_shutdown == [], (len(sim.lost_before_shutdown), sim.post_errors[:5],
                                             res, sim.stderr_text()[-3000:])
     recs = kinesalite.read_all(name, expect=len(sim.delivered) + 1, timeout=READ_TIMEOUT)
-    assert_exactly_once(sim, [r["data"] for r in recs])
+    try:
+        assert_exactly_once(sim, [r["data"] for r in recs])
+    except AssertionError as e:  # (what Lambda saw of its deliveries says why)
+        raise AssertionError(f"{e}\nPOST errors: {sim.post_errors[:10]}") from None
     m = final_metrics(recs)
     assert m is not None
     return m
