@@ -5,7 +5,8 @@ Runs the built extension under the Lambda simulator (frozen between invokes),
 writing to a local kinesalite through `tests/fault_proxy.py` (no faults: it
 only counts what the extension sends), and prints markdown tables:
 
-1. For each format (json, kpl, ndjson-gzip, cwlogs, otlp-json) and N function log lines per invoke
+1. For each format (json, kpl, ndjson-gzip, cwlogs, otlp-json, otlp-json+gzip: with
+   KINESIS_TELEMETRY_OTLP_COMPRESSION=gzip) and N function log lines per invoke
    (1, 10, 100 of the simulator's text lines: ~100-200 B each, every 7th ~1.1 KB):
    Kinesis records, PutRecords requests, bytes, PUT payload units and on-demand
    billed KB, per 1,000 invocations (INVOKES runs, scaled).
@@ -74,7 +75,11 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
     stream = "cost-" + uuid.uuid4().hex[:8]
     emu.create_stream(stream, 1)
     with TimedProxy(emu.endpoint) as proxy:
-        env = env_for(emu, stream, proxy, KINESIS_TELEMETRY_FORMAT=fmt, KINESIS_TELEMETRY_FLUSH=flush, **extra)
+        # "otlp-json+gzip": otlp-json with KINESIS_TELEMETRY_OTLP_COMPRESSION=gzip
+        if fmt.endswith("+gzip"):
+            extra = dict(extra, KINESIS_TELEMETRY_OTLP_COMPRESSION="gzip")
+        env = env_for(emu, stream, proxy, KINESIS_TELEMETRY_FORMAT=fmt.removesuffix("+gzip"),
+                      KINESIS_TELEMETRY_FLUSH=flush, **extra)
         with LambdaSim(ext, env, **(sim_kw or {})) as sim:
             sim.start()
             before = sim.resources()
@@ -89,9 +94,9 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
         sizes = [len(a.data) + len(a.partition_key.encode()) for a in proxy.accepted_log]
         events = []
         for a in proxy.accepted_log:
-            events += [i.data for i in unpack(a.data, fmt, a.partition_key)]
+            events += [i.data for i in unpack(a.data, fmt.removesuffix("+gzip"), a.partition_key)]
         requests = sum(1 for p in proxy.puts if p.records)
-        arrived = proxy.arrivals(fmt)
+        arrived = proxy.arrivals(fmt.removesuffix("+gzip"))
     sent = collections.Counter(e for e in events if not is_own(e))
     # What CloudWatch Logs would ingest for the same lines: the cwlogs
     # messages (text lines, START/END/REPORT), each counted as CloudWatch
@@ -100,7 +105,7 @@ def one_run(ext, emu, invokes, lines, fmt, flush, sim_kw=None, **extra):
     missing = collections.Counter(sim.delivered) - sent
     # (cwlogs and otlp-json carry lines as log events / log records, not the events'
     # bytes: their end-to-end tests check them)
-    if missing and "KINESIS_TELEMETRY_SAMPLE_SUCCESS" not in extra and fmt not in ("cwlogs", "otlp-json"):
+    if missing and "KINESIS_TELEMETRY_SAMPLE_SUCCESS" not in extra and fmt not in ("cwlogs", "otlp-json", "otlp-json+gzip"):
         print(f"WARNING: {fmt}/{flush}/N={lines}: {sum(missing.values())} delivered events not sent",
               file=sys.stderr)
     recv = received_at(sim)
@@ -221,7 +226,7 @@ def main() -> int:
     ap.add_argument("--extension", default=os.path.join(ROOT, "layer/extensions/kinesis-telemetry-extension"))
     ap.add_argument("--invokes", type=int, default=100)
     ap.add_argument("--lines", default="1,10,100")
-    ap.add_argument("--formats", default="json,kpl,ndjson-gzip,cwlogs,otlp-json")
+    ap.add_argument("--formats", default="json,kpl,ndjson-gzip,cwlogs,otlp-json,otlp-json+gzip")
     ap.add_argument("--flush", default="adaptive,end", help="flush modes for the cost table")
     ap.add_argument("--skip-modes", action="store_true", help="no post-runtime table")
     ap.add_argument("--sampling-only", action="store_true",

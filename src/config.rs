@@ -253,6 +253,11 @@ settings! {
         accepts: Word { default: "text", words: &["text", "json"] },
         meaning: m("`cwlogs` records: platform events as CloudWatch's `START`/`END`/`REPORT` lines, or as their JSON."),
     };
+    OTLP_COMPRESSION = Setting {
+        var: "KINESIS_TELEMETRY_OTLP_COMPRESSION",
+        accepts: Word { default: "none", words: &["none", "gzip"] },
+        meaning: m("`otlp-json` records: as they are, or gzip-compressed (as the OpenTelemetry collector's Kinesis exporter writes them with `compression: gzip`)."),
+    };
     PLATFORM_EVENTS = Setting {
         var: "KINESIS_TELEMETRY_PLATFORM_EVENTS",
         accepts: Other { default: "`*`", range: "`*` or names such as `start,runtimeDone,report`" },
@@ -827,6 +832,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
         "json" => cwlogs::Platform::Json,
         _ => cwlogs::Platform::Text,
     };
+    let otlp_gzip = r.word(&OTLP_COMPRESSION) == "gzip";
     let hash_key = match r.word(&HASH_KEY) {
         "random" => HashKeyMode::Random,
         _ => HashKeyMode::None,
@@ -940,6 +946,7 @@ pub fn from_env(get: &dyn Fn(&str) -> Option<String>) -> Result<Settings, Config
                 own_emf: emf.on,
                 format,
                 cwlogs_platform,
+                otlp_gzip,
                 tags,
                 memory_mb: get(AWS_LAMBDA_FUNCTION_MEMORY_SIZE.var)
                     .and_then(|v| v.trim().parse().ok()),
@@ -2400,9 +2407,10 @@ mod tests {
                 continue;
             };
             // (a setting of one format, with that format)
-            let format = match s.var == CWLOGS_PLATFORM.var {
-                true => "cwlogs",
-                false => "json",
+            let format = match s.var {
+                v if v == CWLOGS_PLATFORM.var => "cwlogs",
+                v if v == OTLP_COMPRESSION.var => "otlp-json",
+                _ => "json",
             };
             let seen: std::collections::HashSet<String> = words
                 .iter()

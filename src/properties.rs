@@ -309,6 +309,7 @@ proptest! {
                 own_emf: false,
                 format: fmt,
                 cwlogs_platform: cwlogs::Platform::Text,
+                otlp_gzip: false,
                 tags: Vec::new(),
                 memory_mb: None,
             };

@@ -85,6 +85,8 @@ def unpack(data: bytes, fmt: str, partition_key: str = "pk", allow_plain: bool =
         assert message["messageType"] == "DATA_MESSAGE", message
         return [Inner(e["message"].encode(), partition_key) for e in message["logEvents"]]
     if fmt == "otlp-json":  # the log records (not the events' bytes: see test_otlp.py)
+        if data[:2] == b"\x1f\x8b":  # KINESIS_TELEMETRY_OTLP_COMPRESSION=gzip
+            data = gzip.decompress(data)
         [rl] = json.loads(data)["resourceLogs"]
         [sl] = rl["scopeLogs"]
         return [Inner(json.dumps(lr).encode(), partition_key) for lr in sl["logRecords"]]

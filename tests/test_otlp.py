@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import collections
 import datetime
+import gzip
 import json
 import re
 
@@ -96,8 +97,8 @@ def _attrs(kvs) -> dict:
     return out
 
 
-@pytest.mark.parametrize("log_format", ["text", "json"])
-def test_otlp_json_records_parse_as_export_logs_requests(ext_bin, kinesalite, log_format):
+@pytest.mark.parametrize("log_format,compression", [("text", "none"), ("json", "none"), ("text", "gzip")])
+def test_otlp_json_records_parse_as_export_logs_requests(ext_bin, kinesalite, log_format, compression):
     """KINESIS_TELEMETRY_FORMAT=otlp-json: every record is one ExportLogsServiceRequest
     (strictly parsed by opentelemetry-proto) with one resource: the semantic
     conventions' cloud and FaaS attributes of the function, then the tags (no
@@ -106,12 +107,15 @@ def test_otlp_json_records_parse_as_export_logs_requests(ext_bin, kinesalite, lo
     platform events named by their type with their record as body, times from the
     events' ns-precise times; each invocation's records carry its request id as
     faas.invocation_id and its tracing header's ids (W3C trace id, Parent as span id,
-    sampled flag); records within the limit, many log records each."""
+    sampled flag); records within the limit, many log records each. With
+    KINESIS_TELEMETRY_OTLP_COMPRESSION=gzip each record is the same, gzip-compressed
+    (what a consumer of the collector's exporter with `compression: gzip` reads)."""
     name, _ = new_stream(kinesalite)
     per = 9
     env = ext_env(kinesalite, name, KINESIS_TELEMETRY_FORMAT="otlp-json",
                   KINESIS_TELEMETRY_MAX_RECORD_BYTES=str(LIMIT),
-                  KINESIS_TELEMETRY_TAGS="team=payments, env=prod")
+                  KINESIS_TELEMETRY_TAGS="team=payments, env=prod",
+                  KINESIS_TELEMETRY_OTLP_COMPRESSION=compression)
     with LambdaSim(ext_bin, env, log_format=log_format, function_name="orders-fn",
                    function_version="7", account_id="210987654321", memory_mb=256) as sim:
         run_invokes(sim, 12, per, idle_ms=5, line_factory=_lines(log_format))
@@ -123,7 +127,11 @@ def test_otlp_json_records_parse_as_export_logs_requests(ext_bin, kinesalite, lo
 
     logs, instances = [], set()
     for r in recs:
-        req = parse_request(r["data"])
+        data = r["data"]
+        if compression == "gzip":
+            assert data[:2] == b"\x1f\x8b", data[:40]
+            data = gzip.decompress(data)
+        req = parse_request(data)
         [rl] = req.resource_logs
         attrs = _attrs(rl.resource.attributes)
         instances.add(attrs.pop("faas.instance"))

@@ -48,6 +48,8 @@ pub struct ShapeSettings {
     pub format: Format,
     /// `cwlogs`: how platform events are shown.
     pub cwlogs_platform: cwlogs::Platform,
+    /// `otlp-json`: records gzip-compressed.
+    pub otlp_gzip: bool,
     /// `KINESIS_TELEMETRY_TAGS`, checked, in the order given: the
     /// envelope's `tags`, or `otlp-json`'s resource attributes.
     pub tags: Vec<(String, String)>,
@@ -159,7 +161,8 @@ impl Shaper {
             head
         });
         let otlp = (cfg.format == Format::OtlpJson)
-            .then(|| otlp_json::head(context, keys.environment(), cfg.memory_mb, &cfg.tags));
+            .then(|| otlp_json::head(context, keys.environment(), cfg.memory_mb, &cfg.tags))
+            .map(|h| h.gzip(cfg.otlp_gzip));
         let form = match otlp {
             Some(_) => trace::Form::Otlp,
             None => trace::Form::Envelope,
@@ -414,6 +417,7 @@ mod tests {
             own_emf: false,
             format: Format::Json,
             cwlogs_platform: cwlogs::Platform::Json,
+            otlp_gzip: false,
             tags: Vec::new(),
             memory_mb: None,
         };

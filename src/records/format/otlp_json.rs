@@ -2,7 +2,9 @@
 //! `ExportLogsServiceRequest` in OTLP's JSON encoding (OTLP/HTTP's JSON
 //! mapping: camelCase names, trace and span ids as hex, 64-bit integers as
 //! decimal strings, enums as numbers), uncompressed as the OpenTelemetry
-//! collector's Kinesis exporter writes its `otlp_json` by default.
+//! collector's Kinesis exporter writes its `otlp_json` by default, or
+//! gzip-compressed as it does with `compression: gzip`
+//! (`KINESIS_TELEMETRY_OTLP_COMPRESSION`).
 //!
 //! Shaping (`log_record`) turns each event into its `LogRecord` once, so
 //! that it is the same on every resend; packing (`Head`) puts as many as fit
@@ -19,6 +21,7 @@ use crate::json::push_string;
 use crate::lambda::telemetry::Kind;
 use crate::lambda::view::{text_level, LEVELS};
 use crate::records::format::cwlogs::Parts;
+use crate::records::format::ndjson_gzip::{take_gzip, Frame};
 use crate::records::format::{RecordFormat, Wire};
 use crate::records::queue::Queue;
 
@@ -39,11 +42,17 @@ pub fn reserve(tags: &[(String, String)]) -> usize {
     RESERVE + attributes
 }
 
-/// The otlp-json packer: the resource and scope every record starts with.
+/// The otlp-json packer: the resource and scope every record starts with,
+/// and whether records are gzip-compressed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Head(String);
+pub struct Head(String, bool);
 
 impl Head {
+    /// The same head, its records gzip-compressed when `on`.
+    pub fn gzip(self, on: bool) -> Head {
+        Head(self.0, on)
+    }
+
     /// Room a log record leaves for the head and tail in one record.
     pub fn overhead(&self) -> usize {
         self.0.len() + TAIL.len()
@@ -115,7 +124,7 @@ pub fn head(
     s.push_str(",\"version\":");
     push_string(&mut s, env!("CARGO_PKG_VERSION"));
     s.push_str("},\"logRecords\":[");
-    Head(s)
+    Head(s, false)
 }
 
 impl Default for Head {
@@ -130,6 +139,14 @@ impl RecordFormat for Head {
     /// As many log records as fit `room` between the head and the tail
     /// (`None` when not even the front one does).
     fn pack(&self, queue: &mut Queue, room: usize) -> Option<Wire> {
+        if self.1 {
+            let frame = Frame {
+                head: self.0.as_bytes(),
+                between: b",",
+                tail: TAIL.as_bytes(),
+            };
+            return take_gzip(queue, room, &frame);
+        }
         let key = queue.front()?.key.clone();
         let mut size = self.overhead() + key.len();
         let mut members = Vec::new();
@@ -158,6 +175,14 @@ impl RecordFormat for Head {
 
     #[cfg(test)]
     fn decode(&self, data: &[u8]) -> Vec<Vec<u8>> {
+        let plain;
+        let data = match self.1 {
+            true => {
+                plain = crate::records::format::ndjson_gzip::gunzip(data);
+                &plain[..]
+            }
+            false => data,
+        };
         let text = std::str::from_utf8(data).unwrap();
         assert!(text.starts_with(&self.0) && text.ends_with(TAIL), "{text}");
         let v: serde_json::Value = serde_json::from_str(text).unwrap();
@@ -472,5 +497,40 @@ mod tests {
         q.push(Record::new(vec![b'x'; 2000], "k"));
         assert!(Head::default().pack(&mut q, 2000).is_none());
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn gzip_records_are_the_same_requests_compressed() {
+        let lines = |n: usize| {
+            let mut q = Queue::default();
+            for i in 0..n {
+                let ev = format!(
+                    r#"{{"time":"2026-11-30T01:02:03Z","type":"function","record":"line {i} of the order service"}}"#
+                );
+                let lr = log_record(&ev, Kind::Function, &NONE, 1 << 20);
+                q.push(Record::new(lr.into_bytes(), "k"));
+            }
+            q
+        };
+        let plain = Head::default();
+        let gzip = Head::default().gzip(true);
+        let (mut a, mut b) = (lines(400), lines(400));
+        let p = plain.pack(&mut a, 1 << 20).unwrap();
+        let z = gzip.pack(&mut b, 1 << 20).unwrap();
+        assert_eq!(p.members.len(), 400);
+        assert_eq!(z.members.len(), 400);
+        assert!(z.data().starts_with(&[0x1f, 0x8b]));
+        let unzipped = crate::records::format::ndjson_gzip::gunzip(z.data());
+        assert_eq!(unzipped, p.data(), "the same request, compressed");
+        assert!(z.data().len() * 10 < p.data().len(), "{}", z.data().len());
+        // Within the room, by compressed size: many more per record.
+        let (mut c, mut d) = (lines(20_000), lines(20_000));
+        let w = gzip.pack(&mut c, 16 * 1024).unwrap();
+        let unzipped = plain.pack(&mut d, 16 * 1024).unwrap();
+        assert!(w.size() <= 16 * 1024);
+        let (n, m) = (w.members.len(), unzipped.members.len());
+        assert!(n > 5 * m, "{n} gzip, {m} plain");
+        let sent: Vec<Vec<u8>> = w.members.iter().map(|r| r.data.to_vec()).collect();
+        assert_eq!(gzip.decode(w.data()), sent);
     }
 }
