@@ -599,11 +599,15 @@ impl<C: PutRecords> Dispatcher<C> {
                 Next::Go => {}
                 Next::Wait(wait) => {
                     // No sleeping into the deadline: a try after it is none.
+                    // The final flush cuts its last wait short instead, so
+                    // that its last try comes just before the deadline.
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if wait >= left {
-                        return;
-                    }
-                    std::thread::sleep(wait);
+                    let sleep = match self.final_flush {
+                        true => crate::dispatch::retry::final_sleep(wait, left),
+                        false => (wait < left).then_some(wait),
+                    };
+                    let Some(sleep) = sleep else { return };
+                    std::thread::sleep(sleep);
                 }
                 next @ Next::GiveUp(GaveUp::Parked(_)) => {
                     self.requests.retrier().hold(next);

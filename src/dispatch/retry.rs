@@ -32,6 +32,18 @@ pub fn final_wait(tries: u32) -> Duration {
         .min(FINAL_MAX_WAIT)
 }
 
+/// The shortest time before the deadline worth one last try in.
+const LAST_TRY_ROOM: Duration = Duration::from_millis(20);
+
+/// How long the shutdown flush sleeps before its next try, `left` before
+/// its deadline: `wait`, or a wait that would pass the deadline cut short so
+/// that the last try comes just before it (the window is spent, not given
+/// up early); `None` when too little is left for a try.
+pub fn final_sleep(wait: Duration, left: Duration) -> Option<Duration> {
+    let room = left.checked_sub(LAST_TRY_ROOM)?;
+    Some(wait.min(room))
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Budget {
     tokens: u32,
@@ -318,6 +330,19 @@ impl Retrier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_final_flush_spends_its_window_to_the_end() {
+        let ms = Duration::from_millis;
+        // A wait that fits is slept whole.
+        assert_eq!(final_sleep(ms(400), ms(1000)), Some(ms(400)));
+        // One that would pass the deadline is cut: the last try just before it.
+        assert_eq!(final_sleep(ms(400), ms(300)), Some(ms(280)));
+        assert_eq!(final_sleep(ms(400), ms(20)), Some(ms(0)));
+        // Too little left for a try.
+        assert_eq!(final_sleep(ms(400), ms(19)), None);
+        assert_eq!(final_sleep(ms(100), ms(0)), None);
+    }
 
     #[test]
     fn budget_spends_and_refills() {
