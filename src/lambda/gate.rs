@@ -11,9 +11,11 @@
 //! - connections: at most `Limits::connections` (`admission`); past it one
 //!   is shed in the order of `shed_rank` (strangers before connections that
 //!   carried a delivery; idle, then slow), or the newcomer waits, then gets
-//!   a 503. The accepting thread only accepts, sheds and spawns: it never
-//!   reads from or waits on a client, and survives every accept error
-//!   (`EMFILE` under Lambda's 1,024-file limit included);
+//!   a 503. A shed connection hands nothing over, not even a request that
+//!   had arrived whole: it cannot answer, and Lambda delivers again what it
+//!   had no answer to. The accepting thread only accepts, sheds and
+//!   spawns: it never reads from or waits on a client, and survives every
+//!   accept error (`EMFILE` under Lambda's 1,024-file limit included);
 //! - a request head: at most `head_bytes` (431 past it), decided on before
 //!   any body byte is read (`request_head`), so a refused request never
 //!   waits for its body;
@@ -557,11 +559,13 @@ impl Shared {
         Err(Stopped::Refused(503))
     }
 
-    fn set_state(&self, id: u64, state: State) {
-        if let Some(s) = lock(&self.slots).get(id) {
-            s.state = state;
-            s.since = Instant::now();
-        }
+    /// False if the connection was shed: it has no slot any more.
+    fn set_state(&self, id: u64, state: State) -> bool {
+        let mut slots = lock(&self.slots);
+        let Some(s) = slots.get(id) else { return false };
+        s.state = state;
+        s.since = Instant::now();
+        true
     }
 }
 
@@ -674,7 +678,12 @@ impl Client<'_> {
             Body::Length(n) => self.read_body(&mut body, n as usize, &mut budget)?,
             Body::Chunked => self.chunked(&mut body, &mut budget)?,
         }
-        self.shared.set_state(self.id, State::Delivering);
+        // Shed meanwhile, a connection still reads what had arrived but can
+        // no longer answer: Lambda sees it close and delivers again, so it
+        // must not be taken. Delivering, it is no longer shed.
+        if !self.shared.set_state(self.id, State::Delivering) {
+            return Err(Stopped::Gone);
+        }
         let unanswered = &self.shared.unanswered;
         unanswered.add();
         let status = match self.shared.intake.take(body) {
@@ -1023,6 +1032,94 @@ mod tests {
         assert_eq!(first(&busy), None);
         assert_eq!(admission(16, 15, 16, first(&busy)), Admission::Wait);
         assert_eq!(admission(16, 16, 16, first(&busy)), Admission::Refuse);
+    }
+
+    /// A front door with one connection from "Lambda" in a slot: its
+    /// `Shared`, the connection's id and server end, Lambda's end, and what
+    /// the intake hands the dispatcher.
+    fn one_connection() -> (
+        Shared,
+        u64,
+        TcpStream,
+        TcpStream,
+        crossbeam_channel::Receiver<crate::lambda::telemetry::Delivery>,
+    ) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let settings = ListenerSettings {
+            port: 0,
+            max_body_bytes: 1 << 20,
+        };
+        let shared = Shared {
+            limits: Limits::new(&settings),
+            intake: Intake {
+                tx,
+                backlog: Arc::new(crate::dispatch::backlog::Backlog::new(1 << 24)),
+                reading: Default::default(),
+                stats: Default::default(),
+            },
+            slots: Default::default(),
+            held: AtomicUsize::new(0),
+            unanswered: Default::default(),
+            warned: Default::default(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let lambda = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, _) = listener.accept().unwrap();
+        let Entry::Slot(id) = shared.enter(conn.try_clone().unwrap(), false) else {
+            panic!("no slot")
+        };
+        (shared, id, conn, lambda, rx)
+    }
+
+    /// Sends one whole delivery (closing) and waits until all of it is in
+    /// the server end's receive queue.
+    fn deliver(lambda: &mut TcpStream, conn: &TcpStream) {
+        let body = br#"[{"time":"2026-01-01T00:00:00.000Z","type":"function","record":"x"}]"#;
+        let head = format!(
+            "POST / HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        let request = [head.as_bytes(), body].concat();
+        lambda.write_all(&request).unwrap();
+        let mut peeked = vec![0; request.len()];
+        while conn.peek(&mut peeked).unwrap() < request.len() {}
+    }
+
+    fn serve_one(shared: &Shared, id: u64, conn: TcpStream) {
+        let reader = BufReader::new(Timed {
+            stream: conn,
+            clock: None,
+        });
+        Client { reader, id, shared }.run();
+        lock(&shared.slots).list.retain(|s| s.id != id);
+    }
+
+    #[test]
+    fn a_delivery_is_taken_and_answered() {
+        let (shared, id, conn, mut lambda, rx) = one_connection();
+        deliver(&mut lambda, &conn);
+        serve_one(&shared, id, conn);
+        assert_eq!(rx.try_recv().unwrap().events.len(), 1);
+        let mut got = String::new();
+        lambda.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
+    }
+
+    #[test]
+    fn a_shed_connection_does_not_hand_over_what_it_cannot_answer() {
+        // Lambda's delivery has arrived whole when its connection is shed
+        // (its thread not yet at it): shut down, the socket still reads what
+        // arrived, but cannot answer. Lambda sees it close unanswered and
+        // delivers again, so it must not have been taken: it would be on
+        // the stream twice.
+        let (shared, id, conn, mut lambda, rx) = one_connection();
+        deliver(&mut lambda, &conn);
+        assert!(lock(&shared.slots).shed_first(Duration::ZERO, Room::Slot, None));
+        serve_one(&shared, id, conn);
+        let mut got = Vec::new();
+        let _ = lambda.read_to_end(&mut got);
+        assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
+        assert!(rx.try_recv().is_err(), "taken, yet never answered");
     }
 
     #[test]
