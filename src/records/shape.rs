@@ -945,8 +945,18 @@ mod tests {
     #[ignore]
     fn split_and_shape_cost() {
         type Setting<'a> = (&'a str, &'a [(&'a str, &'a str)], Model);
-        let settings: [Setting; 5] = [
+        let settings: [Setting; 7] = [
             ("defaults", &[], Model::Default),
+            (
+                "FORMAT=cwlogs",
+                &[("KINESIS_TELEMETRY_FORMAT", "cwlogs")],
+                Model::Default,
+            ),
+            (
+                "FORMAT=otlp-json",
+                &[("KINESIS_TELEMETRY_FORMAT", "otlp-json")],
+                Model::Default,
+            ),
             (
                 "MIN_LEVEL=INFO",
                 &[("KINESIS_TELEMETRY_MIN_LEVEL", "INFO")],
