@@ -88,6 +88,14 @@ pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
 /// Nanoseconds since the epoch of an RFC 3339 time, with its fraction (to
 /// the nanosecond; further digits are dropped).
 pub fn epoch_nanos(time: &str) -> Option<u64> {
+    let (secs, nanos) = epoch(time)?;
+    secs.checked_mul(1_000_000_000)?
+        .checked_add(u64::from(nanos))
+}
+
+/// An RFC 3339 time as seconds since the epoch and the nanoseconds its
+/// fraction gives (digits past the ninth ignored).
+pub fn epoch(time: &str) -> Option<(u64, u32)> {
     let secs = parse_rfc3339(time)?
         .duration_since(UNIX_EPOCH)
         .ok()?
@@ -96,13 +104,13 @@ pub fn epoch_nanos(time: &str) -> Option<u64> {
         .get(19..)
         .and_then(|r| r.strip_prefix('.'))
         .unwrap_or("");
-    let mut nanos = 0u64;
+    let mut nanos = 0u32;
     for (i, d) in frac.bytes().take_while(u8::is_ascii_digit).enumerate() {
         if i < 9 {
-            nanos += u64::from(d - b'0') * 10u64.pow(8 - i as u32);
+            nanos += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
         }
     }
-    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+    Some((secs, nanos))
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@
 //! push-back, as when the listener waits). Memory stays at the cap plus one
 //! body, paused or not.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -66,10 +66,15 @@ pub struct Backlog {
     in_flight: AtomicUsize,
     /// What the dispatcher holds (queued, held, not yet shaped).
     held: AtomicUsize,
-    /// The listener waits at the cap: the dispatcher must wake it.
-    waiting: AtomicBool,
+    /// Listener threads waiting at the cap: the dispatcher must wake them.
+    /// (Sequentially consistent with the counts and `paused`: a waker that
+    /// sees none waiting changed what a waiter checks before it waits.)
+    waiting: AtomicUsize,
     /// The dispatcher is paused: nothing makes room until it resumes.
     paused: AtomicBool,
+    /// A delivery was refused and none taken since: Lambda will deliver
+    /// it again (what SHUTDOWN waits for, `refused`).
+    refused: AtomicBool,
     lock: Mutex<()>,
     room: Condvar,
 }
@@ -80,8 +85,9 @@ impl Backlog {
             cap,
             in_flight: AtomicUsize::new(0),
             held: AtomicUsize::new(0),
-            waiting: AtomicBool::new(false),
+            waiting: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
+            refused: AtomicBool::new(false),
             lock: Mutex::new(()),
             room: Condvar::new(),
         }
@@ -91,27 +97,25 @@ impl Backlog {
     fn room_now(&self, in_flight: usize) -> Room {
         room(
             in_flight,
-            self.held.load(Ordering::Acquire),
+            self.held.load(SeqCst),
             self.cap,
-            self.paused.load(Ordering::Acquire),
+            self.paused.load(SeqCst),
         )
     }
 
     /// Counts `bytes` in flight if the cap allows it now (compare and swap:
     /// two listener threads cannot both take the last room).
     fn try_admit(&self, bytes: usize) -> Room {
-        let mut in_flight = self.in_flight.load(Ordering::Acquire);
+        let mut in_flight = self.in_flight.load(SeqCst);
         loop {
             let room = self.room_now(in_flight);
             if room != Room::Admit {
                 return room;
             }
-            match self.in_flight.compare_exchange_weak(
-                in_flight,
-                in_flight + bytes,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            match self
+                .in_flight
+                .compare_exchange_weak(in_flight, in_flight + bytes, SeqCst, SeqCst)
+            {
                 Ok(_) => return Room::Admit,
                 Err(now) => in_flight = now,
             }
@@ -121,9 +125,12 @@ impl Backlog {
     /// The dispatcher pauses (`true`: the sandbox may freeze from now) or
     /// resumes.
     pub fn paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Release);
+        self.paused.store(paused, SeqCst);
         if paused {
-            self.wake();
+            // Always: a listener must not wait across the freeze (once
+            // an invoke, so the system call costs nothing).
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.room.notify_all();
         }
     }
 
@@ -134,7 +141,7 @@ impl Backlog {
         let mut room = self.try_admit(bytes);
         if room == Room::Wait {
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-            self.waiting.store(true, Ordering::Release);
+            self.waiting.fetch_add(1, SeqCst);
             loop {
                 room = self.try_admit(bytes);
                 if room != Room::Wait {
@@ -145,23 +152,31 @@ impl Backlog {
                     Err(e) => e.into_inner().0,
                 };
             }
-            self.waiting.store(false, Ordering::Release);
+            self.waiting.fetch_sub(1, SeqCst);
         }
-        match room {
+        let admission = match room {
             Room::Admit => Admission::Admitted,
             Room::Wait | Room::Refuse => Admission::Refused,
-        }
+        };
+        // (Lambda delivers a refused batch again before the next one.)
+        self.refused.store(admission == Admission::Refused, SeqCst);
+        admission
+    }
+
+    /// A refused delivery has not come again yet.
+    pub fn refused(&self) -> bool {
+        self.refused.load(SeqCst)
     }
 
     /// The dispatcher took a body of `bytes` (it now counts in `held`).
     pub fn taken(&self, bytes: usize) {
-        self.in_flight.fetch_sub(bytes, Ordering::AcqRel);
+        self.in_flight.fetch_sub(bytes, SeqCst);
         self.wake();
     }
 
     /// The dispatcher now holds `bytes` in all.
     pub fn holding(&self, bytes: usize) {
-        let before = self.held.swap(bytes, Ordering::AcqRel);
+        let before = self.held.swap(bytes, SeqCst);
         if bytes < before {
             self.wake();
         }
@@ -169,7 +184,7 @@ impl Backlog {
 
     /// Wakes the listener if it waits (no system call otherwise).
     fn wake(&self) {
-        if self.waiting.load(Ordering::Acquire) {
+        if self.waiting.load(SeqCst) > 0 {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.room.notify_all();
         }
@@ -177,7 +192,7 @@ impl Backlog {
 
     #[cfg(test)]
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Acquire)
+        self.in_flight.load(SeqCst)
     }
 }
 

@@ -93,15 +93,18 @@ impl Buffer {
 
     /// A delivery from the listener, to be shaped later, in order.
     pub fn take(&mut self, delivery: Delivery) {
-        self.backlog.taken(delivery.body_bytes);
-        self.unshaped_bytes += delivery.body_bytes;
+        let body_bytes = delivery.body_bytes;
+        self.unshaped_bytes += body_bytes;
         self.unshaped.push_back(Unshaped {
             events: delivery.events.into_iter(),
             received: delivery.received,
-            body_bytes: delivery.body_bytes,
+            body_bytes,
             queued: 0,
         });
+        // Held first, then out of flight: in between the body counts
+        // twice, never not at all (or a second body could pass the cap).
         self.publish();
+        self.backlog.taken(body_bytes);
     }
 
     /// Whether events are waiting to be shaped.
@@ -302,6 +305,11 @@ impl Buffer {
     }
 
     /// Tells the listener how much is held (the memory cap); after a send.
+    /// A delivery refused at the memory cap has not come again yet.
+    pub fn refused_pending(&self) -> bool {
+        self.backlog.refused()
+    }
+
     pub fn publish(&self) {
         self.backlog.holding(self.held_bytes());
     }

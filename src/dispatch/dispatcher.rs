@@ -322,9 +322,14 @@ impl<C: PutRecords> Dispatcher<C> {
                 deadline,
                 reply,
             } => {
-                if !self.invocations.last_telemetry_in(since, self.buffering())
-                    && Instant::now() < until
-                {
+                let waits = shutdown_waits(
+                    Instant::now(),
+                    until,
+                    deadline,
+                    self.invocations.last_telemetry_in(since, self.buffering()),
+                    self.buffer.refused_pending(),
+                );
+                if waits {
                     self.waiting = Waiting::Shutdown {
                         since,
                         until,
@@ -390,6 +395,9 @@ impl<C: PutRecords> Dispatcher<C> {
             self.stats.dropped_shutdown.add(late.events.len() as u64);
         }
         self.requests.lost_at_shutdown(&left);
+        // Nothing is held any more: a delivery waiting at the cap is let
+        // through, to the closed channel's 503, not kept to the deadline.
+        self.buffer.publish();
     }
 
     /// When the loop must wake up by itself: the earliest time any wake-up
@@ -399,7 +407,13 @@ impl<C: PutRecords> Dispatcher<C> {
         let now = Instant::now();
         let mut wake: Option<Instant> = match &self.waiting {
             Waiting::RuntimeDone { until, .. } => Some(*until),
-            Waiting::Shutdown { until, since, .. } => Some(match self.model {
+            Waiting::Shutdown {
+                until,
+                since,
+                deadline,
+                ..
+            } => Some(match self.model {
+                _ if self.buffer.refused_pending() => redelivery_until(*deadline),
                 Model::ManagedInstances => {
                     (*until).min(self.invocations.quiet_until(*since, self.buffering()))
                 }
@@ -628,6 +642,29 @@ impl<C: PutRecords> Dispatcher<C> {
         self.buffer.publish();
         round
     }
+}
+
+/// Room the final flush keeps after waiting at SHUTDOWN for a refused
+/// delivery to come again (a memory cap's worth of records to send).
+const REDELIVERY_MARGIN: Duration = Duration::from_millis(500);
+
+/// The latest a SHUTDOWN waits for a refused delivery to come again.
+fn redelivery_until(deadline: Instant) -> Instant {
+    deadline.checked_sub(REDELIVERY_MARGIN).unwrap_or(deadline)
+}
+
+/// Whether SHUTDOWN still waits before the final flush: for the last
+/// telemetry (until `until`), and for a delivery refused at the memory cap
+/// to come again (Lambda keeps it and delivers it again; one that came after
+/// the final flush would be lost), until `redelivery_until(deadline)`.
+fn shutdown_waits(
+    now: Instant,
+    until: Instant,
+    deadline: Instant,
+    telemetry_in: bool,
+    refused: bool,
+) -> bool {
+    (!telemetry_in && now < until) || (refused && now < redelivery_until(deadline))
 }
 
 #[cfg(test)]

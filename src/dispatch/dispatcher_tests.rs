@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
-use super::{Control, Dispatcher};
+use super::{shutdown_waits, Control, Dispatcher};
 use crate::config;
 use crate::kinesis::client::{PutOutcome, PutRecords};
 use crate::kinesis::error::{ErrorAnswer, Failure};
@@ -763,4 +763,25 @@ fn cpu_work_never_holds_an_invoke_past_the_flush_bound() {
     let (seen, stats, _) = h.shutdown(2 * SEC);
     assert_eq!(telemetry(&seen.stored), sent, "every line, once, in order");
     assert_eq!(stats.dropped_shutdown.get(), 0);
+}
+
+#[test]
+fn shutdown_waits_for_the_last_telemetry_and_for_a_refused_delivery() {
+    let now = Instant::now();
+    let ms = Duration::from_millis;
+    let (until, deadline) = (now + ms(500), now + ms(1800));
+    // The last telemetry: until `until`.
+    assert!(shutdown_waits(now, until, deadline, false, false));
+    assert!(!shutdown_waits(
+        now + ms(500),
+        until,
+        deadline,
+        false,
+        false
+    ));
+    assert!(!shutdown_waits(now, until, deadline, true, false));
+    // A refused delivery to come again: past `until`, to 500 ms before the
+    // deadline, so that the final flush still has time to send it.
+    assert!(shutdown_waits(now + ms(1000), until, deadline, true, true));
+    assert!(!shutdown_waits(now + ms(1300), until, deadline, true, true));
 }

@@ -65,7 +65,6 @@ impl Intake {
     pub fn take(&self, body: Vec<u8>) -> Taken {
         let received = Instant::now();
         let stats = &self.stats;
-        stats.bodies.add(1);
         let body = Arc::new(body);
         let events = telemetry::split_body(&body, self.reading).unwrap_or_else(|e| {
             stats.unparsed_bodies.add(1);
@@ -77,18 +76,20 @@ impl Intake {
             vec![telemetry::unparsed(&body, &e.0, SystemTime::now())]
         });
         let n = events.len() as u64;
+        let body_bytes = body.len();
+        // Waits only while memory is at its cap (see `Backlog`). A refused
+        // delivery comes again: counted as received only when taken.
+        if n > 0 && self.backlog.admit(body_bytes) == Admission::Refused {
+            self.refused_at_cap(events.len(), body_bytes);
+            return Taken::Refused;
+        }
+        stats.bodies.add(1);
         stats.events.add(n);
         stats
             .event_bytes
             .add(events.iter().map(|e| e.json.len() as u64).sum());
         if n == 0 {
             return Taken::Queued;
-        }
-        let body_bytes = body.len();
-        // Waits only while memory is at its cap (see `Backlog`).
-        if self.backlog.admit(body_bytes) == Admission::Refused {
-            self.refused_at_cap(events.len(), body_bytes);
-            return Taken::Refused;
         }
         let delivery = Delivery {
             received,

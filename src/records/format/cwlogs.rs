@@ -21,7 +21,7 @@ use serde_json::value::RawValue;
 
 use crate::json::push_string;
 use crate::lambda::telemetry::Kind;
-use crate::lambda::view::members;
+use crate::lambda::view::{members, Reading, View};
 use crate::records::format::ndjson_gzip::{take_gzip, Frame};
 use crate::records::format::{RecordFormat, Wire};
 use crate::records::queue::Queue;
@@ -146,8 +146,6 @@ pub enum Platform {
 pub(crate) struct Parts<'a> {
     #[serde(borrow)]
     pub time: Option<Cow<'a, str>>,
-    #[serde(borrow, rename = "type")]
-    ty: Option<Cow<'a, str>>,
     /// (`null` too: a JSON line's text)
     #[serde(borrow, default, deserialize_with = "present")]
     pub record: Option<&'a RawValue>,
@@ -185,8 +183,11 @@ pub fn log_event(
             false => Some(Cow::Borrowed(r.get())),
         },
         (k, Some(r)) if k.is_platform() && platform == Platform::Text => {
-            let ty = parts.as_ref().and_then(|p| p.ty.as_deref());
-            platform_line(ty.unwrap_or(""), r.get()).map(Cow::Owned)
+            // (the view's reading of the type, not a field of `Parts`: an
+            // odd `type`, twice or not a string, must not cost the event
+            // its time and record)
+            let view = View::read(json, Reading::default());
+            platform_line(view.event_type(json).unwrap_or(""), r.get()).map(Cow::Owned)
         }
         _ => None,
     };
@@ -405,7 +406,9 @@ pub fn environment_hash(environment: &str) -> u64 {
 
 /// Milliseconds since the epoch of an RFC 3339 time, with its fraction.
 fn epoch_millis(time: &str) -> Option<u64> {
-    Some(crate::time::epoch_nanos(time)? / 1_000_000)
+    let (secs, nanos) = crate::time::epoch(time)?;
+    secs.checked_mul(1000)?
+        .checked_add(u64::from(nanos / 1_000_000))
 }
 
 fn now_millis() -> u64 {
@@ -424,6 +427,26 @@ mod tests {
 
     fn event(json: &str, kind: Kind) -> serde_json::Value {
         serde_json::from_str(&log_event(json, kind, Platform::Json, 7, 42, 1 << 20)).unwrap()
+    }
+
+    #[test]
+    fn odd_heads_keep_time_and_record_and_far_times_stay_exact() {
+        // A `type` twice (only a stranger on the port sends that): the
+        // time and the line are still read, not replaced by now and the
+        // whole event.
+        let e = event(
+            r#"{"time":"2026-11-30T00:00:01.234Z","type":"function","type":"function","record":"x"}"#,
+            Kind::Function,
+        );
+        assert_eq!(
+            (&e["timestamp"], &e["message"]),
+            (&1_795_996_801_234u64.into(), &"x".into())
+        );
+        // Past the year 2554 nanoseconds overflow 64 bits; milliseconds do not.
+        assert_eq!(
+            epoch_millis("3000-01-01T00:00:00.5Z"),
+            Some(32_503_680_000_500)
+        );
     }
 
     /// `platform_line` of a record.
