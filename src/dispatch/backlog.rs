@@ -75,6 +75,8 @@ pub struct Backlog {
     /// A delivery was refused and none taken since: Lambda will deliver
     /// it again (what SHUTDOWN waits for, `refused`).
     refused: AtomicBool,
+    /// The events of the last delivery refused.
+    refused_events: AtomicUsize,
     lock: Mutex<()>,
     room: Condvar,
 }
@@ -88,6 +90,7 @@ impl Backlog {
             waiting: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
             refused: AtomicBool::new(false),
+            refused_events: AtomicUsize::new(0),
             lock: Mutex::new(()),
             room: Condvar::new(),
         }
@@ -166,6 +169,19 @@ impl Backlog {
     /// A refused delivery has not come again yet.
     pub fn refused(&self) -> bool {
         self.refused.load(SeqCst)
+    }
+
+    /// The listener refused a delivery of `events` events.
+    pub fn note_refused(&self, events: usize) {
+        self.refused_events.store(events, SeqCst);
+    }
+
+    /// The events of a refused delivery that has not come again (0: none).
+    pub fn refused_events(&self) -> usize {
+        match self.refused() {
+            true => self.refused_events.load(SeqCst),
+            false => 0,
+        }
     }
 
     /// The dispatcher took a body of `bytes` (it now counts in `held`).

@@ -310,6 +310,11 @@ impl Buffer {
         self.backlog.refused()
     }
 
+    /// The events of that delivery (0: none pending).
+    pub fn refused_events(&self) -> usize {
+        self.backlog.refused_events()
+    }
+
     pub fn publish(&self) {
         self.backlog.holding(self.held_bytes());
     }

@@ -330,6 +330,12 @@ impl<C: PutRecords> Dispatcher<C> {
                     self.buffer.refused_pending(),
                 );
                 if waits {
+                    if self.buffer.refused_pending() {
+                        // Room for what Lambda delivers again: what is held
+                        // goes out now (SHUTDOWN sends nothing by age, and
+                        // the listener waits at the cap meanwhile).
+                        self.flush_all(redelivery_until(deadline));
+                    }
                     self.waiting = Waiting::Shutdown {
                         since,
                         until,
@@ -395,6 +401,13 @@ impl<C: PutRecords> Dispatcher<C> {
             self.stats.dropped_shutdown.add(late.events.len() as u64);
         }
         self.requests.lost_at_shutdown(&left);
+        // A delivery refused at the memory cap that Lambda has not delivered
+        // again by now: its events go with the environment.
+        let refused = self.buffer.refused_events();
+        if refused > 0 {
+            log::error!("shutdown deadline: a delivery of {refused} events refused at KINESIS_TELEMETRY_BUFFER_LIMIT_BYTES was not delivered again in time and is lost (raise the limit or the stream's capacity)");
+            self.stats.dropped_shutdown.add(refused as u64);
+        }
         // Nothing is held any more: a delivery waiting at the cap is let
         // through, to the closed channel's 503, not kept to the deadline.
         self.buffer.publish();

@@ -115,5 +115,6 @@ impl Intake {
             );
         }
         stats.refused_at_cap.add(1);
+        self.backlog.note_refused(events);
     }
 }
