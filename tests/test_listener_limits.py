@@ -268,7 +268,10 @@ def test_stalled_bodies_stay_within_the_bodies_in_flight_bound(ext_bin, kinesali
                 assert sim.exit_code is None
             for _ in range(3):
                 assert not sim.invoke(log_lines=30).timed_out
-            assert sim.post_errors == [], sim.post_errors[:3]
+            # Lambda's own connection may be shed when slow (then it reconnects and
+            # delivers again: finish() checks exactly once), never refused with an
+            # HTTP error
+            assert not any(e.startswith("HTTP") for e in sim.post_errors), sim.post_errors[:3]
             peak = vmhwm_kb(sim.pid)
         finally:
             for s in socks:
