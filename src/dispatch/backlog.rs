@@ -72,11 +72,10 @@ pub struct Backlog {
     waiting: AtomicUsize,
     /// The dispatcher is paused: nothing makes room until it resumes.
     paused: AtomicBool,
-    /// A delivery was refused and none taken since: Lambda will deliver
-    /// it again (what SHUTDOWN waits for, `refused`).
-    refused: AtomicBool,
-    /// The events of the last delivery refused.
-    refused_events: AtomicUsize,
+    /// The events of a delivery refused with none taken since (0: none;
+    /// a delivery handed over has at least one): Lambda will deliver it
+    /// again (what SHUTDOWN waits for, `refused_events`).
+    refused: AtomicUsize,
     lock: Mutex<()>,
     room: Condvar,
 }
@@ -89,8 +88,7 @@ impl Backlog {
             held: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             paused: AtomicBool::new(false),
-            refused: AtomicBool::new(false),
-            refused_events: AtomicUsize::new(0),
+            refused: AtomicUsize::new(0),
             lock: Mutex::new(()),
             room: Condvar::new(),
         }
@@ -137,10 +135,11 @@ impl Backlog {
         }
     }
 
-    /// The listener is about to hand over a body of `bytes`: waits while
+    /// The listener is about to hand over a body of `bytes` holding
+    /// `events` events: waits while
     /// memory is at the cap and the dispatcher runs, then counts it in
     /// flight; or, paused at the cap, tells it to refuse the body.
-    pub fn admit(&self, bytes: usize) -> Admission {
+    pub fn admit(&self, bytes: usize, events: usize) -> Admission {
         let mut room = self.try_admit(bytes);
         if room == Room::Wait {
             let mut guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -162,26 +161,18 @@ impl Backlog {
             Room::Wait | Room::Refuse => Admission::Refused,
         };
         // (Lambda delivers a refused batch again before the next one.)
-        self.refused.store(admission == Admission::Refused, SeqCst);
+        let pending = if admission == Admission::Refused {
+            events
+        } else {
+            0
+        };
+        self.refused.store(pending, SeqCst);
         admission
-    }
-
-    /// A refused delivery has not come again yet.
-    pub fn refused(&self) -> bool {
-        self.refused.load(SeqCst)
-    }
-
-    /// The listener refused a delivery of `events` events.
-    pub fn note_refused(&self, events: usize) {
-        self.refused_events.store(events, SeqCst);
     }
 
     /// The events of a refused delivery that has not come again (0: none).
     pub fn refused_events(&self) -> usize {
-        match self.refused() {
-            true => self.refused_events.load(SeqCst),
-            false => 0,
-        }
+        self.refused.load(SeqCst)
     }
 
     /// The dispatcher took a body of `bytes` (it now counts in `held`).
@@ -234,14 +225,14 @@ mod tests {
     #[test]
     fn below_the_cap_bodies_pass_without_waiting() {
         let b = Backlog::new(100);
-        assert_eq!(b.admit(40), Admission::Admitted);
-        assert_eq!(b.admit(40), Admission::Admitted);
+        assert_eq!(b.admit(40, 1), Admission::Admitted);
+        assert_eq!(b.admit(40, 1), Admission::Admitted);
         assert_eq!(b.in_flight(), 80);
         b.taken(80);
         b.holding(90);
         // Below the cap, a body larger than the room left passes: memory
         // is at most the cap plus one body.
-        assert_eq!(b.admit(500), Admission::Admitted);
+        assert_eq!(b.admit(500, 1), Admission::Admitted);
         assert_eq!(b.in_flight(), 500);
     }
 
@@ -253,13 +244,13 @@ mod tests {
         std::thread::JoinHandle<()>,
     ) {
         let b = Arc::new(Backlog::new(100));
-        assert_eq!(b.admit(60), Admission::Admitted);
+        assert_eq!(b.admit(60, 1), Admission::Admitted);
         b.holding(50);
         let (tx, rx) = crossbeam_channel::bounded(1);
         let waiter = {
             let b = b.clone();
             std::thread::spawn(move || {
-                tx.send(b.admit(10)).unwrap();
+                tx.send(b.admit(10, 1)).unwrap();
             })
         };
         assert!(
@@ -294,9 +285,13 @@ mod tests {
         assert_eq!(admission, Admission::Refused);
         waiter.join().unwrap();
         assert_eq!(b.in_flight(), 60, "nothing more in flight");
-        assert_eq!(b.admit(10), Admission::Refused, "every body while paused");
+        assert_eq!(
+            b.admit(10, 1),
+            Admission::Refused,
+            "every body while paused"
+        );
         // Below the cap a paused dispatcher's bodies pass as ever.
         b.holding(0);
-        assert_eq!(b.admit(10), Admission::Admitted);
+        assert_eq!(b.admit(10, 1), Admission::Admitted);
     }
 }

@@ -307,7 +307,7 @@ impl Buffer {
     /// Tells the listener how much is held (the memory cap); after a send.
     /// A delivery refused at the memory cap has not come again yet.
     pub fn refused_pending(&self) -> bool {
-        self.backlog.refused()
+        self.backlog.refused_events() > 0
     }
 
     /// The events of that delivery (0: none pending).

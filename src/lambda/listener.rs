@@ -79,7 +79,7 @@ impl Intake {
         let body_bytes = body.len();
         // Waits only while memory is at its cap (see `Backlog`). A refused
         // delivery comes again: counted as received only when taken.
-        if n > 0 && self.backlog.admit(body_bytes) == Admission::Refused {
+        if n > 0 && self.backlog.admit(body_bytes, events.len()) == Admission::Refused {
             self.refused_at_cap(events.len(), body_bytes);
             return Taken::Refused;
         }
@@ -115,6 +115,5 @@ impl Intake {
             );
         }
         stats.refused_at_cap.add(1);
-        self.backlog.note_refused(events);
     }
 }
