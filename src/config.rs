@@ -1391,16 +1391,16 @@ fn redaction_rules(r: &mut Reader) -> Option<Rules> {
     let built_in = match r.raw(&REDACT).map(|v| (parse_built_in(&v), v)) {
         None => Vec::new(),
         Some((Ok(b), _)) => b,
-        Some((Err(expected), v)) => {
-            r.fail(&REDACT, Some(v), expected);
+        Some((Err(bad), v)) => {
+            r.fail(&REDACT, Some(v), bad.expected());
             Vec::new()
         }
     };
     let patterns = match r.raw(&REDACT_PATTERNS).map(|v| (parse_patterns(&v), v)) {
         None => Vec::new(),
         Some((Ok(p), _)) => p,
-        Some((Err(expected), v)) => {
-            r.fail(&REDACT_PATTERNS, Some(v), expected);
+        Some((Err(bad), v)) => {
+            r.fail(&REDACT_PATTERNS, Some(v), bad.expected());
             Vec::new()
         }
     };

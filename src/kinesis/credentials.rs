@@ -222,15 +222,31 @@ fn read_token_file(path: &str) -> Result<String, CredentialsError> {
     }
 }
 
+/// Why the credentials endpoint's answer could not be read.
+#[derive(Debug)]
+pub enum BadAnswer {
+    Json(serde_json::Error),
+    Expiration(String),
+}
+
+impl std::fmt::Display for BadAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BadAnswer::Json(e) => write!(f, "unreadable credentials: {e}"),
+            BadAnswer::Expiration(s) => write!(f, "unreadable Expiration {s:?}"),
+        }
+    }
+}
+
 pub fn parse_container_credentials(
     body: &[u8],
-) -> Result<(StaticCredentials, Option<SystemTime>), String> {
-    let c: ContainerCredentials =
-        serde_json::from_slice(body).map_err(|e| format!("unreadable credentials: {e}"))?;
-    let expiration = match c.expiration.as_deref() {
-        Some(s) => Some(
-            crate::time::parse_rfc3339(s).ok_or_else(|| format!("unreadable Expiration {s:?}"))?,
-        ),
+) -> Result<(StaticCredentials, Option<SystemTime>), BadAnswer> {
+    let c: ContainerCredentials = serde_json::from_slice(body).map_err(BadAnswer::Json)?;
+    let expiration = match c.expiration {
+        Some(s) => match crate::time::parse_rfc3339(&s) {
+            Some(t) => Some(t),
+            None => return Err(BadAnswer::Expiration(s)),
+        },
         None => None,
     };
     Ok((

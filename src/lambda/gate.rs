@@ -223,11 +223,26 @@ impl Drop for BodyRoom<'_> {
 
 // ----------------------------------------------------------------- sockets
 
+/// Why the listener could not bind its port.
+#[derive(Debug)]
+pub struct BindError {
+    pub ip: std::net::IpAddr,
+    pub port: u16,
+    pub source: io::Error,
+}
+
+impl std::fmt::Display for BindError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let BindError { ip, port, source } = self;
+        write!(f, "cannot listen on {ip} port {port}: {source}")
+    }
+}
+
 /// Binds the port on the addresses `/etc/hosts` gives `sandbox.localdomain`
 /// (Lambda delivers there), else on loopback and, if this machine has it,
 /// Lambda's telemetry address (`hosts`: no DNS query either way). Port 0
 /// means any free port; returns the port.
-pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
+pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), BindError> {
     let addrs = hosts::sandbox_addresses();
     if addrs.from == Source::Fallback {
         log::debug!(
@@ -240,16 +255,14 @@ pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), String> {
         match TcpListener::bind((ip, port)) {
             Ok(s) => {
                 if port == 0 {
-                    port = s
-                        .local_addr()
-                        .map_err(|e| format!("the listener has no address: {e}"))?
+                    let addr = s.local_addr();
+                    port = addr
+                        .map_err(|source| BindError { ip, port, source })?
                         .port();
                 }
                 sockets.push(s);
             }
-            Err(e) if sockets.is_empty() => {
-                return Err(format!("cannot listen on {ip} port {port}: {e}"));
-            }
+            Err(source) if sockets.is_empty() => return Err(BindError { ip, port, source }),
             Err(e) if addrs.from == Source::Fallback => {
                 log::debug!("telemetry listener: not also on {ip} port {port}: {e}");
             }

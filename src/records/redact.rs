@@ -78,21 +78,48 @@ impl BadPattern {
     }
 }
 
+/// Why `KINESIS_TELEMETRY_REDACT` or `KINESIS_TELEMETRY_REDACT_PATTERNS`
+/// was refused (a pattern that does not compile is a `BadPattern`).
+#[derive(Debug)]
+pub enum BadRules {
+    /// A name in `REDACT` that no built-in rule has.
+    UnknownRule,
+    /// `REDACT_PATTERNS` is not a JSON array of patterns.
+    NotJson(serde_json::Error),
+    /// A rule name outside 1 to 40 letters, digits, `-` or `_`.
+    BadName(String),
+    /// A rule name used twice, or a built-in rule's.
+    NameTaken(String),
+}
+
+impl BadRules {
+    /// What the setting must be, for the configuration error.
+    pub fn expected(&self) -> String {
+        match self {
+            BadRules::UnknownRule => {
+                format!("a comma-separated list of {}, or all", BUILT_IN.join(", "))
+            }
+            BadRules::NotJson(e) => format!("a JSON array of patterns, such as [\"acct-[0-9]{{8}}\", {{\"name\": \"ssn\", \"pattern\": \"\\\\b[0-9]{{3}}-[0-9]{{2}}-[0-9]{{4}}\\\\b\"}}] (backslashes doubled, as JSON needs): {e}"),
+            BadRules::BadName(name) => {
+                format!("rule names of 1 to 40 letters, digits, `-` or `_` (not {name:?})")
+            }
+            BadRules::NameTaken(name) => {
+                format!("a rule name used once and not a built-in rule's ({name:?})")
+            }
+        }
+    }
+}
+
 /// Parses `KINESIS_TELEMETRY_REDACT`: comma-separated names of built-in
-/// rules, in any case, or `all`; `Err`: what is expected instead.
-pub fn parse_built_in(value: &str) -> Result<Vec<&'static str>, String> {
+/// rules, in any case, or `all`.
+pub fn parse_built_in(value: &str) -> Result<Vec<&'static str>, BadRules> {
     let mut built_in = Vec::new();
     for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         let name = name.to_ascii_lowercase();
         match BUILT_IN.iter().find(|b| **b == name) {
             Some(b) => built_in.push(*b),
             None if name == "all" => built_in.extend(BUILT_IN),
-            None => {
-                return Err(format!(
-                    "a comma-separated list of {}, or all",
-                    BUILT_IN.join(", ")
-                ))
-            }
+            None => return Err(BadRules::UnknownRule),
         }
     }
     Ok(built_in)
@@ -825,16 +852,14 @@ fn string_end(b: &[u8], i: usize) -> usize {
 
 /// Parses `KINESIS_TELEMETRY_REDACT_PATTERNS`: a JSON array whose items are
 /// a pattern (named `pattern-<n>`, from 1) or `{"name": …, "pattern": …}`.
-pub fn parse_patterns(value: &str) -> Result<Vec<Pattern>, String> {
+pub fn parse_patterns(value: &str) -> Result<Vec<Pattern>, BadRules> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Item {
         Bare(String),
         Named { name: String, pattern: String },
     }
-    let items: Vec<Item> = serde_json::from_str(value).map_err(|e| {
-        format!("a JSON array of patterns, such as [\"acct-[0-9]{{8}}\", {{\"name\": \"ssn\", \"pattern\": \"\\\\b[0-9]{{3}}-[0-9]{{2}}-[0-9]{{4}}\\\\b\"}}] (backslashes doubled, as JSON needs): {e}")
-    })?;
+    let items: Vec<Item> = serde_json::from_str(value).map_err(BadRules::NotJson)?;
     let mut out: Vec<Pattern> = Vec::new();
     for (n, item) in items.into_iter().enumerate() {
         let (name, regex) = match item {
@@ -847,14 +872,10 @@ pub fn parse_patterns(value: &str) -> Result<Vec<Pattern>, String> {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         if !valid {
-            return Err(format!(
-                "rule names of 1 to 40 letters, digits, `-` or `_` (not {name:?})"
-            ));
+            return Err(BadRules::BadName(name));
         }
         if BUILT_IN.contains(&name.as_str()) || out.iter().any(|p| p.name == name) {
-            return Err(format!(
-                "a rule name used once and not a built-in rule's ({name:?})"
-            ));
+            return Err(BadRules::NameTaken(name));
         }
         out.push(Pattern { name, regex });
     }
