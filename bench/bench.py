@@ -90,6 +90,8 @@ def main():
     ap.add_argument("--ours", required=True)
     ap.add_argument("--ours-arm64", default="")
     ap.add_argument("--symbols", default="", help="unstripped build of ours (callgrind profile)")
+    ap.add_argument("--before", default="",
+                    help="an earlier build of this extension, measured as ours in the same run (before/after)")
     ap.add_argument("--floor", required=True)
     ap.add_argument("--floor-arm64", default="")
     ap.add_argument("--rust-sdk", default="")

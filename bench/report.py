@@ -33,6 +33,46 @@ def verdict(ok):
     return "–" if ok is None else ("**met**" if ok else "**MISSED**")
 
 
+def before_after(R, w):
+    """Before / after: the earlier build (`--before`) and this one, measured
+    in the same run, the binaries taking turns where the section does."""
+    an = R.get("answer", {})
+    shown = g(R, "binaries", "before") or {}
+    w("## Before / after\n")
+    w(f"The earlier build (`--before`: `{shown.get('path')}`, {fmt(shown.get('bytes'), 0)} B) and this one, "
+      "in the same run, the binaries taking turns (median / p90).\n")
+    w("| figure | before | after |")
+    w("|---|---|---|")
+
+    def pair(label, *path, nd=2, scale=1.0):
+        b, a = g(R, *(path[0], "before") + path[1:]), g(R, *(path[0], "ours") + path[1:])
+        if b or a:
+            w(f"| {label} | {mp(b, nd, scale)} | {mp(a, nd, scale)} |")
+
+    for mode in ("warm", "cold"):
+        pair(f"exec → first `event/next`, {mode} cache (ms)", "startup", mode, "next_ms")
+    pair("peak RSS, 100 invokes × 10 lines (MiB)", "rss", "lines_10", "peak_rss_mib")
+    pair("peak RSS, 100 invokes × 1,000 lines (MiB)", "rss", "lines_1000", "peak_rss_mib")
+    pair("CPU, 100 invokes × 10 lines, frozen (ms)", "cpu", "invokes_100x10", "cpu_ms", nd=1)
+    pair("CPU, 100 invokes × 10 lines, never frozen (ms)", "cpu", "invokes_100x10_no_freeze", "cpu_ms", nd=1)
+    pair("CPU, start + SHUTDOWN only (ms)", "cpu", "idle_start_shutdown", "cpu_ms", nd=1)
+    pair("context switches, 100 × 10 frozen", "cpu", "invokes_100x10", "context_switches", nd=0)
+    for key, what in (("instant_sink", "defaults"),
+                      ("instant_sink_redact", "`REDACT=all` + 1 pattern"),
+                      ("instant_sink_redact_hits", "the same, every line with secrets"),
+                      ("instant_sink_redact_patterns_1", "`REDACT=all` + 1 user pattern of the mix"),
+                      ("instant_sink_redact_patterns_10", "… 10 user patterns"),
+                      ("instant_sink_redact_patterns_100", "… 100 user patterns")):
+        pair(f"events per CPU-second to the instant sink, {what}", "throughput", key, "events_per_cpu_s", nd=0)
+    for mode in ("idle", "busy"):
+        for size in ("1", "100", "1000"):
+            b, a = g(an, "before", mode, size), g(an, "ours", mode, size)
+            if b or a:
+                w(f"| answer to a {size}-event delivery, {mode} dispatcher, p50 / p99 (ms) | "
+                  f"{fmt(g(b, 'p50_ms'))} / {fmt(g(b, 'p99_ms'))} | {fmt(g(a, 'p50_ms'))} / {fmt(g(a, 'p99_ms'))} |")
+    w("")
+
+
 def render(R: dict) -> str:
     B = R.get("budgets", {})
     m = R.get("machine", {})
@@ -184,6 +224,9 @@ def render(R: dict) -> str:
       "⁵ the floor binary with FLOOR_IDLE_THREADS=3: 4 threads in all, as many as this extension runs at rest "
       "(main, dispatcher, the listener's accepting thread, Lambda's kept-alive connection's); SIGSTOP/SIGCONT "
       "stop and wake every one of them at each freeze.\n")
+
+    if "before" in (R.get("binaries") or {}) or g(cpu, "before"):
+        before_after(R, w)
 
     # ------------------------------------------------------------ details
     w("## Details\n")

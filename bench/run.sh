@@ -2,10 +2,12 @@
 # Benchmark suite of issue 6 (not part of CI): the extension against its
 # baselines, measured in one run on this machine.
 #
-#   bench/run.sh [--quick] [--only SECTIONS] [--skip SECTIONS]
+#   bench/run.sh [--quick] [--only SECTIONS] [--skip SECTIONS] [--before BINARY]
 #
 # Sections (comma-separated): startup,size,timeline,rss,cpu,callgrind,profile,flush,drain,answer,throughput
 # --quick: fewer runs per figure (a smoke test of the suite, not for figures).
+# --before: an earlier build of this extension, measured beside it in the same
+#   run (start-up, RSS, CPU, answer times, throughput): a before/after table.
 #
 # What it does:
 #   1. uses the built layer binaries (layer/extensions/..., layer/arm64/...;
@@ -42,7 +44,7 @@ ARGS=()
 while (($#)); do
   case $1 in
     --quick) ARGS+=(--quick) ;;
-    --only|--skip) ARGS+=("$1" "$2"); shift ;;
+    --only|--skip|--before) ARGS+=("$1" "$2"); shift ;;
     -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "bench/run.sh: unknown argument $1" >&2; exit 2 ;;
   esac

@@ -13,6 +13,7 @@ MIB = 1024 * 1024
 NAME = "kinesis-telemetry-extension"
 LABEL = {
     "ours": "this extension",
+    "before": "this extension, the earlier build given with --before",
     "floor": "floor (register + next only)",
     "rust-sdk": "Rust lambda-extension + aws-sdk-kinesis",
     "node": "Node.js + @aws-sdk/client-kinesis",

@@ -24,6 +24,8 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.bins = {"ours": a.ours, "floor": a.floor}
+        if a.before and os.path.exists(a.before):
+            self.bins = {"ours": a.ours, "before": a.before, "floor": a.floor}
         if a.rust_sdk and os.path.exists(a.rust_sdk):
             self.bins["rust-sdk"] = a.rust_sdk
         if a.node and os.path.exists(a.node):
@@ -31,7 +33,7 @@ class Bench:
         self.tools = a.tools
         self.tmp = tempfile.mkdtemp(prefix="bench-")
         # Measure a snapshot: others may rebuild layer/ while the bench runs.
-        for attr in ("ours", "ours_arm64"):
+        for attr in ("ours", "ours_arm64", "before"):
             src = getattr(a, attr)
             if src and os.path.exists(src):
                 dst = os.path.join(self.tmp, "snapshot-" + attr, NAME)
@@ -40,6 +42,8 @@ class Bench:
                 setattr(a, attr + "_source", src)
                 setattr(a, attr, dst)
         self.bins["ours"] = a.ours
+        if "before" in self.bins:
+            self.bins["before"] = a.before
         self.R = {"machine": {}, "budgets": BUDGETS, "binaries": {}, "notes": []}
         self._kinesalite = None
         self.quick = a.quick

@@ -45,7 +45,7 @@ def run(b):
     for k, p in b.bins.items():
         with open(p, "rb") as f:
             data = f.read()
-        shown = getattr(b.a, "ours_source", p) if k == "ours" else p
+        shown = getattr(b.a, f"{k}_source", p)
         b.R["binaries"][k] = {"label": LABEL[k], "path": os.path.relpath(shown, ROOT), "bytes": len(data),
                               "sha256": hashlib.sha256(data).hexdigest()[:16],
                               "mtime_utc": dt.datetime.fromtimestamp(os.path.getmtime(p), dt.timezone.utc)

@@ -62,6 +62,7 @@ def run(b):
                 "KINESIS_TELEMETRY_REDACT": "all",
                 "KINESIS_TELEMETRY_REDACT_PATTERNS": json.dumps(_bench_patterns(n))})
         plan = [("ours", "instant_sink", b.n(300_000, 100_000), b.n(5, 1)),
+                ("before", "instant_sink", b.n(300_000, 100_000), b.n(5, 1)),
                 ("ours", "kinesalite", b.n(20_000, 10_000), b.n(3, 1)),
                 ("rust-sdk", "instant_sink", b.n(100_000, 20_000), b.n(3, 1)),
                 ("rust-sdk", "kinesalite", b.n(20_000, 10_000), b.n(1, 1)),
@@ -75,14 +76,16 @@ def run(b):
                 log(f"throughput {kind} -> {target}: {n} events")
                 rows.append(_throughput_once(b, kind, target, n, body, sink, two))
             res.setdefault(kind, {})[target] = _summary(n, rows)
-        if "ours" in b.bins:
+        for kind in ("ours", "before"):
+            if kind not in b.bins:
+                continue
             for name, (vbody, env) in variants.items():
                 rows = []
                 for _ in range(b.n(5, 1)):
-                    log(f"throughput ours -> {name}")
-                    rows.append(_throughput_once(b, "ours", "instant_sink", b.n(300_000, 100_000), vbody, sink,
+                    log(f"throughput {kind} -> {name}")
+                    rows.append(_throughput_once(b, kind, "instant_sink", b.n(300_000, 100_000), vbody, sink,
                                                  two, env))
-                res["ours"][name] = _summary(b.n(300_000, 100_000), rows)
+                res[kind][name] = _summary(b.n(300_000, 100_000), rows)
     finally:
         os.sched_setaffinity(0, me)
         sink.stop()
@@ -128,7 +131,7 @@ def _throughput_once(b, kind, target, n, body, sink, two, extra_env=None):
     else:
         sink.reset()
         endpoint, extra = sink.endpoint, {}
-    if kind == "ours":
+    if kind in ("ours", "before"):
         # `end` keeps sending full batches while it waits for the invoke's runtimeDone (the
         # modes that pause at once send only when an invoke starts); a 1 GiB cap so that
         # the queue never reaches it (at the cap the extension stops reading and pauses).
@@ -157,7 +160,7 @@ def _throughput_once(b, kind, target, n, body, sink, two, extra_env=None):
             fed += 1000
         f.close()
         # `end` mode keeps a last partial request (< 500 records) for runtimeDone.
-        want = fed - 500 if kind == "ours" else fed
+        want = fed - 500 if kind in ("ours", "before") else fed
         got = 0
         state = base
         last, last_change = -1, time.perf_counter()
