@@ -166,11 +166,19 @@ def render(R: dict) -> str:
         [f"{fmt(g(cpu, k, 'invokes_100x10', 'context_switches', 'median'), 0)} / "
          f"{fmt(g(cpu, k, 'invokes_100x10_no_freeze', 'context_switches', 'median'), 0)}"
          if g(cpu, k, "invokes_100x10") else "–" for k in KINDS])
-    if g(cpu, "floor_threads", "invokes_100x10"):
-        row("… the floor with 8 more threads that only sleep, frozen / never frozen (ms) ⁵",
-            ["–", f"{fmt(g(cpu, 'floor_threads', 'invokes_100x10', 'cpu_ms', 'median'), 1)} / "
-                  f"{fmt(g(cpu, 'floor_threads', 'invokes_100x10_no_freeze', 'cpu_ms', 'median'), 1)} (medians)",
-             "–", "–"])
+    for fk, what in (("floor_threads", "the floor with 3 more threads that only sleep"),
+                     ("floor_receive", "the floor that also takes and answers every delivery, 4 threads")):
+        if not g(cpu, fk, "invokes_100x10"):
+            continue
+        mark = "⁵" if fk == "floor_threads" else "⁶"
+        ratio = []
+        for lab in ("invokes_100x10", "invokes_100x10_no_freeze"):
+            o, f = g(cpu, "ours", lab, "cpu_ms", "median"), g(cpu, fk, lab, "cpu_ms", "median")
+            ratio.append(f"{o / f:.1f}" if o and f else "–")
+        row(f"… {what}, frozen / never frozen (ms) {mark}",
+            ["–", f"{fmt(g(cpu, fk, 'invokes_100x10', 'cpu_ms', 'median'), 1)} / "
+                  f"{fmt(g(cpu, fk, 'invokes_100x10_no_freeze', 'cpu_ms', 'median'), 1)} (medians)",
+             "–", "–"], f"(ours ÷ this: {' / '.join(ratio)}; target ≤ 1.3)")
     row("CPU, start + SHUTDOWN only (ms)", [mp(g(cpu, k, "idle_start_shutdown", "cpu_ms"), 1) for k in KINDS])
     row("CPU per 1,000 events, marginal (ms)", [fmt(g(cpu, k, "per_1000_events_ms"), 2) for k in KINDS])
     row("instructions, 100 × 10, whole life (M)",
@@ -223,7 +231,11 @@ def render(R: dict) -> str:
       "Telemetry API subscription, as any telemetry extension must before its first next. "
       "⁵ the floor binary with FLOOR_IDLE_THREADS=3: 4 threads in all, as many as this extension runs at rest "
       "(main, dispatcher, the listener's accepting thread, Lambda's kept-alive connection's); SIGSTOP/SIGCONT "
-      "stop and wake every one of them at each freeze.\n")
+      "stop and wake every one of them at each freeze. "
+      "⁶ the floor binary with FLOOR_RECEIVE=1 and FLOOR_IDLE_THREADS=1: it also subscribes, listens on "
+      "127.0.0.1, and an accepting thread and a thread per connection read each delivery and answer it 200 "
+      "(Lambda's kept-alive connection: the same 4 threads at rest as this extension); what every telemetry "
+      "extension must do, with nothing forwarded.\n")
 
     if "before" in (R.get("binaries") or {}) or g(cpu, "before"):
         before_after(R, w)

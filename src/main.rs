@@ -36,7 +36,7 @@ mod properties;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, unbounded, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 
 use config::{LifecycleSettings, Settings};
 use dispatch::backlog::Backlog;
@@ -225,8 +225,11 @@ fn run(mut lambda: Lambda, cfg: Settings, context: Vec<(&'static str, String)>) 
     lambda.request_next();
     let settings = cfg.lifecycle;
     let threads = start_threads(cfg, model, sockets, context, environment);
+    let (reply, done) = bounded(1);
     let lifecycle = Lifecycle {
         control: threads.control,
+        reply,
+        done,
         telemetry,
         settings,
     };
@@ -362,6 +365,14 @@ fn start_threads(
 /// The main thread's side of the conversation with the dispatcher.
 struct Lifecycle {
     control: Sender<Control>,
+    /// The dispatcher's "paused" (a clone goes with each order), and where
+    /// the main thread waits for it: one channel for the process's life,
+    /// not one per invoke (each new one allocated, and freed on its reply,
+    /// a page musl's allocator maps and unmaps again: a page fault and two
+    /// system calls on every invoke). Orders are one at a time, each waited
+    /// for, so a reply is always the last order's.
+    reply: Sender<()>,
+    done: Receiver<()>,
     telemetry: bool,
     settings: LifecycleSettings,
 }
@@ -387,16 +398,16 @@ impl Lifecycle {
             Some(t) => deadline.min(Instant::now() + t),
             None => deadline,
         };
-        let (reply, done) = bounded(1);
         self.send(Control::Invoke {
             request_id,
             deadline,
             wait_runtime_done: self.telemetry,
             wait_until,
-            reply,
+            reply: self.reply.clone(),
         });
-        // An error means the dispatcher dropped the reply: it is gone.
-        let _ = done.recv();
+        // (The dispatcher stops only after SHUTDOWN, and a panic aborts
+        // the process: panic = "abort"; a send to a dead one fails above.)
+        let _ = self.done.recv();
     }
 
     fn shutdown(&self, deadline: Instant) {
@@ -405,15 +416,14 @@ impl Lifecycle {
         } else {
             Instant::now()
         };
-        let (reply, done) = bounded(1);
         self.send(Control::Shutdown {
             wait_until,
             deadline,
-            reply,
+            reply: self.reply.clone(),
         });
         // Never outlive the deadline, whatever the dispatcher is doing.
         let left = deadline.saturating_duration_since(Instant::now()) + SHUTDOWN_MARGIN / 2;
-        if done.recv_timeout(left).is_err() {
+        if self.done.recv_timeout(left).is_err() {
             log::error!("the dispatcher did not finish before the shutdown deadline");
         }
     }

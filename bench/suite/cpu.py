@@ -20,6 +20,10 @@ def run(b):
         labels = (("idle_start_shutdown", 0), ("invokes_100x10", 100), ("invokes_100x10_no_freeze", 100))
         targets = [(k, p, {}, labels) for k, p in b.bins.items()]
         targets.append(("floor_threads", b.bins["floor"], {"FLOOR_IDLE_THREADS": "3"}, labels))
+        # The fair floor: it also takes every delivery and answers it (an accepting thread and
+        # Lambda's kept-alive connection's, plus 1 sleeping thread for the dispatcher's place).
+        targets.append(("floor_receive", b.bins["floor"], {"FLOOR_RECEIVE": "1", "FLOOR_IDLE_THREADS": "1"},
+                        labels))
         # Runs alternate between the binaries (see startup.py).
         rows_of = {}
         for label, invokes in labels:
