@@ -211,9 +211,9 @@ case "${1:-layer}" in
     # Every test has a time limit (a hang fails that test, not the whole run),
     # skips are listed (-rs) and fail the run (tests/conftest.py). Tests that
     # assert on durations (marker `timing`) and the soak tier (marker `soak`:
-    # idle spells, CPU per idle second, flat resources; about 1.5 min) run
-    # afterwards, one at a time, away from the contention of parallel workers
-    # on 2 cores.
+    # idle spells, CPU per idle second, flat resources, 1,000 invokes with one
+    # AssumeRole; about 2 min) run afterwards, one at a time, away from the
+    # contention of parallel workers on 2 cores.
     export EXTENSION_BIN="$PWD/${STAGE[x86_64]}/extensions/$NAME"
     export EXTENSION_BIN_ARM64="$PWD/${STAGE[arm64]}/extensions/$NAME"
     local_args=(-q -rs -p no:cacheprovider --timeout "${PYTEST_TIMEOUT:-300}")

@@ -566,6 +566,23 @@ def _lifeline():
     finally:
         os._exit(0)
 threading.Thread(target=_lifeline, daemon=True).start()
+behind = float(os.environ.get("STS_CLOCK_BEHIND_S") or 0)
+if behind:
+    # moto 5.2.5 has no clock API (no /moto-api time endpoint) and takes the
+    # extension's DurationSeconds as asked: its STS model's clock is set back
+    # instead, so a grant expires `behind` seconds sooner in real time. Each grant
+    # also records when it was made and when it expires, real epoch seconds, for
+    # /moto-api/data.json (which leaves out datetimes).
+    import datetime, time
+    import moto.sts.models as sts
+    real_utcnow = sts.utcnow
+    sts.utcnow = lambda: real_utcnow() - datetime.timedelta(seconds=behind)
+    init = sts.AssumedRole.__init__
+    def assumed_role(self, *a, **kw):
+        self.issued_at = time.time()
+        init(self, *a, **kw)
+        self.expires_at = self.expiration.replace(tzinfo=datetime.timezone.utc).timestamp()
+    sts.AssumedRole.__init__ = assumed_role
 from moto.server import main
 main(sys.argv[1:])
 """
@@ -575,13 +592,15 @@ def _moto_python() -> str:
     return str(VENV_PYTHON) if VENV_PYTHON.exists() else sys.executable
 
 
-def start_moto(tmpdir=None, *, region: str = DEFAULT_REGION,
+def start_moto(tmpdir=None, *, region: str = DEFAULT_REGION, sts_clock_behind_s: float = 0,
                timeout: float = STARTUP_TIMEOUT) -> Emulator:
     """moto's server on 127.0.0.1:<kernel-picked port> (werkzeug prints the real port).
-    Auth is off until moto_enable_auth()."""
+    Auth is off until moto_enable_auth(). With `sts_clock_behind_s`, STS's clock runs
+    that far behind: AssumeRole's credentials expire that much sooner than asked, and
+    each grant in /moto-api/data.json has `issued_at` and `expires_at` (epoch seconds)."""
     workdir, owned = _workdir("moto", tmpdir)
     log_path = workdir / "moto.log"
-    env = _child_env(PYTHONUNBUFFERED="1")
+    env = _child_env(PYTHONUNBUFFERED="1", STS_CLOCK_BEHIND_S=str(sts_clock_behind_s))
     # Let moto cache its byte code in the venv (a machine-wide PYTHONDONTWRITEBYTECODE=1
     # would make every start recompile the modules it imports, ~1 s).
     env.pop("PYTHONDONTWRITEBYTECODE", None)

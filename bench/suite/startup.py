@@ -10,24 +10,28 @@ import subprocess
 from .common import free_port, log, summ
 
 
+# What every binary starts with (also bench/startup_ab.py's).
+BASE_ENV = {
+    "KINESIS_TELEMETRY_STREAM": "bench-stream",
+    "AWS_REGION": "us-east-1",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+    "AWS_SECRET_ACCESS_KEY": "secret",
+    "AWS_SESSION_TOKEN": "token",
+    "AWS_ENDPOINT_URL_KINESIS": "http://127.0.0.1:9",
+    "AWS_LAMBDA_FUNCTION_NAME": "bench-fn",
+    "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
+    "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
+    "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+    "LANG": "C.UTF-8",
+    "TZ": ":UTC",
+}
+
+
 def run(b):
     runs = b.n(40, 5)
-    base_env = {
-        "KINESIS_TELEMETRY_STREAM": "bench-stream",
-        "AWS_REGION": "us-east-1",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
-        "AWS_SECRET_ACCESS_KEY": "secret",
-        "AWS_SESSION_TOKEN": "token",
-        "AWS_ENDPOINT_URL_KINESIS": "http://127.0.0.1:9",
-        "AWS_LAMBDA_FUNCTION_NAME": "bench-fn",
-        "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128",
-        "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "LANG": "C.UTF-8",
-        "TZ": ":UTC",
-    }
+    base_env = BASE_ENV
     res = {}
     cold_permitted = None
     # The floor that also binds a listener and subscribes: what the Telemetry API's
