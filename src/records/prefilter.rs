@@ -612,6 +612,10 @@ pub struct Prefilter {
     /// The bytes a factor can start with: while no factor is under way,
     /// other bytes are skipped.
     first: Set,
+    /// The same bytes when there are at most three (the usual case: a
+    /// literal, or one letter in both cases): skipped to with `memchr`,
+    /// which compares many bytes at once.
+    first_few: Vec<u8>,
     /// The first / last position of each factor.
     starts: Vec<u64>,
     ends: Vec<u64>,
@@ -631,6 +635,7 @@ impl Prefilter {
             words,
             masks: vec![0; 256 * words],
             first: Set::EMPTY,
+            first_few: vec![],
             starts: vec![0; words],
             ends: vec![0; words],
             owner: vec![0; words * 64],
@@ -656,7 +661,22 @@ impl Prefilter {
                 f.owner[bit - 1] = p as u32;
             }
         }
+        let first: Vec<u8> = (0..=255u8).filter(|b| f.first.contains(*b)).collect();
+        if first.len() <= 3 {
+            f.first_few = first;
+        }
         f
+    }
+
+    /// Where in `s` the next byte a factor can start with is.
+    fn next_start(&self, s: &[u8]) -> Option<usize> {
+        match self.first_few[..] {
+            [] if self.first == Set::EMPTY => None,
+            [a] => memchr::memchr(a, s),
+            [a, b] => memchr::memchr2(a, b, s),
+            [a, b, c] => memchr::memchr3(a, b, c, s),
+            _ => s.iter().position(|&b| self.first.contains(b)),
+        }
     }
 
     /// Which patterns may match `s` (`out[p]`, others false): those whose
@@ -668,12 +688,27 @@ impl Prefilter {
             out[p] = true;
         }
         let w = self.words;
-        let mut state = vec![0u64; w];
+        // (On the stack for up to 256 factor positions: this runs on every
+        // string of every event.)
+        let mut small = [0u64; 4];
+        let mut big = Vec::new();
+        let state = if w <= small.len() {
+            &mut small[..w]
+        } else {
+            big.resize(w, 0);
+            &mut big[..]
+        };
         let mut active = false;
-        for &b in s {
-            if !active && !self.first.contains(b) {
-                continue;
+        let mut i = 0;
+        while i < s.len() {
+            if !active {
+                match self.next_start(&s[i..]) {
+                    Some(j) => i += j,
+                    None => break,
+                }
             }
+            let b = s[i];
+            i += 1;
             let m = &self.masks[usize::from(b) * w..][..w];
             let (mut carry, mut hit, mut any) = (0, 0, 0);
             for k in 0..w {
@@ -806,6 +841,32 @@ mod tests {
             f.candidates(s.as_bytes(), &mut out);
             assert_eq!(out, want, "{s}");
         }
+    }
+
+    #[test]
+    fn many_factors_beyond_the_stack_state_and_few_first_bytes() {
+        // 60 patterns of 9 positions: 540 bits, past the 256 kept on the stack.
+        let pats: Vec<String> = (0..60).map(|i| format!("key{i:02}=[0-9]{{4}}")).collect();
+        let f = Prefilter::new(
+            &pats
+                .iter()
+                .map(|p| analyse(p).unwrap().factor)
+                .collect::<Vec<_>>(),
+        );
+        assert_eq!(f.first_few, b"k", "one first byte: memchr");
+        let mut out = vec![];
+        f.candidates(b"kk key07=1234 key59=0000 key60=1111 key3=4444", &mut out);
+        let hits: Vec<usize> = (0..60).filter(|&i| out[i]).collect();
+        assert_eq!(hits, [7, 59]);
+        // Two first bytes (a letter in both cases), and more than three.
+        let f = Prefilter::new(&["(?i)zeta", "[a-f]x"].map(|p| analyse(p).unwrap().factor));
+        assert!(f.first_few.is_empty());
+        f.candidates(b"..ZeTa..", &mut out);
+        assert_eq!(out, [true, false]);
+        let f = Prefilter::new(&["(?i)zeta"].map(|p| analyse(p).unwrap().factor));
+        assert_eq!(f.first_few, b"Zz");
+        f.candidates(b"..zEtA", &mut out);
+        assert_eq!(out, [true]);
     }
 
     fn piece(of: &'static [&'static str], n: usize) -> impl Strategy<Value = String> {
