@@ -44,10 +44,16 @@ def before_after(R, w):
     w("| figure | before | after |")
     w("|---|---|---|")
 
+    def cell(kind, path, nd, scale):
+        s = g(R, *(path[0], kind) + path[1:])
+        errors = g(R, *(path[0], kind) + path[1:-1] + ("errors",))
+        if g(s, "median") is None and errors:
+            return f"every run failed: {errors[0]}"
+        return mp(s, nd, scale)
+
     def pair(label, *path, nd=2, scale=1.0):
-        b, a = g(R, *(path[0], "before") + path[1:]), g(R, *(path[0], "ours") + path[1:])
-        if b or a:
-            w(f"| {label} | {mp(b, nd, scale)} | {mp(a, nd, scale)} |")
+        if g(R, *(path[0], "before") + path[1:-1]) or g(R, *(path[0], "ours") + path[1:-1]):
+            w(f"| {label} | {cell('before', path, nd, scale)} | {cell('ours', path, nd, scale)} |")
 
     for mode in ("warm", "cold"):
         pair(f"exec → first `event/next`, {mode} cache (ms)", "startup", mode, "next_ms")
