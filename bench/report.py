@@ -35,12 +35,13 @@ def verdict(ok):
 
 def before_after(R, w):
     """Before / after: the earlier build (`--before`) and this one, measured
-    in the same run, the binaries taking turns where the section does."""
+    in the same run (start-up and CPU alternate them run by run)."""
     an = R.get("answer", {})
     shown = g(R, "binaries", "before") or {}
     w("## Before / after\n")
     w(f"The earlier build (`--before`: `{shown.get('path')}`, {fmt(shown.get('bytes'), 0)} B) and this one, "
-      "in the same run, the binaries taking turns (median / p90).\n")
+      "in the same run (median / p90; start-up and CPU alternate the binaries run by run, the other "
+      "sections measure one after the other).\n")
     w("| figure | before | after |")
     w("|---|---|---|")
 

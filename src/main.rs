@@ -406,7 +406,8 @@ impl Lifecycle {
             reply: self.reply.clone(),
         });
         // (The dispatcher stops only after SHUTDOWN, and a panic aborts
-        // the process: panic = "abort"; a send to a dead one fails above.)
+        // the process in every profile (Cargo.toml); a send to a dead one
+        // fails above.)
         let _ = self.done.recv();
     }
 

@@ -24,7 +24,9 @@ class Bench:
     def __init__(self, a):
         self.a = a
         self.bins = {"ours": a.ours, "floor": a.floor}
-        if a.before and os.path.exists(a.before):
+        if a.before and not os.path.exists(a.before):
+            raise SystemExit(f"bench: --before {a.before}: no such file")
+        if a.before:
             self.bins = {"ours": a.ours, "before": a.before, "floor": a.floor}
         if a.rust_sdk and os.path.exists(a.rust_sdk):
             self.bins["rust-sdk"] = a.rust_sdk

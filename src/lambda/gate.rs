@@ -225,16 +225,24 @@ impl Drop for BodyRoom<'_> {
 
 /// Why the listener could not bind its port.
 #[derive(Debug)]
-pub struct BindError {
-    pub ip: std::net::IpAddr,
-    pub port: u16,
-    pub source: io::Error,
+pub enum BindError {
+    Listen {
+        ip: std::net::IpAddr,
+        port: u16,
+        source: io::Error,
+    },
+    /// Bound to port 0, but the system would not say which port it got.
+    NoAddress(io::Error),
 }
 
 impl std::fmt::Display for BindError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let BindError { ip, port, source } = self;
-        write!(f, "cannot listen on {ip} port {port}: {source}")
+        match self {
+            BindError::Listen { ip, port, source } => {
+                write!(f, "cannot listen on {ip} port {port}: {source}")
+            }
+            BindError::NoAddress(e) => write!(f, "the listener has no address: {e}"),
+        }
     }
 }
 
@@ -255,14 +263,13 @@ pub fn bind(port: u16) -> Result<(Vec<TcpListener>, u16), BindError> {
         match TcpListener::bind((ip, port)) {
             Ok(s) => {
                 if port == 0 {
-                    let addr = s.local_addr();
-                    port = addr
-                        .map_err(|source| BindError { ip, port, source })?
-                        .port();
+                    port = s.local_addr().map_err(BindError::NoAddress)?.port();
                 }
                 sockets.push(s);
             }
-            Err(source) if sockets.is_empty() => return Err(BindError { ip, port, source }),
+            Err(source) if sockets.is_empty() => {
+                return Err(BindError::Listen { ip, port, source })
+            }
             Err(e) if addrs.from == Source::Fallback => {
                 log::debug!("telemetry listener: not also on {ip} port {port}: {e}");
             }

@@ -845,7 +845,8 @@ mod tests {
 
     #[test]
     fn many_factors_beyond_the_stack_state_and_few_first_bytes() {
-        // 60 patterns of 9 positions: 540 bits, past the 256 kept on the stack.
+        // 60 patterns of 10 positions: 600 bits, past the 256 kept on the
+        // stack; key06's factor (bits 60-69) crosses a word boundary.
         let pats: Vec<String> = (0..60).map(|i| format!("key{i:02}=[0-9]{{4}}")).collect();
         let f = Prefilter::new(
             &pats
@@ -855,9 +856,12 @@ mod tests {
         );
         assert_eq!(f.first_few, b"k", "one first byte: memchr");
         let mut out = vec![];
-        f.candidates(b"kk key07=1234 key59=0000 key60=1111 key3=4444", &mut out);
+        f.candidates(
+            b"kk key07=1234 key06=9876 key59=0000 key60=1111 key3=4444",
+            &mut out,
+        );
         let hits: Vec<usize> = (0..60).filter(|&i| out[i]).collect();
-        assert_eq!(hits, [7, 59]);
+        assert_eq!(hits, [6, 7, 59]);
         // Two first bytes (a letter in both cases), and more than three.
         let f = Prefilter::new(&["(?i)zeta", "[a-f]x"].map(|p| analyse(p).unwrap().factor));
         assert!(f.first_few.is_empty());
